@@ -1,0 +1,88 @@
+"""Adapters for any module mapping a latent [N, d] to images [N, 3, H, W] in [-1, 1]:
+a TorchScript file or a `module:callable` factory returning an nn.Module."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import LatentFitError
+from .base import Generator
+
+PROBE_DIMS = (100, 128, 512, 256, 64, 120, 200, 32)
+
+
+class Wrapped(Generator):
+    """A plain latent -> image module with a N(0, I) prior in space `z`."""
+
+    def __init__(self, module: nn.Module, name: str, sha256: str, latent_dim: int, resolution: int,
+                 four_d: bool):
+        super().__init__()
+        self.module = module
+        self.name, self.sha256 = name, sha256
+        self.z_dim, self.resolution, self.four_d = latent_dim, resolution, four_d
+        self.freeze()
+
+    def latent_shape(self, space):
+        self.check_space(space)
+        return (self.z_dim,)
+
+    def from_z(self, z, space, c=None):
+        self.check_space(space)
+        return z
+
+    def mean_latent(self, space, c=None):
+        self.check_space(space)
+        return torch.zeros(1, self.z_dim, device=self.device)
+
+    def synthesize(self, latent, space="z", c=None, noise=None):
+        x = latent.view(latent.shape[0], -1, 1, 1) if self.four_d else latent
+        return self.module(x)
+
+
+def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int | None):
+    """Find the latent size (and whether the module wants [N, d, 1, 1]) by trying inputs."""
+    module.eval()
+    dims = [latent_dim] if latent_dim else list(PROBE_DIMS)
+    with torch.no_grad():
+        for d in dims:
+            for four_d in (False, True):
+                x = torch.zeros(2, d, 1, 1) if four_d else torch.zeros(2, d)
+                try:
+                    y = module(x)
+                except Exception:
+                    continue
+                if isinstance(y, torch.Tensor) and y.ndim == 4 and y.shape[0] == 2 and y.shape[1] == 3 \
+                        and y.shape[2] == y.shape[3]:
+                    if resolution and y.shape[-1] != resolution:
+                        raise LatentFitError(f"{name}: makes {y.shape[-1]} px images, not --resolution {resolution}")
+                    return d, y.shape[-1], four_d
+    raise LatentFitError(f"{name}: could not find a latent size that makes [N, 3, H, H] images "
+                         f"(tried {dims}); pass --latent-dim")
+
+
+def from_torchscript(path: Path, latent_dim=None, resolution=None) -> Generator:
+    from . import file_sha256
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise LatentFitError(f"{path}: not a TorchScript generator ({type(e).__name__}); "
+                             "save one with torch.jit.save(torch.jit.script(G), path)") from None
+    d, res, four_d = _probe(module, str(path), latent_dim, resolution)
+    return Wrapped(module, path.stem, file_sha256(path), d, res, four_d)
+
+
+def from_callable(spec: str, latent_dim=None, resolution=None) -> Generator:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise LatentFitError(f"{spec}: cannot import the generator factory ({e})") from None
+    module = factory() if not isinstance(factory, nn.Module) else factory
+    if not isinstance(module, nn.Module):
+        raise LatentFitError(f"{spec}: returned {type(module).__name__}, not a torch.nn.Module")
+    d, res, four_d = _probe(module, spec, latent_dim, resolution)
+    return Wrapped(module, attr, "", d, res, four_d)

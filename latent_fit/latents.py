@@ -1,0 +1,76 @@
+"""The latent file format: one .npz per target, versioned.
+
+Keys: `latent` (float32, [*latent_shape]), `latent_init`, `space`, `generator`, `generator_sha256`,
+`loss_history`, `config` (JSON text), `metrics` (JSON text), `version`; with StyleGAN `w`
+([1, num_ws, w_dim], as NVIDIA's projected_w.npz) and `noise_<i>` (optimized noise maps).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LatentFitError
+from .images import atomic_write
+
+FORMAT_VERSION = 1
+REQUIRED = ("latent", "space", "generator")
+
+
+def write_latent_file(path: Path, **arrays) -> None:
+    """Write an .npz atomically; strings and dicts are stored as 0-d text arrays."""
+    data = {"version": np.array(FORMAT_VERSION)}
+    for k, v in arrays.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            v = json.dumps(v, sort_keys=True, default=float)
+        if isinstance(v, str):
+            v = np.array(v)
+        elif hasattr(v, "detach"):
+            v = v.detach().cpu().numpy()
+        data[k] = np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+
+    def write(tmp):
+        buf = io.BytesIO()
+        np.savez(buf, **data)
+        Path(tmp).write_bytes(buf.getvalue())
+    atomic_write(Path(path), write)
+
+
+def read_latent_file(path: str | Path) -> dict:
+    """Read and check a latent file; text entries come back as str, JSON entries as dicts."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise LatentFitError(f"{path}: latent file not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise LatentFitError(f"{path}: not a latent .npz file ({e})") from None
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise LatentFitError(f"{path}: not a latent-fit file (missing key {missing[0]!r})")
+    out = {}
+    for k, v in data.items():
+        if v.dtype.kind == "U":
+            v = str(v)
+            if k in ("config", "metrics"):
+                v = json.loads(v)
+        out[k] = v
+    return out
+
+
+def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str) -> np.ndarray:
+    """The latent of `data` if it fits the generator and space, else a LatentFitError."""
+    if data["space"] != space:
+        raise LatentFitError(f"{path}: latent is in space {data['space']!r}, this run uses {space!r}")
+    lat = np.asarray(data["latent"], dtype=np.float32)
+    if tuple(lat.shape) != tuple(latent_shape):
+        raise LatentFitError(f"{path}: latent of shape {list(lat.shape)} made by {data['generator']!r}; "
+                             f"{generator_name!r} needs {list(latent_shape)} in space {space!r}")
+    return lat
