@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from tqdm import tqdm
 
 from .errors import LatentFitError
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
@@ -22,19 +23,26 @@ def _fail(msg: str) -> None:
     sys.exit(1)
 
 
-def _warn_one_line(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
-
-
 class Group(click.Group):
-    """Prints a LatentFitError as one line and exits 1 instead of a traceback."""
+    """Prints a LatentFitError as one line and exits 1 instead of a traceback; prints each
+    distinct warning once, as one line."""
 
     def invoke(self, ctx):
-        warnings.showwarning = _warn_one_line
-        try:
-            return super().invoke(ctx)
-        except LatentFitError as e:
-            _fail(str(e))
+        seen = set()
+
+        def show(message, *_args, **_kwargs):
+            if str(message) not in seen:
+                seen.add(str(message))
+                tqdm.write(f"warning: {message}", file=sys.stderr)   # keeps progress bars intact
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.showwarning = show
+            try:
+                return super().invoke(ctx)
+            except LatentFitError as e:
+                _fail(str(e))
 
 
 def generator_options(f):
@@ -96,8 +104,6 @@ def project(targets, out, generator, network_key, latent_dim, device, space, ste
             seed, save_video):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
     OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json."""
-    from tqdm import tqdm
-
     from .jobs import project_files
     G = open_generator(generator, network_key, latent_dim, device)
     bars = []

@@ -17,6 +17,7 @@ from .errors import LatentFitError
 from .generators.base import Generator
 from .images import atomic_write, difference, find_images, grid, load_image, save_png, save_video, to_uint8
 from .latents import check_compatible, read_latent_file, write_latent_file
+from .objective import require_lpips
 from .optimize import Result, project
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
@@ -137,6 +138,8 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
     for `project` (or None).
     """
     out = Path(out)
+    if "lpips" in str(options.get("loss")):
+        require_lpips()
     check_writable(out)
     rep = Report()
     paths, rep.errors = find_images(specs)

@@ -45,6 +45,8 @@ def write_latent_file(path: Path, **arrays) -> None:
 def read_latent_file(path: str | Path) -> dict:
     """Read and check a latent file; text entries come back as str, JSON entries as dicts."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise LatentFitError(f"{path}: not a latent .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}

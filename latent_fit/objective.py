@@ -64,17 +64,21 @@ def lpips_available() -> bool:
     return vgg_weights_path().is_file()
 
 
+def require_lpips() -> None:
+    """Fail fast, before any work, when LPIPS is asked for and cannot run offline."""
+    if not lpips_available():
+        raise LatentFitError(
+            f"LPIPS needs the VGG16 ImageNet weights at {vgg_weights_path()} and this machine has none; "
+            "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse")
+
+
 class LPIPS(torch.nn.Module):
     """LPIPS-VGG (the `lpips` package) per sample, on images resized to <= 256 px.
     Refuses to start when the backbone weights are not on disk (nothing is downloaded)."""
 
     def __init__(self):
         super().__init__()
-        path = vgg_weights_path()
-        if not path.is_file():
-            raise LatentFitError(
-                f"LPIPS needs the VGG16 ImageNet weights at {path} and this machine has none; copy "
-                "vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse")
+        require_lpips()
         import lpips
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

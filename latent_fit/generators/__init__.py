@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import torch
@@ -45,6 +46,15 @@ def _load_bundled(name: str) -> Generator:
     return dcgan.DCGAN(load_file(path), name=name, sha256=sha)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding a code/ folder."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "cpu", *,
                    network_key: str = "G_ema", latent_dim: int | None = None,
                    resolution: int | None = None) -> Generator:
@@ -59,11 +69,11 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
         path = Path(spec)
         if not path.is_file():
             raise LatentFitError(f"{spec}: generator file not found (bundled names: {', '.join(BUNDLED)})")
-        if path.suffix == ".pkl":
+        if _is_torchscript(path):
+            G = from_torchscript(path, latent_dim, resolution)
+        else:   # network pickles and rosinality checkpoints
             from .pickles import load_stylegan
             G = load_stylegan(path, network_key=network_key)
-        else:
-            G = from_torchscript(path, latent_dim, resolution)
     elif ":" in spec:
         G = from_callable(spec, latent_dim, resolution)
     else:

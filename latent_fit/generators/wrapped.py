@@ -4,6 +4,7 @@ a TorchScript file or a `module:callable` factory returning an nn.Module."""
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,10 +44,21 @@ class Wrapped(Generator):
         return self.module(x)
 
 
+def _first_layer_width(module: nn.Module) -> list[int]:
+    """Input width of the first layer with a weight (Linear: in_features; ConvTranspose: in_channels)."""
+    for _, sub in module.named_modules():
+        w = getattr(sub, "weight", None)
+        if isinstance(w, torch.Tensor) and w.ndim >= 2:
+            kind = getattr(sub, "original_name", type(sub).__name__)
+            return [w.shape[0] if kind.startswith("ConvTranspose") else w.shape[1]]
+    return []
+
+
 def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int | None):
-    """Find the latent size (and whether the module wants [N, d, 1, 1]) by trying inputs."""
+    """Find the latent size (and whether the module wants [N, d, 1, 1]) by trying inputs:
+    the first layer's width, then common sizes."""
     module.eval()
-    dims = [latent_dim] if latent_dim else list(PROBE_DIMS)
+    dims = [latent_dim] if latent_dim else list(dict.fromkeys(_first_layer_width(module) + list(PROBE_DIMS)))
     with torch.no_grad():
         for d in dims:
             for four_d in (False, True):
@@ -67,7 +79,9 @@ def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int
 def from_torchscript(path: Path, latent_dim=None, resolution=None) -> Generator:
     from . import file_sha256
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch.jit.load's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
         raise LatentFitError(f"{path}: not a TorchScript generator ({type(e).__name__}); "
                              "save one with torch.jit.save(torch.jit.script(G), path)") from None
