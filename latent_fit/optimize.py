@@ -92,13 +92,14 @@ def _lr_at(cfg: Config, lr: float, t: float) -> float:
     return lr * ramp
 
 
-def _latent_std(G: Generator, space: str, c: torch.Tensor | None) -> float:
-    """Per-element std of prior latents in `space` (1 in z), for scaling the latent noise."""
+def _latent_std(G: Generator, space: str) -> float:
+    """Per-element std of prior latents in `space` (1 in z; over all classes of a conditional
+    generator), for scaling the latent noise. Depends on the generator only, never the batch."""
     if space == "z":
         return 1.0
     with torch.no_grad():
-        cc = None if c is None else c[:1].expand(1000, -1)
-        x = G.sample(1000, seed=0, space=space, c=cc)
+        c = torch.eye(G.c_dim, device=G.device)[torch.arange(1000) % G.c_dim] if G.c_dim else None
+        x = G.sample(1000, seed=0, space=space, c=c)
         return float((x - x.mean(0)).pow(2).mean().sqrt())
 
 
@@ -149,7 +150,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     mode = cfg.init_mode or ("random" if space == "z" else "mean")
     k = cfg.starts if init is None and mode == "random" else 1
     lr = cfg.lr if cfg.lr is not None else (0.2 if space == "z" else 0.1)
-    noise_std = cfg.latent_noise * _latent_std(G, space, c)
+    noise_std = cfg.latent_noise * _latent_std(G, space)
     noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
 
     # --- candidates: k starts per target, rows grouped by target -------------------------------
