@@ -71,7 +71,7 @@ class Result:
     latent_init: torch.Tensor            # [N, *latent_shape] their starts z0
     images: torch.Tensor                 # [N, 3, H, W] G(latent) in [-1, 1]
     noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
-    loss_history: np.ndarray             # [N, checks] best total loss at every check
+    loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
     steps: np.ndarray                    # [N] steps run by the kept candidate
     metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused), dz_norm: [N] each
     terms: list[str]                     # loss terms that were used
@@ -283,7 +283,9 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     hist = np.stack(history, 1) if history else np.zeros((n, 0))
     terms = (["mse"] if use_mse else []) + (["lpips"] if use_lpips else []) + [f"wr*{cfg.reg}"] \
         + (["noise"] if noise_shapes else [])
-    conf = dataclasses.asdict(cfg) | {"space": space, "lr": lr, "init_mode": mode, "starts": k}
+    wr_used = wr_t.tolist()   # the w_r that ran: the `wr` argument overrides Config.wr
+    conf = dataclasses.asdict(cfg) | {"space": space, "lr": lr, "init_mode": mode, "starts": k,
+                                      "wr": wr_used[0] if len(set(wr_used)) == 1 else wr_used}
     return Result(names=names, space=space, latent=out_z, latent_init=out_z0, images=images,
                   noise=noise_out, loss_history=hist.astype(np.float32), steps=out_steps,
                   metrics={"mse": mse.cpu().numpy(), "psnr": psnr(mse).cpu().numpy(),

@@ -21,7 +21,18 @@ def test_defaults_reconstruct_in_domain_targets(G, in_domain):
     assert np.median(psnr) >= 40, psnr
     assert psnr.min() >= 30, psnr
     assert res.latent.shape == (8, 100) and res.images.shape == (8, 3, 64, 64)
-    assert res.loss_history.shape[0] == 8 and np.all(np.diff(res.loss_history[:, -4:]) <= 1e-6)
+    h = res.loss_history
+    assert h.shape[0] == 8 and np.all(h[:, 0] > 100 * np.nanmin(h, axis=1))
+
+
+def test_a_target_that_stopped_improving_stops(G, in_domain):
+    targets, z_true = in_domain
+    t = targets[:2].clone()
+    t[1] = torch.tensor([0.9, -0.9, 0.9]).view(3, 1, 1)   # flat magenta: the loss keeps creeping down
+    r = project(G, t, ["a", "b"], init=z_true[:2], loss="mse", steps=600, latent_noise=0)
+    assert r.steps[0] < 300 and r.steps[1] == 600, r.steps
+    assert r.metrics["psnr"][0] > 60
+    assert np.isnan(r.loss_history[0, -1]) and not np.isnan(r.loss_history[1]).any()
 
 
 def test_a_target_does_not_depend_on_its_batch(G, in_domain):
