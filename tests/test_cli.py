@@ -107,3 +107,18 @@ def test_lpips_offline(cli, two_targets, tmp_path, monkeypatch):
     assert r.stderr.strip().splitlines() == [
         f"error: LPIPS needs the VGG16 ImageNet weights at {expected} and this machine has none; "
         "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse"]
+
+
+def test_lpips_is_used_when_its_weights_are_on_disk(cli, two_targets, tmp_path, monkeypatch):
+    """A randomly initialised VGG16 stands in for the ImageNet file: the path is the same."""
+    import torch
+    import torchvision
+    ckpt = tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(torchvision.models.vgg16().state_dict(), ckpt)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    r = cli("project", two_targets / "face_00.png", "-o", tmp_path / "out", "--steps", "2", "--starts", "1")
+    assert r.exit_code == 0, r.stderr
+    assert "warning" not in r.stderr
+    m = read_latent_file(tmp_path / "out" / "face_00.npz")["metrics"]
+    assert m["terms"] == "mse+lpips+wr*l2" and m["lpips"] > 0
