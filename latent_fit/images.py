@@ -146,22 +146,28 @@ def save_video(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
 
 def find_images(specs: list[str]) -> tuple[list[Path], list[str]]:
     """Expand files, folders (their images, sorted) and globs. Returns (paths, errors)."""
+    return find_files(specs, IMAGE_SUFFIXES, "images")
+
+
+def find_files(specs: list[str], suffixes: set[str], what: str) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (their files with these suffixes, sorted) and globs; `what` names
+    the kind in errors. Returns (paths, errors)."""
     import glob
     paths, errors = [], []
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes and q.is_file())
             if not found:
-                errors.append(f"{spec}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                errors.append(f"{spec}: folder has no {what} ({', '.join(sorted(suffixes))})")
             paths += found
         elif p.exists():
             paths.append(p)
         elif any(ch in spec for ch in "*?["):
             found = sorted(Path(q) for q in glob.glob(spec, recursive=True)
-                           if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+                           if Path(q).suffix.lower() in suffixes)
             if not found:
-                errors.append(f"{spec}: pattern matches no images")
+                errors.append(f"{spec}: pattern matches no {what}")
             paths += found
         else:
             errors.append(f"{spec}: file not found")

@@ -67,8 +67,14 @@ def read_latent_file(path: str | Path) -> dict:
     return out
 
 
-def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str) -> np.ndarray:
-    """The latent of `data` if it fits the generator and space, else a LatentFitError."""
+def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str,
+                     generator_sha256: str | None = None) -> np.ndarray:
+    """The latent of `data` if it fits the generator and space, else a LatentFitError. With
+    generator_sha256 the file must also come from this generator (same sha256 or name)."""
+    if generator_sha256 is not None and data["generator"] != generator_name and \
+            not (generator_sha256 and str(data.get("generator_sha256", "")) == generator_sha256):
+        raise LatentFitError(f"{path}: latent made by generator {data['generator']!r}, this run uses "
+                             f"{generator_name!r}; project the image with {generator_name!r} first")
     if data["space"] != space:
         raise LatentFitError(f"{path}: latent is in space {data['space']!r}, this run uses {space!r}")
     lat = np.asarray(data["latent"], dtype=np.float32)

@@ -1,0 +1,211 @@
+"""Editing in latent space: masked (painted) edits, directions, interpolation.
+
+Pure tensors in, tensors out; the file side lives in edit_jobs.py. Latents are [N, *latent_shape]
+in one space of the generator, images [N, 3, H, W] in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import LatentFitError
+from .generators.base import Generator
+from .objective import pixel_mse
+from .optimize import Result, project
+
+# Edits start from a projected latent: no random starts, no latent noise (it would move z0 before
+# the request does), the noise maps held fixed (else they, not the latent, would paint the request),
+# and fewer steps than a projection. w_r = 1e-2 balances the request against staying near z0 for
+# the bundled DCGAN's 100-element z; its useful range is about 1e-3 (follow the request) to 1e-1
+# (subtle), see the README; `sweep` with init measures it for other generators.
+EDIT_DEFAULTS = {"steps": 300, "latent_noise": 0.0, "optimize_noise": False, "wr": 1e-2}
+PCA_SAMPLES = 2000
+PCA_FEATURE_SIZE = 16   # in z, PCA runs on the generated images downsampled to this many pixels
+
+
+@dataclass
+class EditResult(Result):
+    """A Result with the images before the edit, G(latent_init)."""
+
+    before: torch.Tensor | None = field(default=None, repr=False)
+
+
+def render(G: Generator, latents: torch.Tensor, space: str | None = None,
+           c: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
+    """G(latents) in [-1, 1], without gradients, in chunks of batch_size."""
+    space = G.check_space(space or G.default_space)
+    latents = latents.to(G.device, torch.float32)
+    out = []
+    with torch.no_grad():
+        for i in range(0, latents.shape[0], batch_size):
+            cc = None if c is None else c[i:i + batch_size].to(G.device)
+            out.append(G.synthesize(latents[i:i + batch_size], space, cc).clamp(-1, 1))
+    if not out:
+        return torch.empty(0, 3, G.resolution, G.resolution, device=G.device)
+    return torch.cat(out)
+
+
+def edit_metrics(before: torch.Tensor, after: torch.Tensor, request: torch.Tensor,
+                 mask: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Per sample: the error against the request inside the mask before and after the edit, and
+    the change outside the mask (NaN where the mask covers everything). Pixel MSE, [-1, 1] scale."""
+    inside = mask if mask is not None else torch.ones_like(before[:, :1])
+    outside = 1 - inside
+    change = pixel_mse(after, before, outside)
+    change[outside.flatten(1).sum(1) == 0] = math.nan
+    return {"mask_mse_before": pixel_mse(before, request, inside).cpu().numpy(),
+            "mask_mse_after": pixel_mse(after, request, inside).cpu().numpy(),
+            "outside_change": change.cpu().numpy()}
+
+
+def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None = None,
+         names: list[str] | None = None, *, c: torch.Tensor | None = None,
+         progress=None, **options) -> EditResult:
+    """Edit latents [N, *shape] so that G matches `request` [N, 3, H, W] where `mask`
+    [N, 1, H, W] (soft, in [0, 1]; None: the whole image) is set, while
+    wr * ||z - z0||^2 (a sum over the latent's elements) keeps z near its start z0 = latents.
+
+    options: fields of optimize.Config, defaults EDIT_DEFAULTS (wr may be a [N] tensor).
+    Larger wr: smaller ||dz|| and less change outside the mask; tiny wr: the masked region
+    reaches the request. metrics add wr and edit_metrics (mask_mse_before, mask_mse_after,
+    outside_change).
+    """
+    opts = EDIT_DEFAULTS | options
+    wr = opts.pop("wr")
+    if bool((torch.as_tensor(wr) < 0).any()):
+        raise LatentFitError(f"--wr {wr}: w_r must be >= 0")
+    if mask is not None:
+        mask = mask.to(G.device, torch.float32)
+    request = request.to(G.device, torch.float32)
+    res = project(G, request, names, init=latents, mask=mask, c=c, wr=wr, progress=progress, **opts)
+    before = render(G, res.latent_init, res.space, c)
+    res.metrics |= edit_metrics(before, res.images, request, mask)
+    res.metrics["wr"] = np.broadcast_to(np.asarray(wr.cpu() if torch.is_tensor(wr) else wr, np.float64),
+                                        (len(res.names),)).copy()
+    return EditResult(**vars(res), before=before)
+
+
+# --- directions ------------------------------------------------------------------------------
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """v scaled to norm 1 over all its elements."""
+    n = v.norm()
+    if not n > 0:
+        raise LatentFitError("the direction is zero: the positive and negative latents are not told apart")
+    return v / n
+
+
+def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Unit direction from the mean of `negative` [Q, *shape] to that of `positive` [P, *shape]."""
+    return unit(positive.double().mean(0) - negative.double().mean(0)).float()
+
+
+def linear_boundary(positive: torch.Tensor, negative: torch.Tensor, *, l2: float = 0.1,
+                    max_iter: int = 500) -> torch.Tensor:
+    """Unit normal of a linear boundary between two sets of latents, pointing to `positive`
+    (as InterFaceGAN, with L2-regularized logistic regression, both classes weighted equally).
+    Unlike the mean difference it accounts for correlated latents; larger l2 pulls it toward
+    the mean difference, which keeps separable sets (few samples) from an arbitrary normal."""
+    shape = positive.shape[1:]
+    x = torch.cat([positive, negative]).flatten(1).double()
+    x = x - x.mean(0)
+    y = torch.cat([torch.ones(len(positive)), -torch.ones(len(negative))]).double()
+    weight = torch.where(y > 0, 0.5 / len(positive), 0.5 / len(negative))
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=max_iter, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (weight * F.softplus(-y * (x @ w[:-1] + w[-1]))).sum() + 0.5 * l2 * w[:-1].pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return unit(w.detach()[:-1]).float().view(shape)
+
+
+def _fix_signs(directions: torch.Tensor) -> torch.Tensor:
+    """Flip each row so that its largest-magnitude element is positive (PCA signs are arbitrary)."""
+    flat = directions.flatten(1)
+    top = flat.gather(1, flat.abs().argmax(1, keepdim=True))
+    return directions * torch.sign(top).view(-1, *[1] * (directions.ndim - 1))
+
+
+def pca_directions(G: Generator, k: int, *, space: str | None = None, n: int = PCA_SAMPLES,
+                   c: torch.Tensor | None = None, seed: int = 0,
+                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """K principal directions of the generator (GANSpace-like): unit rows [k, *shape] and the prior
+    latents' standard deviation along each [k].
+
+    In w / w+ they are the principal components of n sampled latents. In z, whose N(0, I) prior
+    has no principal axes, PCA runs on the generated images (downsampled to PCA_FEATURE_SIZE px)
+    and each image component is carried back to z by linear regression, as GANSpace does with
+    BigGAN's features.
+    """
+    space = G.check_space(space or G.default_space)
+    if not 1 <= k <= n:
+        raise LatentFitError(f"--pca {k}: choose 1 to {n} components (the number of samples)")
+    cc = None if c is None else c[:1].expand(n, -1)
+    lat = G.sample(n, seed=seed, space=space, c=cc)
+    flat = lat.flatten(1).double()
+    if space == "z":
+        size = min(PCA_FEATURE_SIZE, G.resolution)
+        feats = torch.cat([F.adaptive_avg_pool2d(render(G, lat[i:i + batch_size], space,
+                                                        None if cc is None else cc[i:i + batch_size]), size)
+                           for i in range(0, n, batch_size)]).flatten(1).double()
+        feats = feats - feats.mean(0)
+        vecs = torch.linalg.eigh(feats.T @ feats).eigenvectors.flip(1)[:, :k]   # top-k, descending
+        coords = feats @ vecs                                                      # [n, k]
+        dirs = coords.T @ (flat - flat.mean(0))                                    # regress z on them
+        dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    else:
+        centered = flat - flat.mean(0)
+        dirs = torch.linalg.svd(centered, full_matrices=False).Vh[:k]
+    dirs = _fix_signs(dirs)
+    std = ((flat - flat.mean(0)) @ dirs.T).std(0)
+    return dirs.float().view(k, *lat.shape[1:]).to(G.device), std.float()
+
+
+def apply_direction(latents: torch.Tensor, direction: torch.Tensor,
+                    strengths: torch.Tensor | list[float]) -> torch.Tensor:
+    """latents [N, *shape] moved by each strength along `direction` [*shape]: [N, S, *shape]."""
+    s = torch.as_tensor(strengths, dtype=latents.dtype, device=latents.device)
+    d = direction.to(latents.device, latents.dtype)
+    if d.shape != latents.shape[1:]:
+        raise LatentFitError(f"direction of shape {list(d.shape)} does not fit latents of shape "
+                             f"{list(latents.shape[1:])}")
+    return latents[:, None] + s.view(1, -1, *[1] * d.ndim) * d
+
+
+# --- interpolation ---------------------------------------------------------------------------
+
+def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "linear") -> torch.Tensor:
+    """`frames` latents from a [P, *shape] to b [P, *shape] (both ends included): [P, frames, *shape].
+
+    linear: straight line. spherical: along the great circle between the two (as a flattened
+    vector; the norm goes linearly from ||a|| to ||b||), which keeps Gaussian z near the prior's
+    shell where a straight line cuts through its low-density center.
+    """
+    if frames < 2:
+        raise LatentFitError(f"--frames {frames}: give at least 2")
+    t = torch.linspace(0, 1, frames, dtype=torch.float64, device=a.device).view(1, -1, 1)
+    fa, fb = a.flatten(1).double()[:, None], b.flatten(1).double()[:, None]
+    if mode == "linear":
+        out = fa + t * (fb - fa)
+    elif mode == "spherical":
+        na, nb = fa.norm(dim=2, keepdim=True), fb.norm(dim=2, keepdim=True)
+        ua, ub = fa / na.clamp_min(1e-12), fb / nb.clamp_min(1e-12)
+        omega = (ua * ub).sum(2, keepdim=True).clamp(-1, 1).acos()
+        so = omega.sin()
+        small = so < 1e-6      # (anti)parallel: the great circle is not unique; use the chord
+        wa = torch.where(small, 1 - t, ((1 - t) * omega).sin() / so.clamp_min(1e-12))
+        wb = torch.where(small, t, (t * omega).sin() / so.clamp_min(1e-12))
+        direction = wa * ua + wb * ub
+        out = direction / direction.norm(dim=2, keepdim=True).clamp_min(1e-12) * (na + t * (nb - na))
+    else:
+        raise LatentFitError(f"interpolation mode {mode!r}: choose linear or spherical")
+    return out.to(a.dtype).view(a.shape[0], frames, *a.shape[1:])
