@@ -7,12 +7,16 @@ import csv
 import io
 import json
 import math
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import distributed
+from .bench import is_oom, memory_fit
 from .errors import LatentFitError
 from .generators.base import Generator
 from .images import atomic_write, difference, find_images, grid, load_image, save_png, save_video, to_uint8
@@ -21,6 +25,10 @@ from .objective import require_lpips
 from .optimize import Result, project
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
+CPU_CHUNK_BYTES = 256 * 2 ** 20   # --batch-size auto on CPU: throughput stops growing long before
+                                  # RAM fills, and a smaller chunk loses less work when killed
+# atomic_write's temp files: .<name>.<random>.tmp<suffix>
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp(\.[^.]+)?$")
 
 
 @dataclass
@@ -34,8 +42,8 @@ class Report:
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / ".write-test", lambda tmp: Path(tmp).write_bytes(b""))
-        (out / ".write-test").unlink()
+        with tempfile.TemporaryFile(dir=out):   # nameless or unique: safe beside other ranks
+            pass
     except OSError as e:
         raise LatentFitError(f"{out}: output folder is not writable ({e.strerror or e})") from None
 
@@ -50,6 +58,27 @@ def is_complete(out: Path, stem: str) -> bool:
         return True
     except LatentFitError:
         return False
+
+
+def output_names(stem: str) -> list[str]:
+    """The files a target's outputs may have in the output folder."""
+    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif"]
+
+
+def remove_stale_temps(out: Path, names: set[str]) -> None:
+    """Delete temp files a killed run left behind while writing one of `names` (only those:
+    other ranks may be writing theirs right now)."""
+    for p in out.iterdir():
+        m = _TEMP.match(p.name)
+        if m and m["name"] in names:
+            p.unlink(missing_ok=True)
+
+
+def auto_batch_size(G: Generator, n_targets: int, **options) -> int:
+    """The largest chunk of targets whose projection steps (with `options`) fit the device's
+    memory; on CPU a chunk plans for at most CPU_CHUNK_BYTES."""
+    budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else None
+    return max(1, min(n_targets, memory_fit(G, budget, **options)[1]))
 
 
 def assign_stems(paths: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -72,22 +101,23 @@ def read_init(spec: Path, G: Generator, space: str, stems: list[str]) -> dict[st
         for s in stems:
             f = spec / f"{s}.npz"
             if f.is_file():
-                out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space)
+                out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space, G.sha256)
         if not out:
             raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
         return out
-    lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space)
+    lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space, G.sha256)
     return {s: lat for s in stems}
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator,
-                  seconds: float, save_vid: bool) -> None:
-    """PNG, comparison strip, optional video, then the .npz last (it marks completion)."""
+                  seconds: float, save_vid: bool, panels: list[np.ndarray] | None = None) -> None:
+    """PNG, comparison strip (`panels`, default target | result | difference), optional video,
+    then the .npz last (it marks completion)."""
     stem = res.names[i]
     proj = to_uint8(res.images[i:i + 1])[0]
     tgt = to_uint8(target[None])[0]
     save_png(proj, out / f"{stem}.png")
-    save_png(grid([[tgt, proj, difference(tgt, proj)]]), out / f"{stem}_compare.png")
+    save_png(grid([panels or [tgt, proj, difference(tgt, proj)]]), out / f"{stem}_compare.png")
     if save_vid and res.frames is not None:
         frames = res.frames[:, i].permute(0, 2, 3, 1).numpy()
         save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), out / stem)
@@ -99,14 +129,15 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
         extra["w"] = w[:, None].expand(1, G.num_ws, -1) if res.space == "w" else w
     if res.noise:
         extra |= {f"noise_{j}": nz[i] for j, nz in enumerate(res.noise)}
+    history = res.loss_history[i]
     write_latent_file(out / f"{stem}.npz", latent=res.latent[i], latent_init=res.latent_init[i],
                       space=res.space, generator=G.name, generator_sha256=G.sha256,
-                      loss_history=res.loss_history[i], config=res.config, metrics=metrics, **extra)
+                      loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
+                      **extra)
 
 
-def write_metrics(out: Path) -> list[dict]:
-    """metrics.csv and metrics.json from every complete target in `out` (this run, earlier runs
-    and other ranks alike)."""
+def collect_metrics(out: Path, columns: list[str] = METRIC_COLUMNS) -> list[dict]:
+    """Metric rows (`columns`, the first the target) of every complete target in `out`."""
     rows = []
     for npz in sorted(out.glob("*.npz")):
         try:
@@ -115,11 +146,18 @@ def write_metrics(out: Path) -> list[dict]:
             continue
         m = data.get("metrics")
         if isinstance(m, dict) and "psnr" in m:
-            rows.append({"target": npz.stem} | {k: m.get(k) for k in METRIC_COLUMNS[1:]})
+            rows.append({"target": npz.stem} | {k: m.get(k) for k in columns[1:]})
     for r in rows:
         r.update({k: None for k, v in r.items() if isinstance(v, float) and math.isnan(v)})
+    return rows
+
+
+def write_metrics(out: Path, columns: list[str] = METRIC_COLUMNS) -> list[dict]:
+    """metrics.csv and metrics.json (`columns`, the first the target) from every complete target
+    in `out` (this run, earlier runs and other ranks alike)."""
+    rows = collect_metrics(out, columns)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, METRIC_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, columns, lineterminator="\n")
     w.writeheader()
     w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
     atomic_write(out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
@@ -127,15 +165,19 @@ def write_metrics(out: Path) -> list[dict]:
     return rows
 
 
-def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int = 16,
+def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int | str = 16,
                   init: str | None = None, classes: int | None = None, save_vid: bool = False,
                   background=(255, 255, 255), rank: int = 0, world: int = 1, progress=None,
                   **options) -> Report:
     """Project every image of `specs` into G and write the outputs to `out`.
 
-    Targets are sharded by rank (every world-th), chunked by batch_size, and skipped when
-    their outputs are complete. progress: callable(chunk_index, n_chunks, stems) -> callback
-    for `project` (or None).
+    Targets are sharded by rank (every world-th), skipped when their outputs are complete, and
+    streamed in chunks of batch_size ("auto": the largest that fits the device); a chunk that
+    runs out of memory is split in halves and retried, and later chunks stay that small. Killed
+    at any moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the
+    temp files of a killed write are removed. Under a torchrun process group, rank 0 merges
+    the metrics once every rank is done; other sharded runs leave that to write_metrics(out).
+    progress: callable(chunk_index, n_chunks, stems) -> callback for `project` (or None).
     """
     out = Path(out)
     if "lpips" in str(options.get("loss")):
@@ -146,6 +188,9 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
     targets, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
     targets = targets[rank::world]
+    writes_metrics = world == 1 or rank == 0
+    remove_stale_temps(out, {n for s, _ in targets for n in output_names(s)}
+                       | ({"metrics.csv", "metrics.json"} if writes_metrics else set()))
     todo = []
     for stem, p in targets:
         (rep.skipped if is_complete(out, stem) else todo).append((stem, p))
@@ -162,8 +207,52 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
                                  f"give --class 0..{G.c_dim - 1}")
         c_vec = torch.nn.functional.one_hot(torch.tensor(classes), G.c_dim).float()
 
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    for ci, chunk in enumerate(chunks):
+    if batch_size == "auto":
+        batch_size = auto_batch_size(G, len(todo), **options | ({"starts": 1} if inits else {}))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LatentFitError(f"batch size {batch_size!r}: give a whole number >= 1 or auto")
+    paths_of = dict(todo)
+    calls = finished = 0
+
+    def run(stems: list[str], batch: torch.Tensor, init_t: torch.Tensor | None) -> None:
+        """Project one chunk and write its outputs; out of memory, split it and retry."""
+        nonlocal batch_size, calls, finished
+        c = c_vec.expand(len(stems), -1) if c_vec is not None else None
+        cb = progress(calls, calls + math.ceil((len(todo) - finished) / batch_size), stems) \
+            if progress else None
+        calls += 1
+        try:
+            res = project(G, batch.to(G.device), stems, init=init_t, c=c, record_frames=save_vid,
+                          progress=cb, **options)
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            res = None   # retry outside the handler, so the failed attempt's tensors are freed
+        if res is None:
+            if G.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(stems) == 1:
+                rep.errors.append(f"{paths_of[stems[0]]}: out of memory on {G.device} even alone; "
+                                  "use fewer --starts or a device with more memory")
+                finished += 1
+                return
+            h = len(stems) // 2
+            batch_size = min(batch_size, h)
+            for part in (slice(0, h), slice(h, None)):
+                run(stems[part], batch[part], None if init_t is None else init_t[part])
+            return
+        for i, stem in enumerate(stems):
+            try:
+                write_outputs(out, res, i, batch[i], G, res.seconds / len(stems), save_vid)
+                rep.done.append(stem)
+            except OSError as e:
+                rep.errors.append(f"{out / stem}: could not write outputs ({e.strerror or e})")
+        finished += len(stems)
+
+    start = 0
+    while start < len(todo):   # stream: only one chunk of images is in memory at a time
+        chunk = todo[start:start + batch_size]
+        start += len(chunk)
         stems, images = [], []
         for stem, p in chunk:
             try:
@@ -171,22 +260,15 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
                 stems.append(stem)
             except LatentFitError as e:
                 rep.errors.append(str(e))
-        if not stems:
-            continue
-        batch = torch.stack(images)
-        init_t = torch.from_numpy(np.stack([inits[s] for s in stems])) if inits else None
-        c = c_vec.expand(len(stems), -1) if c_vec is not None else None
-        cb = progress(ci, len(chunks), stems) if progress else None
-        res = project(G, batch.to(G.device), stems, init=init_t, c=c, record_frames=save_vid,
-                      progress=cb, **options)
-        for i, stem in enumerate(stems):
-            try:
-                write_outputs(out, res, i, batch[i], G, res.seconds / len(stems), save_vid)
-                rep.done.append(stem)
-            except OSError as e:
-                rep.errors.append(f"{out / stem}: could not write outputs ({e.strerror or e})")
+        finished += len(chunk) - len(stems)
+        if stems:
+            run(stems, torch.stack(images),
+                torch.from_numpy(np.stack([inits[s] for s in stems])) if inits else None)
     if world == 1:
         rep.metrics = write_metrics(out)
+    elif distributed.active():
+        distributed.barrier()
+        rep.metrics = write_metrics(out) if rank == 0 else collect_metrics(out)
     return rep
 
 

@@ -29,7 +29,8 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 def keyed_normal(keys: torch.Tensor, counter: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal numbers [len(keys), *shape], a pure function of (key, counter, position)."""
     n = math.prod(shape)
-    base = _mix((keys.long()[:, None] ^ _mix(torch.tensor(counter & _M32, device=keys.device))) & _M32)
+    ctr = int(_mix(torch.tensor(counter & _M32)))   # on the host: a device copy would sync each step
+    base = _mix((keys.long()[:, None] ^ ctr) & _M32)
     idx = torch.arange(2 * n, device=keys.device)[None]
     bits = _mix(base ^ _mix(idx + 0x9E3779B9 & _M32)).to(torch.float64)
     u = (bits + 0.5) / 2.0 ** 32                          # uniform in (0, 1)

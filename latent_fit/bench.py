@@ -1,0 +1,251 @@
+"""Speed and memory: the switches that make synthesis faster, what a step costs in memory, and
+`latent-fit bench`, which measures the batched loop against one-target-at-a-time projection."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import LatentFitError
+from .generators.base import Generator
+from .objective import LPIPS, pixel_mse, resolve_loss
+from .optimize import project
+
+CUDA_MEMORY_FRACTION = 0.9   # share of the free GPU memory a chunk may fill
+CPU_MEMORY_FRACTION = 0.5    # share of the available RAM (the CPU figure is an estimate)
+PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+BENCH_BATCH_SIZES = {"cpu": (1, 8, 64), "cuda": (1, 64, 1024, 4096)}   # defaults per device type
+
+
+def accelerate(G: Generator, *, precision: str = "fp32", channels_last: bool = False,
+               compile: str = "off") -> Generator:
+    """Switch G's synthesis to a faster path, in place; returns G.
+
+    precision bf16: synthesis under autocast (images come back float32; latents, loss and Adam
+    stay float32). channels_last: NHWC weights and activations. compile: torch.compile mode
+    (`reduce-overhead` adds CUDA graphs on GPU). Every switch also runs on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise LatentFitError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+    if compile not in COMPILE_MODES:
+        raise LatentFitError(f"--compile {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if channels_last:
+        G.to(memory_format=torch.channels_last)
+    if precision == "fp32" and compile == "off":
+        return G
+    synth = G.synthesize
+    if compile != "off":
+        synth = torch.compile(synth, mode=None if compile == "default" else compile)
+    device_type = G.device.type
+
+    def synthesize(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return synth(*args, **kwargs).float()
+    G.synthesize = synthesize
+    return G
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+def is_oom(e: BaseException) -> bool:
+    """Whether `e` says the device ran out of memory (CUDA, or a failed CPU allocation)."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "not enough memory" in str(e)))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a chunk may use on `device`: a share of the free GPU memory (plus what PyTorch
+    holds cached) or of the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(CUDA_MEMORY_FRACTION * (free + cached))
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        avail = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(CPU_MEMORY_FRACTION * avail)
+
+
+def step_memory(G: Generator, n_targets: int, **options) -> int:
+    """Bytes one projection step of `n_targets` targets needs (options: Config fields).
+
+    On CUDA the measured peak above what was allocated before. Elsewhere an estimate, as CPU
+    allocators keep no peak: twice the bytes autograd keeps for the backward pass (activations,
+    then as much again for their gradients and temporaries).
+    """
+    dev = G.device
+    targets = torch.zeros(n_targets, 3, G.resolution, G.resolution, device=dev)
+    c = torch.nn.functional.one_hot(torch.zeros(n_targets, dtype=torch.long), G.c_dim).float() \
+        if G.c_dim else None
+    options = options | {"steps": 1, "check_every": 1}
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        project(G, targets, c=c, **options)
+        return torch.cuda.max_memory_allocated(dev) - base
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        saved[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        project(G, targets, c=c, **options)
+    return 2 * sum(saved.values())
+
+
+def memory_fit(G: Generator, budget: int | None = None, **options) -> tuple[int, int]:
+    """(bytes per target, how many targets fit in one chunk) for projection with `options`,
+    from the step memory of 1 and 3 targets, within `budget` bytes (default: free_memory).
+    (0, 1) when even the probe runs out of memory."""
+    try:
+        m1, m3 = step_memory(G, 1, **options), step_memory(G, 3, **options)
+    except RuntimeError as e:   # torch.cuda.OutOfMemoryError included
+        if not is_oom(e):
+            raise
+        return 0, 1
+    per = max(1, (m3 - m1) // 2)
+    fixed = max(0, m1 - per)
+    budget = free_memory(G.device) if budget is None else min(budget, free_memory(G.device))
+    return per, max(1, (budget - fixed) // per)
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def describe_device(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    name = "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu ({name}, {torch.get_num_threads()} threads)"
+
+
+def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
+          space: str | None = None, repeats: int = 2, seq_targets: int = 4, log=None) -> dict:
+    """Time the batched loop at each batch size against projecting `seq_targets` targets one
+    after another (batch 1), at the same steps and loss, and against a bare forward+backward of
+    generator and loss. Every time is the best of `repeats` (the least disturbed by other load);
+    step times are the best interval between timestamps, taken every step on CPU (where that
+    costs no sync) and twice per run on GPU.
+    batch_sizes: default BENCH_BATCH_SIZES of the device type; sizes that do not fit are left out.
+
+    Returns a dict: the headline figures at the largest batch (`speedup_batched_vs_sequential`,
+    `loop_overhead`, `images_per_second` = image-steps per second: images rendered and
+    back-propagated), one row per batch size, and memory per sample / largest batch that fits.
+    """
+    dev = G.device
+    if batch_sizes is None:
+        batch_sizes = BENCH_BATCH_SIZES.get(dev.type, BENCH_BATCH_SIZES["cpu"])
+    if steps < 2 or repeats < 1 or seq_targets < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise LatentFitError("bench needs steps >= 2, repeats >= 1 and batch sizes >= 1")
+    space = G.check_space(space or G.default_space)
+    every = 1 if dev.type == "cpu" else max(1, steps // 2)   # steps between timestamps
+    opts = dict(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False,
+                patience=steps + 1, check_every=every)
+    per_sample, fit = memory_fit(G, **opts)
+    too_big = sorted(b for b in set(batch_sizes) if b > fit)
+    batch_sizes = sorted(b for b in set(batch_sizes) if b <= fit) or [1]
+    n = max(max(batch_sizes), seq_targets)
+    names = [f"bench{i}" for i in range(n)]
+    c = torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), G.c_dim).float().to(dev) \
+        if G.c_dim else None
+    with torch.no_grad():
+        targets = G.synthesize(G.sample(n, seed=123, space=space, c=c), space, c).float().clamp(-1, 1)
+    use_mse, use_lpips = resolve_loss(loss)
+    lpips_net = LPIPS().to(dev) if use_lpips else None
+
+    def fastest(marks: list[tuple[int, float]]) -> float:
+        """Seconds per step of the fastest interval between (step, time) marks."""
+        return min((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0)
+
+    def loop(b: int, first: int = 0, **over) -> tuple[float, float]:
+        """(wall time of one project call on b targets from `first` on, its step time)."""
+        rows = slice(first, first + b)
+        marks = []
+        t0 = time.perf_counter()
+        project(G, targets[rows], names[rows], c=None if c is None else c[rows], **(opts | over),
+                progress=lambda s, _: marks.append((s, time.perf_counter())))
+        return time.perf_counter() - t0, fastest(marks)
+
+    def bare(b: int) -> float:
+        """Seconds per step of forward+backward passes of generator and loss alone."""
+        z = G.sample(b, seed=7, space=space, c=None if c is None else c[:b]).requires_grad_(True)
+        tg, cb = targets[:b], None if c is None else c[:b]
+        marks = []
+        for i in range(steps):
+            if i % every == 0:
+                _sync(dev)
+                marks.append((i, time.perf_counter()))
+            img = G.synthesize(z, space, cb)
+            lv = pixel_mse(img, tg) if use_mse else 0
+            if lpips_net is not None:
+                lv = lv + lpips_net(img, tg)
+            torch.autograd.grad(lv.sum(), [z])
+        _sync(dev)
+        return fastest(marks[1:] + [(steps, time.perf_counter())])   # the first interval warms up
+
+    for b in batch_sizes:   # warm-up: allocator, kernels, compilation
+        loop(b, steps=2, check_every=1)
+    seq = math.inf
+    best = {b: [math.inf] * 3 for b in batch_sizes}   # total, loop step, bare step
+    for r in range(repeats):
+        seq = min(seq, sum(loop(1, i)[0] for i in range(seq_targets)) / (seq_targets * steps))
+        for b in batch_sizes:
+            total, step = loop(b)
+            cur = best[b]
+            best[b] = [min(cur[0], total), min(cur[1], step), min(cur[2], bare(b))]
+        if log:
+            log(f"repeat {r + 1}/{repeats} done")
+    rows = []
+    for b in batch_sizes:
+        total, step, bare_s = best[b]
+        per = total / (b * steps)
+        rows.append({"batch": b, "ms_per_image_step": 1e3 * per, "images_per_second": 1 / per,
+                     "loop_step_ms": 1e3 * step, "bare_step_ms": 1e3 * bare_s,
+                     "loop_overhead": 1 - bare_s / step, "speedup": seq / per})
+    top = rows[-1]
+    return {"generator": G.name, "device": describe_device(dev), "steps": steps, "loss": loss,
+            "space": space, "batch": top["batch"],
+            "speedup_batched_vs_sequential": top["speedup"], "loop_overhead": top["loop_overhead"],
+            "images_per_second": top["images_per_second"],
+            "sequential_ms_per_image_step": 1e3 * seq, "rows": rows,
+            "memory_per_sample_mb": per_sample / 2 ** 20,
+            "memory_measured": "cuda peak" if dev.type == "cuda" else "estimate (autograd saved tensors x2)",
+            "max_batch": fit, "batch_sizes_too_big": too_big, "repeats": repeats, "torch": torch.__version__}
+
+
+def format_table(r: dict) -> str:
+    """The bench result as a few lines of text."""
+    lines = [f"{r['generator']} on {r['device']}: {r['steps']} steps, loss {r['loss']}, best of {r['repeats']}",
+             f"sequential (batch 1, one target after another): {r['sequential_ms_per_image_step']:.2f} ms "
+             "per image-step",
+             f"{'batch':>6} {'ms/img-step':>12} {'img-steps/s':>12} {'loop ms/step':>13} "
+             f"{'bare ms/step':>13} {'overhead':>9} {'speedup':>8}"]
+    for row in r["rows"]:
+        lines.append(f"{row['batch']:>6} {row['ms_per_image_step']:>12.3f} {row['images_per_second']:>12.1f} "
+                     f"{row['loop_step_ms']:>13.2f} {row['bare_step_ms']:>13.2f} "
+                     f"{row['loop_overhead']:>9.3f} {row['speedup']:>7.2f}x")
+    lines.append(f"memory per sample: {r['memory_per_sample_mb']:.2f} MiB ({r['memory_measured']}); "
+                 f"largest batch that fits: {r['max_batch']}")
+    if r["batch_sizes_too_big"]:
+        lines.append(f"left out, too big for the device: {', '.join(map(str, r['batch_sizes_too_big']))}")
+    return "\n".join(lines)
