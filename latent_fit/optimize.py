@@ -7,6 +7,7 @@ depend on which other samples share its batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,6 +50,8 @@ class Config:
     patience: int = 100               # early stop: steps without a `tol` relative improvement
     tol: float = 1e-3
     check_every: int = 25             # steps between reads of the loss (the only host syncs)
+    exact: bool = False               # CPU: convolutions whose per-sample rounding does not depend on
+                                      # the batch size (bit-identical DCGAN latents; slower at large batches)
     seed: int = 0
 
     def validate(self) -> "Config":
@@ -73,7 +76,7 @@ class Result:
     noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
     loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
     steps: np.ndarray                    # [N] steps run by the kept candidate
-    metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused), dz_norm: [N] each
+    metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused; in the mask), dz_norm: [N] each
     terms: list[str]                     # loss terms that were used
     config: dict                         # the Config used, as a dict
     seconds: float                       # wall time of the whole batch
@@ -81,6 +84,18 @@ class Result:
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
+
+
+@contextlib.contextmanager
+def _plain_cpu_kernels():
+    """Turn oneDNN off: the plain CPU convolutions compute each sample on its own, so their
+    rounding does not depend on the batch size."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _lr_at(cfg: Config, lr: float, t: float) -> float:
@@ -127,6 +142,12 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     """
     t_start = time.perf_counter()
     cfg = Config(**options).validate()
+    with _plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
+        return _project(G, targets, names, cfg, init=init, mask=mask, c=c, wr=wr,
+                        record_frames=record_frames, progress=progress, t_start=t_start)
+
+
+def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progress, t_start) -> Result:
     space = G.check_space(cfg.space or G.default_space)
     dev = G.device
     n = targets.shape[0]
@@ -275,17 +296,19 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     with torch.no_grad():
         noise_out = out_noise or None
         images = G.synthesize(out_z, space, c, noise_out).clamp(-1, 1)
-        mse = pixel_mse(images, targets)
-        lp = lpips_net(images, targets) if lpips_net is not None else torch.full_like(mse, math.nan)
+        mse = pixel_mse(images, targets, mask)   # measured where the objective looked
+        lp_in = images if mask is None else images * mask + targets * (1 - mask)
+        lp = lpips_net(lp_in, targets) if lpips_net is not None else torch.full_like(mse, math.nan)
         dz = (out_z - out_z0).flatten(1).norm(dim=1)
     if frames is not None:
         frames.append(_to_uint8(images).cpu())
     hist = np.stack(history, 1) if history else np.zeros((n, 0))
     terms = (["mse"] if use_mse else []) + (["lpips"] if use_lpips else []) + [f"wr*{cfg.reg}"] \
         + (["noise"] if noise_shapes else [])
-    wr_used = wr_t.tolist()   # the w_r that ran: the `wr` argument overrides Config.wr
+    wr_in = cfg.wr if wr is None else wr   # the `wr` argument overrides Config.wr
     conf = dataclasses.asdict(cfg) | {"space": space, "lr": lr, "init_mode": mode, "starts": k,
-                                      "wr": wr_used[0] if len(set(wr_used)) == 1 else wr_used}
+                                      "wr": wr_in if isinstance(wr_in, (int, float)) else
+                                      torch.as_tensor(wr_in).tolist()}
     return Result(names=names, space=space, latent=out_z, latent_init=out_z0, images=images,
                   noise=noise_out, loss_history=hist.astype(np.float32), steps=out_steps,
                   metrics={"mse": mse.cpu().numpy(), "psnr": psnr(mse).cpu().numpy(),

@@ -22,7 +22,7 @@ def test_defaults_reconstruct_in_domain_targets(G, in_domain):
     assert psnr.min() >= 30, psnr
     assert res.latent.shape == (8, 100) and res.images.shape == (8, 3, 64, 64)
     h = res.loss_history
-    assert h.shape[0] == 8 and np.all(h[:, 0] > 100 * np.nanmin(h, axis=1))
+    assert h.shape[0] == 8 and np.all(h[:, 0] > 10 * np.nanmin(h, axis=1))
 
 
 def test_a_target_that_stopped_improving_stops(G, in_domain):
@@ -36,14 +36,16 @@ def test_a_target_that_stopped_improving_stops(G, in_domain):
 
 
 def test_a_target_does_not_depend_on_its_batch(G, in_domain):
+    """Together, reversed or alone, with pruning and early stop: bit-identical latents. (`exact`
+    picks kernels whose rounding does not depend on the batch size; the default fast kernels
+    differ by ~1e-7 a step, which a hard target's optimization can amplify.)"""
     targets = in_domain[0][:3]
-    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25)
-    together = project(G, targets, NAMES[:3], **kw).latent
+    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True)
+    together = project(G, targets, NAMES[:3], **kw)
     reversed_ = project(G, targets.flip(0), NAMES[:3][::-1], **kw).latent.flip(0)
     alone = torch.cat([project(G, targets[i:i + 1], [NAMES[i]], **kw).latent for i in range(3)])
-    for other in (reversed_, alone):
-        rel = (together - other).norm(dim=1) / together.norm(dim=1)
-        assert rel.max() <= 1e-4, rel
+    assert torch.equal(together.latent, reversed_) and torch.equal(together.latent, alone)
+    assert together.metrics["psnr"].min() > 20      # they did move
 
 
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):

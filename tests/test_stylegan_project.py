@@ -59,8 +59,8 @@ def test_independence_with_noise_optimization(sg2):
     kw = dict(loss="mse", steps=60)
     together = project(G, targets, ["a", "b", "c"], **kw)
     alone = [project(G, targets[i:i + 1], [n], **kw) for i, n in enumerate("abc")]
-    # Grouped convolutions of different batch sizes round differently (~1e-6 a step), and
-    # Adam magnifies that a little; a real dependence would show at the 1e-1 level.
+    # Matrix products of different batch sizes round differently (~1e-6 a step) and Adam
+    # magnifies that a little; a real dependence would show at the 1e-1 level.
     lat = torch.cat([a.latent for a in alone])
     assert ((together.latent - lat).norm(dim=1) / lat.norm(dim=1)).max() <= 1e-3
     for j, nz in enumerate(together.noise):
