@@ -13,8 +13,9 @@ from torch import nn
 class Generator(nn.Module):
     """Base class of all generators.
 
-    Subclasses set the attributes below and implement `from_z`, `mean_latent` and
-    `synthesize`; noise inputs (StyleGAN) are declared by `noise_shapes`.
+    Subclasses set the attributes below and implement `synthesize`. The latent methods here serve
+    a generator whose only space is its prior's z ~ N(0, I); others (StyleGAN) override them.
+    Noise inputs are declared by `noise_shapes`.
     """
 
     name: str = "generator"      # id written into latent files
@@ -45,15 +46,18 @@ class Generator(nn.Module):
 
     def latent_shape(self, space: str) -> tuple[int, ...]:
         """Shape of one latent in `space` (without the batch dimension)."""
-        raise NotImplementedError
+        self.check_space(space)
+        return (self.z_dim,)
 
     def from_z(self, z: torch.Tensor, space: str, c: torch.Tensor | None = None) -> torch.Tensor:
         """Latents in `space` for prior samples z [N, z_dim]."""
-        raise NotImplementedError
+        self.check_space(space)
+        return z
 
     def mean_latent(self, space: str, c: torch.Tensor | None = None) -> torch.Tensor:
         """The central start in `space`, shape [1, *latent_shape] (zeros in z, w_avg in w)."""
-        raise NotImplementedError
+        self.check_space(space)
+        return torch.zeros(1, self.z_dim, device=self.device)
 
     def synthesize(self, latent: torch.Tensor, space: str, c: torch.Tensor | None = None,
                    noise: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -19,9 +19,6 @@ BN_EPS = 1e-5
 class DCGAN(Generator):
     """DCGAN generator: ConvTranspose2d blocks 1 -> 4 -> 8 -> ... -> resolution, Tanh output."""
 
-    spaces = ("z",)
-    default_space = "z"
-
     def __init__(self, state: dict[str, torch.Tensor], name: str = "dcgan", sha256: str = ""):
         super().__init__()
         convs = sorted((k for k in state if k.endswith(".weight") and state[k].ndim == 4),
@@ -45,18 +42,6 @@ class DCGAN(Generator):
         self.z_dim = state[convs[0]].shape[0]
         self.resolution = 4 * 2 ** (len(convs) - 1)
         self.freeze()
-
-    def latent_shape(self, space: str) -> tuple[int, ...]:
-        self.check_space(space)
-        return (self.z_dim,)
-
-    def from_z(self, z, space, c=None):
-        self.check_space(space)
-        return z
-
-    def mean_latent(self, space, c=None):
-        self.check_space(space)
-        return torch.zeros(1, self.z_dim, device=self.device)
 
     def synthesize(self, latent, space="z", c=None, noise=None):
         return self.net(latent.view(latent.shape[0], -1, 1, 1))

@@ -27,18 +27,6 @@ class Wrapped(Generator):
         self.z_dim, self.resolution, self.four_d = latent_dim, resolution, four_d
         self.freeze()
 
-    def latent_shape(self, space):
-        self.check_space(space)
-        return (self.z_dim,)
-
-    def from_z(self, z, space, c=None):
-        self.check_space(space)
-        return z
-
-    def mean_latent(self, space, c=None):
-        self.check_space(space)
-        return torch.zeros(1, self.z_dim, device=self.device)
-
     def synthesize(self, latent, space="z", c=None, noise=None):
         x = latent.view(latent.shape[0], -1, 1, 1) if self.four_d else latent
         return self.module(x)
