@@ -58,6 +58,10 @@ def generator_options(f):
     return f
 
 
+class_option = click.option("--class", "klass", type=int,
+                            help="Class index for a conditional generator (needed in z).")
+
+
 def open_generator(generator, network_key, latent_dim, device):
     from .jobs import default_device
     return load_generator(generator, default_device(device), network_key=network_key,
@@ -116,7 +120,7 @@ def main():
               help="Start without --init: random prior samples or the mean [default: random in z, mean in w].")
 @click.option("--sphere/--no-sphere", default=D.sphere, show_default=True,
               help="z only: keep ||z|| on the prior's typical radius sqrt(dim).")
-@click.option("--class", "klass", type=int, help="Class index for a conditional generator.")
+@class_option
 @click.option("--noise/--no-noise", "optimize_noise", default=D.optimize_noise, show_default=True,
               help="StyleGAN: optimize the noise maps as well.")
 @click.option("--batch-size", default="16", show_default=True, callback=_batch_size,
@@ -264,8 +268,9 @@ def _optimizer_options(f):
 @click.option("--strength", default="-3,-1,0,1,3", show_default=True,
               help="Comma-separated steps along the direction, in latent units (directions have norm 1).")
 @click.option("--batch-size", default=16, show_default=True, help="Latents optimized together.")
+@class_option
 def edit_command(latents, out, generator, network_key, latent_dim, device, request, mask, wr, steps,
-                 lr, reg, loss, lpips_weight, seed, direction, component, strength, batch_size):
+                 lr, reg, loss, lpips_weight, seed, direction, component, strength, batch_size, klass):
     """Edit LATENTS (.npz files, folders, globs) by a painted request (--target [--mask]) or
     along a direction (--direction --strength). Masked: OUT/<stem>.npz, .png, _compare.png
     (before | request | after), metrics.csv. Direction: OUT/<stem>_s<strength>.png, <stem>_strip.png."""
@@ -284,7 +289,7 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
     else:
         progress, close = _progress_bars(steps)
         rep = edit_files(G, list(latents), out, request=request, mask=mask, batch_size=batch_size,
-                         progress=progress, wr=wr, steps=steps, lr=lr, reg=reg, loss=loss,
+                         classes=klass, progress=progress, wr=wr, steps=steps, lr=lr, reg=reg, loss=loss,
                          lpips_weight=lpips_weight, seed=seed)
         close()
         _report_errors(rep.errors)
@@ -368,8 +373,9 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
 @click.option("--init-mode", type=click.Choice(["random", "mean"]),
               help="Start without --init [default: random in z, mean in w]. For clean curves give "
               "every w_r one shared start: --starts 1, --init-mode mean or --init.")
+@class_option
 def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask, space,
-                  steps, lr, reg, loss, lpips_weight, seed, starts, init_mode):
+                  steps, lr, reg, loss, lpips_weight, seed, starts, init_mode, klass):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
     OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
     from .edit_jobs import sweep_files
@@ -380,7 +386,7 @@ def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_l
     options = {k: v for k, v in options.items() if v is not None}
     progress, close = _progress_bars(steps or (EDIT_DEFAULTS["steps"] if init else D.steps))
     t0 = time.perf_counter()
-    sw, errors, reason = sweep_files(G, list(targets), out, wrs, init=init, mask=mask,
+    sw, errors, reason = sweep_files(G, list(targets), out, wrs, init=init, mask=mask, classes=klass,
                                      progress=progress, **options)
     close()
     _report_errors(errors)

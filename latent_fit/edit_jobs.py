@@ -18,7 +18,8 @@ from .errors import LatentFitError
 from .generators.base import Generator
 from .images import (IMAGE_SUFFIXES, atomic_write, find_files, find_images, grid, load_image, load_mask,
                      save_png, save_video, to_uint8)
-from .jobs import Report, assign_stems, check_writable, is_complete, read_init, write_metrics, write_outputs
+from .jobs import (Report, assign_stems, check_writable, class_vector, is_complete, read_init, write_metrics,
+                   write_outputs)
 from .latents import check_compatible, read_latent_file
 from .sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr, sweep
 
@@ -96,7 +97,8 @@ def _stack_masks(masks: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 def edit_files(G: Generator, latent_specs: list[str], out: Path, *, request: Path,
-               mask: Path | None = None, batch_size: int = 16, progress=None, **options) -> Report:
+               mask: Path | None = None, batch_size: int = 16, classes: int | None = None, progress=None,
+               **options) -> Report:
     """Masked edits of every latent file toward `request` (one image, or a folder of one
     <stem>.<image> per latent) where `mask` (one image or a folder; default: the request's alpha,
     else everywhere) is set. Writes OUT/<stem>.npz / .png / _compare.png (before | request painted
@@ -112,13 +114,15 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, *, request: Pat
     masks, mask_errors = _per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
     rep.errors += errors + mask_errors
     todo = [s for s in todo if s in requests and s in masks]
+    c_vec = class_vector(G, classes, space)
     row = {s: i for i, s in enumerate(stems)}
     for ci in range(0, len(todo), batch_size):
         names = todo[ci:ci + batch_size]
         req = torch.stack([requests[s][0] for s in names])
         mk = _stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
         cb = progress(ci // batch_size, -(-len(todo) // batch_size), names) if progress else None
-        res = edit(G, lats[[row[s] for s in names]], req, mk, names, space=space, progress=cb, **options)
+        c = None if c_vec is None else c_vec.expand(len(names), -1)
+        res = edit(G, lats[[row[s] for s in names]], req, mk, names, c=c, space=space, progress=cb, **options)
         req = req.to(res.before)
         painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
         before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
@@ -290,8 +294,8 @@ def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
 
 
 def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], *, init: Path | None = None,
-                mask: Path | None = None, progress=None, background=(255, 255, 255),
-                **options) -> tuple[SweepResult | None, list[str], str]:
+                mask: Path | None = None, classes: int | None = None, progress=None,
+                background=(255, 255, 255), **options) -> tuple[SweepResult | None, list[str], str]:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
     targets' alpha or `mask` limiting the request) in one batched run. Writes OUT/sweep.csv,
     OUT/sweep.png and OUT/grid.png. progress: as for jobs.project_files (one batch).
@@ -323,7 +327,9 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], *, 
     mk = _stack_masks(masks)
     init_t = torch.from_numpy(np.stack([inits[s] for s in stems])) if inits else None
     cb = progress(0, 1, stems) if progress else None
-    sw = sweep(G, torch.stack(targets), wrs, stems, init=init_t, mask=mk, progress=cb, **options)
+    c_vec = class_vector(G, classes, space)
+    c = None if c_vec is None else c_vec.expand(len(stems), -1)
+    sw = sweep(G, torch.stack(targets), wrs, stems, init=init_t, mask=mk, c=c, progress=cb, **options)
     best, reason = suggest_wr(sw)
     extra = [k for k in EDIT_COLUMNS if k in sw.metrics]
     _write_csv(out / "sweep.csv", COLUMNS + extra, sw.rows())

@@ -81,6 +81,17 @@ def auto_batch_size(G: Generator, n_targets: int, **options) -> int:
     return max(1, min(n_targets, memory_fit(G, budget, **options)[1]))
 
 
+def class_vector(G: Generator, classes: int | None, space: str) -> torch.Tensor | None:
+    """The one-hot label [c_dim] of --class for a conditional generator; None if unconditional,
+    or if no class is given in w / w+ (those latents already carry the class)."""
+    if not G.c_dim or (classes is None and space != "z"):
+        return None
+    if classes is None or not 0 <= classes < G.c_dim:
+        raise LatentFitError(f"generator {G.name!r} is conditional with {G.c_dim} classes: "
+                             f"give --class 0..{G.c_dim - 1}")
+    return torch.nn.functional.one_hot(torch.tensor(classes), G.c_dim).float()
+
+
 def assign_stems(paths: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
     """(stem, path) per target; a stem seen twice is an error for the later file."""
     seen: dict[str, Path] = {}
@@ -200,12 +211,7 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
         missing = [s for s, _ in todo if s not in inits]
         rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s in missing]
         todo = [(s, p) for s, p in todo if s not in missing]
-    c_vec = None
-    if G.c_dim:
-        if classes is None or not 0 <= classes < G.c_dim:
-            raise LatentFitError(f"generator {G.name!r} is conditional with {G.c_dim} classes: "
-                                 f"give --class 0..{G.c_dim - 1}")
-        c_vec = torch.nn.functional.one_hot(torch.tensor(classes), G.c_dim).float()
+    c_vec = class_vector(G, classes, space)
 
     if batch_size == "auto":
         batch_size = auto_batch_size(G, len(todo), **options | ({"starts": 1} if inits else {}))

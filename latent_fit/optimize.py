@@ -158,8 +158,8 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
     targets = targets.to(dev, torch.float32)
     mask = _to_batch(mask, n, dev, "mask")
     c = _to_batch(c, n, dev, "c")
-    if G.c_dim and c is None:
-        raise LatentFitError(f"generator {G.name!r} is conditional: give a class (--class)")
+    if G.c_dim and c is None and space == "z":   # w and w+ already carry the class
+        raise LatentFitError(f"generator {G.name!r} is conditional: give a class (--class) to work in z")
     wr_t = _to_batch(cfg.wr if wr is None else wr, n, dev, "wr")
     init = _to_batch(init, n, dev, "init")
     if init is not None and tuple(init.shape[1:]) != shape:

@@ -76,9 +76,12 @@ def test_cli_on_a_network_pickle(cli, tmp_path):
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 30), (90, 120, 200)).save(img)
 
-    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse")
+    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse",
+            "--space", "z")
     assert r.exit_code == 1
     assert r.stderr.strip() == "error: generator 'tiny' is conditional with 3 classes: give --class 0..2"
+    for command in (["edit", tmp_path / "none.npz", "--target", img], ["sweep", img, "--space", "z"]):
+        assert "--class" in cli(*command, "-g", pkl, "-o", tmp_path / "o", "--help").stdout
 
     r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse",
             "--class", "1")
@@ -94,3 +97,11 @@ def test_cli_on_a_network_pickle(cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     d = read_latent_file(tmp_path / "out2" / "x.npz")
     assert d["latent"].shape == (G.num_ws, 16) and np.array_equal(d["w"][0], d["latent"])
+
+    r = cli("edit", tmp_path / "out2" / "x.npz", "-g", pkl, "--target", img, "--steps", "3",
+            "--loss", "mse", "-o", tmp_path / "edited")
+    assert r.exit_code == 0, r.stderr      # w+ carries the class: none needed
+    r = cli("sweep", img, "-g", pkl, "--space", "z", "--class", "2", "--wr", "0,0.1", "--steps", "3",
+            "--starts", "1", "--loss", "mse", "-o", tmp_path / "sweep")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
