@@ -185,18 +185,20 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
             z0 = G.from_z(keyed_normal(keys, 0, (G.z_dim,)), space, None if c is None else c[owner])
         else:
             z0 = G.mean_latent(space, None if c is None else c[:1]).expand(n * k, *shape).clone()
-    st = {"z": z0.clone(), "z0": z0, "owner": owner, "keys": keys,
-          "best": torch.full((n * k,), math.inf, device=dev),
+    # per-candidate state; rows are dropped together when candidates are pruned or stop early
+    st = {"z": z0.clone(), "z0": z0, "owner": owner, "keys": keys, "target": targets[owner],
+          "wr": wr_t[owner], "best": torch.full((n * k,), math.inf, device=dev),
           "since": torch.zeros(n * k, device=dev)}
+    if mask is not None:
+        st["mask"] = mask[owner]
+    if c is not None:
+        st["c"] = c[owner]
     for i, s in enumerate(noise_shapes):
         st[f"n{i}"] = keyed_normal(keys, 1 + i, s)
     var_names = ["z"] + [f"n{i}" for i in range(len(noise_shapes))]
     for v in var_names:
         st[f"m_{v}"] = torch.zeros_like(st[v])
         st[f"v_{v}"] = torch.zeros_like(st[v])
-
-    def per_target(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-        return None if t is None else t[rows]
 
     out_z = torch.empty(n, *shape, device=dev)
     out_z0 = torch.empty(n, *shape, device=dev)
@@ -221,14 +223,13 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
         if st["z"].shape[0] == 0:
             break
         t = step / cfg.steps
-        owner_a = st["owner"]
         z = st["z"].requires_grad_(True)
         noises = [st[f"n{i}"].requires_grad_(True) for i in range(len(noise_shapes))]
         ns = noise_std * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2 if cfg.latent_noise_ramp > 0 else 0.0
         zz = z + ns * keyed_normal(st["keys"], _NOISE_COUNTER + step, shape) if ns > 0 else z
-        images = G.synthesize(zz, space, per_target(c, owner_a), noises or None)
-        tg, mk = targets[owner_a], per_target(mask, owner_a)
-        loss = latent_reg(z - st["z0"], cfg.reg) * wr_t[owner_a]
+        images = G.synthesize(zz, space, st.get("c"), noises or None)
+        tg, mk = st["target"], st.get("mask")
+        loss = latent_reg(z - st["z0"], cfg.reg) * st["wr"]
         if use_mse:
             loss = loss + pixel_mse(images, tg, mk)
         if lpips_net is not None:
@@ -259,13 +260,13 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
         # --- a check: the only host sync ----------------------------------------------------
         loss = loss.detach()
         best_t = torch.full((n,), math.nan, device=dev).scatter_reduce(
-            0, owner_a, loss, "amin", include_self=False)
+            0, st["owner"], loss, "amin", include_self=False)
         history.append(best_t.cpu().numpy())
         if frames is not None:
             rows = _best_rows(loss, kcur)
             if frame_now is None:
                 frame_now = torch.zeros(n, 3, G.resolution, G.resolution, dtype=torch.uint8)
-            frame_now[owner_a[rows].cpu()] = _to_uint8(images[rows].detach()).cpu()
+            frame_now[st["owner"][rows].cpu()] = _to_uint8(images[rows].detach()).cpu()
             frames.append(frame_now.clone())
         if progress is not None:
             progress(step + 1, float(torch.nan_to_num(best_t, nan=math.inf).min()))
