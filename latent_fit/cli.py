@@ -69,7 +69,7 @@ def open_generator(generator, network_key, latent_dim, device):
 
 
 def speed_options(f):
-    """--precision, --channels-last, --compile: the synthesis switches of bench.accelerate."""
+    """--precision, --channels-last, --compile: the synthesis switches of devices.accelerate."""
     f = click.option("--compile", "compile_mode", default="off", show_default=True,
                      type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
                      help="torch.compile the synthesis (reduce-overhead: with CUDA graphs).")(f)
@@ -139,7 +139,7 @@ def project(targets, out, generator, network_key, latent_dim, device, space, ste
 
     Rerun with the same arguments to finish a killed job. Under torchrun each process takes
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
-    from .bench import accelerate
+    from .devices import accelerate
     from .distributed import Shard, process_group
     from .jobs import project_files
     shard = Shard.from_env()
@@ -415,7 +415,8 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
     memory per sample and the largest batch that fits."""
     import json
 
-    from .bench import accelerate, bench, format_table
+    from .bench import bench, format_table
+    from .devices import accelerate
     sizes = _numbers(batch_sizes, "--batch-sizes") if batch_sizes else None
     if sizes and any(b < 1 or b != int(b) for b in sizes):
         raise LatentFitError(f"--batch-sizes {batch_sizes!r}: whole numbers >= 1, e.g. 1,8,64")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .bench import is_oom, memory_fit
+from .devices import is_oom, memory_fit
 from .errors import LatentFitError
 from .generators.base import Generator
 from .images import atomic_write, difference, find_images, grid, load_image, save_png, save_video, to_uint8

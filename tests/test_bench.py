@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from latent_fit import bench as B
+from latent_fit import devices
 from latent_fit import load_generator, project
 from latent_fit.cli import main
 from latent_fit.errors import LatentFitError
@@ -40,7 +41,7 @@ def test_switches_run_on_cpu_and_keep_the_images():
     z = G.sample(3, seed=4)
     with torch.no_grad():
         ref = G.synthesize(z)
-    B.accelerate(G, precision="bf16", channels_last=True)
+    devices.accelerate(G, precision="bf16", channels_last=True)
     with torch.no_grad():
         fast = G.synthesize(z)
     assert fast.dtype == torch.float32 and fast.shape == ref.shape
@@ -48,22 +49,22 @@ def test_switches_run_on_cpu_and_keep_the_images():
     res = project(G, ref, ["a", "b", "c"], steps=3, starts=2, loss="mse")
     assert torch.isfinite(res.latent).all()
     with pytest.raises(LatentFitError, match="--precision"):
-        B.accelerate(G, precision="fp16")
+        devices.accelerate(G, precision="fp16")
 
 
 def test_memory_helpers():
     G = load_generator()
-    one, three = (B.step_memory(G, n, steps=1, starts=2, loss="mse") for n in (1, 3))
+    one, three = (devices.step_memory(G, n, steps=1, starts=2, loss="mse") for n in (1, 3))
     assert 0 < one < three
-    per, fit = B.memory_fit(G, 100 * 2 ** 20, starts=2, loss="mse")
+    per, fit = devices.memory_fit(G, 100 * 2 ** 20, starts=2, loss="mse")
     assert per > 0 and 1 <= fit and fit * per <= 100 * 2 ** 20
-    assert B.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
-    assert B.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
-    assert not B.is_oom(RuntimeError("shape mismatch"))
+    assert devices.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert devices.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
+    assert not devices.is_oom(RuntimeError("shape mismatch"))
 
 
 def test_memory_fit_when_even_the_probe_runs_out_of_memory(monkeypatch):
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr(B, "step_memory", oom)
-    assert B.memory_fit(load_generator()) == (0, 1)
+    monkeypatch.setattr(devices, "step_memory", oom)
+    assert devices.memory_fit(load_generator()) == (0, 1)

@@ -129,7 +129,7 @@ def test_a_target_too_big_even_alone_is_reported_and_the_rest_goes_on(G, targets
 
 
 def test_batch_size_auto(G, targets, tmp_path, monkeypatch):
-    from latent_fit.bench import memory_fit
+    from latent_fit.devices import memory_fit
     per, fit = memory_fit(G, jobs.CPU_CHUNK_BYTES, **OPTIONS)
     n = jobs.auto_batch_size(G, 10 ** 6, **OPTIONS)
     assert per > 0 and n == fit and 1 <= n * per <= jobs.CPU_CHUNK_BYTES
