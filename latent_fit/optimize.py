@@ -42,7 +42,7 @@ class Config:
     lpips_weight: float = 1.0         # weight of LPIPS next to pixel MSE
     init_mode: str | None = None      # random | mean; None: random in z, mean (w_avg) in w / w+
     starts: int = 16                  # candidates per target (random init only)
-    prune_every: float = 0.1          # fraction of steps between successive-halving rungs
+    prune_every: float = 0.15         # fraction of steps between successive-halving rungs
     prune_factor: int = 2             # each rung keeps 1/prune_factor of each target's candidates
     sphere: bool = False              # z only: keep ||z|| = sqrt(dim), the prior's typical radius
     optimize_noise: bool = True       # StyleGAN: optimize the noise maps too
