@@ -11,6 +11,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from .devices import COMPILE_MODES, PRECISIONS
 from .edit import EDIT_DEFAULTS, PCA_SAMPLES
 from .errors import LatentFitError
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
@@ -68,13 +69,24 @@ def open_generator(generator, network_key, latent_dim, device):
                           latent_dim=latent_dim)
 
 
+def _optimizer_options(f):
+    f = click.option("--seed", default=D.seed, show_default=True)(f)
+    f = click.option("--lpips-weight", default=D.lpips_weight, show_default=True)(f)
+    f = click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default=D.loss,
+                     show_default=True, help="Reconstruction terms; auto adds LPIPS when its weights are on disk.")(f)
+    f = click.option("--reg", type=click.Choice(["l2", "l1"]), default=D.reg, show_default=True,
+                     help="l2: wr*sum(dz^2); l1: wr*sum(|dz|).")(f)
+    f = click.option("--lr", type=float, help="Adam learning rate [default: 0.2 in z, 0.1 in w/w+].")(f)
+    return f
+
+
 def speed_options(f):
     """--precision, --channels-last, --compile: the synthesis switches of devices.accelerate."""
     f = click.option("--compile", "compile_mode", default="off", show_default=True,
-                     type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+                     type=click.Choice(COMPILE_MODES),
                      help="torch.compile the synthesis (reduce-overhead: with CUDA graphs).")(f)
     f = click.option("--channels-last", is_flag=True, help="NHWC memory layout for the generator.")(f)
-    f = click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+    f = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="bf16: synthesis under autocast (fast on recent GPUs; the loop stays fp32).")(f)
     return f
 
@@ -104,14 +116,9 @@ def main():
 @click.option("--space", help="Latent space: z (DCGAN, and StyleGAN's input), w or w+ (StyleGAN). "
               "Default: the generator's (z for DCGAN, w for StyleGAN).")
 @click.option("--steps", default=D.steps, show_default=True, help="Optimization steps.")
-@click.option("--lr", type=float, help="Adam learning rate [default: 0.2 in z, 0.1 in w/w+].")
+@_optimizer_options
 @click.option("--wr", default=D.wr, show_default=True,
               help="Weight of the Euclidean norm term wr*||z - z0||^2 (a sum over the latent).")
-@click.option("--reg", type=click.Choice(["l2", "l1"]), default=D.reg, show_default=True,
-              help="l2: wr*sum(dz^2); l1: wr*sum(|dz|), sparser changes.")
-@click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default=D.loss,
-              show_default=True, help="Reconstruction terms; auto adds LPIPS when its weights are on disk.")
-@click.option("--lpips-weight", default=D.lpips_weight, show_default=True)
 @click.option("--starts", default=D.starts, show_default=True,
               help="Random starts per target, pruned by successive halving (random init only).")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path),
@@ -126,7 +133,6 @@ def main():
 @click.option("--batch-size", default="16", show_default=True, callback=_batch_size,
               help="Targets optimized together (each with --starts candidates); auto: the largest "
               "chunk that fits the device.")
-@click.option("--seed", default=D.seed, show_default=True)
 @click.option("--save-video", is_flag=True, help="Also write <stem>.mp4 (or .gif) of the optimization.")
 @click.option("--exact", is_flag=True, help="CPU: convolutions whose rounding does not depend on the batch "
               "size, so a target's latent is bit-identical however the run is batched (slower).")
@@ -234,15 +240,6 @@ class _ManyValues(click.Command):
         return super().parse_args(ctx, out)
 
 
-def _optimizer_options(f):
-    f = click.option("--seed", default=D.seed, show_default=True)(f)
-    f = click.option("--lpips-weight", default=D.lpips_weight, show_default=True)(f)
-    f = click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default=D.loss,
-                     show_default=True, help="Reconstruction terms; auto adds LPIPS when its weights are on disk.")(f)
-    f = click.option("--reg", type=click.Choice(["l2", "l1"]), default=D.reg, show_default=True,
-                     help="l2: wr*sum(dz^2); l1: wr*sum(|dz|).")(f)
-    f = click.option("--lr", type=float, help="Adam learning rate [default: 0.2 in z, 0.1 in w/w+].")(f)
-    return f
 
 
 @main.command("edit")
