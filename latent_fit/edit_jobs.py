@@ -3,9 +3,6 @@ latents and images, call edit.py / sweep.py, write outputs atomically, report pe
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +15,8 @@ from .errors import LatentFitError
 from .generators.base import Generator
 from .images import (IMAGE_SUFFIXES, atomic_write, find_files, find_images, grid, load_image, load_mask,
                      save_png, save_video, to_uint8)
-from .jobs import (Report, assign_stems, check_writable, class_vector, is_complete, read_init, write_metrics,
-                   write_outputs)
+from .jobs import (Report, assign_stems, check_writable, class_vector, is_complete, read_init, write_csv,
+                   write_metrics, write_outputs)
 from .latents import check_compatible, read_latent_file
 from .sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr, sweep
 
@@ -244,15 +241,6 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
 
 # --- sweeps ------------------------------------------------------------------------------------
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, columns, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    w.writerows([{k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                 for r in rows])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-
-
 def _labelled_grid(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> np.ndarray:
     """grid() with a header row of column labels."""
     from PIL import Image, ImageDraw
@@ -332,7 +320,7 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], *, 
     sw = sweep(G, torch.stack(targets), wrs, stems, init=init_t, mask=mk, c=c, progress=cb, **options)
     best, reason = suggest_wr(sw)
     extra = [k for k in EDIT_COLUMNS if k in sw.metrics]
-    _write_csv(out / "sweep.csv", COLUMNS + extra, sw.rows())
+    write_csv(out / "sweep.csv", COLUMNS + extra, sw.rows())
     save_png(sweep_figure(sw, best), out / "sweep.png")
     size = min(G.resolution, GRID_CELL)
     imgs = to_uint8(F.interpolate(sw.result.images, size=size, mode="area"))

@@ -163,15 +163,21 @@ def collect_metrics(out: Path, columns: list[str] = METRIC_COLUMNS) -> list[dict
     return rows
 
 
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """A CSV of `columns` (other keys ignored) written atomically; None and NaN as empty cells."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows([{k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                  for k, v in r.items()} for r in rows])
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
 def write_metrics(out: Path, columns: list[str] = METRIC_COLUMNS) -> list[dict]:
     """metrics.csv and metrics.json (`columns`, the first the target) from every complete target
     in `out` (this run, earlier runs and other ranks alike)."""
     rows = collect_metrics(out, columns)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-    atomic_write(out / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    write_csv(out / "metrics.csv", columns, rows)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     return rows
 
