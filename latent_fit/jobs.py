@@ -130,7 +130,7 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
     save_png(proj, out / f"{stem}.png")
     save_png(grid([panels or [tgt, proj, difference(tgt, proj)]]), out / f"{stem}_compare.png")
     if save_vid and res.frames is not None:
-        frames = res.frames[:, i].permute(0, 2, 3, 1).numpy()
+        frames = res.frames[:, i]
         save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), out / stem)
     metrics = {k: float(v[i]) for k, v in res.metrics.items()}
     metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms)}

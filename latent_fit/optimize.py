@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 
 from .errors import LatentFitError
 from .generators.base import Generator
+from .images import to_uint8
 from .objective import LPIPS, latent_reg, noise_reg, pixel_mse, psnr, resolve_loss
 from .rng import keyed_normal, name_key
 
@@ -80,10 +80,7 @@ class Result:
     terms: list[str]                     # loss terms that were used
     config: dict                         # the Config used, as a dict
     seconds: float                       # wall time of the whole batch
-    frames: torch.Tensor | None = field(default=None, repr=False)  # [checks+1, N, 3, H, W] uint8
-
-    def config_json(self) -> str:
-        return json.dumps(self.config, sort_keys=True)
+    frames: np.ndarray | None = field(default=None, repr=False)  # [checks+1, N, H, W, 3] uint8
 
 
 @contextlib.contextmanager
@@ -265,9 +262,9 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
         if frames is not None:
             rows = _best_rows(loss, kcur)
             if frame_now is None:
-                frame_now = torch.zeros(n, 3, G.resolution, G.resolution, dtype=torch.uint8)
-            frame_now[st["owner"][rows].cpu()] = _to_uint8(images[rows].detach()).cpu()
-            frames.append(frame_now.clone())
+                frame_now = np.zeros((n, G.resolution, G.resolution, 3), np.uint8)
+            frame_now[st["owner"][rows].cpu().numpy()] = to_uint8(images[rows])
+            frames.append(frame_now.copy())
         if progress is not None:
             progress(step + 1, float(torch.nan_to_num(best_t, nan=math.inf).min()))
         if last:
@@ -302,7 +299,7 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
         lp = lpips_net(lp_in, targets) if lpips_net is not None else torch.full_like(mse, math.nan)
         dz = (out_z - out_z0).flatten(1).norm(dim=1)
     if frames is not None:
-        frames.append(_to_uint8(images).cpu())
+        frames.append(to_uint8(images))
     hist = np.stack(history, 1) if history else np.zeros((n, 0))
     terms = (["mse"] if use_mse else []) + (["lpips"] if use_lpips else []) + [f"wr*{cfg.reg}"] \
         + (["noise"] if noise_shapes else [])
@@ -315,14 +312,10 @@ def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progre
                   metrics={"mse": mse.cpu().numpy(), "psnr": psnr(mse).cpu().numpy(),
                            "lpips": lp.cpu().numpy(), "dz_norm": dz.cpu().numpy()},
                   terms=terms, config=conf, seconds=time.perf_counter() - t_start,
-                  frames=torch.stack(frames) if frames else None)
+                  frames=np.stack(frames) if frames else None)
 
 
 def _best_rows(loss: torch.Tensor, kcur: int) -> torch.Tensor:
     """Row of each target's lowest loss; rows come grouped by target, kcur per target."""
     per = loss.view(-1, kcur)
     return torch.arange(per.shape[0], device=loss.device) * kcur + per.argmin(1)
-
-
-def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
