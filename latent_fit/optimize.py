@@ -110,8 +110,7 @@ def _latent_std(G: Generator, space: str) -> float:
     if space == "z":
         return 1.0
     with torch.no_grad():
-        c = torch.eye(G.c_dim, device=G.device)[torch.arange(1000) % G.c_dim] if G.c_dim else None
-        x = G.sample(1000, seed=0, space=space, c=c)
+        x = G.sample(1000, seed=0, space=space, c=G.cycled_labels(1000))
         return float((x - x.mean(0)).pow(2).mean().sqrt())
 
 

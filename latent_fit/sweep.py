@@ -56,8 +56,7 @@ def prior_gaussian(G: Generator, space: str, n: int = PRIOR_SAMPLES) -> tuple[to
     if space == "z":
         return None
     with torch.no_grad():
-        c = torch.eye(G.c_dim, device=G.device)[torch.arange(n) % G.c_dim] if G.c_dim else None
-        x = G.sample(n, seed=0, space=space, c=c)
+        x = G.sample(n, seed=0, space=space, c=G.cycled_labels(n))
     x = x.reshape(-1, x.shape[-1]).double()
     mean = x.mean(0)
     cov = torch.cov(x.T)

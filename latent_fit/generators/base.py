@@ -71,6 +71,13 @@ class Generator(nn.Module):
         z = torch.randn(n, self.z_dim, generator=gen).to(self.device)
         return self.from_z(z, space or self.default_space, c)
 
+    def cycled_labels(self, n: int) -> torch.Tensor | None:
+        """One-hot labels [n, c_dim] that cycle through every class (None if unconditional):
+        for statistics of the prior over all classes alike."""
+        if not self.c_dim:
+            return None
+        return torch.eye(self.c_dim, device=self.device)[torch.arange(n) % self.c_dim]
+
     def check_space(self, space: str) -> str:
         from ..errors import LatentFitError
         if space not in self.spaces:
