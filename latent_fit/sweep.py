@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .edit import EDIT_DEFAULTS, edit_metrics, render
+from .edit import edit
 from .errors import LatentFitError
 from .generators.base import Generator
 from .optimize import Result, project
@@ -111,15 +111,14 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(w, 0)
-    opts = (EDIT_DEFAULTS if init is not None else {}) | options
-    opts.pop("wr", None)
-    tg, mk, cc = rep(targets), rep(mask), rep(c)
-    res = project(G, tg, [n for n in names for _ in range(w)], init=rep(init), mask=mk, c=cc,
-                  wr=torch.from_numpy(np.tile(wr, t)).float(), progress=progress, **opts)
-    metrics = dict(res.metrics)
-    if init is not None:
-        metrics |= edit_metrics(render(G, res.latent_init, res.space, cc), res.images, tg, mk)
-    metrics |= realism(G, res.latent, res.space)
+    options.pop("wr", None)
+    rows = dict(names=[n for n in names for _ in range(w)], c=rep(c), progress=progress,
+                wr=torch.from_numpy(np.tile(wr, t)).float())
+    if init is not None:   # an edit sweep: edit() adds its defaults and the edit metrics
+        res = edit(G, rep(init), rep(targets), rep(mask), **rows, **options)
+    else:
+        res = project(G, rep(targets), mask=rep(mask), **rows, **options)
+    metrics = dict(res.metrics) | realism(G, res.latent, res.space)
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})
 

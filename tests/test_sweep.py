@@ -31,6 +31,7 @@ def test_sweep_is_one_batched_run_and_monotone_in_wr(G, monkeypatch):
         calls.append(args[1].shape[0])
         return project(*args, **kwargs)
     monkeypatch.setattr(sweep_module, "project", counted)
+    monkeypatch.setattr(importlib.import_module("latent_fit.edit"), "project", counted)  # edit sweeps
     sw = sweep(G, targets, wrs, ["a", "b"], init=init, steps=150, loss="mse")
     assert calls == [8]                                  # one run of targets x w_r samples
     assert sw.metrics["psnr"].shape == (2, 4) and list(sw.wrs) == wrs
