@@ -66,8 +66,7 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
     batch_sizes = sorted(b for b in set(batch_sizes) if b <= fit) or [1]
     n = max(max(batch_sizes), seq_targets)
     names = [f"bench{i}" for i in range(n)]
-    c = torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), G.c_dim).float().to(dev) \
-        if G.c_dim else None
+    c = G.cycled_labels(n)
     with torch.no_grad():
         targets = G.synthesize(G.sample(n, seed=123, space=space, c=c), space, c).float().clamp(-1, 1)
     use_mse, use_lpips = resolve_loss(loss)

@@ -78,8 +78,7 @@ def step_memory(G: Generator, n_targets: int, **options) -> int:
     """
     dev = G.device
     targets = torch.zeros(n_targets, 3, G.resolution, G.resolution, device=dev)
-    c = torch.nn.functional.one_hot(torch.zeros(n_targets, dtype=torch.long), G.c_dim).float() \
-        if G.c_dim else None
+    c = G.cycled_labels(n_targets)
     options = options | {"steps": 1, "check_every": 1}
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
