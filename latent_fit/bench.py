@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import LatentFitError
+from .config import Config
 from .devices import memory_fit
+from .errors import LatentFitError
 from .generators.base import Generator
-from .objective import LPIPS, pixel_mse, resolve_loss
+from .objective import Inputs, Objective
 from .optimize import project
 
 BENCH_BATCH_SIZES = {"cpu": (1, 8, 64), "cuda": (1, 64, 1024, 4096)}   # defaults per device type
@@ -40,7 +41,7 @@ def describe_device(dev: torch.device) -> str:
 
 
 def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
-          space: str | None = None, repeats: int = 2, seq_targets: int = 4, log=None) -> dict:
+          space: str | None = None, repeats: int = 2, seq_targets: int = 4) -> dict:
     """Time the batched loop at each batch size against projecting `seq_targets` targets one
     after another (batch 1), at the same steps and loss, and against a bare forward+backward of
     generator and loss. Every time is the best of `repeats` (the least disturbed by other load);
@@ -59,9 +60,9 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
         raise LatentFitError("bench needs steps >= 2, repeats >= 1 and batch sizes >= 1")
     space = G.check_space(space or G.default_space)
     every = 1 if dev.type == "cpu" else max(1, steps // 2)   # steps between timestamps
-    opts = dict(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False,
-                patience=steps + 1, check_every=every)
-    per_sample, fit = memory_fit(G, **opts)
+    cfg = Config(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False,
+                 patience=steps + 1, check_every=every).validate()
+    per_sample, fit = memory_fit(G, cfg)
     too_big = sorted(b for b in set(batch_sizes) if b > fit)
     batch_sizes = sorted(b for b in set(batch_sizes) if b <= fit) or [1]
     n = max(max(batch_sizes), seq_targets)
@@ -69,8 +70,7 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
     c = G.cycled_labels(n)
     with torch.no_grad():
         targets = G.synthesize(G.sample(n, seed=123, space=space, c=c), space, c).float().clamp(-1, 1)
-    use_mse, use_lpips = resolve_loss(loss)
-    lpips_net = LPIPS().to(dev) if use_lpips else None
+    objective = Objective.build(loss, reg=None, device=dev)   # the loop's reconstruction terms
 
     def fastest(marks: list[tuple[int, float]]) -> float:
         """Seconds per step of the fastest interval between (step, time) marks."""
@@ -81,7 +81,7 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
         rows = slice(first, first + b)
         marks = []
         t0 = time.perf_counter()
-        project(G, targets[rows], names[rows], c=None if c is None else c[rows], **(opts | over),
+        project(G, targets[rows], names[rows], c=None if c is None else c[rows], config=cfg.replace(**over),
                 progress=lambda s, _: marks.append((s, time.perf_counter())))
         return time.perf_counter() - t0, fastest(marks)
 
@@ -95,9 +95,7 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
                 _sync(dev)
                 marks.append((i, time.perf_counter()))
             img = G.synthesize(z, space, cb)
-            lv = pixel_mse(img, tg) if use_mse else 0
-            if lpips_net is not None:
-                lv = lv + lpips_net(img, tg)
+            lv = objective(Inputs(images=img, targets=tg, dz=z, wr=z.new_zeros(b)))
             torch.autograd.grad(lv.sum(), [z])
         _sync(dev)
         return fastest(marks[1:] + [(steps, time.perf_counter())])   # the first interval warms up
@@ -106,14 +104,12 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
         loop(b, steps=2, check_every=1)
     seq = math.inf
     best = {b: [math.inf] * 3 for b in batch_sizes}   # total, loop step, bare step
-    for r in range(repeats):
+    for _ in range(repeats):
         seq = min(seq, sum(loop(1, i)[0] for i in range(seq_targets)) / (seq_targets * steps))
         for b in batch_sizes:
             total, step = loop(b)
             cur = best[b]
             best[b] = [min(cur[0], total), min(cur[1], step), min(cur[2], bare(b))]
-        if log:
-            log(f"repeat {r + 1}/{repeats} done")
     rows = []
     for b in batch_sizes:
         total, step, bare_s = best[b]

@@ -11,14 +11,15 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from .devices import COMPILE_MODES, PRECISIONS
-from .edit import EDIT_DEFAULTS, PCA_SAMPLES
-from .errors import LatentFitError
+from .config import EDIT, PROJECTION
+from .devices import COMPILE_MODES, PRECISIONS, default_device
+from .edit import PCA_SAMPLES
+from .errors import ArgumentError, LatentFitError
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
-from .optimize import Config
+from .outputs import Report
 from .sweep import SWEEP_WRS
 
-D = Config()
+D = PROJECTION
 
 
 def _fail(msg: str) -> None:
@@ -26,9 +27,18 @@ def _fail(msg: str) -> None:
     sys.exit(1)
 
 
+def _flag(ctx: click.Context, arg: str) -> str:
+    """The command-line flag of the invoked command that sets library argument `arg`."""
+    cmd = ctx.command.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    for p in cmd.params if cmd else ():
+        if p.name == arg or f"--{arg.replace('_', '-')}" in p.opts:
+            return p.opts[0]
+    return arg
+
+
 class Group(click.Group):
-    """Prints a LatentFitError as one line and exits 1 instead of a traceback; prints each
-    distinct warning once, as one line."""
+    """Prints a LatentFitError as one line (naming the flag of a bad argument) and exits 1
+    instead of a traceback; prints each distinct warning once, as one line."""
 
     def invoke(self, ctx):
         seen = set()
@@ -44,6 +54,8 @@ class Group(click.Group):
             warnings.showwarning = show
             try:
                 return super().invoke(ctx)
+            except ArgumentError as e:
+                _fail(e.with_flag(_flag(ctx, e.arg)))
             except LatentFitError as e:
                 _fail(str(e))
 
@@ -59,12 +71,11 @@ def generator_options(f):
     return f
 
 
-class_option = click.option("--class", "klass", type=int,
+class_option = click.option("--class", "class_index", type=int,
                             help="Class index for a conditional generator (needed in z).")
 
 
 def open_generator(generator, network_key, latent_dim, device):
-    from .jobs import default_device
     return load_generator(generator, default_device(device), network_key=network_key,
                           latent_dim=latent_dim)
 
@@ -137,9 +148,8 @@ def main():
 @click.option("--exact", is_flag=True, help="CPU: convolutions whose rounding does not depend on the batch "
               "size, so a target's latent is bit-identical however the run is batched (slower).")
 @speed_options
-def project(targets, out, generator, network_key, latent_dim, device, space, steps, lr, wr, reg,
-            loss, lpips_weight, starts, init, init_mode, sphere, klass, optimize_noise, batch_size,
-            seed, save_video, exact, precision, channels_last, compile_mode):
+def project(targets, out, generator, network_key, latent_dim, device, batch_size, init, class_index,
+            precision, channels_last, compile_mode, **settings):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
     OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json.
 
@@ -147,29 +157,19 @@ def project(targets, out, generator, network_key, latent_dim, device, space, ste
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
     from .devices import accelerate
     from .distributed import Shard, process_group
-    from .jobs import project_files
+    from .runs.project import project_files
+    cfg = PROJECTION.replace(**settings)
     shard = Shard.from_env()
     G = accelerate(open_generator(generator, network_key, latent_dim, shard.device(device)),
                    precision=precision, channels_last=channels_last, compile=compile_mode)
-    progress, close = _progress_bars(steps)
+    progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
     with process_group(shard, G.device):
-        rep = project_files(G, list(targets), out, batch_size=batch_size, init=init, classes=klass,
-                            save_vid=save_video, progress=progress if shard.rank == 0 else None,
-                            rank=shard.rank, world=shard.world, space=space, steps=steps, lr=lr,
-                            wr=wr, reg=reg, loss=loss, lpips_weight=lpips_weight, starts=starts,
-                            init_mode=init_mode, sphere=sphere, optimize_noise=optimize_noise,
-                            seed=seed, exact=exact)
+        rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init,
+                            class_index=class_index, progress=progress if shard.rank == 0 else None,
+                            rank=shard.rank, world=shard.world)
     close()
-    _report_errors(rep.errors)
-    rows = {r["target"]: r for r in rep.metrics}
-    ps = [rows[s]["psnr"] for s in rep.done if s in rows]
-    med = f", median PSNR {np.median(ps):.1f} dB" if ps else ""
-    who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
-    click.echo(f"{who}projected {len(rep.done)} target(s), skipped {len(rep.skipped)} complete, "
-               f"{len(rep.errors)} failed in {time.perf_counter() - t0:.1f} s{med} -> {out}")
-    if rep.errors:
-        sys.exit(1)
+    _finish(rep, t0, out, f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else "")
 
 
 @main.command()
@@ -181,7 +181,16 @@ def generators():
                    f"sha256 {G.sha256[:12]}")
 
 
-# --- edit, direction, interpolate, sweep (latent_fit/edit_jobs.py does the file work) ---------
+# --- the shared epilogue and helpers ----------------------------------------------------------
+
+def _finish(rep: Report, t0: float, out, who: str = "") -> None:
+    """Every command's end: its error lines, its summary, exit 1 if anything failed."""
+    for e in rep.errors:
+        click.echo(f"error: {e}", err=True)
+    click.echo(f"{who}{rep.summary} in {time.perf_counter() - t0:.1f} s -> {out}")
+    if rep.errors:
+        sys.exit(1)
+
 
 def _progress_bars(steps: int):
     """(progress, close): progress(chunk, n_chunks, stems) opens a tqdm bar for one batch and
@@ -214,11 +223,6 @@ def _numbers(text: str, option: str) -> list[float]:
     if not values or not np.all(np.isfinite(values)):
         raise LatentFitError(f"{option} {text!r}: not a comma-separated list of numbers (e.g. -3,-1,0,1,3)")
     return values
-
-
-def _report_errors(errors: list[str]) -> None:
-    for e in errors:
-        click.echo(f"error: {e}", err=True)
 
 
 class _ManyValues(click.Command):
@@ -254,10 +258,10 @@ class _ManyValues(click.Command):
               help="Where the request applies: a grayscale image at the generator's resolution (white "
               "= edit, grays = soft), or a folder of <stem>.<image>. Default: the request's alpha, else "
               "the whole image.")
-@click.option("--wr", default=EDIT_DEFAULTS["wr"], show_default=True,
+@click.option("--wr", default=EDIT.wr, show_default=True,
               help="Weight of wr*||z - z0||^2 (a sum over the latent): larger keeps the latent and the "
               "unmasked image nearer the original; useful about 1e-3..1e-1 on the bundled DCGAN.")
-@click.option("--steps", default=EDIT_DEFAULTS["steps"], show_default=True, help="Optimization steps.")
+@click.option("--steps", default=EDIT.steps, show_default=True, help="Optimization steps.")
 @_optimizer_options
 @click.option("--direction", type=click.Path(path_type=Path),
               help="Direction edit: a .npy of shape [*latent] or [K, *latent] (from `latent-fit direction`).")
@@ -266,38 +270,26 @@ class _ManyValues(click.Command):
               help="Comma-separated steps along the direction, in latent units (directions have norm 1).")
 @click.option("--batch-size", default=16, show_default=True, help="Latents optimized together.")
 @class_option
-def edit_command(latents, out, generator, network_key, latent_dim, device, request, mask, wr, steps,
-                 lr, reg, loss, lpips_weight, seed, direction, component, strength, batch_size, klass):
+def edit_command(latents, out, generator, network_key, latent_dim, device, request, mask, direction,
+                 component, strength, batch_size, class_index, **settings):
     """Edit LATENTS (.npz files, folders, globs) by a painted request (--target [--mask]) or
     along a direction (--direction --strength). Masked: OUT/<stem>.npz, .png, _compare.png
     (before | request | after), metrics.csv. Direction: OUT/<stem>_s<strength>.png, <stem>_strip.png."""
-    from .edit_jobs import direction_edit_files, edit_files
+    from .runs.edit import direction_edit_files, edit_files
     if (request is None) == (direction is None):
         raise LatentFitError("give --target REQUEST (masked edit) or --direction D.npy (direction edit)")
+    cfg = EDIT.replace(**settings)
     G = open_generator(generator, network_key, latent_dim, device)
     t0 = time.perf_counter()
     if direction is not None:
-        strengths = _numbers(strength, "--strength")
-        rep = direction_edit_files(G, list(latents), out, direction=direction, strengths=strengths,
-                                   component=component, batch_size=batch_size)
-        _report_errors(rep.errors)
-        click.echo(f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} "
-                   f"failed in {time.perf_counter() - t0:.1f} s -> {out}")
+        rep = direction_edit_files(G, list(latents), out, direction=direction, component=component,
+                                   strengths=_numbers(strength, "--strength"), batch_size=batch_size)
     else:
-        progress, close = _progress_bars(steps)
-        rep = edit_files(G, list(latents), out, request=request, mask=mask, batch_size=batch_size,
-                         classes=klass, progress=progress, wr=wr, steps=steps, lr=lr, reg=reg, loss=loss,
-                         lpips_weight=lpips_weight, seed=seed)
+        progress, close = _progress_bars(cfg.steps)
+        rep = edit_files(G, list(latents), out, cfg, request=request, mask=mask, batch_size=batch_size,
+                         class_index=class_index, progress=progress)
         close()
-        _report_errors(rep.errors)
-        rows = {r["target"]: r for r in rep.metrics}
-        done = [rows[s] for s in rep.done if s in rows]
-        med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
-               f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
-        click.echo(f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
-                   f"{len(rep.errors)} failed in {time.perf_counter() - t0:.1f} s{med} -> {out}")
-    if rep.errors:
-        sys.exit(1)
+    _finish(rep, t0, out)
 
 
 @main.command("direction", cls=_ManyValues)
@@ -315,17 +307,11 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
 @click.option("--samples", default=PCA_SAMPLES, show_default=True, help="Prior samples for --pca.")
 @click.option("--space", help="Latent space for --pca [default: the generator's].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --pca samples.")
-def direction_command(out, generator, network_key, latent_dim, device, positive, negative, method, pca,
-                      samples, space, seed):
+def direction_command(out, generator, network_key, latent_dim, device, **how):
     """Find a latent direction (norm 1) and write it to OUT (.npy), for `edit --direction`."""
-    from .edit_jobs import direction_file
+    from .runs.edit import direction_file
     G = open_generator(generator, network_key, latent_dim, device)
-    errors, summary = direction_file(G, out, positive=positive, negative=negative, method=method,
-                                     pca=pca, samples=samples, space=space, seed=seed)
-    _report_errors(errors)
-    click.echo(f"{summary} -> {out}")
-    if errors:
-        sys.exit(1)
+    _finish(direction_file(G, out, **how), time.perf_counter(), out)
 
 
 @main.command("interpolate")
@@ -340,14 +326,11 @@ def direction_command(out, generator, network_key, latent_dim, device, positive,
 def interpolate_command(latents, out, generator, network_key, latent_dim, device, frames, mode, fps):
     """Interpolate from each of LATENTS (.npz, in order) to the next: OUT/<mode>.png (a row per
     pair) and OUT/<mode>.mp4 (or .gif without ffmpeg)."""
-    from .edit_jobs import interpolate_files
+    from .runs.edit import interpolate_files
     G = open_generator(generator, network_key, latent_dim, device)
     modes = ("linear", "spherical") if mode == "both" else (mode,)
-    written, errors = interpolate_files(G, list(latents), out, frames=frames, modes=modes, fps=fps)
-    _report_errors(errors)
-    click.echo("wrote " + ", ".join(str(p) for p in written))
-    if errors:
-        sys.exit(1)
+    t0 = time.perf_counter()
+    _finish(interpolate_files(G, list(latents), out, frames=frames, modes=modes, fps=fps), t0, out)
 
 
 @main.command("sweep")
@@ -364,35 +347,27 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
               "with --init, else everywhere).")
 @click.option("--space", help="Latent space [default: the generator's].")
 @click.option("--steps", type=int, help=f"Optimization steps [default: {D.steps}; "
-              f"{EDIT_DEFAULTS['steps']} with --init].")
+              f"{EDIT.steps} with --init].")
 @_optimizer_options
 @click.option("--starts", default=D.starts, show_default=True, help="Random starts per sample.")
 @click.option("--init-mode", type=click.Choice(["random", "mean"]),
               help="Start without --init [default: random in z, mean in w]. For clean curves give "
               "every w_r one shared start: --starts 1, --init-mode mean or --init.")
 @class_option
-def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask, space,
-                  steps, lr, reg, loss, lpips_weight, seed, starts, init_mode, klass):
+def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask,
+                  class_index, **settings):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
     OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
-    from .edit_jobs import sweep_files
+    from .runs.sweep import sweep_files
     wrs = _numbers(wr_list, "--wr")
+    cfg = (EDIT if init else PROJECTION).replace(**settings)
     G = open_generator(generator, network_key, latent_dim, device)
-    options = {"space": space, "steps": steps, "lr": lr, "reg": reg, "loss": loss,
-               "lpips_weight": lpips_weight, "seed": seed, "starts": starts, "init_mode": init_mode}
-    options = {k: v for k, v in options.items() if v is not None}
-    progress, close = _progress_bars(steps or (EDIT_DEFAULTS["steps"] if init else D.steps))
+    progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
-    sw, errors, reason = sweep_files(G, list(targets), out, wrs, init=init, mask=mask, classes=klass,
-                                     progress=progress, **options)
+    rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask, class_index=class_index,
+                      progress=progress)
     close()
-    _report_errors(errors)
-    if sw is not None:
-        click.echo(f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
-                   f"{len(sw.names) * len(sw.wrs)} samples, {time.perf_counter() - t0:.1f} s -> {out}")
-        click.echo(f"suggested {reason}")
-    if errors or sw is None:
-        sys.exit(1)
+    _finish(rep, t0, out)
 
 
 @main.command("bench")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import LatentFitError
+from .config import Config
+from .errors import ArgumentError
 from .generators.base import Generator
-from .optimize import project
 
 CUDA_MEMORY_FRACTION = 0.9   # share of the free GPU memory a chunk may fill
 CPU_MEMORY_FRACTION = 0.5    # share of the available RAM (the CPU figure is an estimate)
@@ -27,9 +27,9 @@ def accelerate(G: Generator, *, precision: str = "fp32", channels_last: bool = F
     (`reduce-overhead` adds CUDA graphs on GPU). Every switch also runs on CPU.
     """
     if precision not in PRECISIONS:
-        raise LatentFitError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+        raise ArgumentError("precision", precision, f"choose {' or '.join(PRECISIONS)}")
     if compile not in COMPILE_MODES:
-        raise LatentFitError(f"--compile {compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+        raise ArgumentError("compile", compile, f"choose one of {', '.join(COMPILE_MODES)}")
     if channels_last:
         G.to(memory_format=torch.channels_last)
     if precision == "fp32" and compile == "off":
@@ -69,8 +69,8 @@ def free_memory(device: torch.device) -> int:
     return int(CPU_MEMORY_FRACTION * avail)
 
 
-def step_memory(G: Generator, n_targets: int, **options) -> int:
-    """Bytes one projection step of `n_targets` targets needs (options: Config fields).
+def step_memory(G: Generator, n_targets: int, config: Config) -> int:
+    """Bytes one projection step of `n_targets` targets needs.
 
     On CUDA the measured peak above what was allocated before. Elsewhere an estimate, as CPU
     allocators keep no peak: twice the bytes autograd keeps for the backward pass (activations,
@@ -79,12 +79,13 @@ def step_memory(G: Generator, n_targets: int, **options) -> int:
     dev = G.device
     targets = torch.zeros(n_targets, 3, G.resolution, G.resolution, device=dev)
     c = G.cycled_labels(n_targets)
-    options = options | {"steps": 1, "check_every": 1}
+    from .optimize import project
+    cfg = config.replace(steps=1, check_every=1)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        project(G, targets, c=c, **options)
+        project(G, targets, c=c, config=cfg)
         return torch.cuda.max_memory_allocated(dev) - base
     saved: dict[int, int] = {}
 
@@ -93,16 +94,16 @@ def step_memory(G: Generator, n_targets: int, **options) -> int:
         saved[s.data_ptr()] = s.nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        project(G, targets, c=c, **options)
+        project(G, targets, c=c, config=cfg)
     return 2 * sum(saved.values())
 
 
-def memory_fit(G: Generator, budget: int | None = None, **options) -> tuple[int, int]:
-    """(bytes per target, how many targets fit in one chunk) for projection with `options`,
+def memory_fit(G: Generator, config: Config, budget: int | None = None) -> tuple[int, int]:
+    """(bytes per target, how many targets fit in one chunk) for projection with `config`,
     from the step memory of 1 and 3 targets, within `budget` bytes (default: free_memory).
     (0, 1) when even the probe runs out of memory."""
     try:
-        m1, m3 = step_memory(G, 1, **options), step_memory(G, 3, **options)
+        m1, m3 = step_memory(G, 1, config), step_memory(G, 3, config)
     except RuntimeError as e:   # torch.cuda.OutOfMemoryError included
         if not is_oom(e):
             raise
@@ -111,3 +112,12 @@ def memory_fit(G: Generator, budget: int | None = None, **options) -> tuple[int,
     fixed = max(0, m1 - per)
     budget = free_memory(G.device) if budget is None else min(budget, free_memory(G.device))
     return per, max(1, (budget - fixed) // per)
+
+
+def default_device(device: str) -> str:
+    """`auto`: cuda when there is one, else cpu; a cuda device on a machine without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ArgumentError("device", device, "no CUDA device on this machine; use cpu")
+    return device

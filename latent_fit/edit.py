@@ -1,6 +1,6 @@
 """Editing in latent space: masked (painted) edits, directions, interpolation.
 
-Pure tensors in, tensors out; the file side lives in edit_jobs.py. Latents are [N, *latent_shape]
+Pure tensors in, tensors out; the file side lives in runs/edit.py. Latents are [N, *latent_shape]
 in one space of the generator, images [N, 3, H, W] in [-1, 1].
 """
 
@@ -13,17 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import LatentFitError
+from .config import EDIT, Config
+from .errors import ArgumentError, LatentFitError
 from .generators.base import Generator
 from .objective import pixel_mse
 from .optimize import Result, project
 
-# Edits start from a projected latent: no random starts, no latent noise (it would move z0 before
-# the request does), the noise maps held fixed (else they, not the latent, would paint the request),
-# and fewer steps than a projection. w_r = 1e-2 balances the request against staying near z0 for
-# the bundled DCGAN's 100-element z; its useful range is about 1e-3 (follow the request) to 1e-1
-# (subtle), see the README; `sweep` with init measures it for other generators.
-EDIT_DEFAULTS = {"steps": 300, "latent_noise": 0.0, "optimize_noise": False, "wr": 1e-2}
 PCA_SAMPLES = 2000
 PCA_FEATURE_SIZE = 16   # in z, PCA runs on the generated images downsampled to this many pixels
 
@@ -64,25 +59,25 @@ def edit_metrics(before: torch.Tensor, after: torch.Tensor, request: torch.Tenso
 
 
 def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None = None,
-         names: list[str] | None = None, *, c: torch.Tensor | None = None,
-         progress=None, **options) -> EditResult:
-    """Edit latents [N, *shape] so that G matches `request` [N, 3, H, W] where `mask`
+         names: list[str] | None = None, *, config: Config = EDIT, c: torch.Tensor | None = None,
+         wr: float | torch.Tensor | None = None, progress=None, **changes) -> EditResult:
+    """Edit latents [N, *shape] so that G matches `request` [N, C, H, W] where `mask`
     [N, 1, H, W] (soft, in [0, 1]; None: the whole image) is set, while
     wr * ||z - z0||^2 (a sum over the latent's elements) keeps z near its start z0 = latents.
 
-    options: fields of optimize.Config, defaults EDIT_DEFAULTS (wr may be a [N] tensor).
-    Larger wr: smaller ||dz|| and less change outside the mask; tiny wr: the masked region
-    reaches the request. metrics add wr and edit_metrics (mask_mse_before, mask_mse_after,
-    outside_change).
+    config: the EDIT preset unless given (changes: its fields to replace); wr: scalar or [N],
+    instead of config.wr. Larger wr: smaller ||dz|| and less change outside the mask; tiny wr:
+    the masked region reaches the request. metrics add wr and edit_metrics (mask_mse_before,
+    mask_mse_after, outside_change).
     """
-    opts = EDIT_DEFAULTS | options
-    wr = opts.pop("wr")
+    cfg = config.replace(**changes) if changes else config
+    wr = cfg.wr if wr is None else wr
     if bool((torch.as_tensor(wr) < 0).any()):
-        raise LatentFitError(f"--wr {wr}: w_r must be >= 0")
+        raise ArgumentError("wr", wr, "w_r must be >= 0")
     if mask is not None:
         mask = mask.to(G.device, torch.float32)
     request = request.to(G.device, torch.float32)
-    res = project(G, request, names, init=latents, mask=mask, c=c, wr=wr, progress=progress, **opts)
+    res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, progress=progress)
     before = render(G, res.latent_init, res.space, c)
     res.metrics |= edit_metrics(before, res.images, request, mask)
     res.metrics["wr"] = np.broadcast_to(np.asarray(wr.cpu() if torch.is_tensor(wr) else wr, np.float64),
@@ -148,11 +143,11 @@ def pca_directions(G: Generator, k: int, *, space: str | None = None, n: int = P
     """
     space = G.check_space(space or G.default_space)
     if not 1 <= k <= n:
-        raise LatentFitError(f"--pca {k}: choose 1 to {n} components (the number of samples)")
+        raise ArgumentError("pca", k, f"choose 1 to {n} components (the number of samples)")
     cc = None if c is None else c[:1].expand(n, -1)
     lat = G.sample(n, seed=seed, space=space, c=cc)
     flat = lat.flatten(1).double()
-    if space == "z":
+    if G.gaussian_prior(space):
         size = min(PCA_FEATURE_SIZE, G.resolution)
         feats = torch.cat([F.adaptive_avg_pool2d(render(G, lat[i:i + batch_size], space,
                                                         None if cc is None else cc[i:i + batch_size]), size)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +9,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import LatentFitError
+from .outputs import atomic_write
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -80,20 +77,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename onto `path`: readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_png(array: np.ndarray, path: Path) -> None:
     """Save an [H, W, 3] uint8 array atomically."""
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
@@ -142,6 +125,66 @@ def save_video(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
         writer.close()
     atomic_write(mp4, write)
     return mp4
+
+
+def load_request(path: Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A request image [3, R, R] and its alpha channel as a mask [1, R, R] (None when opaque).
+    The alpha is recovered from two composites (on black and on white) so that it gets exactly
+    the crop and resize of the colours; colours are un-premultiplied."""
+    on_black = load_image(path, resolution, (0, 0, 0))
+    on_white = load_image(path, resolution, (255, 255, 255))
+    alpha = (1 - (on_white - on_black).mean(0, keepdim=True) / 2).clamp(0, 1)
+    if bool((alpha > 0.999).all()):
+        return on_black, None
+    return ((on_black + 1) / alpha.clamp_min(1 / 255) - 1).clamp(-1, 1), alpha
+
+
+def stack_masks(masks: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """[N, 1, H, W] with ones where a mask is None; None if all are."""
+    given = [m for m in masks if m is not None]
+    if not given:
+        return None
+    return torch.stack([torch.ones_like(given[0]) if m is None else m for m in masks])
+
+
+def per_stem(spec: Path | None, stems: list[str], load) -> tuple[dict, list[str]]:
+    """{stem: load(path)} for one file shared by all stems (its errors raise: they concern every
+    input) or a folder of <stem>.<image> files (errors per stem)."""
+    if spec is None:
+        return {s: None for s in stems}, []
+    spec = Path(spec)
+    if not spec.is_dir():
+        if not spec.exists():
+            raise LatentFitError(f"{spec}: file not found")
+        shared = load(spec)
+        return {s: shared for s in stems}, []
+    out, errors = {}, []
+    for s in stems:
+        try:
+            out[s] = load(_stem_file(spec, s))
+        except LatentFitError as e:
+            errors.append(str(e))
+    return out, errors
+
+
+def _stem_file(folder: Path, stem: str) -> Path:
+    """folder/<stem>.<image suffix>."""
+    for p in sorted(folder.glob(f"{stem}.*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem == stem:
+            return p
+    raise LatentFitError(f"{folder}: no {stem}.* image for latent {stem}")
+
+
+def assign_stems(paths: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(stem, path) per input file; a stem seen twice is an error for the later file."""
+    seen: dict[str, Path] = {}
+    errors = []
+    for p in paths:
+        if p.stem in seen:
+            errors.append(f"{p}: same name as {seen[p.stem]}; outputs would collide, rename one")
+        else:
+            seen[p.stem] = p
+    return list(seen.items()), errors
 
 
 def find_images(specs: list[str]) -> tuple[list[Path], list[str]]:

@@ -13,9 +13,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import LatentFitError
-from .images import atomic_write
+from .images import assign_stems, find_files
+from .outputs import atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED = ("latent", "space", "generator")
@@ -82,3 +84,40 @@ def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: 
         raise LatentFitError(f"{path}: latent of shape {list(lat.shape)} made by {data['generator']!r}; "
                              f"{generator_name!r} needs {list(latent_shape)} in space {space!r}")
     return lat
+
+
+def read_latents(specs: list[str], G, space: str | None = None
+                 ) -> tuple[list[str], torch.Tensor | None, str, list[str]]:
+    """(stems, latents [N, *shape] or None, space, errors) of the latent files in `specs`
+    (files, folders, globs) that fit G; space: the first file's unless given."""
+    paths, errors = find_files(specs, {".npz"}, "latent files")
+    items, dup_errors = assign_stems(paths)
+    errors += dup_errors
+    stems, lats = [], []
+    for stem, p in items:
+        try:
+            data = read_latent_file(p)
+            if space is None:
+                space = data["space"] if data["space"] in G.spaces else G.default_space
+            lats.append(check_compatible(p, data, G.name, G.latent_shape(space), space, G.sha256))
+            stems.append(stem)
+        except LatentFitError as e:
+            errors.append(str(e))
+    space = space or G.default_space
+    return stems, torch.from_numpy(np.stack(lats)) if lats else None, space, errors
+
+
+def read_init(spec: Path, G, space: str, stems: list[str]) -> dict[str, np.ndarray]:
+    """Start latents: one .npz for every stem, or a folder of <stem>.npz matched by stem."""
+    shape = G.latent_shape(space)
+    if spec.is_dir():
+        out = {}
+        for s in stems:
+            f = spec / f"{s}.npz"
+            if f.is_file():
+                out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space, G.sha256)
+        if not out:
+            raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
+        return out
+    lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space, G.sha256)
+    return {s: lat for s in stems}

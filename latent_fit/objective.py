@@ -1,17 +1,22 @@
-"""Per-sample loss terms. Every function returns one value per sample, shape [N]; the loop
-sums them and never averages over the batch, so samples stay independent."""
+"""The objective: named, weighted per-sample terms. Every term returns one value per sample,
+shape [N]; the loop sums them and never averages over the batch, so samples stay independent.
+The loop, the final metrics and `bench` all use one Objective; adding a term is a function here,
+an entry in `Objective.build` and its test."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .errors import LatentFitError
+from .errors import ArgumentError, LatentFitError
 
 LPIPS_MAX_SIZE = 256   # LPIPS sees images resized to at most this many pixels (as the peers)
 
@@ -38,7 +43,7 @@ def latent_reg(dz: torch.Tensor, kind: str = "l2") -> torch.Tensor:
         return dz.pow(2).flatten(1).sum(1)
     if kind == "l1":
         return dz.abs().flatten(1).sum(1)
-    raise LatentFitError(f"--reg {kind!r}: choose l2 or l1")
+    raise ArgumentError("reg", kind, "choose l2 or l1")
 
 
 def noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +98,7 @@ class LPIPS(torch.nn.Module):
 
 
 def resolve_loss(loss: str) -> tuple[bool, bool]:
-    """(use_mse, use_lpips) for --loss auto|mse|lpips|mse+lpips. `auto` is mse+lpips when the
+    """(use_mse, use_lpips) for loss auto|mse|lpips|mse+lpips. `auto` is mse+lpips when the
     LPIPS weights are on disk, else mse with one warning."""
     if loss == "auto":
         if lpips_available():
@@ -104,5 +109,66 @@ def resolve_loss(loss: str) -> tuple[bool, bool]:
         return True, False
     table = {"mse": (True, False), "lpips": (False, True), "mse+lpips": (True, True)}
     if loss not in table:
-        raise LatentFitError(f"--loss {loss!r}: choose auto, mse, lpips or mse+lpips")
+        raise ArgumentError("loss", loss, "choose auto, mse, lpips or mse+lpips")
     return table[loss]
+
+
+@dataclass
+class Inputs:
+    """What the terms look at, one row per sample."""
+
+    images: torch.Tensor                  # [N, C, H, W] G(latent)
+    targets: torch.Tensor                 # [N, C, H, W]
+    dz: torch.Tensor                      # [N, *latent_shape] latent - latent_init
+    wr: torch.Tensor                      # [N] per-sample w_r
+    mask: torch.Tensor | None = None      # [N, 1, H, W] in [0, 1]: where the reconstruction counts
+    noise: list[torch.Tensor] = field(default_factory=list)   # StyleGAN noise maps being optimized
+
+    def composite(self) -> torch.Tensor:
+        """The images inside the mask, the targets outside (what LPIPS compares)."""
+        return self.images if self.mask is None else self.images * self.mask + self.targets * (1 - self.mask)
+
+
+Term = Callable[[Inputs], torch.Tensor]
+
+
+class Objective:
+    """A weighted sum of named per-sample terms: total = sum of weight * term(inputs), shape [N]."""
+
+    def __init__(self, terms: dict[str, tuple[float, Term]]):
+        self.terms = terms
+
+    @classmethod
+    def build(cls, loss: str = "auto", *, lpips_weight: float = 1.0, reg: str | None = "l2",
+              noise_weight: float = 0.0, device: torch.device | str = "cpu") -> "Objective":
+        """The projection objective: pixel MSE and/or LPIPS (`loss`), w_r * reg(dz) (reg None:
+        left out) and, with noise_weight > 0, the StyleGAN noise-map regularizer."""
+        use_mse, use_lpips = resolve_loss(loss)
+        terms: dict[str, tuple[float, Term]] = {}
+        if use_mse:
+            terms["mse"] = (1.0, lambda x: pixel_mse(x.images, x.targets, x.mask))
+        if use_lpips:
+            net = LPIPS().to(device)
+            terms["lpips"] = (lpips_weight, lambda x: net(x.composite(), x.targets))
+        if reg is not None:
+            latent_reg(torch.zeros(1, 1), reg)   # validates `reg`
+            terms[f"wr*{reg}"] = (1.0, lambda x: x.wr * latent_reg(x.dz, reg))
+        if noise_weight > 0:
+            terms["noise"] = (noise_weight, lambda x: noise_reg(x.noise))
+        return cls(terms)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.terms)
+
+    def __call__(self, x: Inputs) -> torch.Tensor:
+        total = 0
+        for weight, term in self.terms.values():
+            total = total + weight * term(x)
+        return total
+
+    def metrics(self, x: Inputs) -> dict[str, torch.Tensor]:
+        """Reconstruction measures per sample: mse and psnr always, lpips when it is a term (else nan)."""
+        mse = pixel_mse(x.images, x.targets, x.mask)
+        lp = self.terms["lpips"][1](x) if "lpips" in self.terms else torch.full_like(mse, math.nan)
+        return {"mse": mse, "psnr": psnr(mse), "lpips": lp}

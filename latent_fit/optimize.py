@@ -2,7 +2,8 @@
 
 Pure tensors in, tensors out. All samples share one forward/backward per step, but every term is
 per sample and every random number is keyed by the sample's name, so a sample's result does not
-depend on which other samples share its batch.
+depend on which other samples share its batch. The loop reads as its phases: start, then step
+and, every `check_every` steps, check, prune or stop; then finish.
 """
 
 from __future__ import annotations
@@ -16,52 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .candidates import Candidates, RowAdam
+from .config import PROJECTION, Config
 from .errors import LatentFitError
 from .generators.base import Generator
 from .images import to_uint8
-from .objective import LPIPS, latent_reg, noise_reg, pixel_mse, psnr, resolve_loss
+from .objective import Inputs, Objective
 from .rng import keyed_normal, name_key
 
 _NOISE_COUNTER = 1 << 20   # keyed_normal counters: 0 starts, 1..L noise maps, this + step for latent noise
-
-
-@dataclass(frozen=True)
-class Config:
-    """Every constant of the loop, with its default. See the README for what each one does."""
-
-    space: str | None = None          # latent space; None: the generator's default (z for DCGAN, w for StyleGAN)
-    steps: int = 1000                 # optimization steps
-    lr: float | None = None           # Adam learning rate; None: 0.2 in z, 0.1 in w / w+
-    lr_rampup: float = 0.05           # fraction of steps of linear warm-up
-    lr_rampdown: float = 0.25         # fraction of steps of cosine ramp-down at the end
-    latent_noise: float = 0.05        # initial latent noise, times the latent's per-element std
-    latent_noise_ramp: float = 0.75   # fraction of steps over which that noise decays to 0
-    wr: float = 0.0                   # weight of the Euclidean norm term wr * ||z - z0||^2 (a sum)
-    reg: str = "l2"                   # l2: sum of squares; l1: sum of absolute values (sparser dz)
-    loss: str = "auto"                # auto | mse | lpips | mse+lpips (auto: mse+lpips if LPIPS is on disk)
-    lpips_weight: float = 1.0         # weight of LPIPS next to pixel MSE
-    init_mode: str | None = None      # random | mean; None: random in z, mean (w_avg) in w / w+
-    starts: int = 16                  # candidates per target (random init only)
-    prune_every: float = 0.15         # fraction of steps between successive-halving rungs
-    prune_factor: int = 2             # each rung keeps 1/prune_factor of each target's candidates
-    sphere: bool = False              # z only: keep ||z|| = sqrt(dim), the prior's typical radius
-    optimize_noise: bool = True       # StyleGAN: optimize the noise maps too
-    noise_weight: float = 1e5         # StyleGAN noise-map regularization weight
-    patience: int = 100               # early stop: steps without a `tol` relative improvement
-    tol: float = 1e-3
-    check_every: int = 25             # steps between reads of the loss (the only host syncs)
-    exact: bool = False               # CPU: convolutions whose per-sample rounding does not depend on
-                                      # the batch size (bit-identical DCGAN latents; slower at large batches)
-    seed: int = 0
-
-    def validate(self) -> "Config":
-        if self.steps < 1 or self.starts < 1 or self.check_every < 1 or self.prune_factor < 2:
-            raise LatentFitError("steps, starts and check_every must be >= 1 and prune_factor >= 2")
-        if self.reg not in ("l2", "l1"):
-            raise LatentFitError(f"--reg {self.reg!r}: choose l2 or l1")
-        if self.init_mode not in (None, "random", "mean"):
-            raise LatentFitError(f"--init-mode {self.init_mode!r}: choose random or mean")
-        return self
 
 
 @dataclass
@@ -72,7 +36,7 @@ class Result:
     space: str
     latent: torch.Tensor                 # [N, *latent_shape] final latents
     latent_init: torch.Tensor            # [N, *latent_shape] their starts z0
-    images: torch.Tensor                 # [N, 3, H, W] G(latent) in [-1, 1]
+    images: torch.Tensor                 # [N, C, H, W] G(latent) in [-1, 1]
     noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
     loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
     steps: np.ndarray                    # [N] steps run by the kept candidate
@@ -80,7 +44,41 @@ class Result:
     terms: list[str]                     # loss terms that were used
     config: dict                         # the Config used, as a dict
     seconds: float                       # wall time of the whole batch
-    frames: np.ndarray | None = field(default=None, repr=False)  # [checks+1, N, H, W, 3] uint8
+    frames: np.ndarray | None = field(default=None, repr=False)  # [checks+1, N, H, W, C] uint8
+
+
+def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
+            config: Config = PROJECTION, init: torch.Tensor | None = None,
+            mask: torch.Tensor | None = None, c: torch.Tensor | None = None,
+            wr: float | torch.Tensor | None = None, progress=None, **changes) -> Result:
+    """Find latents whose images reconstruct `targets` ([N, C, H, W] in [-1, 1]).
+
+    names: one per target; the random starts derive from (seed, name), not from the position.
+    config: every setting (changes: Config fields that replace its values, for API callers).
+    init: [N, *latent_shape] starts (then one start each). mask: [N, 1, H, W] weights in [0, 1]
+    for the reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r
+    (sweeps), instead of config.wr. progress: callable(steps_done, best_loss) at every check.
+    """
+    t_start = time.perf_counter()
+    cfg = config.replace(**changes) if changes else config.validate()
+    with _plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
+        run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr)
+        loss = None
+        for step in range(cfg.steps):
+            if not len(run.pool):
+                break
+            loss, images = run.step(step)
+            last = step == cfg.steps - 1
+            if (step + 1) % cfg.check_every and not last:
+                continue
+            run.check(step, loss, images, progress)
+            if last:
+                break
+            if run.k > 1:
+                run.prune(step, loss)
+            else:
+                run.stop(step, loss)
+        return run.finish(loss, t_start)
 
 
 @contextlib.contextmanager
@@ -95,8 +93,8 @@ def _plain_cpu_kernels():
         torch.backends.mkldnn.enabled = before
 
 
-def _lr_at(cfg: Config, lr: float, t: float) -> float:
-    """NVIDIA's schedule: linear warm-up, cosine ramp-down over the last `lr_rampdown`."""
+def lr_at(cfg: Config, lr: float, t: float) -> float:
+    """NVIDIA's schedule at fraction t of the steps: linear warm-up, cosine ramp-down."""
     ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown) if cfg.lr_rampdown > 0 else 1.0
     ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
     if cfg.lr_rampup > 0:
@@ -104,20 +102,11 @@ def _lr_at(cfg: Config, lr: float, t: float) -> float:
     return lr * ramp
 
 
-def _latent_std(G: Generator, space: str) -> float:
-    """Per-element std of prior latents in `space` (1 in z; over all classes of a conditional
-    generator), for scaling the latent noise. Depends on the generator only, never the batch."""
-    if space == "z":
-        return 1.0
-    with torch.no_grad():
-        x = G.sample(1000, seed=0, space=space, c=G.cycled_labels(1000))
-        return float((x - x.mean(0)).pow(2).mean().sqrt())
-
-
-def _to_batch(x, n: int, dev, what: str) -> torch.Tensor | None:
+def rows_of(x, n: int, device, what: str) -> torch.Tensor | None:
+    """x as float32 [n, ...] on `device` (a scalar is repeated); None stays None."""
     if x is None:
         return None
-    x = torch.as_tensor(x, dtype=torch.float32, device=dev)
+    x = torch.as_tensor(x, dtype=torch.float32, device=device)
     if x.ndim == 0:
         x = x.expand(n)
     if x.shape[0] != n:
@@ -125,196 +114,167 @@ def _to_batch(x, n: int, dev, what: str) -> torch.Tensor | None:
     return x
 
 
-def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
-            init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-            c: torch.Tensor | None = None, wr: float | torch.Tensor | None = None,
-            record_frames: bool = False, progress=None, **options) -> Result:
-    """Find latents whose images reconstruct `targets` ([N, 3, H, W] in [-1, 1]).
+class _Run:
+    """One batched optimization: the candidates, their optimizer, and what each target keeps."""
 
-    names: one per target; the random starts derive from (seed, name), not from the position.
-    init: [N, *latent_shape] starts (then starts=1). mask: [N, 1, H, W] weights in [0, 1] for the
-    reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r (sweeps).
-    options: fields of Config. progress: callable(steps_done, best_loss) called at every check.
-    """
-    t_start = time.perf_counter()
-    cfg = Config(**options).validate()
-    with _plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
-        return _project(G, targets, names, cfg, init=init, mask=mask, c=c, wr=wr,
-                        record_frames=record_frames, progress=progress, t_start=t_start)
+    def __init__(self, G: Generator, cfg: Config, targets, names, *, init, mask, c, wr):
+        self.G, self.cfg = G, cfg
+        self.space = space = G.check_space(cfg.space or G.default_space)
+        self.shape = G.latent_shape(space)
+        dev = G.device
+        n = self.n = targets.shape[0]
+        self.names = list(names) if names is not None else [str(i) for i in range(n)]
+        self._check_inputs(targets, init)
+        self.targets = targets.to(dev, torch.float32)
+        self.mask, self.c = rows_of(mask, n, dev, "mask"), rows_of(c, n, dev, "c")
+        if self.c is None and G.needs_class(space):
+            raise LatentFitError(f"generator {G.name!r} is conditional: give a class to work in z")
+        self.wr_in = cfg.wr if wr is None else wr
+        self.mode = cfg.init_mode or G.default_init_mode(space)
+        self.starts = self.k = cfg.starts if init is None and self.mode == "random" else 1
+        self.lr = cfg.lr if cfg.lr is not None else G.default_lr(space)
+        self.noise_std = cfg.latent_noise * G.latent_std(space)
+        self.noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
+        self.objective = Objective.build(cfg.loss, lpips_weight=cfg.lpips_weight, reg=cfg.reg,
+                                         noise_weight=cfg.noise_weight if self.noise_shapes else 0.0,
+                                         device=dev)
+        self.pool = self._start(rows_of(self.wr_in, n, dev, "wr"), rows_of(init, n, dev, "init"))
+        self.adam = RowAdam(self.pool.variables)
+        self.kept = {"latent": torch.empty(n, *self.shape, device=dev),
+                     "latent_init": torch.empty(n, *self.shape, device=dev),
+                     "noise": [torch.empty(n, *s, device=dev) for s in self.noise_shapes]}
+        self.steps_run = np.full(n, cfg.steps)
+        self.history: list[np.ndarray] = []
+        self.frames = [] if cfg.save_video else None
+        self.next_rung = max(1, round(cfg.prune_every * cfg.steps)) if self.k > 1 else math.inf
 
+    def _check_inputs(self, targets, init) -> None:
+        G = self.G
+        want = (G.img_channels, G.resolution, G.resolution)
+        if tuple(targets.shape[1:]) != want:
+            raise LatentFitError(f"targets must be [N, {', '.join(map(str, want))}], got {list(targets.shape)}")
+        if init is not None and tuple(init.shape[1:]) != self.shape:
+            raise LatentFitError(f"init latents have shape {list(init.shape[1:])}, the {self.space} space "
+                                 f"of {G.name!r} needs {list(self.shape)}")
 
-def _project(G, targets, names, cfg, *, init, mask, c, wr, record_frames, progress, t_start) -> Result:
-    space = G.check_space(cfg.space or G.default_space)
-    dev = G.device
-    n = targets.shape[0]
-    names = list(names) if names is not None else [str(i) for i in range(n)]
-    shape = G.latent_shape(space)
-    if targets.shape[1:] != (3, G.resolution, G.resolution):
-        raise LatentFitError(f"targets must be [N, 3, {G.resolution}, {G.resolution}], got {list(targets.shape)}")
-    targets = targets.to(dev, torch.float32)
-    mask = _to_batch(mask, n, dev, "mask")
-    c = _to_batch(c, n, dev, "c")
-    if G.c_dim and c is None and space == "z":   # w and w+ already carry the class
-        raise LatentFitError(f"generator {G.name!r} is conditional: give a class (--class) to work in z")
-    wr_t = _to_batch(cfg.wr if wr is None else wr, n, dev, "wr")
-    init = _to_batch(init, n, dev, "init")
-    if init is not None and tuple(init.shape[1:]) != shape:
-        raise LatentFitError(f"init latents have shape {list(init.shape[1:])}, the {space} space of "
-                             f"{G.name!r} needs {list(shape)}")
-
-    use_mse, use_lpips = resolve_loss(cfg.loss)
-    lpips_net = LPIPS().to(dev) if use_lpips else None
-    mode = cfg.init_mode or ("random" if space == "z" else "mean")
-    k = cfg.starts if init is None and mode == "random" else 1
-    lr = cfg.lr if cfg.lr is not None else (0.2 if space == "z" else 0.1)
-    noise_std = cfg.latent_noise * _latent_std(G, space)
-    noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
-
-    # --- candidates: k starts per target, rows grouped by target -------------------------------
-    owner = torch.arange(n, device=dev).repeat_interleave(k)
-    keys = torch.tensor([name_key(cfg.seed, names[i], j) for i in range(n) for j in range(k)],
-                        device=dev)
-    with torch.no_grad():
-        if init is not None:
-            z0 = init[owner].clone()
-        elif mode == "random":
-            z0 = G.from_z(keyed_normal(keys, 0, (G.z_dim,)), space, None if c is None else c[owner])
-        else:
-            z0 = G.mean_latent(space, None if c is None else c[:1]).expand(n * k, *shape).clone()
-    # per-candidate state; rows are dropped together when candidates are pruned or stop early
-    st = {"z": z0.clone(), "z0": z0, "owner": owner, "keys": keys, "target": targets[owner],
-          "wr": wr_t[owner], "best": torch.full((n * k,), math.inf, device=dev),
-          "since": torch.zeros(n * k, device=dev)}
-    if mask is not None:
-        st["mask"] = mask[owner]
-    if c is not None:
-        st["c"] = c[owner]
-    for i, s in enumerate(noise_shapes):
-        st[f"n{i}"] = keyed_normal(keys, 1 + i, s)
-    var_names = ["z"] + [f"n{i}" for i in range(len(noise_shapes))]
-    for v in var_names:
-        st[f"m_{v}"] = torch.zeros_like(st[v])
-        st[f"v_{v}"] = torch.zeros_like(st[v])
-
-    out_z = torch.empty(n, *shape, device=dev)
-    out_z0 = torch.empty(n, *shape, device=dev)
-    out_noise = [torch.empty(n, *s, device=dev) for s in noise_shapes]
-    out_steps = np.full(n, cfg.steps)
-    history: list[np.ndarray] = []
-    frames = [] if record_frames else None
-    frame_now = None
-    next_rung = max(1, round(cfg.prune_every * cfg.steps)) if k > 1 else math.inf
-    kcur = k
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-
-    def finish(rows: torch.Tensor, steps_done: int):
-        tgt = st["owner"][rows]
-        out_z[tgt] = st["z"][rows].detach()
-        out_z0[tgt] = st["z0"][rows]
-        for i in range(len(noise_shapes)):
-            out_noise[i][tgt] = st[f"n{i}"][rows]
-        out_steps[tgt.cpu().numpy()] = steps_done
-
-    for step in range(cfg.steps):
-        if st["z"].shape[0] == 0:
-            break
-        t = step / cfg.steps
-        z = st["z"].requires_grad_(True)
-        noises = [st[f"n{i}"].requires_grad_(True) for i in range(len(noise_shapes))]
-        ns = noise_std * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2 if cfg.latent_noise_ramp > 0 else 0.0
-        zz = z + ns * keyed_normal(st["keys"], _NOISE_COUNTER + step, shape) if ns > 0 else z
-        images = G.synthesize(zz, space, st.get("c"), noises or None)
-        tg, mk = st["target"], st.get("mask")
-        loss = latent_reg(z - st["z0"], cfg.reg) * st["wr"]
-        if use_mse:
-            loss = loss + pixel_mse(images, tg, mk)
-        if lpips_net is not None:
-            lp_in = images if mk is None else images * mk + tg * (1 - mk)
-            loss = loss + cfg.lpips_weight * lpips_net(lp_in, tg)
-        if noises:
-            loss = loss + cfg.noise_weight * noise_reg(noises)
-        grads = torch.autograd.grad(loss.sum(), [z, *noises])
-
-        lr_t = _lr_at(cfg, lr, t)
+    def _start(self, wr: torch.Tensor, init: torch.Tensor | None) -> Candidates:
+        """k candidates per target, rows grouped by target: the given starts, random prior
+        samples keyed by (seed, name, start), or the space's mean."""
+        G, n, k, dev = self.G, self.n, self.k, self.G.device
+        owner = torch.arange(n, device=dev).repeat_interleave(k)
+        keys = torch.tensor([name_key(self.cfg.seed, self.names[i], j) for i in range(n) for j in range(k)],
+                            device=dev)
+        c = None if self.c is None else self.c[owner]
         with torch.no_grad():
-            for v, g in zip(var_names, grads):
-                m, vv = st[f"m_{v}"], st[f"v_{v}"]
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                vv.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                upd = (m / (1 - beta1 ** (step + 1))) / ((vv / (1 - beta2 ** (step + 1))).sqrt() + eps)
-                st[v] = st[v].detach() - lr_t * upd
-            if cfg.sphere and space == "z":
-                st["z"] = st["z"] * (math.sqrt(G.z_dim) / st["z"].norm(dim=1, keepdim=True))
-            for i in range(len(noise_shapes)):   # renormalize each map per sample
-                nm = st[f"n{i}"]
-                nm = nm - nm.mean((1, 2, 3), keepdim=True)
-                st[f"n{i}"] = nm / nm.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+            if init is not None:
+                z0 = init[owner].clone()
+            elif self.mode == "random":
+                z0 = G.from_z(keyed_normal(keys, 0, (G.z_dim,)), self.space, c)
+            else:
+                z0 = G.mean_latent(self.space, None if c is None else c[:1]).expand(n * k, *self.shape).clone()
+        return Candidates(latent=z0.clone(), latent_init=z0, owner=owner, keys=keys,
+                          noise=[keyed_normal(keys, 1 + i, s) for i, s in enumerate(self.noise_shapes)],
+                          targets=self.targets[owner], wr=wr[owner],
+                          mask=None if self.mask is None else self.mask[owner], c=c,
+                          best=torch.full((n * k,), math.inf, device=dev), since=torch.zeros(n * k, device=dev))
 
-        last = step == cfg.steps - 1
-        if (step + 1) % cfg.check_every and not last:
-            continue
-        # --- a check: the only host sync ----------------------------------------------------
-        loss = loss.detach()
-        best_t = torch.full((n,), math.nan, device=dev).scatter_reduce(
-            0, st["owner"], loss, "amin", include_self=False)
-        history.append(best_t.cpu().numpy())
-        if frames is not None:
-            rows = _best_rows(loss, kcur)
-            if frame_now is None:
-                frame_now = np.zeros((n, G.resolution, G.resolution, 3), np.uint8)
-            frame_now[st["owner"][rows].cpu().numpy()] = to_uint8(images[rows])
-            frames.append(frame_now.copy())
+    def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward/backward and Adam step of every candidate: (loss [R], images) before it."""
+        cfg, pool, t = self.cfg, self.pool, step / self.cfg.steps
+        variables = [v.requires_grad_(True) for v in pool.variables]
+        z, noise = variables[0], variables[1:]
+        ns = self.noise_std * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2 if cfg.latent_noise_ramp > 0 else 0.0
+        zz = z + ns * keyed_normal(pool.keys, _NOISE_COUNTER + step, self.shape) if ns > 0 else z
+        images = self.G.synthesize(zz, self.space, pool.c, noise or None)
+        loss = self.objective(Inputs(images=images, targets=pool.targets, dz=z - pool.latent_init,
+                                     wr=pool.wr, mask=pool.mask, noise=noise))
+        grads = torch.autograd.grad(loss.sum(), variables)
+        pool.set_variables(self.adam.step(variables, grads, lr_at(cfg, self.lr, t)))
+        with torch.no_grad():
+            if cfg.sphere and self.G.gaussian_prior(self.space):
+                pool.latent = pool.latent * (math.sqrt(self.G.z_dim) / pool.latent.norm(dim=1, keepdim=True))
+            pool.noise = [_renormalized(m) for m in pool.noise]
+        return loss.detach(), images
+
+    def check(self, step: int, loss: torch.Tensor, images: torch.Tensor, progress) -> None:
+        """Record each target's best loss (the only host sync), a video frame, and report."""
+        best = torch.full((self.n,), math.nan, device=loss.device).scatter_reduce(
+            0, self.pool.owner, loss, "amin", include_self=False)
+        self.history.append(best.cpu().numpy())
+        if self.frames is not None:
+            frame = self.frames[-1].copy() if self.frames else \
+                np.zeros((self.n, self.G.resolution, self.G.resolution, self.G.img_channels), np.uint8)
+            rows = _best_rows(loss, self.k)
+            frame[self.pool.owner[rows].cpu().numpy()] = to_uint8(images[rows])
+            self.frames.append(frame)
         if progress is not None:
-            progress(step + 1, float(torch.nan_to_num(best_t, nan=math.inf).min()))
-        if last:
-            break
-        keep = None
-        if kcur > 1 and step + 1 >= next_rung:           # successive halving, per target
-            knew = max(1, math.ceil(kcur / cfg.prune_factor))
-            order = torch.argsort(loss.view(-1, kcur), dim=1, stable=True)[:, :knew]
-            keep = (torch.arange(order.shape[0], device=dev)[:, None] * kcur + order).flatten()
-            kcur = knew
-            next_rung = step + 1 + max(1, round(cfg.prune_every * cfg.steps))
-            st["best"].fill_(math.inf)
-        elif kcur == 1:                                   # early stop of stalled samples
-            better = loss < st["best"] * (1 - cfg.tol)
-            st["best"] = torch.where(better, loss, st["best"])
-            st["since"] = torch.where(better, torch.zeros_like(st["since"]), st["since"] + cfg.check_every)
-            stop = st["since"] >= cfg.patience
-            if bool(stop.any()):
-                finish(torch.nonzero(stop).flatten(), step + 1)
-                keep = torch.nonzero(~stop).flatten()
-        if keep is not None:
-            st = {key: val[keep].detach() for key, val in st.items()}
+            progress(step + 1, float(torch.nan_to_num(best, nan=math.inf).min()))
 
-    if st["z"].shape[0]:   # what is still running: each target's best candidate
-        finish(_best_rows(loss, kcur), cfg.steps)
+    def prune(self, step: int, loss: torch.Tensor) -> None:
+        """Successive halving, per target: at each rung keep the best 1/prune_factor."""
+        if step + 1 < self.next_rung:
+            return
+        k, cfg = self.k, self.cfg
+        knew = max(1, math.ceil(k / cfg.prune_factor))
+        order = torch.argsort(loss.view(-1, k), dim=1, stable=True)[:, :knew]
+        self.k, self.next_rung = knew, step + 1 + max(1, round(cfg.prune_every * cfg.steps))
+        self.pool.best.fill_(math.inf)
+        self._select((torch.arange(order.shape[0], device=loss.device)[:, None] * k + order).flatten())
 
-    with torch.no_grad():
-        noise_out = out_noise or None
-        images = G.synthesize(out_z, space, c, noise_out).clamp(-1, 1)
-        mse = pixel_mse(images, targets, mask)   # measured where the objective looked
-        lp_in = images if mask is None else images * mask + targets * (1 - mask)
-        lp = lpips_net(lp_in, targets) if lpips_net is not None else torch.full_like(mse, math.nan)
-        dz = (out_z - out_z0).flatten(1).norm(dim=1)
-    if frames is not None:
-        frames.append(to_uint8(images))
-    hist = np.stack(history, 1) if history else np.zeros((n, 0))
-    terms = (["mse"] if use_mse else []) + (["lpips"] if use_lpips else []) + [f"wr*{cfg.reg}"] \
-        + (["noise"] if noise_shapes else [])
-    wr_in = cfg.wr if wr is None else wr   # the `wr` argument overrides Config.wr
-    conf = dataclasses.asdict(cfg) | {"space": space, "lr": lr, "init_mode": mode, "starts": k,
-                                      "wr": wr_in if isinstance(wr_in, (int, float)) else
-                                      torch.as_tensor(wr_in).tolist()}
-    return Result(names=names, space=space, latent=out_z, latent_init=out_z0, images=images,
-                  noise=noise_out, loss_history=hist.astype(np.float32), steps=out_steps,
-                  metrics={"mse": mse.cpu().numpy(), "psnr": psnr(mse).cpu().numpy(),
-                           "lpips": lp.cpu().numpy(), "dz_norm": dz.cpu().numpy()},
-                  terms=terms, config=conf, seconds=time.perf_counter() - t_start,
-                  frames=np.stack(frames) if frames else None)
+    def stop(self, step: int, loss: torch.Tensor) -> None:
+        """Early stop: a candidate whose loss has not improved by `tol` for `patience` steps is done."""
+        pool, cfg = self.pool, self.cfg
+        better = loss < pool.best * (1 - cfg.tol)
+        pool.best = torch.where(better, loss, pool.best)
+        pool.since = torch.where(better, torch.zeros_like(pool.since), pool.since + cfg.check_every)
+        done = pool.since >= cfg.patience
+        if bool(done.any()):
+            self._keep(torch.nonzero(done).flatten(), step + 1)
+            self._select(torch.nonzero(~done).flatten())
+
+    def _select(self, rows: torch.Tensor) -> None:
+        self.pool = self.pool.select(rows)
+        self.adam.select(rows)
+
+    def _keep(self, rows: torch.Tensor, steps_done: int) -> None:
+        """Store the candidates `rows` as their targets' results."""
+        tgt = self.pool.owner[rows]
+        self.kept["latent"][tgt] = self.pool.latent[rows].detach()
+        self.kept["latent_init"][tgt] = self.pool.latent_init[rows]
+        for out, m in zip(self.kept["noise"], self.pool.noise):
+            out[tgt] = m[rows]
+        self.steps_run[tgt.cpu().numpy()] = steps_done
+
+    def finish(self, loss: torch.Tensor | None, t_start: float) -> Result:
+        """Each running target's best candidate, rendered and measured by the same objective."""
+        if len(self.pool):
+            self._keep(_best_rows(loss, self.k), self.cfg.steps)
+        latent, latent_init, noise = self.kept["latent"], self.kept["latent_init"], self.kept["noise"] or None
+        with torch.no_grad():
+            images = self.G.synthesize(latent, self.space, self.c, noise).clamp(-1, 1)
+            measured = self.objective.metrics(Inputs(images=images, targets=self.targets, mask=self.mask,
+                                                     dz=latent - latent_init, wr=latent.new_zeros(self.n)))
+            measured["dz_norm"] = (latent - latent_init).flatten(1).norm(dim=1)
+        if self.frames is not None:
+            self.frames.append(to_uint8(images))
+        hist = np.stack(self.history, 1) if self.history else np.zeros((self.n, 0))
+        wr = self.wr_in if isinstance(self.wr_in, (int, float)) else torch.as_tensor(self.wr_in).tolist()
+        conf = dataclasses.asdict(self.cfg) | {"space": self.space, "lr": self.lr, "init_mode": self.mode,
+                                               "starts": self.starts, "wr": wr}
+        return Result(names=self.names, space=self.space, latent=latent, latent_init=latent_init,
+                      images=images, noise=noise, loss_history=hist.astype(np.float32), steps=self.steps_run,
+                      metrics={k: v.cpu().numpy() for k, v in measured.items()},
+                      terms=self.objective.names, config=conf, seconds=time.perf_counter() - t_start,
+                      frames=np.stack(self.frames) if self.frames else None)
 
 
-def _best_rows(loss: torch.Tensor, kcur: int) -> torch.Tensor:
-    """Row of each target's lowest loss; rows come grouped by target, kcur per target."""
-    per = loss.view(-1, kcur)
-    return torch.arange(per.shape[0], device=loss.device) * kcur + per.argmin(1)
+def _renormalized(m: torch.Tensor) -> torch.Tensor:
+    """A noise map with zero mean and unit variance per sample."""
+    m = m - m.mean((1, 2, 3), keepdim=True)
+    return m / m.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+
+
+def _best_rows(loss: torch.Tensor, k: int) -> torch.Tensor:
+    """Row of each target's lowest loss; rows come grouped by target, k per target."""
+    per = loss.view(-1, k)
+    return torch.arange(per.shape[0], device=loss.device) * k + per.argmin(1)

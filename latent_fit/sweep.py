@@ -1,5 +1,5 @@
 """w_r sweeps: every target at every w_r in one batched optimization, and the measures that
-trade fidelity against realism. Pure tensors in, tensors and arrays out; files in edit_jobs.py.
+trade fidelity against realism. Pure tensors in, tensors and arrays out; files in runs/sweep.py.
 
 Realism measures (per latent):
   dz_norm    ||z - z0||, what w_r penalizes (z0: the start; a random start, the mean, or --init)
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import EDIT, PROJECTION, Config
 from .edit import edit
-from .errors import LatentFitError
+from .errors import ArgumentError
 from .generators.base import Generator
 from .optimize import Result, project
 
@@ -53,7 +54,7 @@ def prior_gaussian(G: Generator, space: str, n: int = PRIOR_SAMPLES) -> tuple[to
     """(mean, Cholesky factor) of a Gaussian fitted to the rows of n prior latents in `space`
     (float64; all classes of a conditional generator alike, so a sample's score never depends
     on its batch); None in z, whose prior is exactly N(0, I)."""
-    if space == "z":
+    if G.gaussian_prior(space):
         return None
     with torch.no_grad():
         x = G.sample(n, seed=0, space=space, c=G.cycled_labels(n))
@@ -88,36 +89,37 @@ def check_wrs(wrs) -> np.ndarray:
     """The w_r values as float64 [W], or a LatentFitError unless one or more, finite and >= 0."""
     wr = np.asarray(wrs, dtype=np.float64).reshape(-1)
     if len(wr) == 0 or not np.isfinite(wr).all() or (wr < 0).any():
-        raise LatentFitError(f"--wr {','.join(f'{v:g}' for v in wr)}: give one or more finite values >= 0")
+        raise ArgumentError("wr", ",".join(f"{v:g}" for v in wr), "give one or more finite values >= 0")
     return wr
 
 
 def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] | None = None, *,
-          init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-          c: torch.Tensor | None = None, progress=None, **options) -> SweepResult:
-    """Project (or, with init, edit) every target [T, 3, H, W] at every w_r in ONE batched run of
+          config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+          c: torch.Tensor | None = None, progress=None, **changes) -> SweepResult:
+    """Project (or, with init, edit) every target [T, C, H, W] at every w_r in ONE batched run of
     T * W independent samples.
 
     All w_r samples of a target share its name, hence the same random starts and latent noise.
-    Without init the loop's defaults apply (random multi-start in z), so each sample is what
+    Without init the projection config applies (random multi-start in z), so each sample is what
     `project --wr` would give; starts are then picked per sample and dz_norm is measured from
     each one's own start, so the curves may wiggle: starts=1, init_mode='mean' or init give all
-    w_r of a target one shared start. mask [T, 1, H, W] limits the targets (mse, psnr and lpips are measured inside it).
-    With init [T, *shape] (an edit sweep) EDIT_DEFAULTS apply and EDIT_COLUMNS are added.
+    w_r of a target one shared start. mask [T, 1, H, W] limits the targets (mse, psnr and lpips
+    are measured inside it). With init [T, *shape] (an edit sweep) the EDIT config applies and
+    EDIT_COLUMNS are added. config: PROJECTION or EDIT by default; changes: its fields to replace.
     """
     wr = check_wrs(wrs)
     t, w = targets.shape[0], len(wr)
     names = list(names) if names is not None else [str(i) for i in range(t)]
+    cfg = (config or (EDIT if init is not None else PROJECTION)).replace(**changes)
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(w, 0)
-    options.pop("wr", None)
-    rows = dict(names=[n for n in names for _ in range(w)], c=rep(c), progress=progress,
+    rows = dict(names=[n for n in names for _ in range(w)], c=rep(c), progress=progress, config=cfg,
                 wr=torch.from_numpy(np.tile(wr, t)).float())
-    if init is not None:   # an edit sweep: edit() adds its defaults and the edit metrics
-        res = edit(G, rep(init), rep(targets), rep(mask), **rows, **options)
+    if init is not None:   # an edit sweep: edit() adds the edit metrics
+        res = edit(G, rep(init), rep(targets), rep(mask), **rows)
     else:
-        res = project(G, rep(targets), mask=rep(mask), **rows, **options)
+        res = project(G, rep(targets), mask=rep(mask), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})

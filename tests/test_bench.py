@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from latent_fit import bench as B
 from latent_fit import devices
-from latent_fit import load_generator, project
+from latent_fit import Config, load_generator, project
 from latent_fit.cli import main
 from latent_fit.errors import LatentFitError
 
@@ -48,15 +48,15 @@ def test_switches_run_on_cpu_and_keep_the_images():
     assert (fast - ref).abs().max() < 0.1   # bf16 rounding
     res = project(G, ref, ["a", "b", "c"], steps=3, starts=2, loss="mse")
     assert torch.isfinite(res.latent).all()
-    with pytest.raises(LatentFitError, match="--precision"):
+    with pytest.raises(LatentFitError, match="precision"):
         devices.accelerate(G, precision="fp16")
 
 
 def test_memory_helpers():
     G = load_generator()
-    one, three = (devices.step_memory(G, n, steps=1, starts=2, loss="mse") for n in (1, 3))
+    one, three = (devices.step_memory(G, n, Config(steps=1, starts=2, loss="mse")) for n in (1, 3))
     assert 0 < one < three
-    per, fit = devices.memory_fit(G, 100 * 2 ** 20, starts=2, loss="mse")
+    per, fit = devices.memory_fit(G, Config(starts=2, loss="mse"), 100 * 2 ** 20)
     assert per > 0 and 1 <= fit and fit * per <= 100 * 2 ** 20
     assert devices.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert devices.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
@@ -67,4 +67,4 @@ def test_memory_fit_when_even_the_probe_runs_out_of_memory(monkeypatch):
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     monkeypatch.setattr(devices, "step_memory", oom)
-    assert devices.memory_fit(load_generator()) == (0, 1)
+    assert devices.memory_fit(load_generator(), Config()) == (0, 1)

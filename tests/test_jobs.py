@@ -15,7 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latent_fit import jobs, load_generator, read_latent_file
+from latent_fit import Config, load_generator, read_latent_file
+from latent_fit.outputs import is_complete, write_metrics
+from latent_fit.runs import project as runner
 from latent_fit.cli import main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "targets"
@@ -44,7 +46,7 @@ def env():
 
 def assert_finished(out: Path, stems=STEMS):
     """Every target complete, metrics list each once, no temp file left, every .npz reads."""
-    assert all(jobs.is_complete(out, s) for s in stems)
+    assert all(is_complete(out, s) for s in stems)
     assert sorted(p.stem for p in out.glob("*.npz")) == sorted(stems)
     for p in out.glob("*.npz"):
         read_latent_file(p)
@@ -76,7 +78,7 @@ def test_rerun_after_sigkill_finishes_the_job_without_redoing(targets, tmp_path)
 
 def test_rerun_removes_stale_temps_and_redoes_a_half_written_target(G, targets, tmp_path):
     out = tmp_path / "out"
-    jobs.project_files(G, [str(targets)], out, batch_size=6, **OPTIONS)
+    runner.project_files(G, [str(targets)], out, batch_size=6, **OPTIONS)
     (out / "face_01.npz").unlink()   # killed after its images, before its .npz
     stale = [".face_01.npz.k3j9x0q2.tmp.npz", ".face_02_compare.png.a1b2c3d4.tmp.png",
              ".metrics.csv.zz11yy22.tmp.csv"]
@@ -86,7 +88,7 @@ def test_rerun_removes_stale_temps_and_redoes_a_half_written_target(G, targets, 
     foreign.write_bytes(b"x")
     before = (out / "face_00.npz").stat().st_mtime_ns
 
-    rep = jobs.project_files(G, [str(targets)], out, batch_size=6, **OPTIONS)
+    rep = runner.project_files(G, [str(targets)], out, batch_size=6, **OPTIONS)
     assert rep.done == ["face_01"] and len(rep.skipped) == 5 and not rep.errors
     assert (out / "face_00.npz").stat().st_mtime_ns == before
     assert foreign.exists()
@@ -95,17 +97,17 @@ def test_rerun_removes_stale_temps_and_redoes_a_half_written_target(G, targets, 
 
 
 def test_out_of_memory_chunks_are_split_and_results_do_not_change(G, targets, tmp_path, monkeypatch):
-    ref = jobs.project_files(G, [str(targets)], tmp_path / "ref", batch_size=6, **OPTIONS)
+    ref = runner.project_files(G, [str(targets)], tmp_path / "ref", batch_size=6, **OPTIONS)
     assert len(ref.done) == 6
-    real, sizes = jobs.project, []
+    real, sizes = runner.project, []
 
     def small_device(G, batch, names, **kw):
         sizes.append(len(names))
         if len(names) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(G, batch, names, **kw)
-    monkeypatch.setattr(jobs, "project", small_device)
-    rep = jobs.project_files(G, [str(targets)], tmp_path / "out", batch_size=6, **OPTIONS)
+    monkeypatch.setattr(runner, "project", small_device)
+    rep = runner.project_files(G, [str(targets)], tmp_path / "out", batch_size=6, **OPTIONS)
     assert sorted(rep.done) == STEMS and not rep.errors
     assert sizes[:2] == [6, 3] and max(n for n in sizes[2:]) <= 3
     for s in STEMS:
@@ -116,28 +118,28 @@ def test_out_of_memory_chunks_are_split_and_results_do_not_change(G, targets, tm
 
 
 def test_a_target_too_big_even_alone_is_reported_and_the_rest_goes_on(G, targets, tmp_path, monkeypatch):
-    real = jobs.project
+    real = runner.project
 
     def no_room_for_face_03(G, batch, names, **kw):
         if "face_03" in names:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
         return real(G, batch, names, **kw)
-    monkeypatch.setattr(jobs, "project", no_room_for_face_03)
-    rep = jobs.project_files(G, [str(targets)], tmp_path / "out", batch_size=4, **OPTIONS)
+    monkeypatch.setattr(runner, "project", no_room_for_face_03)
+    rep = runner.project_files(G, [str(targets)], tmp_path / "out", batch_size=4, **OPTIONS)
     assert sorted(rep.done) == [s for s in STEMS if s != "face_03"]
     assert len(rep.errors) == 1 and "face_03.png: out of memory" in rep.errors[0]
 
 
 def test_batch_size_auto(G, targets, tmp_path, monkeypatch):
     from latent_fit.devices import memory_fit
-    per, fit = memory_fit(G, jobs.CPU_CHUNK_BYTES, **OPTIONS)
-    n = jobs.auto_batch_size(G, 10 ** 6, **OPTIONS)
-    assert per > 0 and n == fit and 1 <= n * per <= jobs.CPU_CHUNK_BYTES
-    assert jobs.auto_batch_size(G, 3, **OPTIONS) == 3
+    per, fit = memory_fit(G, Config(**OPTIONS), runner.CPU_CHUNK_BYTES)
+    n = runner.auto_batch_size(G, 10 ** 6, Config(**OPTIONS))
+    assert per > 0 and n == fit and 1 <= n * per <= runner.CPU_CHUNK_BYTES
+    assert runner.auto_batch_size(G, 3, Config(**OPTIONS)) == 3
 
     calls = []
-    real = jobs.project
-    monkeypatch.setattr(jobs, "project", lambda G, batch, names, **kw: calls.append(len(names))
+    real = runner.project
+    monkeypatch.setattr(runner, "project", lambda G, batch, names, **kw: calls.append(len(names))
                         or real(G, batch, names, **kw))
     res = CliRunner().invoke(main, ["project", str(targets), "--out", str(tmp_path / "out"),
                                     "--batch-size", "auto", *FAST])
@@ -161,9 +163,9 @@ def test_torchrun_two_cpu_processes_cover_every_target_once(targets, tmp_path):
 
 def test_ranks_share_the_targets_with_no_overlap_and_no_gap(G, targets, tmp_path):
     out = tmp_path / "out"
-    done = [jobs.project_files(G, [str(targets)], out, batch_size=2, rank=r, world=4, **OPTIONS).done
+    done = [runner.project_files(G, [str(targets)], out, batch_size=2, rank=r, world=4, **OPTIONS).done
             for r in range(4)]
     assert sorted(s for d in done for s in d) == STEMS
     assert not (out / "metrics.csv").exists()   # no process group: merged by a later write_metrics
-    jobs.write_metrics(out)
+    write_metrics(out, runner.METRIC_COLUMNS)
     assert_finished(out)

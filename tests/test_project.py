@@ -93,7 +93,7 @@ def test_bad_arguments_are_clear(G, in_domain):
         project(G, t, space="w", loss="mse", steps=1)
     with pytest.raises(LatentFitError, match="init latents have shape"):
         project(G, t, init=torch.zeros(2, 512), loss="mse", steps=1)
-    with pytest.raises(LatentFitError, match="--loss 'ssim'"):
+    with pytest.raises(LatentFitError, match="loss 'ssim'"):
         project(G, t, loss="ssim", steps=1)
     with pytest.raises(LatentFitError, match=r"targets must be \[N, 3, 64, 64\]"):
         project(G, torch.zeros(1, 3, 32, 32), steps=1)

@@ -6,8 +6,12 @@ It is frozen and in eval mode, so one sample never influences another in a batch
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+
+from ..errors import ArgumentError, LatentFitError
 
 
 class Generator(nn.Module):
@@ -21,11 +25,13 @@ class Generator(nn.Module):
     name: str = "generator"      # id written into latent files
     sha256: str = ""             # of the weights file, "" when unknown
     resolution: int = 0          # output height == width in pixels
+    img_channels: int = 3        # 3: RGB
     z_dim: int = 0               # dimension of the prior N(0, I)
     c_dim: int = 0               # number of classes (0: unconditional)
     spaces: tuple[str, ...] = ("z",)
     default_space: str = "z"
     noise_shapes: tuple[tuple[int, ...], ...] = ()   # per-sample shapes of noise inputs
+    num_ws: int = 0              # StyleGAN: rows of a w+ latent (0: no w space)
 
     def freeze(self) -> "Generator":
         """Eval mode and no parameter gradients: samples of a batch stay independent."""
@@ -78,8 +84,51 @@ class Generator(nn.Module):
             return None
         return torch.eye(self.c_dim, device=self.device)[torch.arange(n) % self.c_dim]
 
+    # --- space-level rules: what the loop, edits and sweeps need to know about a space ---------
+
+    def gaussian_prior(self, space: str) -> bool:
+        """Whether latents in `space` follow N(0, I) (z): then random starts, a sphere of radius
+        sqrt(d) and isotropic statistics make sense; w and w+ need fitted statistics instead."""
+        return self.check_space(space) == "z"
+
+    def default_lr(self, space: str) -> float:
+        """Adam learning rate in `space` (NVIDIA's 0.1 in w; z needs larger steps)."""
+        return 0.2 if self.gaussian_prior(space) else 0.1
+
+    def default_init_mode(self, space: str) -> str:
+        """random prior samples in z; the mean (w_avg) in w / w+, as NVIDIA's projector."""
+        return "random" if self.gaussian_prior(space) else "mean"
+
+    def needs_class(self, space: str) -> bool:
+        """A conditional generator needs a class in z; w and w+ latents already carry it."""
+        return bool(self.c_dim) and self.gaussian_prior(space)
+
+    @functools.lru_cache(maxsize=8)
+    def latent_std(self, space: str) -> float:
+        """Per-element std of prior latents in `space` (1 in z; over all classes of a conditional
+        generator), for scaling the latent noise. Depends on the generator only, never a batch."""
+        if self.gaussian_prior(space):
+            return 1.0
+        with torch.no_grad():
+            x = self.sample(1000, seed=0, space=space, c=self.cycled_labels(1000))
+            return float((x - x.mean(0)).pow(2).mean().sqrt())
+
+    def class_vector(self, class_index: int | None, space: str) -> torch.Tensor | None:
+        """The one-hot label [c_dim] of a class index; None if unconditional, or if no class is
+        given where the latent carries it (w, w+)."""
+        if not self.c_dim or (class_index is None and not self.needs_class(space)):
+            return None
+        if class_index is None or not 0 <= class_index < self.c_dim:
+            raise ArgumentError("class_index", class_index, f"generator {self.name!r} is conditional "
+                                f"with {self.c_dim} classes: give a class 0..{self.c_dim - 1}")
+        return nn.functional.one_hot(torch.tensor(class_index), self.c_dim).float().to(self.device)
+
+    def file_ws(self, latent: torch.Tensor, space: str) -> torch.Tensor | None:
+        """A latent [*latent_shape] as NVIDIA's projected_w.npz stores it ([1, num_ws, w_dim]),
+        for spaces that have that layout; None elsewhere."""
+        return None
+
     def check_space(self, space: str) -> str:
-        from ..errors import LatentFitError
         if space not in self.spaces:
             raise LatentFitError(
                 f"generator {self.name!r} has no latent space {space!r}; choose one of {', '.join(self.spaces)}")

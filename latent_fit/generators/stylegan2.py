@@ -349,6 +349,12 @@ class StyleGAN2Generator(Generator):
             return torch.zeros(shape, device=self.device)
         return self.mapping.w_avg.expand(shape).clone()
 
+    def file_ws(self, latent, space):
+        """w / w+ latents in NVIDIA's projected_w layout [1, num_ws, w_dim]; None in z."""
+        if space == "z":
+            return None
+        return latent.reshape(1, -1, self.w_dim).expand(1, self.num_ws, -1)
+
     def synthesize(self, latent, space, c=None, noise=None):
         """Images for latents in `space`; noise (see noise_shapes) replaces the const noise buffers."""
         if tuple(latent.shape[1:]) != self.latent_shape(space):

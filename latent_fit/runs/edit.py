@@ -1,0 +1,165 @@
+"""`latent-fit edit`, `direction` and `interpolate` over files: read latents and images, call
+edit.py, write outputs atomically, report per-input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import EDIT, Config
+from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, linear_boundary, mean_difference,
+                    pca_directions, render)
+from ..errors import ArgumentError, LatentFitError
+from ..generators.base import Generator
+from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, to_uint8
+from ..latents import read_latents
+from ..outputs import Report, atomic_write, check_writable, is_complete, write_metrics, write_target
+from ..sweep import EDIT_COLUMNS
+from .project import write_outputs
+
+EDIT_METRIC_COLUMNS = ["target", "wr", *EDIT_COLUMNS, "dz_norm", "steps", "seconds"]
+
+
+def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config = EDIT, *, request: Path,
+               mask: Path | None = None, batch_size: int = 16, class_index: int | None = None,
+               progress=None, **changes) -> Report:
+    """Masked edits of every latent file toward `request` (one image, or a folder of one
+    <stem>.<image> per latent) where `mask` (one image or a folder; default: the request's alpha,
+    else everywhere) is set. Writes OUT/<stem>.npz / .png / _compare.png (before | request painted
+    on before | after) and OUT/metrics.csv; skips latents whose outputs are complete.
+    progress: as for runs.project.project_files. changes: Config fields."""
+    cfg, out, rep = config.replace(**changes), Path(out), Report()
+    check_writable(out)
+    stems, lats, space, rep.errors = read_latents(latent_specs, G, cfg.space)
+    cfg = cfg.replace(space=space)
+    todo = [s for s in stems if not is_complete(out, s)]
+    rep.skipped = [s for s in stems if s not in todo]
+    requests, errors = per_stem(request, todo, lambda p: load_request(p, G.resolution))
+    masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
+    rep.errors += errors + mask_errors
+    todo = [s for s in todo if s in requests and s in masks]
+    c_vec = G.class_vector(class_index, space)
+    row = {s: i for i, s in enumerate(stems)}
+    for ci in range(0, len(todo), batch_size):
+        names = todo[ci:ci + batch_size]
+        req = torch.stack([requests[s][0] for s in names])
+        mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
+        cb = progress(ci // batch_size, -(-len(todo) // batch_size), names) if progress else None
+        c = None if c_vec is None else c_vec.expand(len(names), -1)
+        res = edit(G, lats[[row[s] for s in names]], req, mk, names, config=cfg, c=c, progress=cb)
+        req = req.to(res.before)
+        painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
+        before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
+        for i, s in enumerate(names):
+            write_target(rep, out, s, lambda: write_outputs(out, res, i, req[i], G, res.seconds / len(names),
+                                                            panels=[before[i], shown[i], after[i]]))
+    rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS)
+    done = [r for r in rep.metrics if r["target"] in rep.done]
+    med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
+           f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
+    rep.summary = (f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
+                   f"{len(rep.errors)} failed{med}")
+    return rep
+
+
+def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> torch.Tensor:
+    """A direction [*shape] from an .npy of shape [*shape] or [K, *shape] (its row `component`)."""
+    try:
+        d = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise LatentFitError(f"{path}: direction file not found") from None
+    except (OSError, ValueError) as e:
+        raise LatentFitError(f"{path}: not a .npy direction ({e})") from None
+    if d.shape == shape:
+        return torch.from_numpy(d.astype(np.float32))
+    if d.shape[1:] != shape:
+        raise LatentFitError(f"{path}: direction of shape {list(d.shape)}; latents of shape {list(shape)} "
+                             f"need {list(shape)} or [K, {', '.join(map(str, shape))}]")
+    if not 0 <= component < d.shape[0]:
+        raise ArgumentError("component", component, f"out of range, {path} holds {d.shape[0]} directions")
+    return torch.from_numpy(d[component].astype(np.float32))
+
+
+def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
+                         strengths: list[float], component: int = 0, space: str | None = None,
+                         batch_size: int = 64) -> Report:
+    """Move every latent along a direction by each strength, in one batched render. Writes
+    OUT/<stem>_s<strength>.png for each strength and OUT/<stem>_strip.png."""
+    out, rep = Path(out), Report()
+    check_writable(out)
+    stems, lats, space, rep.errors = read_latents(latent_specs, G, space)
+    if lats is not None:
+        d = read_direction(Path(direction), G.latent_shape(space), component)
+        moved = apply_direction(lats, d, strengths)
+        images = to_uint8(render(G, moved.flatten(0, 1), space, batch_size=batch_size))
+        images = images.reshape(len(stems), len(strengths), *images.shape[1:])
+        for s, row in zip(stems, images):
+            def write(s=s, row=row):
+                for strength, im in zip(strengths, row):
+                    save_png(im, out / f"{s}_s{strength:+g}.png")
+                save_png(grid([list(row)]), out / f"{s}_strip.png")
+            write_target(rep, out, s, write)
+    rep.summary = f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
+    return rep
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    atomic_write(path, write)
+
+
+def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negative: list[str] = (),
+                   method: str = "mean", pca: int | None = None, samples: int = PCA_SAMPLES,
+                   space: str | None = None, seed: int = 0) -> Report:
+    """Find a direction and write it to `out` (.npy): from latent files labelled positive and
+    negative (method mean: normalized difference of means; boundary: linear classifier normal),
+    or the first `pca` principal directions [K, *shape]."""
+    out, rep = Path(out), Report(written=[Path(out)])
+    if (pca is None) == (not positive and not negative):
+        raise LatentFitError("give either positive and negative latents or a number of principal directions")
+    if pca is not None:
+        space = G.check_space(space or G.default_space)
+        dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed)
+        _save_npy(out, dirs.cpu().numpy())
+        rep.summary = (f"{pca} principal directions in {space} ({samples} samples), prior std along each: "
+                       + ", ".join(f"{v:.3g}" for v in std.tolist()))
+        return rep
+    pos_stems, pos, space, rep.errors = read_latents(list(positive), G, space)
+    neg_stems, neg, _, neg_errors = read_latents(list(negative), G, space)
+    rep.errors += neg_errors
+    if pos is None or neg is None:
+        raise LatentFitError(f"no readable {'positive' if pos is None else 'negative'} latents: "
+                             + ("; ".join(rep.errors) or "none given"))
+    methods = {"mean": mean_difference, "boundary": linear_boundary}
+    if method not in methods:
+        raise ArgumentError("method", method, "choose mean or boundary")
+    _save_npy(out, methods[method](pos, neg).numpy())
+    rep.summary = (f"{method} direction in {space} from {len(pos_stems)} positive and {len(neg_stems)} "
+                   "negative latents")
+    return rep
+
+
+def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frames: int,
+                      modes: tuple[str, ...] = ("linear", "spherical"), fps: int = 12,
+                      batch_size: int = 64) -> Report:
+    """Interpolate along the path through the latent files (in order), every mode and segment in
+    one batched render. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
+    out, rep = Path(out), Report()
+    check_writable(out)
+    stems, lats, space, rep.errors = read_latents(latent_specs, G)
+    if lats is None or len(stems) < 2:
+        raise LatentFitError(f"interpolate needs two or more readable latent files, got {len(stems)}"
+                             + (f" ({'; '.join(rep.errors)})" if rep.errors else ""))
+    path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])   # [M, P, F, *s]
+    images = to_uint8(render(G, path.flatten(0, 2), space, batch_size=batch_size))
+    images = images.reshape(len(modes), len(stems) - 1, frames, *images.shape[1:])
+    for mode, segs in zip(modes, images):
+        save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")
+        tour = np.concatenate([segs[0]] + [seg[1:] for seg in segs[1:]])   # shared ends once
+        rep.written += [out / f"{mode}.png", save_video(tour, out / mode, fps=fps)]
+    rep.summary = "wrote " + ", ".join(str(p) for p in rep.written)
+    return rep

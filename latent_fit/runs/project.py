@@ -1,0 +1,171 @@
+"""`latent-fit project` over files: targets in chunks, outputs written atomically, resume by
+skipping what is complete, per-input errors that never stop the batch, merged metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import distributed
+from ..config import PROJECTION, Config
+from ..devices import is_oom, memory_fit
+from ..errors import ArgumentError, LatentFitError
+from ..generators.base import Generator
+from ..images import assign_stems, difference, find_images, grid, load_image, save_png, save_video, to_uint8
+from ..latents import read_init, write_latent_file
+from ..objective import require_lpips
+from ..optimize import Result, project
+from ..outputs import (Report, check_writable, collect_metrics, is_complete, output_names, remove_stale_temps,
+                       write_metrics, write_target)
+
+METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
+CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
+                                  # RAM fills, and a smaller chunk loses less work when killed
+
+
+def auto_batch_size(G: Generator, n_targets: int, config: Config) -> int:
+    """The largest chunk of targets whose projection steps fit the device's memory; on CPU a
+    chunk plans for at most CPU_CHUNK_BYTES."""
+    budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else None
+    return max(1, min(n_targets, memory_fit(G, config, budget)[1]))
+
+
+def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
+                  panels: list[np.ndarray] | None = None) -> None:
+    """PNG, comparison strip (`panels`, default target | result | difference), the video when
+    frames were kept, then the .npz last (it marks completion)."""
+    stem = res.names[i]
+    proj = to_uint8(res.images[i:i + 1])[0]
+    tgt = to_uint8(target[None])[0]
+    save_png(proj, out / f"{stem}.png")
+    save_png(grid([panels or [tgt, proj, difference(tgt, proj)]]), out / f"{stem}_compare.png")
+    if res.frames is not None:
+        frames = res.frames[:, i]
+        save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), out / stem)
+    metrics = {k: float(v[i]) for k, v in res.metrics.items()}
+    metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms)}
+    history = res.loss_history[i]
+    write_latent_file(out / f"{stem}.npz", latent=res.latent[i], latent_init=res.latent_init[i],
+                      space=res.space, generator=G.name, generator_sha256=G.sha256,
+                      loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
+                      w=G.file_ws(res.latent[i], res.space),
+                      **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
+
+
+class _Chunks:
+    """Projects chunks of targets and writes their outputs; a chunk that runs out of memory is
+    split in halves and retried, and later chunks stay that small."""
+
+    def __init__(self, G, out, cfg, rep, batch_size, c, progress, n_todo):
+        self.G, self.out, self.cfg, self.rep, self.c = G, out, cfg, rep, c
+        self.batch_size, self.progress, self.n_todo = batch_size, progress, n_todo
+        self.calls = self.finished = 0
+
+    def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None) -> None:
+        c = None if self.c is None else self.c.expand(len(stems), -1)
+        left = math.ceil((self.n_todo - self.finished) / self.batch_size)
+        cb = self.progress(self.calls, self.calls + left, stems) if self.progress else None
+        self.calls += 1
+        try:
+            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c, progress=cb)
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            res = None   # retry outside the handler, so the failed attempt's tensors are freed
+        if res is None:
+            return self._split(stems, paths, batch, init)
+        for i, stem in enumerate(stems):
+            write_target(self.rep, self.out, stem,
+                         lambda: write_outputs(self.out, res, i, batch[i], self.G, res.seconds / len(stems)))
+        self.finished += len(stems)
+
+    def _split(self, stems, paths, batch, init) -> None:
+        if self.G.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(stems) == 1:
+            self.rep.errors.append(f"{paths[0]}: out of memory on {self.G.device} even alone; "
+                                   "use fewer starts or a device with more memory")
+            self.finished += 1
+            return
+        h = len(stems) // 2
+        self.batch_size = min(self.batch_size, h)
+        for part in (slice(0, h), slice(h, None)):
+            self.run(stems[part], paths[part], batch[part], None if init is None else init[part])
+
+
+def project_files(G: Generator, specs: list[str], out: Path, config: Config = PROJECTION, *,
+                  batch_size: int | str = 16, init: str | Path | None = None, class_index: int | None = None,
+                  rank: int = 0, world: int = 1, progress=None, **changes) -> Report:
+    """Project every image of `specs` into G and write the outputs to `out`.
+
+    Targets are sharded by rank (every world-th), skipped when their outputs are complete, and
+    streamed in chunks of batch_size ("auto": the largest that fits the device). Killed at any
+    moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
+    of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
+    every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
+    init: a start .npz for every target or a folder of <stem>.npz. changes: Config fields.
+    progress: callable(chunk_index, n_chunks, stems) -> callback for `project` (or None).
+    """
+    cfg, out, rep = config.replace(**changes), Path(out), Report()
+    if "lpips" in cfg.loss:
+        require_lpips()
+    check_writable(out)
+    paths, rep.errors = find_images(specs)
+    targets, dup_errors = assign_stems(paths)
+    rep.errors += dup_errors
+    targets = targets[rank::world]
+    writes_metrics = world == 1 or rank == 0
+    remove_stale_temps(out, {n for s, _ in targets for n in output_names(s)}
+                       | ({"metrics.csv", "metrics.json"} if writes_metrics else set()))
+    todo = []
+    for s, p in targets:
+        rep.skipped.append(s) if is_complete(out, s) else todo.append((s, p))
+    space = cfg.space or G.default_space
+    inits = read_init(Path(init), G, space, [s for s, _ in todo]) if init else None
+    if inits is not None:
+        rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s not in inits]
+        todo = [(s, p) for s, p in todo if s in inits]
+    if batch_size == "auto":
+        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
+    chunks = _Chunks(G, out, cfg, rep, batch_size, G.class_vector(class_index, space), progress, len(todo))
+    _stream(chunks, todo, inits)
+    if world == 1:
+        rep.metrics = write_metrics(out, METRIC_COLUMNS)
+    elif distributed.active():
+        distributed.barrier()
+        rep.metrics = write_metrics(out, METRIC_COLUMNS) if rank == 0 else collect_metrics(out, METRIC_COLUMNS)
+    rep.summary = _summary(rep)
+    return rep
+
+
+def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], inits: dict | None) -> None:
+    """Load and project `todo` chunk by chunk: only one chunk of images is in memory at a time."""
+    G, start = chunks.G, 0
+    while start < len(todo):
+        chunk = todo[start:start + chunks.batch_size]
+        start += len(chunk)
+        stems, paths, images = [], [], []
+        for stem, p in chunk:
+            try:
+                images.append(load_image(p, G.resolution))
+                stems.append(stem)
+                paths.append(p)
+            except LatentFitError as e:
+                chunks.rep.errors.append(str(e))
+        chunks.finished += len(chunk) - len(stems)
+        if stems:
+            chunks.run(stems, paths, torch.stack(images),
+                       torch.from_numpy(np.stack([inits[s] for s in stems])) if inits else None)
+
+
+def _summary(rep: Report) -> str:
+    rows = {r["target"]: r for r in rep.metrics}
+    ps = [rows[s]["psnr"] for s in rep.done if s in rows]
+    med = f", median PSNR {np.median(ps):.1f} dB" if ps else ""
+    return (f"projected {len(rep.done)} target(s), skipped {len(rep.skipped)} complete, "
+            f"{len(rep.errors)} failed{med}")
