@@ -40,6 +40,49 @@ def describe_device(dev: torch.device) -> str:
     return f"cpu ({name}, {torch.get_num_threads()} threads)"
 
 
+def _fastest(marks: list[tuple[int, float]]) -> float:
+    """Seconds per step of the fastest interval between (step, time) marks."""
+    return min((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0)
+
+
+class _Timer:
+    """Times the batched loop on slices of fixed targets, and a bare forward+backward."""
+
+    def __init__(self, G: Generator, cfg: Config, n: int, loss: str):
+        self.G, self.cfg, self.space = G, cfg, cfg.space
+        self.names = [f"bench{i}" for i in range(n)]
+        self.c = G.cycled_labels(n)
+        with torch.no_grad():
+            z = G.sample(n, seed=123, space=cfg.space, c=self.c)
+            self.targets = G.synthesize(z, cfg.space, self.c).float().clamp(-1, 1)
+        self.objective = Objective.build(loss, reg=None, device=G.device)   # the loop's reconstruction terms
+
+    def loop(self, b: int, first: int = 0, **over) -> tuple[float, float]:
+        """(wall time of one project call on b targets from `first` on, its step time)."""
+        rows = slice(first, first + b)
+        marks = []
+        t0 = time.perf_counter()
+        project(self.G, self.targets[rows], self.names[rows], c=None if self.c is None else self.c[rows],
+                config=self.cfg.replace(**over), progress=lambda s, _: marks.append((s, time.perf_counter())))
+        return time.perf_counter() - t0, _fastest(marks)
+
+    def bare(self, b: int) -> float:
+        """Seconds per step of forward+backward passes of generator and loss alone."""
+        G, steps, every = self.G, self.cfg.steps, self.cfg.check_every
+        cb = None if self.c is None else self.c[:b]
+        z = G.sample(b, seed=7, space=self.space, c=cb).requires_grad_(True)
+        marks = []
+        for i in range(steps):
+            if i % every == 0:
+                _sync(G.device)
+                marks.append((i, time.perf_counter()))
+            img = G.synthesize(z, self.space, cb)
+            lv = self.objective(Inputs(images=img, targets=self.targets[:b], dz=z, wr=z.new_zeros(b)))
+            torch.autograd.grad(lv.sum(), [z])
+        _sync(G.device)
+        return _fastest(marks[1:] + [(steps, time.perf_counter())])   # the first interval warms up
+
+
 def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
           space: str | None = None, repeats: int = 2, seq_targets: int = 4) -> dict:
     """Time the batched loop at each batch size against projecting `seq_targets` targets one
@@ -48,7 +91,6 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
     step times are the best interval between timestamps, taken every step on CPU (where that
     costs no sync) and twice per run on GPU.
     batch_sizes: default BENCH_BATCH_SIZES of the device type; sizes that do not fit are left out.
-
     Returns a dict: the headline figures at the largest batch (`speedup_batched_vs_sequential`,
     `loop_overhead`, `images_per_second` = image-steps per second: images rendered and
     back-propagated), one row per batch size, and memory per sample / largest batch that fits.
@@ -59,64 +101,22 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
     if steps < 2 or repeats < 1 or seq_targets < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise LatentFitError("bench needs steps >= 2, repeats >= 1 and batch sizes >= 1")
     space = G.check_space(space or G.default_space)
-    every = 1 if dev.type == "cpu" else max(1, steps // 2)   # steps between timestamps
-    cfg = Config(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False,
-                 patience=steps + 1, check_every=every).validate()
+    cfg = Config(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False, patience=steps + 1,
+                 check_every=1 if dev.type == "cpu" else max(1, steps // 2)).validate()
     per_sample, fit = memory_fit(G, cfg)
     too_big = sorted(b for b in set(batch_sizes) if b > fit)
     batch_sizes = sorted(b for b in set(batch_sizes) if b <= fit) or [1]
-    n = max(max(batch_sizes), seq_targets)
-    names = [f"bench{i}" for i in range(n)]
-    c = G.cycled_labels(n)
-    with torch.no_grad():
-        targets = G.synthesize(G.sample(n, seed=123, space=space, c=c), space, c).float().clamp(-1, 1)
-    objective = Objective.build(loss, reg=None, device=dev)   # the loop's reconstruction terms
-
-    def fastest(marks: list[tuple[int, float]]) -> float:
-        """Seconds per step of the fastest interval between (step, time) marks."""
-        return min((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) if s1 > s0)
-
-    def loop(b: int, first: int = 0, **over) -> tuple[float, float]:
-        """(wall time of one project call on b targets from `first` on, its step time)."""
-        rows = slice(first, first + b)
-        marks = []
-        t0 = time.perf_counter()
-        project(G, targets[rows], names[rows], c=None if c is None else c[rows], config=cfg.replace(**over),
-                progress=lambda s, _: marks.append((s, time.perf_counter())))
-        return time.perf_counter() - t0, fastest(marks)
-
-    def bare(b: int) -> float:
-        """Seconds per step of forward+backward passes of generator and loss alone."""
-        z = G.sample(b, seed=7, space=space, c=None if c is None else c[:b]).requires_grad_(True)
-        tg, cb = targets[:b], None if c is None else c[:b]
-        marks = []
-        for i in range(steps):
-            if i % every == 0:
-                _sync(dev)
-                marks.append((i, time.perf_counter()))
-            img = G.synthesize(z, space, cb)
-            lv = objective(Inputs(images=img, targets=tg, dz=z, wr=z.new_zeros(b)))
-            torch.autograd.grad(lv.sum(), [z])
-        _sync(dev)
-        return fastest(marks[1:] + [(steps, time.perf_counter())])   # the first interval warms up
-
+    timer = _Timer(G, cfg, max(max(batch_sizes), seq_targets), loss)
     for b in batch_sizes:   # warm-up: allocator, kernels, compilation
-        loop(b, steps=2, check_every=1)
+        timer.loop(b, steps=2, check_every=1)
     seq = math.inf
     best = {b: [math.inf] * 3 for b in batch_sizes}   # total, loop step, bare step
     for _ in range(repeats):
-        seq = min(seq, sum(loop(1, i)[0] for i in range(seq_targets)) / (seq_targets * steps))
+        seq = min(seq, sum(timer.loop(1, i)[0] for i in range(seq_targets)) / (seq_targets * steps))
         for b in batch_sizes:
-            total, step = loop(b)
-            cur = best[b]
-            best[b] = [min(cur[0], total), min(cur[1], step), min(cur[2], bare(b))]
-    rows = []
-    for b in batch_sizes:
-        total, step, bare_s = best[b]
-        per = total / (b * steps)
-        rows.append({"batch": b, "ms_per_image_step": 1e3 * per, "images_per_second": 1 / per,
-                     "loop_step_ms": 1e3 * step, "bare_step_ms": 1e3 * bare_s,
-                     "loop_overhead": 1 - bare_s / step, "speedup": seq / per})
+            total, step = timer.loop(b)
+            best[b] = [min(best[b][0], total), min(best[b][1], step), min(best[b][2], timer.bare(b))]
+    rows = [_row(b, *best[b], seq, steps) for b in batch_sizes]
     top = rows[-1]
     return {"generator": G.name, "device": describe_device(dev), "steps": steps, "loss": loss,
             "space": space, "batch": top["batch"],
@@ -126,6 +126,13 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
             "memory_per_sample_mb": per_sample / 2 ** 20,
             "memory_measured": "cuda peak" if dev.type == "cuda" else "estimate (autograd saved tensors x2)",
             "max_batch": fit, "batch_sizes_too_big": too_big, "repeats": repeats, "torch": torch.__version__}
+
+
+def _row(b: int, total: float, step: float, bare_s: float, seq: float, steps: int) -> dict:
+    per = total / (b * steps)
+    return {"batch": b, "ms_per_image_step": 1e3 * per, "images_per_second": 1 / per,
+            "loop_step_ms": 1e3 * step, "bare_step_ms": 1e3 * bare_s,
+            "loop_overhead": 1 - bare_s / step, "speedup": seq / per}
 
 
 def format_table(r: dict) -> str:
