@@ -184,9 +184,16 @@ def generators():
 # --- the shared epilogue and helpers ----------------------------------------------------------
 
 def _finish(rep: Report, t0: float, out, who: str = "") -> None:
-    """Every command's end: its error lines, its summary, exit 1 if anything failed."""
+    """Every command's end: its notes, its error lines, its summary; exit 1 if anything failed,
+    130 after Ctrl-C."""
+    for note in rep.notes:
+        click.echo(f"{who}{note}")
     for e in rep.errors:
         click.echo(f"error: {e}", err=True)
+    if rep.interrupted:
+        click.echo(f"{who}interrupted: {len(rep.done) + len(rep.skipped)} target(s) complete in {out}; "
+                   "run the same command again to finish the job", err=True)
+        sys.exit(130)
     click.echo(f"{who}{rep.summary} in {time.perf_counter() - t0:.1f} s -> {out}")
     if rep.errors:
         sys.exit(1)

@@ -161,13 +161,13 @@ def per_stem(spec: Path | None, stems: list[str], load) -> tuple[dict, list[str]
     out, errors = {}, []
     for s in stems:
         try:
-            out[s] = load(_stem_file(spec, s))
+            out[s] = load(stem_file(spec, s))
         except LatentFitError as e:
             errors.append(str(e))
     return out, errors
 
 
-def _stem_file(folder: Path, stem: str) -> Path:
+def stem_file(folder: Path, stem: str) -> Path:
     """folder/<stem>.<image suffix>."""
     for p in sorted(folder.glob(f"{stem}.*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.stem == stem:

@@ -1,7 +1,7 @@
 """The latent file format: one .npz per target, versioned.
 
 Keys: `latent` (float32, [*latent_shape]), `latent_init`, `space`, `generator`, `generator_sha256`,
-`loss_history`, `config` (JSON text), `metrics` (JSON text), `version`; with StyleGAN `w`
+`loss_history`, `config` (JSON text), `metrics` (JSON text), `record` (JSON text: what made it), `version`; with StyleGAN `w`
 ([1, num_ws, w_dim], as NVIDIA's projected_w.npz) and `noise_<i>` (optimized noise maps).
 """
 
@@ -63,7 +63,7 @@ def read_latent_file(path: str | Path) -> dict:
     for k, v in data.items():
         if v.dtype.kind == "U":
             v = str(v)
-            if k in ("config", "metrics"):
+            if k in ("config", "metrics", "record"):
                 v = json.loads(v)
         out[k] = v
     return out

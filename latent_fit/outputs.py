@@ -4,6 +4,8 @@ metrics tables, and the Report every runner returns."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -31,6 +33,8 @@ class Report:
     written: list[Path] = field(default_factory=list)  # files written that are not per target
     metrics: list[dict] = field(default_factory=list)  # rows of the metrics table (all complete targets)
     summary: str = ""                                  # one line for the user
+    notes: list[str] = field(default_factory=list)     # lines printed before the summary (what is redone, why)
+    interrupted: bool = False                          # stopped by Ctrl-C; a rerun finishes the job
 
 
 def atomic_write(path: Path, write) -> None:
@@ -56,6 +60,67 @@ def write_target(rep: Report, out: Path, stem: str, write) -> None:
         rep.errors.append(f"{out / stem}: could not write outputs ({e.strerror or e})")
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_sha256(path: Path | None) -> str | None:
+    """sha256 of a regular input file; None for anything else (missing, a folder, a FIFO)."""
+    try:
+        return file_sha256(path) if path is not None and Path(path).is_file() else None
+    except OSError:
+        return None
+
+
+def settings_record(G, config, **inputs) -> dict:
+    """What makes every target of a run: the generator, every Config field that changes a result
+    (all but save_video), and `inputs` (files are recorded by sha256, other values as they are)."""
+    rec = {"generator": G.name, "generator_sha256": G.sha256}
+    rec |= {k: v for k, v in dataclasses.asdict(config).items() if k != "save_video"}
+    for k, v in inputs.items():
+        rec[k] = input_sha256(v) if isinstance(v, Path) else v
+    return rec
+
+
+def _show(v) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) == 64 else repr(v) if isinstance(v, str) else f"{v}"
+
+
+def difference(old: dict | None, new: dict) -> str | None:
+    """The first setting in which a stored record differs from `new` ('wr 0 → 10'); None if none."""
+    if not isinstance(old, dict):
+        return "no record of its settings (made by an older latent-fit)"
+    for k, v in new.items():
+        if old.get(k) != v:
+            return f"{k} {_show(old.get(k))} → {_show(v)}"
+    return None
+
+
+def plan(out: Path, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
+    """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when its
+    outputs are complete and were made by the same record (the run's `record` plus
+    inputs(path) -> that target's own entries). The note says how many are redone and the first
+    difference of the first of them."""
+    todo, skipped, stale = [], [], []
+    for stem, p in items:
+        data = read_complete(out, stem)
+        if data is None:
+            todo.append((stem, p))
+            continue
+        why = difference(data.get("record"), record | inputs(p))
+        if why is None:
+            skipped.append(stem)
+        else:
+            stale.append(why)
+            todo.append((stem, p))
+    note = f"redoing {len(stale)} target(s) made with other settings: {stale[0]}" if stale else None
+    return todo, skipped, note
+
+
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,17 +130,20 @@ def check_writable(out: Path) -> None:
         raise LatentFitError(f"{out}: output folder is not writable ({e.strerror or e})") from None
 
 
-def is_complete(out: Path, stem: str) -> bool:
-    """A target's outputs are complete when the .npz (written last) reads back."""
+def read_complete(out: Path, stem: str) -> dict | None:
+    """A target's latent file if its outputs are complete (the .npz, written last, reads back)."""
     from .latents import read_latent_file
     npz = out / f"{stem}.npz"
     if not (npz.is_file() and (out / f"{stem}.png").is_file() and (out / f"{stem}_compare.png").is_file()):
-        return False
+        return None
     try:
-        read_latent_file(npz)
-        return True
+        return read_latent_file(npz)
     except LatentFitError:
-        return False
+        return None
+
+
+def is_complete(out: Path, stem: str) -> bool:
+    return read_complete(out, stem) is not None
 
 
 def output_names(stem: str) -> list[str]:
@@ -92,8 +160,9 @@ def remove_stale_temps(out: Path, names: set[str]) -> None:
             p.unlink(missing_ok=True)
 
 
-def collect_metrics(out: Path, columns: list[str]) -> list[dict]:
-    """Metric rows (`columns`, the first the target) of every complete target in `out`."""
+def collect_metrics(out: Path, columns: list[str], record: dict | None = None) -> list[dict]:
+    """Metric rows (`columns`, the first the target) of every complete target in `out`; with a
+    run's `record`, only those made with its settings (their own inputs may differ)."""
     from .latents import read_latent_file
     rows = []
     for npz in sorted(out.glob("*.npz")):
@@ -102,6 +171,9 @@ def collect_metrics(out: Path, columns: list[str]) -> list[dict]:
         except LatentFitError:
             continue
         m = data.get("metrics")
+        old = data.get("record")
+        if record is not None and (not isinstance(old, dict) or difference(old, record)):
+            continue
         if isinstance(m, dict) and "psnr" in m:
             rows.append({"target": npz.stem} | {k: m.get(k) for k in columns[1:]})
     for r in rows:
@@ -119,10 +191,17 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def write_metrics(out: Path, columns: list[str]) -> list[dict]:
+def write_metrics(out: Path, columns: list[str], record: dict | None = None, rep: Report | None = None) -> list[dict]:
     """metrics.csv and metrics.json (`columns`, the first the target) from every complete target
-    in `out` (this run, earlier runs and other ranks alike)."""
-    rows = collect_metrics(out, columns)
-    write_csv(out / "metrics.csv", columns, rows)
-    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    in `out` made with `record`'s settings (this run, earlier runs and other ranks alike). With
+    `rep`, a failed write (a full disk) becomes one error line naming the folder."""
+    rows = collect_metrics(out, columns, record)
+    try:
+        write_csv(out / "metrics.csv", columns, rows)
+        atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    except OSError as e:
+        if rep is None:
+            raise
+        rep.errors.append(f"{out}: could not write metrics.csv / metrics.json ({e.strerror or e}); "
+                          "free space and rerun the same command")
     return rows

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ..errors import LatentFitError
+from ..outputs import file_sha256
 from .base import Generator
 
 BUNDLED = {"digiface-dcgan64": "digiface-dcgan64.safetensors"}
@@ -22,14 +22,6 @@ def weights_dir() -> Path:
         if d.is_dir():
             return d
     raise LatentFitError(f"bundled weights folder not found next to {here}; reinstall latent-fit")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_bundled(name: str) -> Generator:

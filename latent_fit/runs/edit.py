@@ -3,6 +3,7 @@ edit.py, write outputs atomically, report per-input errors."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,10 @@ from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, linear_boun
                     pca_directions, render)
 from ..errors import ArgumentError, LatentFitError
 from ..generators.base import Generator
-from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, to_uint8
+from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
 from ..latents import read_latents
-from ..outputs import Report, atomic_write, check_writable, is_complete, write_metrics, write_target
+from ..outputs import (Report, atomic_write, check_writable, input_sha256, plan, settings_record, write_metrics,
+                       write_target)
 from ..sweep import EDIT_COLUMNS
 from .project import write_outputs
 
@@ -34,14 +36,16 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     check_writable(out)
     stems, lats, space, rep.errors = read_latents(latent_specs, G, cfg.space)
     cfg = cfg.replace(space=space)
-    todo = [s for s in stems if not is_complete(out, s)]
-    rep.skipped = [s for s in stems if s not in todo]
+    row = {s: i for i, s in enumerate(stems)}
+    record = settings_record(G, cfg, class_index=class_index)
+    inputs = _edit_inputs(lats, row, request, mask)
+    todo, rep.skipped, note = plan(out, [(s, s) for s in stems], record, inputs)
+    todo, rep.notes = [s for s, _ in todo], [note] if note else []
     requests, errors = per_stem(request, todo, lambda p: load_request(p, G.resolution))
     masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
     rep.errors += errors + mask_errors
     todo = [s for s in todo if s in requests and s in masks]
     c_vec = G.class_vector(class_index, space)
-    row = {s: i for i, s in enumerate(stems)}
     for ci in range(0, len(todo), batch_size):
         names = todo[ci:ci + batch_size]
         req = torch.stack([requests[s][0] for s in names])
@@ -54,14 +58,31 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
         before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
         for i, s in enumerate(names):
             write_target(rep, out, s, lambda: write_outputs(out, res, i, req[i], G, res.seconds / len(names),
-                                                            panels=[before[i], shown[i], after[i]]))
-    rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS)
+                                                            record | inputs(s), [before[i], shown[i], after[i]]))
+    rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS, record, rep)
     done = [r for r in rep.metrics if r["target"] in rep.done]
     med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
            f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
     rep.summary = (f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
                    f"{len(rep.errors)} failed{med}")
     return rep
+
+
+def _edit_inputs(lats: torch.Tensor | None, row: dict, request: Path, mask: Path | None):
+    """stem -> what of a masked edit's inputs is that latent's own: its values and its request
+    and mask files (by sha256)."""
+    def own(spec: Path | None, stem: str) -> str | None:
+        if spec is None or not Path(spec).is_dir():
+            return input_sha256(spec and Path(spec))
+        try:
+            return input_sha256(stem_file(Path(spec), stem))
+        except LatentFitError:
+            return None
+
+    def inputs(stem: str) -> dict:
+        latent = hashlib.sha256(lats[row[stem]].numpy().tobytes()).hexdigest()
+        return {"latent_sha256": latent, "request": own(request, stem), "mask": own(mask, stem)}
+    return inputs
 
 
 def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> torch.Tensor:

@@ -18,8 +18,8 @@ from ..images import assign_stems, difference, find_images, grid, load_image, sa
 from ..latents import read_init, write_latent_file
 from ..objective import require_lpips
 from ..optimize import Result, project
-from ..outputs import (Report, check_writable, collect_metrics, is_complete, output_names, remove_stale_temps,
-                       write_metrics, write_target)
+from ..outputs import (Report, check_writable, collect_metrics, input_sha256, output_names, plan,
+                       remove_stale_temps, settings_record, write_metrics, write_target)
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
 CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
@@ -34,9 +34,10 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config) -> int:
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
-                  panels: list[np.ndarray] | None = None) -> None:
+                  record: dict, panels: list[np.ndarray] | None = None) -> None:
     """PNG, comparison strip (`panels`, default target | result | difference), the video when
-    frames were kept, then the .npz last (it marks completion)."""
+    frames were kept, then the .npz last (it marks completion, and holds the `record` of what
+    made it)."""
     stem = res.names[i]
     proj = to_uint8(res.images[i:i + 1])[0]
     tgt = to_uint8(target[None])[0]
@@ -48,7 +49,7 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
     metrics = {k: float(v[i]) for k, v in res.metrics.items()}
     metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms)}
     history = res.loss_history[i]
-    write_latent_file(out / f"{stem}.npz", latent=res.latent[i], latent_init=res.latent_init[i],
+    write_latent_file(out / f"{stem}.npz", record=record, latent=res.latent[i], latent_init=res.latent_init[i],
                       space=res.space, generator=G.name, generator_sha256=G.sha256,
                       loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
                       w=G.file_ws(res.latent[i], res.space),
@@ -59,9 +60,9 @@ class _Chunks:
     """Projects chunks of targets and writes their outputs; a chunk that runs out of memory is
     split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, out, cfg, rep, batch_size, c, progress, n_todo):
+    def __init__(self, G, out, cfg, rep, batch_size, c, progress, records):
         self.G, self.out, self.cfg, self.rep, self.c = G, out, cfg, rep, c
-        self.batch_size, self.progress, self.n_todo = batch_size, progress, n_todo
+        self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
     def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None) -> None:
@@ -79,7 +80,8 @@ class _Chunks:
             return self._split(stems, paths, batch, init)
         for i, stem in enumerate(stems):
             write_target(self.rep, self.out, stem,
-                         lambda: write_outputs(self.out, res, i, batch[i], self.G, res.seconds / len(stems)))
+                         lambda: write_outputs(self.out, res, i, batch[i], self.G, res.seconds / len(stems),
+                                               self.records[stem]))
         self.finished += len(stems)
 
     def _split(self, stems, paths, batch, init) -> None:
@@ -101,8 +103,9 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
                   rank: int = 0, world: int = 1, progress=None, **changes) -> Report:
     """Project every image of `specs` into G and write the outputs to `out`.
 
-    Targets are sharded by rank (every world-th), skipped when their outputs are complete, and
-    streamed in chunks of batch_size ("auto": the largest that fits the device). Killed at any
+    Targets are sharded by rank (every world-th), skipped when their outputs are complete and
+    were made with the same generator, target file and settings (else redone, and rep.notes says
+    why), and streamed in chunks of batch_size ("auto": the largest that fits the device). Killed at any
     moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
     of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
     every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
@@ -120,11 +123,16 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     writes_metrics = world == 1 or rank == 0
     remove_stale_temps(out, {n for s, _ in targets for n in output_names(s)}
                        | ({"metrics.csv", "metrics.json"} if writes_metrics else set()))
-    todo = []
-    for s, p in targets:
-        rep.skipped.append(s) if is_complete(out, s) else todo.append((s, p))
     space = cfg.space or G.default_space
-    inits = read_init(Path(init), G, space, [s for s, _ in todo]) if init else None
+    init = Path(init) if init else None
+    record = settings_record(G, cfg, class_index=class_index, init=init)
+
+    def inputs(p: Path) -> dict:
+        own = {"target_sha256": input_sha256(p)}
+        return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
+    todo, rep.skipped, note = plan(out, targets, record, inputs)
+    rep.notes += [note] if note else []
+    inits = read_init(init, G, space, [s for s, _ in todo]) if init else None
     if inits is not None:
         rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s not in inits]
         todo = [(s, p) for s, p in todo if s in inits]
@@ -132,13 +140,19 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
         batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
-    chunks = _Chunks(G, out, cfg, rep, batch_size, G.class_vector(class_index, space), progress, len(todo))
-    _stream(chunks, todo, inits)
+    chunks = _Chunks(G, out, cfg, rep, batch_size, G.class_vector(class_index, space), progress,
+                     {s: record | inputs(p) for s, p in todo})
+    try:
+        _stream(chunks, todo, inits)
+    except KeyboardInterrupt:
+        rep.interrupted = True
+    record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
     if world == 1:
-        rep.metrics = write_metrics(out, METRIC_COLUMNS)
-    elif distributed.active():
+        rep.metrics = write_metrics(out, METRIC_COLUMNS, record, rep)
+    elif distributed.active() and not rep.interrupted:
         distributed.barrier()
-        rep.metrics = write_metrics(out, METRIC_COLUMNS) if rank == 0 else collect_metrics(out, METRIC_COLUMNS)
+        rep.metrics = (write_metrics(out, METRIC_COLUMNS, record, rep) if rank == 0
+                       else collect_metrics(out, METRIC_COLUMNS, record))
     rep.summary = _summary(rep)
     return rep
 
