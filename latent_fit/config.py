@@ -28,7 +28,9 @@ class Config:
     loss: str = "auto"                # auto | mse | lpips | mse+lpips (auto: mse+lpips if LPIPS is on disk)
     lpips_weight: float = 1.0         # weight of LPIPS next to pixel MSE
     init_mode: str | None = None      # random | mean; None: the space's default (Generator.default_init_mode)
-    starts: int = 16                  # candidates per target (random init only)
+    starts: int = 16                  # candidates per target: random starts, or a given start and
+                                      # starts - 1 perturbations of it when spread > 0
+    spread: float = 0.0               # perturbations of a given start (init, encoder), in latent stds
     prune_every: float = 0.15         # fraction of steps between successive-halving rungs
     prune_factor: int = 2             # each rung keeps 1/prune_factor of each target's candidates
     sphere: bool = False              # Gaussian prior only: keep ||z|| = sqrt(dim), its typical radius
@@ -48,8 +50,9 @@ class Config:
                 raise ArgumentError(name, getattr(self, name), "must be >= 1")
         if self.prune_factor < 2:
             raise ArgumentError("prune_factor", self.prune_factor, "must be >= 2")
-        if self.wr < 0:
-            raise ArgumentError("wr", self.wr, "w_r must be >= 0")
+        for name in ("wr", "spread"):
+            if getattr(self, name) < 0:
+                raise ArgumentError(name, getattr(self, name), "must be >= 0")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ArgumentError(name, getattr(self, name),
@@ -66,4 +69,4 @@ PROJECTION = Config()
 # request does), the noise maps held fixed (else they, not the latent, would paint the request),
 # and fewer steps. w_r = 1e-2 balances the request against staying near z0 for the bundled DCGAN's
 # 100-element z; its useful range is about 1e-3 (follow the request) to 1e-1 (subtle).
-EDIT = dataclasses.replace(PROJECTION, steps=300, latent_noise=0.0, optimize_noise=False, wr=1e-2)
+EDIT = dataclasses.replace(PROJECTION, steps=300, starts=1, latent_noise=0.0, optimize_noise=False, wr=1e-2)

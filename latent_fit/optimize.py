@@ -50,17 +50,22 @@ class Result:
 def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
             config: Config = PROJECTION, init: torch.Tensor | None = None,
             mask: torch.Tensor | None = None, c: torch.Tensor | None = None,
-            wr: float | torch.Tensor | None = None, progress=None, **changes) -> Result:
+            wr: float | torch.Tensor | None = None, encoder=None, progress=None, **changes) -> Result:
     """Find latents whose images reconstruct `targets` ([N, C, H, W] in [-1, 1]).
 
     names: one per target; the random starts derive from (seed, name), not from the position.
     config: every setting (changes: Config fields that replace its values, for API callers).
     init: [N, *latent_shape] starts (then one start each). mask: [N, 1, H, W] weights in [0, 1]
     for the reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r
-    (sweeps), instead of config.wr. progress: callable(steps_done, best_loss) at every check.
+    (sweeps), instead of config.wr. encoder: a learned start (encoder.Encoder) for targets without
+    init: each target starts at E(x) (plus starts - 1 perturbations when spread > 0), and w_r
+    anchors to it. progress: callable(steps_done, best_loss) at every check.
     """
     t_start = time.perf_counter()
     cfg = config.replace(**changes) if changes else config.validate()
+    if encoder is not None and init is None:
+        cfg = cfg.replace(space=encoder.space) if cfg.space is None else cfg
+        init = encoder.start(G, targets, cfg.space)
     with _plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
         run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr)
         loss = None
@@ -130,8 +135,9 @@ class _Run:
         if self.c is None and G.needs_class(space):
             raise LatentFitError(f"generator {G.name!r} is conditional: give a class to work in z")
         self.wr_in = cfg.wr if wr is None else wr
-        self.mode = cfg.init_mode or G.default_init_mode(space)
-        self.starts = self.k = cfg.starts if init is None and self.mode == "random" else 1
+        self.mode = "given" if init is not None else cfg.init_mode or G.default_init_mode(space)
+        drawn = self.mode == "random" or (self.mode == "given" and cfg.spread > 0)
+        self.starts = self.k = cfg.starts if drawn else 1
         self.lr = cfg.lr if cfg.lr is not None else G.default_lr(space)
         self.noise_std = cfg.latent_noise * G.latent_std(space)
         self.noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
@@ -158,21 +164,26 @@ class _Run:
                                  f"of {G.name!r} needs {list(self.shape)}")
 
     def _start(self, wr: torch.Tensor, init: torch.Tensor | None) -> Candidates:
-        """k candidates per target, rows grouped by target: the given starts, random prior
-        samples keyed by (seed, name, start), or the space's mean."""
+        """k candidates per target, rows grouped by target: the given start (its k - 1 others
+        perturbed by `spread` latent stds), random prior samples keyed by (seed, name, start), or
+        the space's mean. Given starts are every candidate's z0: w_r anchors to them."""
         G, n, k, dev = self.G, self.n, self.k, self.G.device
         owner = torch.arange(n, device=dev).repeat_interleave(k)
         keys = torch.tensor([name_key(self.cfg.seed, self.names[i], j) for i in range(n) for j in range(k)],
                             device=dev)
         c = None if self.c is None else self.c[owner]
+        latent = None
         with torch.no_grad():
             if init is not None:
                 z0 = init[owner].clone()
+                first = (torch.arange(n * k, device=dev) % k == 0).view(-1, *[1] * len(self.shape))
+                noise = self.cfg.spread * G.latent_std(self.space) * keyed_normal(keys, 0, self.shape)
+                latent = torch.where(first, z0, z0 + noise)
             elif self.mode == "random":
                 z0 = G.from_z(keyed_normal(keys, 0, (G.z_dim,)), self.space, c)
             else:
                 z0 = G.mean_latent(self.space, None if c is None else c[:1]).expand(n * k, *self.shape).clone()
-        return Candidates(latent=z0.clone(), latent_init=z0, owner=owner, keys=keys,
+        return Candidates(latent=z0.clone() if latent is None else latent, latent_init=z0, owner=owner, keys=keys,
                           noise=[keyed_normal(keys, 1 + i, s) for i, s in enumerate(self.noise_shapes)],
                           targets=self.targets[owner], wr=wr[owner],
                           mask=None if self.mask is None else self.mask[owner], c=c,
