@@ -62,7 +62,8 @@ class Group(click.Group):
 
 def generator_options(f):
     f = click.option("--generator", "-g", default=DEFAULT_GENERATOR, show_default=True,
-                     help="Bundled name, network .pkl / .pt, TorchScript file or module:callable.")(f)
+                     help="Bundled name, network .pkl / .pt (never run), or code that runs: a TorchScript "
+                     "file, module:callable or path/to/file.py:callable.")(f)
     f = click.option("--network-key", default="G_ema", show_default=True,
                      help="Which network of a .pkl to use.")(f)
     f = click.option("--latent-dim", type=int, help="Latent size of a TorchScript/callable generator "

@@ -124,13 +124,15 @@ def test_samples_of_a_batch_are_independent(ref_and_G):
     gen = torch.Generator().manual_seed(1)
     ws = ref["ws"] + 0.5 * torch.randn(ref["ws"].shape, generator=gen)
     noise = [torch.randn(4, *s, generator=gen) for s in G.noise_shapes]
+    # Convolutions of other batch sizes round differently: NVIDIA's own code differs by up to 1.1e-5
+    # between a batch and single samples (golden/stylegan3/README.md); a real dependence shows at 1e-1.
     with torch.no_grad():
         together = G.synthesize(ws, "w+", noise=noise)
         alone = torch.cat([G.synthesize(ws[i:i + 1], "w+", noise=[n[i:i + 1] for n in noise]) for i in range(4)])
-        assert max_diff(together, alone) <= 1e-5
+        assert max_diff(together, alone) <= 5e-5
         together = G.synthesize(ref["z"], "z", ref["c"])
         alone = torch.cat([G.synthesize(ref["z"][i:i + 1], "z", ref["c"][i:i + 1]) for i in range(4)])
-        assert max_diff(together, alone) <= 1e-5
+        assert max_diff(together, alone) <= 5e-5
 
 
 # ---------------------------------------------------------------- network pickles
@@ -301,7 +303,7 @@ def test_wrong_files_are_refused(tmp_path):
     refused("tf.pkl", (TFNetwork(), TFNetwork(), TFNetwork()), "a TensorFlow-era StyleGAN pickle")
     sd = {k: t for k, t in random_generator().state_dict().items() if k.startswith("mapping.")}
     sd["synthesis.input.affine.weight"] = torch.zeros(4, 16)
-    refused("sg3.pkl", {"G_ema": persistent_network(sd, TINY, "")}, "holds a StyleGAN3")
+    refused("sg3.pkl", {"G_ema": persistent_network(sd, TINY, "")}, "weights do not fit a StyleGAN3 generator")
     sd = dict(random_generator().state_dict())
     del sd["synthesis.b8.conv0.weight"]
     refused("incomplete.pkl", {"G_ema": persistent_network(sd, TINY, "")},

@@ -1,6 +1,6 @@
-"""Reading StyleGAN2 network files without running anything stored in them.
+"""Reading StyleGAN2 and StyleGAN3 network files without running anything stored in them.
 
-Network pickles (stylegan2-ada-pytorch, and the StyleGAN2 networks of the stylegan3 repo) are in the
+Network pickles (stylegan2-ada-pytorch, and the StyleGAN2 and StyleGAN3 networks of the stylegan3 repo) are in the
 torch_utils.persistence format: each network is pickled as `_reconstruct_persistent_obj(meta)` with
 its class name, module source code and module state (`__dict__`). The official loader executes that
 source; here an Unpickler resolves only an allowlist of globals, the reconstructor becomes a stand-in
@@ -23,6 +23,7 @@ import torch
 
 from ..errors import LatentFitError
 from .stylegan2 import StyleGAN2Generator, lowpass_filter
+from .stylegan3 import StyleGAN3Generator
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -30,6 +31,8 @@ except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
 
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a torch.save file in the legacy format
+_GENERATOR_ARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"}
+STYLEGAN3_REPO_CONV_CLAMP = 256   # the default of the stylegan3 repo's StyleGAN2 (stylegan2-ada-pytorch: None)
 
 
 class _Persistent:
@@ -39,6 +42,7 @@ class _Persistent:
         if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
             raise pickle.UnpicklingError("malformed persistent object")
         self.class_name, self.state = meta.get("class_name"), meta["state"]
+        self.module_src = meta.get("module_src") if isinstance(meta.get("module_src"), str) else ""
 
 
 class _EasyDict(dict):
@@ -96,14 +100,14 @@ class _NetworkUnpickler(pickle.Unpickler):
 
 
 def load_stylegan(path: str | Path, network_key: str = "G_ema") -> StyleGAN2Generator:
-    """The StyleGAN2 generator `network_key` ('G_ema' or 'G') of a network pickle or of a
-    rosinality/stylegan2-pytorch checkpoint; named after the file stem, with the file's sha256."""
+    """The StyleGAN2 or StyleGAN3 generator `network_key` ('G_ema' or 'G') of a network pickle or
+    of a rosinality/stylegan2-pytorch checkpoint; named after the file stem, with the file's sha256."""
     path = Path(path)
     try:
         data = path.read_bytes()
         init_kwargs, state_dict, untracked_w_avg = _read_generator(data, network_key)
-        G = StyleGAN2Generator.from_state_dict(init_kwargs, state_dict, name=path.stem,
-                                               sha256=hashlib.sha256(data).hexdigest())
+        cls = StyleGAN3Generator if _is_stylegan3(state_dict) else StyleGAN2Generator
+        G = cls.from_state_dict(init_kwargs, state_dict, name=path.stem, sha256=hashlib.sha256(data).hexdigest())
     except OSError as e:
         raise LatentFitError(f"{path}: cannot read the file ({e.strerror or e})") from None
     except LatentFitError as e:
@@ -141,11 +145,26 @@ def _pickled_generator(networks: dict, key: str) -> tuple[dict, dict]:
     if net.class_name != "Generator":
         raise LatentFitError(f"network {key!r} is a {net.class_name}, not a generator; use G_ema or G")
     state_dict = _module_state_dict(net)
-    if any(k.startswith("synthesis.input.") for k in state_dict):
-        raise LatentFitError("holds a StyleGAN3 (alias-free) generator; only StyleGAN2 networks are supported")
     if net.state.get("_init_args"):
         raise LatentFitError("the generator was built with positional arguments; expected keyword arguments")
-    return _plain(net.state.get("_init_kwargs", {})), state_dict
+    init_kwargs = _plain(net.state.get("_init_kwargs", {}))
+    if not _is_stylegan3(state_dict) and _by_stylegan3_repo(init_kwargs, net.module_src):
+        init_kwargs = {"conv_clamp": STYLEGAN3_REPO_CONV_CLAMP, **init_kwargs}   # unless the pickle sets it
+    return init_kwargs, state_dict
+
+
+def _is_stylegan3(state_dict: dict) -> bool:
+    return any(k.startswith("synthesis.input.") for k in state_dict)
+
+
+def _by_stylegan3_repo(init_kwargs: dict, module_src: str) -> bool:
+    """Whether a StyleGAN2 pickle was written by the stylegan3 repo (training.networks_stylegan2),
+    whose defaults differ from stylegan2-ada-pytorch's (training.networks). Its Generator takes the
+    synthesis settings flat where the other takes a synthesis_kwargs dict; with no settings at all,
+    its stored source (read as text, never run) has the option fused_modconv_default that only it has."""
+    if "synthesis_kwargs" in init_kwargs:
+        return False
+    return bool(set(init_kwargs) - _GENERATOR_ARGS) or "fused_modconv_default" in module_src
 
 
 def _module_state_dict(obj: _Persistent, prefix: str = "") -> dict[str, torch.Tensor]:

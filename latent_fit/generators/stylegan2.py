@@ -23,7 +23,7 @@ _ACTIVATIONS = {  # name -> (function, gain that keeps the signal's magnitude)
 }
 # Constructor options that only concern fp16 speed or training: no effect on the fp32 forward pass.
 _NO_EFFECT = {"num_fp16_res", "fp16_channels_last", "channels_last", "fused_modconv_default",
-              "freeze_layers", "freeze_embed"}
+              "freeze_layers", "freeze_embed", "magnitude_ema_beta"}
 
 
 def lowpass_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
@@ -63,20 +63,21 @@ def _upsample2d(x, f):
     return F.conv_transpose2d(x, (f * 4).expand(c, 1, *f.shape), stride=2, padding=1, groups=c)
 
 
-def _conv(x, w, up, f):
-    """Grouped convolution of x [B, G*I, H, W] with weights w [G, O, I, k, k] ('same' size).
+def _conv(x, w, up, f, padding=None):
+    """Grouped convolution of x [B, G*I, H, W] with weights w [G, O, I, k, k] ('same' size unless
+    `padding` is given).
 
     With `up`, a stride-2 transposed convolution followed by the 4-tap filter f doubles the size
     (conv2d_resample with up=2).
     """
     g, o, i, k, _ = w.shape
     if not up:
-        return F.conv2d(x, w.reshape(g * o, i, k, k), padding=k // 2, groups=g)
+        return F.conv2d(x, w.reshape(g * o, i, k, k), padding=k // 2 if padding is None else padding, groups=g)
     x = F.conv_transpose2d(x, w.transpose(1, 2).reshape(g * i, o, k, k), stride=2, groups=g)
     return _filter2d(x, f * 4, padding=2 - k // 2)
 
 
-def _modulated_conv2d(x, weight, styles, demodulate=True, up=False, f=None, fused=True):
+def _modulated_conv2d(x, weight, styles, demodulate=True, up=False, f=None, fused=True, padding=None):
     """Convolution with weights scaled per sample by styles [N, I], optionally demodulated.
 
     fused: one grouped convolution with per-sample weights; otherwise the input is scaled before and
@@ -87,12 +88,12 @@ def _modulated_conv2d(x, weight, styles, demodulate=True, up=False, f=None, fuse
     if demodulate:  # 1 / ||weight * style|| per output channel: [N, O]
         dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
     if not fused:
-        x = _conv(x * styles.reshape(n, -1, 1, 1), weight.unsqueeze(0), up, f)
+        x = _conv(x * styles.reshape(n, -1, 1, 1), weight.unsqueeze(0), up, f, padding)
         return x if dcoefs is None else x * dcoefs.reshape(n, -1, 1, 1)
     w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
     if dcoefs is not None:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = _conv(x.reshape(1, -1, *x.shape[2:]), w, up, f)
+    x = _conv(x.reshape(1, -1, *x.shape[2:]), w, up, f, padding)
     return x.reshape(n, -1, *x.shape[2:])
 
 
@@ -296,32 +297,36 @@ class StyleGAN2Generator(Generator):
 
     spaces = ("w", "w+", "z")
     default_space = "w"
+    family = "StyleGAN2"
+    synthesis_network = SynthesisNetwork      # the StyleGAN3 generator swaps in its own
+    mapping_defaults: dict = {}               # mapping kwargs whose default differs from MappingNetwork's
 
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
                  synthesis_kwargs=None, **more_synthesis_kwargs):
         """The official constructor arguments; the stylegan3 repo passes synthesis kwargs flat."""
         super().__init__()
         synthesis_kwargs = {**(synthesis_kwargs or {}), **more_synthesis_kwargs}
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **_effective(synthesis_kwargs))
+        self.synthesis = self.synthesis_network(w_dim, img_resolution, img_channels, **_effective(synthesis_kwargs))
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **_effective(mapping_kwargs or {}))
+        mapping_kwargs = {**self.mapping_defaults, **_effective(mapping_kwargs or {})}
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
         self.z_dim, self.c_dim, self.w_dim, self.resolution = z_dim, c_dim, w_dim, img_resolution
         self.noise_shapes = self.synthesis.noise_shapes
 
     @classmethod
-    def from_state_dict(cls, init_kwargs: dict, state_dict: dict, name: str = "stylegan2",
+    def from_state_dict(cls, init_kwargs: dict, state_dict: dict, name: str = "",
                         sha256: str = "") -> StyleGAN2Generator:
         """Build from init_kwargs, load the official G_ema.state_dict() strictly and freeze."""
         try:
             gen = cls(**init_kwargs)
         except (TypeError, ValueError) as e:
-            raise LatentFitError(f"unsupported StyleGAN2 configuration {init_kwargs} ({e})") from None
+            raise LatentFitError(f"unsupported {cls.family} configuration {init_kwargs} ({e})") from None
         try:
             gen.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
             detail = " ".join(str(e).split())
-            raise LatentFitError(f"weights do not fit a StyleGAN2 generator: {detail[:400]}") from None
-        gen.name, gen.sha256 = name, sha256
+            raise LatentFitError(f"weights do not fit a {cls.family} generator: {detail[:400]}") from None
+        gen.name, gen.sha256 = name or cls.family.lower(), sha256
         return gen.freeze()
 
     def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, noise_mode="const",

@@ -1,9 +1,13 @@
 """Adapters for any module mapping a latent [N, d] to images [N, 3, H, W] in [-1, 1]:
-a TorchScript file or a `module:callable` factory returning an nn.Module."""
+a TorchScript file, or a `module:callable` / `path/to/file.py:callable` factory returning an
+nn.Module. All of these run the user's code (network pickles never run anything)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
+import sys
 import warnings
 from pathlib import Path
 
@@ -77,10 +81,46 @@ def from_torchscript(path: Path, latent_dim=None, resolution=None) -> Generator:
     return Wrapped(module, path.stem, file_sha256(path), d, res, four_d)
 
 
-def from_callable(spec: str, latent_dim=None, resolution=None) -> Generator:
-    mod_name, _, attr = spec.partition(":")
+@contextlib.contextmanager
+def _first_on_path(folder: Path):
+    """`folder` first on sys.path while a user module is imported, as `python` puts the script's
+    folder (a console script does not put the current folder there)."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    importlib.invalidate_caches()
     try:
-        factory = getattr(importlib.import_module(mod_name), attr)
+        yield
+    finally:
+        sys.path.remove(entry)
+
+
+def _import_module(where: str):
+    """A module by name (found in the current folder first, then on sys.path), or a .py file
+    (run under a private module name; its folder comes first on the path while it is imported)."""
+    if not where.endswith(".py"):
+        with _first_on_path(Path.cwd()):
+            return importlib.import_module(where)
+    path = Path(where).expanduser().resolve()
+    if not path.is_file():
+        raise ImportError(f"no file {where}")
+    name = f"latent_fit_user_file_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module   # so that the file's dataclasses, pickling etc. find their module
+    try:
+        with _first_on_path(path.parent):
+            module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def from_callable(spec: str, latent_dim=None, resolution=None) -> Generator:
+    """Call the factory `module:callable` or `path/to/file.py:callable` (an nn.Module is used as is)."""
+    where, _, attr = spec.rpartition(":")
+    try:
+        factory = getattr(_import_module(where), attr)
     except (ImportError, AttributeError) as e:
         raise LatentFitError(f"{spec}: cannot import the generator factory ({e})") from None
     module = factory() if not isinstance(factory, nn.Module) else factory
