@@ -18,6 +18,7 @@ from .images import (IMAGE_SUFFIXES, atomic_write, find_files, find_images, grid
 from .jobs import (Report, assign_stems, check_writable, class_vector, is_complete, read_init, write_csv,
                    write_metrics, write_outputs)
 from .latents import check_compatible, read_latent_file
+from .report import write_report
 from .sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr, sweep
 
 EDIT_METRIC_COLUMNS = ["target", "wr", *EDIT_COLUMNS, "dz_norm", "steps", "seconds"]
@@ -131,6 +132,7 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, *, request: Pat
             except OSError as e:
                 rep.errors.append(f"{out / s}: could not write outputs ({e.strerror or e})")
     rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS)
+    write_report(out, "edit")
     return rep
 
 
@@ -175,6 +177,7 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
             rep.done.append(s)
         except OSError as e:
             rep.errors.append(f"{out / s}: could not write outputs ({e.strerror or e})")
+    write_report(out, "edit")
     return rep
 
 
@@ -328,4 +331,5 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], *, 
     tg = to_uint8(F.interpolate(torch.stack(targets), size=size, mode="area"))
     rows = [[tg[t], *imgs[t]] for t in range(len(stems))]
     save_png(_labelled_grid(rows, ["target"] + [f"wr {w:g}" for w in sw.wrs]), out / "grid.png")
+    write_report(out, "sweep", note=f"suggested {reason}")
     return sw, errors, reason

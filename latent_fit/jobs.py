@@ -23,6 +23,7 @@ from .images import atomic_write, difference, find_images, grid, load_image, sav
 from .latents import check_compatible, read_latent_file, write_latent_file
 from .objective import require_lpips
 from .optimize import Result, project
+from .report import write_report
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
 CPU_CHUNK_BYTES = 256 * 2 ** 20   # --batch-size auto on CPU: throughput stops growing long before
@@ -281,6 +282,8 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
     elif distributed.active():
         distributed.barrier()
         rep.metrics = write_metrics(out) if rank == 0 else collect_metrics(out)
+    if world == 1 or (rank == 0 and distributed.active()):
+        write_report(out, "project")
     return rep
 
 
