@@ -121,6 +121,12 @@ class Editor:
         self._pages.move_to_end(page_id)
         return page
 
+    def _submit(self, page_id: str, kind: str, run, **kw) -> Job:
+        """Queue work on the page's projection; refused at once if the page has none."""
+        with self.queue.lock:
+            self.page(page_id)
+        return self.queue.submit(page_id, kind, run, **kw)
+
     def _set_page(self, page_id: str, page: Page) -> None:
         self._pages[page_id] = page
         self._pages.move_to_end(page_id)
@@ -166,7 +172,7 @@ class Editor:
                       "seconds": res.seconds, "metrics": metrics}
             return self._show(job, page_id, page, edited=res.latent[0].cpu(), edit_record=record) | {
                 "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}}
-        return self.queue.submit(page_id, "edit", run, total=self.options["steps"], supersedes=("sweep",))
+        return self._submit(page_id, "edit", run, total=self.options["steps"], supersedes=("sweep",))
 
     def submit_render(self, page_id: str, strengths: list[float]) -> Job:
         """Move the current latent along the page's directions by `strengths` (prior stds)."""
@@ -181,7 +187,7 @@ class Editor:
                 raise LatentFitError(f"{len(strengths)} strengths for "
                                      f"{0 if page.directions is None else len(page.directions)} directions")
             return self._show(job, page_id, page, strengths=strengths)
-        return self.queue.submit(page_id, "render", run)
+        return self._submit(page_id, "render", run)
 
     def _show(self, job: Job, page_id: str, page: Page, **changes) -> dict:
         """Render the page's current latent with `changes` applied, and commit them together."""
@@ -211,7 +217,7 @@ class Editor:
             shown = self._show(job, page_id, page, directions=rows, direction_names=names,
                                strengths=[0.0] * len(rows))
             return shown | {"names": names, "std": [round(float(s), 4) for s in std]}
-        return self.queue.submit(page_id, "directions", run, supersedes=("render",))
+        return self._submit(page_id, "directions", run, supersedes=("render",))
 
     def _prior_std(self, dirs: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit rows of `dirs` and the prior latents' standard deviation along each."""
@@ -242,7 +248,7 @@ class Editor:
                     for j, w in enumerate(sw.wrs)]
             return {"kind": "projection" if request is None else "edit", "rows": rows,
                     "suggested": float(sw.wrs[best]), "reason": reason}
-        return self.queue.submit(page_id, "sweep", run, total=self.options["steps"])
+        return self._submit(page_id, "sweep", run, total=self.options["steps"])
 
     # --- files ---------------------------------------------------------------------------------
 
