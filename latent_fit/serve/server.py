@@ -34,6 +34,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+BODY_TYPES = ("application/json", "application/octet-stream")
 MAX_JSON_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 4096   # a painted canvas comes as base64
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -166,6 +167,8 @@ class Handler(BaseHTTPRequestHandler):
         if route is None or not urlsplit(self.path).path.startswith("/api/"):
             return self._error(404, f"{urlsplit(self.path).path}: not found")
         try:
+            if self.headers.get("Content-Type", "").split(";")[0].strip() not in BODY_TYPES:
+                raise LatentFitError(f"send {' or '.join(BODY_TYPES)}")   # a plain web form cannot
             self._json(route())
         except LatentFitError as e:
             self._error(HTTPStatus.BAD_REQUEST, str(e))
