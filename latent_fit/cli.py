@@ -408,3 +408,30 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
     click.echo(format_table(res))
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
+
+
+# --- serve (latent_fit/serve does the work) ----------------------------------------------------
+
+@main.command("serve")
+@generator_options
+@click.option("--encoder", default="none", show_default=True,
+              help="Learned start of each projection: none, auto (the generator's encoder, where there "
+              "is one) or an encoder file.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets other machines in (with a warning).")
+@click.option("--port", default=8000, show_default=True, help="Port (0: any free one).")
+@click.option("--out", "-o", default="out", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder the page saves into.")
+@click.option("--steps", default=200, show_default=True, help="Steps of each projection and edit in the page.")
+@click.option("--starts", default=4, show_default=True, help="Random starts of each projection.")
+@click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default="mse",
+              show_default=True, help="Reconstruction terms (LPIPS fits better but is slower).")
+@click.option("--seed", default=D.seed, show_default=True)
+def serve_command(generator, network_key, latent_dim, device, encoder, host, port, out, steps, starts,
+                  loss, seed):
+    """A local web editor: upload or pick an image, watch it project, paint an edit and choose
+    w_r, move along directions, sweep w_r, and save OUT/<stem>.npz and .png. Prints its URL."""
+    from .serve import run_server
+    G = open_generator(generator, network_key, latent_dim, device)
+    run_server(G, out, host=host, port=port, encoder=encoder, steps=steps, starts=starts, loss=loss,
+               seed=seed)

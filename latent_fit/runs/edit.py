@@ -18,6 +18,7 @@ from ..images import grid, load_mask, load_request, per_stem, save_png, save_vid
 from ..latents import read_latents
 from ..outputs import (Report, atomic_write, check_writable, input_sha256, plan, settings_record, write_metrics,
                        write_target)
+from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 from .project import write_outputs
 
@@ -60,6 +61,7 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
             write_target(rep, out, s, lambda: write_outputs(out, res, i, req[i], G, res.seconds / len(names),
                                                             record | inputs(s), [before[i], shown[i], after[i]]))
     rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS, record, rep)
+    write_report(out, "edit")
     done = [r for r in rep.metrics if r["target"] in rep.done]
     med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
            f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
@@ -122,6 +124,7 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
                     save_png(im, out / f"{s}_s{strength:+g}.png")
                 save_png(grid([list(row)]), out / f"{s}_strip.png")
             write_target(rep, out, s, write)
+        write_report(out, "edit")
     rep.summary = f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
     return rep
 

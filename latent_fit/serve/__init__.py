@@ -1,0 +1,27 @@
+"""`latent-fit serve`: a local web editor. Upload or pick an image, watch it project, paint an
+edit and choose w_r, move along directions, sweep w_r, save latents in the CLI's formats.
+
+Files: editor.py (page state and device work), jobqueue.py (one device queue, stale runs
+cancelled), inputs.py (checks on what the browser sends), server.py (HTTP), static/ (the page).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .editor import Editor, load_start_encoder
+from .server import make_server, serve
+
+
+def run_server(G, out: Path, *, host: str = "127.0.0.1", port: int = 8000, encoder: str = "none",
+               steps: int = 200, starts: int = 4, loss: str = "mse", seed: int = 0) -> None:
+    """Check OUT and the encoder, then serve the editor for G until interrupted."""
+    from ..outputs import check_writable
+    out = Path(out)
+    check_writable(out)
+    editor = Editor(G, out, encoder=encoder, steps=steps, starts=starts, loss=loss, seed=seed)
+    editor.start_encoder(G.default_space)   # a bad --encoder fails now, not in the page
+    serve(editor, host, port)
+
+
+__all__ = ["Editor", "load_start_encoder", "make_server", "serve", "run_server"]

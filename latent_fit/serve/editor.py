@@ -1,0 +1,282 @@
+"""The editor behind the page: what each page works on, and the device work it asks for
+(projection, painted edits, direction moves, w_r sweeps), all run through one DeviceQueue.
+
+Latents of a page: P, the projection; E, the last painted edit (from P); and direction offsets
+D = sum_k s_k * std_k * d_k. The current latent, shown and saved, is (E or P) + D.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..edit import edit, pca_directions, render
+from ..errors import LatentFitError
+from ..generators.base import Generator
+from ..images import save_png, to_uint8
+from ..latents import write_latent_file
+from ..objective import pixel_mse, psnr
+from ..config import EDIT, PROJECTION
+from ..optimize import project
+from ..sweep import suggest_wr, sweep
+from .inputs import safe_stem
+from .jobqueue import DeviceQueue, Job
+
+MAX_PAGES = 16                                 # pages whose state is kept (least recently used dropped)
+DIRECTIONS = 5                                 # principal directions offered as sliders
+PCA_SAMPLES = 2000
+SWEEP_WRS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)      # the page's w_r range, log-spaced
+CHECK_EVERY = 10                               # steps between progress reports (and cancel checks)
+
+
+def load_start_encoder(spec: str | None, G: Generator, space: str):
+    """The learned start of --encoder (none | auto | PATH) for `space`: an Encoder mapping images
+    [N, 3, H, W] to latents [N, *shape], or None for the loop's own starts. `auto` is none
+    where latent_fit.encoder does not exist."""
+    if spec in (None, "", "none"):
+        return None
+    try:
+        from ..encoder import load_encoder
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__.rsplit('.', 1)[0]}.encoder":
+            raise
+        if spec == "auto":
+            return None
+        raise LatentFitError(f"--encoder {spec}: this latent-fit has no encoder support; "
+                             "use --encoder none") from None
+    return load_encoder(spec, G, space=space)
+
+
+def data_url(image: np.ndarray) -> str:
+    """An [H, W, 3] uint8 image as a PNG data URL."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass
+class Page:
+    """What one browser page works on; tensors on the CPU."""
+
+    space: str
+    stem: str
+    target: torch.Tensor                      # [3, H, W]
+    projection: torch.Tensor                  # P [*shape]
+    record: dict                              # what made P: config, loss_history, metrics, steps, seconds
+    edited: torch.Tensor | None = None        # E [*shape]
+    edit_record: dict | None = None
+    directions: torch.Tensor | None = None    # [K, *shape], each row one prior std long
+    direction_names: list[str] = field(default_factory=list)
+    strengths: list[float] = field(default_factory=list)
+    image: torch.Tensor | None = None         # G(current) [3, H, W]
+
+    def current(self) -> torch.Tensor:
+        base = self.projection if self.edited is None else self.edited
+        if self.directions is None or not any(self.strengths):
+            return base
+        s = torch.tensor(self.strengths, dtype=torch.float32).view(-1, *[1] * base.ndim)
+        return base + (s * self.directions).sum(0)
+
+
+class Editor:
+    """The server's state and device work. Every method that touches the device submits a job
+    to `queue` and returns it; results are plain dicts the page reads as JSON."""
+
+    def __init__(self, G: Generator, out: Path, *, encoder: str = "none", steps: int = 200,
+                 starts: int = 4, loss: str = "auto", seed: int = 0, pca_samples: int = PCA_SAMPLES):
+        self.G, self.out, self.encoder, self.pca_samples = G, Path(out), encoder, pca_samples
+        page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False)
+        self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
+        self.edit_config = EDIT.replace(**page)                   # edits from the page's projection
+        self.queue = DeviceQueue()
+        self._pages: OrderedDict[str, Page] = OrderedDict()
+        self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
+        self._pca: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def info(self) -> dict:
+        G = self.G
+        return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
+                "space": G.default_space, "steps": self.config.steps, "encoder": self.encoder,
+                "out": str(self.out), "sweep_wrs": list(SWEEP_WRS)}
+
+    def start_encoder(self, space: str):
+        """The encoder for `space`, loaded once (so a bad --encoder fails at start-up)."""
+        if space not in self._encoders:
+            self._encoders[space] = load_start_encoder(self.encoder, self.G, space)
+        return self._encoders[space]
+
+    def page(self, page_id: str) -> Page:
+        """The page's state (call with the queue's lock held)."""
+        page = self._pages.get(page_id)
+        if page is None:
+            raise LatentFitError("no projection on this page yet: upload an image or pick a sample first")
+        self._pages.move_to_end(page_id)
+        return page
+
+    def _submit(self, page_id: str, kind: str, run, **kw) -> Job:
+        """Queue work on the page's projection; refused at once if the page has none."""
+        with self.queue.lock:
+            self.page(page_id)
+        return self.queue.submit(page_id, kind, run, **kw)
+
+    def _set_page(self, page_id: str, page: Page) -> None:
+        self._pages[page_id] = page
+        self._pages.move_to_end(page_id)
+        while len(self._pages) > MAX_PAGES:
+            self._pages.popitem(last=False)
+
+    # --- device work ---------------------------------------------------------------------------
+
+    def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None) -> Job:
+        """Project `target` [3, H, W]; a new projection makes all of the page's work stale."""
+        space = self.G.check_space(space or self.G.default_space)
+
+        def run(job: Job) -> dict:
+            x = target[None].to(self.G.device)
+            encoder = self.start_encoder(space)
+            init = None if encoder is None else encoder(x)   # the one place a projection starts
+            res = project(self.G, x, [stem], config=self.config.replace(space=space), init=init,
+                          progress=job.progress)
+            record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
+                      "seconds": res.seconds, "terms": "+".join(res.terms)}
+            page = Page(space=space, stem=stem, target=target.cpu(), projection=res.latent[0].cpu(),
+                        record=record, image=res.images[0].cpu())
+            job.commit(lambda: self._set_page(page_id, page))
+            return {"stem": stem, "space": space, "target": data_url(to_uint8(x)[0]),
+                    "projection": data_url(to_uint8(res.images)[0]),
+                    "psnr": float(res.metrics["psnr"][0]), "seconds": round(res.seconds, 2)}
+        return self.queue.submit(page_id, "project", run, total=self.config.steps,
+                                 supersedes=("edit", "render", "directions", "sweep"))
+
+    def submit_edit(self, page_id: str, request: torch.Tensor, mask: torch.Tensor, wr: float) -> Job:
+        """The masked edit from the page's projection toward the painted `request` where `mask` is set."""
+        if not (isinstance(wr, (int, float)) and math.isfinite(wr) and wr >= 0):
+            raise LatentFitError(f"w_r {wr!r}: give a number >= 0")
+
+        def run(job: Job) -> dict:
+            with self.queue.lock:
+                page = self.page(page_id)
+            res = edit(self.G, page.projection[None], request[None], mask[None], [page.stem], wr=float(wr),
+                       config=self.edit_config.replace(space=page.space), progress=job.progress)
+            metrics = {k: float(res.metrics[k][0]) for k in
+                       ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr")}
+            record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
+                      "seconds": res.seconds, "metrics": metrics}
+            return self._show(job, page_id, page, edited=res.latent[0].cpu(), edit_record=record) | {
+                "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}}
+        return self._submit(page_id, "edit", run, total=self.config.steps, supersedes=("sweep",))
+
+    def submit_render(self, page_id: str, strengths: list[float]) -> Job:
+        """Move the current latent along the page's directions by `strengths` (prior stds)."""
+        strengths = [float(s) for s in strengths]
+        if not all(math.isfinite(s) for s in strengths):
+            raise LatentFitError("direction strengths must be finite numbers")
+
+        def run(job: Job) -> dict:
+            with self.queue.lock:
+                page = self.page(page_id)
+            if page.directions is None or len(strengths) != len(page.directions):
+                raise LatentFitError(f"{len(strengths)} strengths for "
+                                     f"{0 if page.directions is None else len(page.directions)} directions")
+            return self._show(job, page_id, page, strengths=strengths)
+        return self._submit(page_id, "render", run)
+
+    def _show(self, job: Job, page_id: str, page: Page, **changes) -> dict:
+        """Render the page's current latent with `changes` applied, and commit them together."""
+        new = Page(**vars(page) | changes)
+        image = render(self.G, new.current()[None], new.space)[0].cpu()
+        new.image = image
+        job.commit(lambda: self._set_page(page_id, new))   # jobs run one at a time: `page` is current
+        return {"result": data_url(to_uint8(image[None])[0])}
+
+    def submit_directions(self, page_id: str, loaded: torch.Tensor | None = None, name: str = "") -> Job:
+        """Principal directions of the page's space (loaded=None) or the rows of a direction
+        file; each row scaled to one prior standard deviation. Resets the strengths."""
+        def run(job: Job) -> dict:
+            with self.queue.lock:
+                page = self.page(page_id)
+            if loaded is None:
+                if page.space not in self._pca:
+                    self._pca[page.space] = pca_directions(self.G, DIRECTIONS, space=page.space,
+                                                            n=self.pca_samples)
+                dirs, std = self._pca[page.space]
+                names = [f"PC{k + 1}" for k in range(len(dirs))]
+            else:
+                dirs, std = self._prior_std(loaded.to(self.G.device), page.space)
+                label = safe_stem(name, "direction")
+                names = [label] if len(dirs) == 1 else [f"{label}[{k}]" for k in range(len(dirs))]
+            rows = (dirs * std.to(dirs).view(-1, *[1] * (dirs.ndim - 1))).cpu()
+            shown = self._show(job, page_id, page, directions=rows, direction_names=names,
+                               strengths=[0.0] * len(rows))
+            return shown | {"names": names, "std": [round(float(s), 4) for s in std]}
+        return self._submit(page_id, "directions", run, supersedes=("render",))
+
+    def _prior_std(self, dirs: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit rows of `dirs` and the prior latents' standard deviation along each."""
+        if tuple(dirs.shape[1:]) != self.G.latent_shape(space):
+            raise LatentFitError(f"direction file: rows of shape {list(dirs.shape[1:])}; the {space} "
+                                 f"space needs {list(self.G.latent_shape(space))}")
+        unit = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (dirs.ndim - 1))
+        lat = self.G.sample(1000, seed=0, space=space, c=self.G.cycled_labels(1000))
+        std = ((lat - lat.mean(0)).flatten(1) @ unit.flatten(1).T).std(0)
+        return unit, std
+
+    def submit_sweep(self, page_id: str, request: tuple[torch.Tensor, torch.Tensor] | None) -> Job:
+        """Fidelity against ||dz|| over SWEEP_WRS for this page's image, in one batched run: an
+        edit sweep from the projection toward the painted request, or without paint a
+        projection sweep of the target from one shared start."""
+        def run(job: Job) -> dict:
+            with self.queue.lock:
+                page = self.page(page_id)
+            if request is None:
+                sw = sweep(self.G, page.target[None], SWEEP_WRS, [page.stem], progress=job.progress,
+                           config=self.config.replace(space=page.space, starts=1))
+            else:
+                sw = sweep(self.G, request[0][None], SWEEP_WRS, [page.stem], init=page.projection[None],
+                           mask=request[1][None], progress=job.progress,
+                           config=self.edit_config.replace(space=page.space))
+            best, reason = suggest_wr(sw)
+            keys = ("psnr", "dz_norm", "realism", "prior_nll")
+            rows = [{"wr": float(w)} | {k: float(sw.metrics[k][0, j]) for k in keys}
+                    for j, w in enumerate(sw.wrs)]
+            return {"kind": "projection" if request is None else "edit", "rows": rows,
+                    "suggested": float(sw.wrs[best]), "reason": reason}
+        return self._submit(page_id, "sweep", run, total=self.config.steps)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def save(self, page_id: str, stem: str | None = None) -> dict:
+        """Write OUT/<stem>.npz (the current latent; latent_init = the projection's) and
+        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`."""
+        with self.queue.lock:
+            page = self.page(page_id)
+        stem = safe_stem(stem or page.stem)
+        G, latent = self.G, page.current()
+        image = page.image if page.image is not None else render(G, latent[None], page.space)[0].cpu()
+        mse = pixel_mse(image[None], page.target[None])
+        rec = page.edit_record or page.record
+        metrics = {"mse": float(mse[0]), "psnr": float(psnr(mse)[0]), "lpips": math.nan,
+                   "dz_norm": float((latent - page.projection).norm()), "steps": rec["steps"],
+                   "seconds": rec["seconds"], "terms": page.record["terms"]} | rec.get("metrics", {})
+        config = {"made_by": "latent-fit serve", "projection": page.record["config"],
+                  "edit": page.edit_record and page.edit_record["config"],
+                  "directions": dict(zip(page.direction_names, page.strengths)) or None}
+        extra = {}
+        if page.space in ("w", "w+"):
+            extra["w"] = latent[None, None].expand(1, G.num_ws, -1) if page.space == "w" else latent[None]
+        save_png(to_uint8(image[None])[0], self.out / f"{stem}.png")
+        write_latent_file(self.out / f"{stem}.npz", latent=latent, latent_init=page.projection,
+                          space=page.space, generator=G.name, generator_sha256=G.sha256,
+                          loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
+                          config=config, metrics=metrics, **extra)
+        return {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
+                "saved_at": time.strftime("%H:%M:%S")}

@@ -1,0 +1,253 @@
+"""`latent-fit serve` without a browser: the HTTP API end to end, the device queue's
+cancellation of stale runs, the checks on uploads and names, and the --encoder hook."""
+
+import base64
+import http.client
+import io
+import json
+import struct
+import sys
+import threading
+import time
+import types
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latent_fit import LatentFitError, read_latent_file
+from latent_fit.serve import Editor, load_start_encoder, make_server
+from latent_fit.serve.inputs import decode_image, decode_strokes, safe_stem
+from latent_fit.serve.jobqueue import DeviceQueue
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _strokes(size=256) -> str:
+    """A painted layer: the top half opaque dark red, the bottom half untouched (transparent)."""
+    a = np.zeros((size, size, 4), np.uint8)
+    a[: size // 2] = (120, 20, 20, 255)
+    return "data:image/png;base64," + base64.b64encode(_png(a)).decode()
+
+
+def _bomb(width: int, height: int) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+# --- what the browser sends ---------------------------------------------------------------------
+
+def test_stems_never_leave_out():
+    assert safe_stem("../../etc/passwd") == "passwd"
+    assert safe_stem("C:\\photos\\my face.JPG") == "my_face"
+    assert safe_stem(".hidden") == "hidden"
+    assert safe_stem("...") == safe_stem("") == safe_stem(None) == "image"
+    assert safe_stem("a" * 300 + ".png") == "a" * 80
+
+
+def test_bad_uploads_are_refused_with_one_line():
+    good = decode_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64)
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert good.shape == (3, 64, 64) and float(good.max()) <= 1
+    cases = [(b"just text", "not an image"), (_bomb(9000, 7000), "decompression bomb"),
+             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated"),
+             (b"\0" * (26 * 2 ** 20), "larger than the 25 MiB limit")]
+    for data, reason in cases:
+        with pytest.raises(LatentFitError, match=reason) as e:
+            decode_image(data, 64, "x.png")
+        assert str(e.value).startswith("x.png: ") and "\n" not in str(e.value)
+
+
+def test_strokes_are_the_request_and_their_footprint_the_mask():
+    request, mask = decode_strokes(_strokes(), 64)
+    assert request.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+    assert float(mask[:, :30].min()) == 1 and float(mask[:, 34:].max()) == 0
+    assert torch.allclose(request[:, :30, :], torch.tensor([120, 20, 20]).view(3, 1, 1) / 127.5 - 1, atol=1e-5)
+    with pytest.raises(LatentFitError, match="nothing painted"):
+        decode_strokes("data:image/png;base64," + base64.b64encode(_png(np.zeros((64, 64, 4), np.uint8))).decode(), 64)
+    with pytest.raises(LatentFitError, match="PNG data URL"):
+        decode_strokes("file:///etc/passwd", 64)
+
+
+# --- the device queue ---------------------------------------------------------------------------
+
+def _until(queue, job, states=("done", "error", "cancelled"), timeout=60):
+    snap, t0 = queue.wait(job.id, -1, 0), time.time()
+    while snap["state"] not in states and time.time() - t0 < timeout:
+        snap = queue.wait(job.id, snap["version"], 5)
+    return snap
+
+
+def test_a_newer_request_cancels_the_stale_runs_of_its_page():
+    q = DeviceQueue()
+    started = threading.Event()
+
+    def slow(job):   # a loop that reports progress, as project() does
+        started.set()
+        for i in range(2000):
+            job.progress(i)
+            time.sleep(0.005)
+        return {"finished": True}
+    try:
+        running = q.submit("page-a", "edit", slow)
+        started.wait(10)
+        queued = q.submit("page-a", "edit", slow)
+        other = q.submit("page-b", "edit", lambda job: {"page": "b"})
+        newest = q.submit("page-a", "edit", lambda job: {"n": 3})
+        assert _until(q, running)["state"] == "cancelled"
+        assert _until(q, queued)["state"] == "cancelled"
+        assert _until(q, other)["result"] == {"page": "b"}      # another page's work goes on
+        assert _until(q, newest)["result"] == {"n": 3}
+        broken = q.submit("page-a", "edit", lambda job: 1 / 0)
+        assert "internal error in edit: ZeroDivisionError" in _until(q, broken)["error"]
+    finally:
+        q.close()
+
+
+# --- the HTTP API ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def api(G, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    editor = Editor(G, out, steps=30, starts=2, loss="mse")
+    srv = make_server(editor, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+
+    def call(method, path, body=None, ctype="application/json", headers=()):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        data = json.dumps(body).encode() if ctype == "application/json" and body is not None else body
+        conn.request(method, path, data, {"Content-Type": ctype, **dict(headers)})
+        res = conn.getresponse()
+        raw = res.read()
+        conn.close()
+        return res.status, (json.loads(raw) if res.getheader("Content-Type") == "application/json" else raw)
+
+    def job(path, body, **kw):
+        status, answer = call("POST", path, body, **kw)
+        assert status == 200, answer
+        since = -1
+        while True:
+            _, snap = call("GET", f"/api/job?id={answer['job']}&since={since}")
+            if snap["state"] in ("done", "error", "cancelled"):
+                return snap
+            since = snap["version"]
+    yield call, job, out
+    srv.shutdown()
+    editor.queue.close()
+    srv.server_close()
+
+
+def test_api_project_edit_save(api):
+    call, job, out = api
+    status, page = call("GET", "/")
+    assert status == 200 and all(f'data-testid="{t}"' in page.decode() for t in
+                                 ("upload", "projection", "paint", "wr", "apply", "result", "save"))
+    status, info = call("GET", "/api/info")
+    assert "face_00" in info["samples"] and info["spaces"] == ["z"]
+
+    up = job("/api/project?page=p1&name=../face.png", (SAMPLES / "targets" / "face_03.png").read_bytes(),
+             ctype="application/octet-stream")
+    assert up["state"] == "done" and up["result"]["stem"] == "face" and up["done"] == 30
+    done = job("/api/project", {"page": "p1", "sample": "face_00"})
+    assert done["result"]["stem"] == "face_00" and done["result"]["psnr"] > 10
+    edited = job("/api/edit", {"page": "p1", "wr": 0.01, "request": _strokes()})
+    m = edited["result"]["metrics"]
+    assert m["mask_mse_after"] < m["mask_mse_before"] and m["wr"] == 0.01
+
+    status, saved = call("POST", "/api/save", {"page": "p1", "stem": "../../escape"})
+    assert status == 200 and saved["files"] == ["escape.npz", "escape.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["escape.npz", "escape.png"]
+    d = read_latent_file(out / "escape.npz")
+    assert d["metrics"]["wr"] == 0.01 and d["config"]["projection"]["steps"] == 30
+    assert np.linalg.norm(d["latent"] - d["latent_init"]) == pytest.approx(m["dz_norm"], rel=1e-4)
+
+    status, err = call("POST", "/api/edit", {"page": "nobody", "wr": 0.01, "request": _strokes()})
+    assert status == 400 and "no projection on this page yet" in err["error"]
+
+
+def test_api_refuses_what_it_must(api):
+    call, job, out = api
+    assert call("GET", "/static/../server.py")[0] == 404
+    assert call("GET", "/api/info", headers={"Host": "evil.example:80"})[0] == 403    # DNS rebinding
+    status, err = call("POST", "/api/save", {"page": "p"}, headers={"Origin": "http://evil.example"})
+    assert status == 403 and "refused" in err["error"]
+    status, err = call("POST", "/api/project", {"page": "p", "sample": "../../weights/x"})
+    assert status == 400 and "not one of the bundled samples" in err["error"]
+    status, err = call("POST", "/api/project?page=p&name=big.png", b"", ctype="application/octet-stream",
+                       headers={"Content-Length": str(40 * 2 ** 20)})
+    assert status == 400 and "larger than the 25 MiB limit" in err["error"]
+    status, err = call("POST", "/api/project?page=p&name=b.png", _bomb(20000, 20000), ctype="application/octet-stream")
+    assert status == 400 and "decompression bomb" in err["error"]
+    for path in ("/api/project", "/api/save?page=p", "/api/edit?page=p&wr=1"):   # no plain web forms
+        assert call("POST", path, b"page=p", ctype="application/x-www-form-urlencoded")[0] == 400
+    assert not any(out.iterdir())
+
+
+# --- --encoder ----------------------------------------------------------------------------------
+
+def test_encoder_none_auto_and_path(G, monkeypatch):
+    monkeypatch.setitem(sys.modules, "latent_fit.encoder", None)    # as where no encoder module exists
+    assert load_start_encoder("none", G, "z") is None and load_start_encoder("auto", G, "z") is None
+    with pytest.raises(LatentFitError, match="no encoder support"):
+        load_start_encoder("enc.pt", G, "z")
+
+
+def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
+    images, z_true = in_domain
+    seen = []
+
+    def load_encoder(spec, G_, space=None):
+        seen.append((spec, space))
+        return lambda x: (seen.append(tuple(x.shape)), z_true[:1].to(x.device))[1]
+    monkeypatch.setitem(sys.modules, "latent_fit.encoder",
+                        types.SimpleNamespace(load_encoder=load_encoder, __name__="latent_fit.encoder"))
+    editor = Editor(G, tmp_path, encoder="enc.pt", steps=20, loss="mse")
+    try:
+        snap = _until(editor.queue, editor.submit_projection("p", images[0], "face", None))
+        assert seen == [("enc.pt", "z"), (1, 3, 64, 64)]
+        assert snap["result"]["psnr"] > 25       # it started at the answer (random starts: ~15 dB)
+        with editor.queue.lock:
+            assert editor.page("p").record["config"]["starts"] == 1
+    finally:
+        editor.queue.close()
+
+
+def test_stylegan_in_w_plus(tmp_path):
+    """A StyleGAN network in the page: projection in w+, a painted edit, principal directions,
+    a direction move and a save whose file carries NVIDIA's `w` layout."""
+    from latent_fit.generators.stylegan2 import StyleGAN2Generator
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
+                           mapping_kwargs=dict(num_layers=2),
+                           synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+    with torch.no_grad():
+        target = G.synthesize(G.sample(1, seed=5, space="w"), "w").clamp(-1, 1)[0]
+    editor = Editor(G, tmp_path, steps=30, loss="mse", pca_samples=200)
+    try:
+        proj = _until(editor.queue, editor.submit_projection("p", target, "sg", "w+"))
+        assert proj["state"] == "done" and proj["result"]["space"] == "w+", proj
+        request, mask = decode_strokes(_strokes(64), G.resolution)
+        assert _until(editor.queue, editor.submit_edit("p", request, mask, 1e-3))["state"] == "done"
+        dirs = _until(editor.queue, editor.submit_directions("p"))
+        assert dirs["result"]["names"] == [f"PC{k}" for k in range(1, 6)]
+        moved = _until(editor.queue, editor.submit_render("p", [2.0, 0, 0, 0, 0]))
+        assert moved["result"]["result"] != dirs["result"]["result"]
+        editor.save("p")
+    finally:
+        editor.queue.close()
+    d = read_latent_file(tmp_path / "sg.npz")
+    assert d["space"] == "w+" and d["latent"].shape == (G.num_ws, 32) and d["w"].shape == (1, G.num_ws, 32)
+    assert d["config"]["directions"]["PC1"] == 2.0

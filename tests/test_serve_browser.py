@@ -1,0 +1,174 @@
+"""`latent-fit serve` in a real browser (Debian's chromium driven by Playwright): upload,
+projection, paint, w_r, apply, directions, sweep, save, and bad uploads, as a person would.
+A screenshot of every state is kept in the test's tmp_path. Skips only where no browser runs."""
+
+import re
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latent_fit import read_latent_file
+from latent_fit.serve import Editor, make_server
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT = 30_000   # ms for one state of the page to appear
+PNG = re.compile("^data:image/png;base64,")
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]')")
+expect, sync_playwright = sync_api.expect, sync_api.sync_playwright
+expect.set_options(timeout=TIMEOUT)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def server(G, tmp_path):
+    """The editor with small step counts, served from a thread on a free port."""
+    editor = Editor(G, tmp_path / "out", steps=40, starts=2, loss="mse", pca_samples=300)
+    (tmp_path / "out").mkdir()
+    srv = make_server(editor, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, tmp_path / "out"
+    srv.shutdown()
+    editor.queue.close()
+    srv.server_close()
+
+
+@pytest.fixture
+def page(browser, server):
+    p = browser.new_page(viewport={"width": 1280, "height": 1000})
+    p.set_default_timeout(TIMEOUT)
+    p.goto(server[0].url)
+    p.wait_for_selector("body[data-ready='1']")
+    yield p
+    p.close()
+
+
+def _by(page, testid):
+    return page.locator(f"[data-testid={testid}]")
+
+
+def _shot(page, tmp_path, name):
+    page.screenshot(path=str(tmp_path / "screens" / f"{name}.png"), full_page=True)
+
+
+def _paint(page, fraction=(0.2, 0.8, 0.1, 0.4)):
+    """Drag the brush back and forth over a band of the canvas (x0, x1, y0, y1 as fractions)."""
+    box = _by(page, "paint").bounding_box()
+    x0, x1, y0, y1 = fraction
+    page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+    page.mouse.down()
+    for i, y in enumerate(np.linspace(y0, y1, 6)):
+        page.mouse.move(box["x"] + (x1 if i % 2 == 0 else x0) * box["width"], box["y"] + y * box["height"], steps=5)
+    page.mouse.up()
+
+
+def _image_src(page, testid):
+    return _by(page, testid).get_attribute("src") or ""
+
+
+def test_project_paint_apply_save(page, server, tmp_path):
+    (tmp_path / "screens").mkdir()
+    _, out = server
+    _shot(page, tmp_path, "01_start")
+    _by(page, "upload").set_input_files(str(SAMPLES / "targets" / "face_01.png"))
+    expect(_by(page, "projection")).to_have_attribute("src", PNG)
+    expect(_by(page, "message")).to_contain_text("Projected face_01")
+    _shot(page, tmp_path, "02_projected")
+
+    _by(page, "colour").fill("#f0e040")
+    _by(page, "brush").fill("40")
+    _paint(page)
+    _shot(page, tmp_path, "03_painted")
+
+    _by(page, "wr").fill("0.001")
+    _by(page, "apply").click()
+    expect(page.locator("#result-info")).to_contain_text("w_r 0.001 ")
+    first = _image_src(page, "result")
+    assert first.startswith("data:image/png") and first != _image_src(page, "projection")
+    _shot(page, tmp_path, "04_applied")
+
+    # a new w_r runs the edit again by itself (change event of a typed value)
+    _by(page, "wr").fill("0.3")
+    _by(page, "wr").dispatch_event("change")
+    expect(page.locator("#result-info")).to_contain_text("w_r 0.3 ")
+    assert _image_src(page, "result") != first
+    assert float(page.locator("#wr-slider").input_value()) == pytest.approx(np.log10(0.3), abs=0.03)
+    _shot(page, tmp_path, "05_wr_changed")
+
+    _by(page, "stem").fill("../my face")
+    _by(page, "save").click()
+    expect(_by(page, "saved")).to_contain_text("saved my_face.npz and my_face.png")
+    _shot(page, tmp_path, "06_saved")
+    assert sorted(p.name for p in out.iterdir()) == ["my_face.npz", "my_face.png"]
+    d = read_latent_file(out / "my_face.npz")
+    assert (d["space"], d["generator"]) == ("z", "digiface-dcgan64")
+    assert d["latent"].shape == d["latent_init"].shape == (100,)
+    assert np.linalg.norm(d["latent"] - d["latent_init"]) > 1e-3          # the edit moved it
+    assert d["config"]["edit"]["wr"] == pytest.approx(0.3) and d["metrics"]["wr"] == pytest.approx(0.3)
+    assert d["config"]["projection"]["steps"] == 40
+    assert Image.open(out / "my_face.png").size == (64, 64)
+
+
+def test_directions_and_sweep(page, tmp_path):
+    (tmp_path / "screens").mkdir()
+    _by(page, "sample").select_option("face_02")
+    expect(_by(page, "projection")).to_have_attribute("src", PNG)
+    _by(page, "pca").click()
+    _by(page, "direction-0").wait_for()
+    before = _image_src(page, "result")
+    _by(page, "direction-0").fill("2.5")
+    expect(_by(page, "result")).not_to_have_attribute("src", before)
+    _paint(page, (0.3, 0.7, 0.6, 0.9))
+    _by(page, "sweep").click()
+    expect(page.locator("[data-testid=chart] circle")).to_have_count(5)
+    expect(page.locator("#sweep-info")).to_contain_text("Suggested")
+    _shot(page, tmp_path, "07_directions_sweep")
+    page.locator("[data-testid=chart] circle").nth(4).click()      # a point sets its w_r
+    assert _by(page, "wr").input_value() == "1"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds almost no data (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_bad_uploads_get_a_clear_message(page, tmp_path):
+    (tmp_path / "screens").mkdir()
+    upload = _by(page, "upload")
+    upload.set_input_files(files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"just text"}])
+    expect(page.locator("#status")).to_have_class(re.compile("error"))
+    expect(_by(page, "message")).to_contain_text("notes.png: not an image")
+    _shot(page, tmp_path, "08_not_an_image")
+    upload.set_input_files(files=[{"name": "bomb.png", "mimeType": "image/png", "buffer": _png_header(20000, 20000)}])
+    expect(_by(page, "message")).to_contain_text("bomb.png: ")
+    expect(_by(page, "message")).to_contain_text("decompression bomb")
+    assert _by(page, "apply").is_disabled()
