@@ -118,9 +118,11 @@ class Generator(nn.Module):
         given where the latent carries it (w, w+)."""
         if not self.c_dim or (class_index is None and not self.needs_class(space)):
             return None
-        if class_index is None or not 0 <= class_index < self.c_dim:
-            raise ArgumentError("class_index", class_index, f"generator {self.name!r} is conditional "
-                                f"with {self.c_dim} classes: give a class 0..{self.c_dim - 1}")
+        about = f"generator {self.name!r} is conditional with {self.c_dim} classes"
+        if class_index is None:
+            raise LatentFitError(f"{about}: give --class 0..{self.c_dim - 1}")
+        if not 0 <= class_index < self.c_dim:
+            raise ArgumentError("class_index", class_index, f"{about}: choose 0..{self.c_dim - 1}")
         return nn.functional.one_hot(torch.tensor(class_index), self.c_dim).float().to(self.device)
 
     def file_ws(self, latent: torch.Tensor, space: str) -> torch.Tensor | None:
