@@ -11,7 +11,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from .config import EDIT, PROJECTION
+from .config import EDIT, ENCODED, PROJECTION
 from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
 from .errors import ArgumentError, LatentFitError
@@ -72,6 +72,22 @@ def generator_options(f):
     return f
 
 
+encoder_option = click.option(
+    "--encoder", default="auto", show_default=True,
+    help="Learned start E(x) of each target: auto (the generator's bundled encoder, where there is one), "
+    "an encoder file from train-encoder, or none (random starts / the mean).")
+spread_option = click.option("--spread", type=float, help=f"With an encoder: the other starts are E(x) plus "
+                             f"noise of this many latent stds [default: {ENCODED.spread}].")
+
+
+def starting_point(G, encoder: str, space: str | None, init):
+    """(encoder or None, preset): the encoder's start and the ENCODED preset, unless --init
+    gives the starts or there is no encoder; then PROJECTION."""
+    from .encoder import load_encoder
+    E = None if init else load_encoder(encoder, G, space=space)
+    return E, (PROJECTION if E is None else ENCODED)
+
+
 class_option = click.option("--class", "class_index", type=int,
                             help="Class index for a conditional generator (needed in z).")
 
@@ -127,12 +143,16 @@ def main():
 @generator_options
 @click.option("--space", help="Latent space: z (DCGAN, and StyleGAN's input), w or w+ (StyleGAN). "
               "Default: the generator's (z for DCGAN, w for StyleGAN).")
-@click.option("--steps", default=D.steps, show_default=True, help="Optimization steps.")
+@click.option("--steps", type=int, help=f"Optimization steps [default: {ENCODED.steps} from an encoder's "
+              f"start, else {D.steps}].")
 @_optimizer_options
 @click.option("--wr", default=D.wr, show_default=True,
-              help="Weight of the Euclidean norm term wr*||z - z0||^2 (a sum over the latent).")
-@click.option("--starts", default=D.starts, show_default=True,
-              help="Random starts per target, pruned by successive halving (random init only).")
+              help="Weight of the Euclidean norm term wr*||z - z0||^2 (a sum over the latent); z0 is E(x) "
+              "with an encoder.")
+@click.option("--starts", type=int, help=f"Starts per target, pruned by successive halving [default: "
+              f"{ENCODED.starts} around an encoder's start, else {D.starts} random ones; 1 from the mean].")
+@encoder_option
+@spread_option
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path),
               help="Start from this .npz latent (or a folder of <stem>.npz), instead of random starts.")
 @click.option("--init-mode", type=click.Choice(["random", "mean"]),
@@ -150,7 +170,7 @@ def main():
               "size, so a target's latent is bit-identical however the run is batched (slower).")
 @speed_options
 def project(targets, out, generator, network_key, latent_dim, device, batch_size, init, class_index,
-            precision, channels_last, compile_mode, **settings):
+            encoder, precision, channels_last, compile_mode, **settings):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
     OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json.
 
@@ -159,14 +179,15 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
     from .devices import accelerate
     from .distributed import Shard, process_group
     from .runs.project import project_files
-    cfg = PROJECTION.replace(**settings)
     shard = Shard.from_env()
     G = accelerate(open_generator(generator, network_key, latent_dim, shard.device(device)),
                    precision=precision, channels_last=channels_last, compile=compile_mode)
+    E, preset = starting_point(G, encoder, settings["space"], init)
+    cfg = preset.replace(**settings)
     progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
     with process_group(shard, G.device):
-        rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init,
+        rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init, encoder=E,
                             class_index=class_index, progress=progress if shard.rank == 0 else None,
                             rank=shard.rank, world=shard.world)
     close()
@@ -357,23 +378,26 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
 @click.option("--steps", type=int, help=f"Optimization steps [default: {D.steps}; "
               f"{EDIT.steps} with --init].")
 @_optimizer_options
-@click.option("--starts", default=D.starts, show_default=True, help="Random starts per sample.")
+@click.option("--starts", type=int, help="Starts per sample [default: as project].")
+@encoder_option
+@spread_option
 @click.option("--init-mode", type=click.Choice(["random", "mean"]),
               help="Start without --init [default: random in z, mean in w]. For clean curves give "
               "every w_r one shared start: --starts 1, --init-mode mean or --init.")
 @class_option
 def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask,
-                  class_index, **settings):
+                  class_index, encoder, **settings):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
     OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
     from .runs.sweep import sweep_files
     wrs = _numbers(wr_list, "--wr")
-    cfg = (EDIT if init else PROJECTION).replace(**settings)
     G = open_generator(generator, network_key, latent_dim, device)
+    E, preset = starting_point(G, encoder, settings["space"], init)
+    cfg = (EDIT if init else preset).replace(**settings)
     progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
     rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask, class_index=class_index,
-                      progress=progress)
+                      encoder=E, progress=progress)
     close()
     _finish(rep, t0, out)
 

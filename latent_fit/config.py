@@ -64,7 +64,9 @@ class Config:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 
 
-PROJECTION = Config()
+PROJECTION = Config()   # from random starts (z) or the mean (w, w+): no encoder
+# From a learned encoder's guess E(x): a few starts around it suffice, and far fewer steps.
+ENCODED = dataclasses.replace(PROJECTION, steps=500, starts=4, spread=0.5)
 # Edits start from a projected latent: one start, no latent noise (it would move z0 before the
 # request does), the noise maps held fixed (else they, not the latent, would paint the request),
 # and fewer steps. w_r = 1e-2 balances the request against staying near z0 for the bundled DCGAN's

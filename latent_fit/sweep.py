@@ -95,7 +95,7 @@ def check_wrs(wrs) -> np.ndarray:
 
 def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] | None = None, *,
           config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-          c: torch.Tensor | None = None, progress=None, **changes) -> SweepResult:
+          c: torch.Tensor | None = None, encoder=None, progress=None, **changes) -> SweepResult:
     """Project (or, with init, edit) every target [T, C, H, W] at every w_r in ONE batched run of
     T * W independent samples.
 
@@ -111,6 +111,10 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
     t, w = targets.shape[0], len(wr)
     names = list(names) if names is not None else [str(i) for i in range(t)]
     cfg = (config or (EDIT if init is not None else PROJECTION)).replace(**changes)
+    start = None
+    if init is None and encoder is not None:   # every w_r of a target starts from E(x)
+        cfg = cfg.replace(space=cfg.space or encoder.space)
+        start = encoder.start(G, targets, cfg.space)
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(w, 0)
@@ -119,7 +123,7 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
     if init is not None:   # an edit sweep: edit() adds the edit metrics
         res = edit(G, rep(init), rep(targets), rep(mask), **rows)
     else:
-        res = project(G, rep(targets), mask=rep(mask), **rows)
+        res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})

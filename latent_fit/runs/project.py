@@ -61,8 +61,8 @@ class _Chunks:
     """Projects chunks of targets and writes their outputs; a chunk that runs out of memory is
     split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, out, cfg, rep, batch_size, c, progress, records):
-        self.G, self.out, self.cfg, self.rep, self.c = G, out, cfg, rep, c
+    def __init__(self, G, out, cfg, rep, batch_size, c, progress, records, encoder):
+        self.G, self.out, self.cfg, self.rep, self.c, self.encoder = G, out, cfg, rep, c, encoder
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
@@ -72,7 +72,8 @@ class _Chunks:
         cb = self.progress(self.calls, self.calls + left, stems) if self.progress else None
         self.calls += 1
         try:
-            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c, progress=cb)
+            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c,
+                          encoder=self.encoder, progress=cb)
         except RuntimeError as e:
             if not is_oom(e):
                 raise
@@ -101,7 +102,7 @@ class _Chunks:
 
 def project_files(G: Generator, specs: list[str], out: Path, config: Config = PROJECTION, *,
                   batch_size: int | str = 16, init: str | Path | None = None, class_index: int | None = None,
-                  rank: int = 0, world: int = 1, progress=None, **changes) -> Report:
+                  encoder=None, rank: int = 0, world: int = 1, progress=None, **changes) -> Report:
     """Project every image of `specs` into G and write the outputs to `out`.
 
     Targets are sharded by rank (every world-th), skipped when their outputs are complete and
@@ -110,7 +111,8 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
     of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
     every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
-    init: a start .npz for every target or a folder of <stem>.npz. changes: Config fields.
+    init: a start .npz for every target or a folder of <stem>.npz. encoder: a learned start for
+    targets without init (see optimize.project). changes: Config fields.
     progress: callable(chunk_index, n_chunks, stems) -> callback for `project` (or None).
     """
     cfg, out, rep = config.replace(**changes), Path(out), Report()
@@ -126,7 +128,8 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
                        | ({"metrics.csv", "metrics.json"} if writes_metrics else set()))
     space = cfg.space or G.default_space
     init = Path(init) if init else None
-    record = settings_record(G, cfg, class_index=class_index, init=init)
+    record = settings_record(G, cfg, class_index=class_index, init=init,
+                             encoder=None if encoder is None or init else encoder.sha256)
 
     def inputs(p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
@@ -142,7 +145,7 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
     chunks = _Chunks(G, out, cfg, rep, batch_size, G.class_vector(class_index, space), progress,
-                     {s: record | inputs(p) for s, p in todo})
+                     {s: record | inputs(p) for s, p in todo}, None if init else encoder)
     try:
         _stream(chunks, todo, inits)
     except KeyboardInterrupt:

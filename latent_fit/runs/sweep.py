@@ -89,11 +89,12 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
 
 def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], config: Config | None = None, *,
                 init: Path | None = None, mask: Path | None = None, class_index: int | None = None,
-                progress=None, **changes) -> Report:
+                encoder=None, progress=None, **changes) -> Report:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
     targets' alpha or `mask` limiting the request) in one batched run. Writes OUT/sweep.csv,
     OUT/sweep.png and OUT/grid.png; the summary names the suggested w_r. progress: as for
-    runs.project.project_files (one batch). config: see sweep.sweep; changes: Config fields."""
+    runs.project.project_files (one batch). encoder: every w_r of a target starts from E(x)
+    (without init). config: see sweep.sweep; changes: Config fields."""
     out, rep = Path(out), Report()
     wrs = check_wrs(wrs)
     check_writable(out)
@@ -106,7 +107,7 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], con
     c_vec = G.class_vector(class_index, space)
     c = None if c_vec is None else c_vec.expand(len(stems), -1)
     sw = sweep(G, torch.stack(targets), wrs, stems, config=config, init=starts, mask=mk, c=c, progress=cb,
-               **changes)
+               encoder=encoder, **changes)
     best, reason = suggest_wr(sw)
     write_csv(out / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
     save_png(sweep_figure(sw, best), out / "sweep.png")
