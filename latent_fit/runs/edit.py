@@ -91,8 +91,8 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
         d = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise LatentFitError(f"{path}: direction file not found") from None
-    except (OSError, ValueError) as e:
-        raise LatentFitError(f"{path}: not a .npy direction ({e})") from None
+    except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
+        raise LatentFitError(f"{path}: not a .npy direction ({type(e).__name__}: {e})") from None
     if d.shape == shape:
         return torch.from_numpy(d.astype(np.float32))
     if d.shape[1:] != shape:
