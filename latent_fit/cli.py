@@ -60,6 +60,11 @@ class Group(click.Group):
                 _fail(str(e))
 
 
+def _keep_num_classes(ctx, param, value):
+    """--num-classes reaches open_generator through the context, so that commands need not pass it."""
+    ctx.meta["num_classes"] = value
+
+
 def generator_options(f):
     f = click.option("--generator", "-g", default=DEFAULT_GENERATOR, show_default=True,
                      help="Bundled name, network .pkl / .pt (never run), or code that runs: a TorchScript "
@@ -68,6 +73,9 @@ def generator_options(f):
                      help="Which network of a .pkl to use.")(f)
     f = click.option("--latent-dim", type=int, help="Latent size of a TorchScript/callable generator "
                      "(probed when omitted).")(f)
+    f = click.option("--num-classes", type=click.IntRange(min=0), expose_value=False, callback=_keep_num_classes,
+                     help="A conditional TorchScript/callable generator: called as forward(z, c) with one-hot "
+                     "c [N, num_classes] [default: its c_dim attribute, else unconditional].")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
     return f
 
@@ -89,12 +97,14 @@ def starting_point(G, encoder: str, space: str | None, init):
 
 
 class_option = click.option("--class", "class_index", type=int,
-                            help="Class index for a conditional generator (needed in z).")
+                            help="Class index for a conditional generator (needed in z) [default: the "
+                            "class stored in the latent files, for commands that read them].")
 
 
 def open_generator(generator, network_key, latent_dim, device):
+    ctx = click.get_current_context(silent=True)
     return load_generator(generator, default_device(device), network_key=network_key,
-                          latent_dim=latent_dim)
+                          latent_dim=latent_dim, num_classes=ctx.meta.get("num_classes") if ctx else None)
 
 
 def _optimizer_options(f):
@@ -312,7 +322,8 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
     t0 = time.perf_counter()
     if direction is not None:
         rep = direction_edit_files(G, list(latents), out, direction=direction, component=component,
-                                   strengths=_numbers(strength, "--strength"), batch_size=batch_size)
+                                   strengths=_numbers(strength, "--strength"), class_index=class_index,
+                                   batch_size=batch_size)
     else:
         progress, close = _progress_bars(cfg.steps)
         rep = edit_files(G, list(latents), out, cfg, request=request, mask=mask, batch_size=batch_size,
@@ -336,6 +347,7 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
 @click.option("--samples", default=PCA_SAMPLES, show_default=True, help="Prior samples for --pca.")
 @click.option("--space", help="Latent space for --pca [default: the generator's].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --pca samples.")
+@class_option
 def direction_command(out, generator, network_key, latent_dim, device, **how):
     """Find a latent direction (norm 1) and write it to OUT (.npy), for `edit --direction`."""
     from .runs.edit import direction_file
@@ -352,14 +364,16 @@ def direction_command(out, generator, network_key, latent_dim, device, **how):
 @click.option("--mode", type=click.Choice(["both", "linear", "spherical"]), default="both",
               show_default=True, help="Straight line, great circle (keeps z near the prior's shell), or both.")
 @click.option("--fps", default=12, show_default=True, help="Video frame rate.")
-def interpolate_command(latents, out, generator, network_key, latent_dim, device, frames, mode, fps):
+@class_option
+def interpolate_command(latents, out, generator, network_key, latent_dim, device, frames, mode, fps, class_index):
     """Interpolate from each of LATENTS (.npz, in order) to the next: OUT/<mode>.png (a row per
     pair) and OUT/<mode>.mp4 (or .gif without ffmpeg)."""
     from .runs.edit import interpolate_files
     G = open_generator(generator, network_key, latent_dim, device)
     modes = ("linear", "spherical") if mode == "both" else (mode,)
     t0 = time.perf_counter()
-    _finish(interpolate_files(G, list(latents), out, frames=frames, modes=modes, fps=fps), t0, out)
+    _finish(interpolate_files(G, list(latents), out, frames=frames, modes=modes, fps=fps, class_index=class_index),
+            t0, out)
 
 
 @main.command("sweep")

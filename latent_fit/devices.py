@@ -77,7 +77,7 @@ def step_memory(G: Generator, n_targets: int, config: Config) -> int:
     then as much again for their gradients and temporaries).
     """
     dev = G.device
-    targets = torch.zeros(n_targets, 3, G.resolution, G.resolution, device=dev)
+    targets = torch.zeros(n_targets, G.img_channels, G.resolution, G.resolution, device=dev)
     c = G.cycled_labels(n_targets)
     from .optimize import project
     cfg = config.replace(steps=1, check_every=1)

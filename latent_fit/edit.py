@@ -1,7 +1,7 @@
 """Editing in latent space: masked (painted) edits, directions, interpolation.
 
 Pure tensors in, tensors out; the file side lives in runs/edit.py. Latents are [N, *latent_shape]
-in one space of the generator, images [N, 3, H, W] in [-1, 1].
+in one space of the generator, images [N, C, H, W] in [-1, 1] (C = G.img_channels).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def render(G: Generator, latents: torch.Tensor, space: str | None = None,
             cc = None if c is None else c[i:i + batch_size].to(G.device)
             out.append(G.synthesize(latents[i:i + batch_size], space, cc).clamp(-1, 1))
     if not out:
-        return torch.empty(0, 3, G.resolution, G.resolution, device=G.device)
+        return torch.empty(0, G.img_channels, G.resolution, G.resolution, device=G.device)
     return torch.cat(out)
 
 

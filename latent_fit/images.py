@@ -29,9 +29,10 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, resolution: int, background=(255, 255, 255)) -> torch.Tensor:
-    """Read any image as [3, resolution, resolution] in [-1, 1]: EXIF rotation applied, alpha
-    composited on `background`, center-cropped to a square and resized (Lanczos)."""
+def load_image(path: str | Path, resolution: int, background=(255, 255, 255), channels: int = 3) -> torch.Tensor:
+    """Read any image as [channels, resolution, resolution] in [-1, 1]: EXIF rotation applied,
+    alpha composited on `background`, center-cropped to a square and resized (Lanczos);
+    channels 1: converted to gray (ITU-R 601 luma)."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -51,8 +52,10 @@ def load_image(path: str | Path, resolution: int, background=(255, 255, 255)) ->
     rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
     if s != resolution:
         rgb = rgb.resize((resolution, resolution), Image.LANCZOS)
-    a = torch.from_numpy(np.asarray(rgb, dtype=np.float32).copy()).permute(2, 0, 1)
-    return a / 127.5 - 1.0
+    if channels == 1:
+        rgb = rgb.convert("L")
+    a = torch.from_numpy(np.asarray(rgb, dtype=np.float32).reshape(resolution, resolution, -1).copy())
+    return a.permute(2, 0, 1) / 127.5 - 1.0
 
 
 def load_mask(path: str | Path, resolution: int) -> torch.Tensor:
@@ -72,21 +75,22 @@ def load_mask(path: str | Path, resolution: int) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
+    """[N, C, H, W] in [-1, 1] -> [N, H, W, C] uint8 (C: 3 RGB, 1 gray)."""
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Save an [H, W, 3] uint8 array atomically."""
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    """Save an [H, W, 3] (RGB) or [H, W, 1] (grayscale, mode L) uint8 array atomically."""
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Tile equally sized [H, W, 3] uint8 images into rows and columns, white gaps between."""
-    h, w = rows[0][0].shape[:2]
+    """Tile equally sized [H, W, C] uint8 images into rows and columns, white gaps between."""
+    h, w, ch = rows[0][0].shape
     ncol = max(len(r) for r in rows)
-    out = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
+    out = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, ch), 255, np.uint8)
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
             out[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = im
@@ -100,9 +104,11 @@ def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def save_video(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
-    """Write [T, H, W, 3] uint8 frames as mp4 (needs imageio-ffmpeg) or else as an animated GIF.
-    Small frames are upscaled to at least 256 px. Returns the path written."""
-    t, h, w, _ = frames.shape
+    """Write [T, H, W, 3] (or gray [T, H, W, 1]) uint8 frames as mp4 (needs imageio-ffmpeg) or
+    else as an animated GIF. Small frames are upscaled to at least 256 px. Returns the path written."""
+    t, h, w, ch = frames.shape
+    if ch == 1:
+        frames = frames.repeat(3, axis=3)
     scale = max(1, -(-256 // max(h, w)))
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -127,12 +133,12 @@ def save_video(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
     return mp4
 
 
-def load_request(path: Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A request image [3, R, R] and its alpha channel as a mask [1, R, R] (None when opaque).
+def load_request(path: Path, resolution: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A request image [channels, R, R] and its alpha channel as a mask [1, R, R] (None when opaque).
     The alpha is recovered from two composites (on black and on white) so that it gets exactly
     the crop and resize of the colours; colours are un-premultiplied."""
-    on_black = load_image(path, resolution, (0, 0, 0))
-    on_white = load_image(path, resolution, (255, 255, 255))
+    on_black = load_image(path, resolution, (0, 0, 0), channels)
+    on_white = load_image(path, resolution, (255, 255, 255), channels)
     alpha = (1 - (on_white - on_black).mean(0, keepdim=True) / 2).clamp(0, 1)
     if bool((alpha > 0.999).all()):
         return on_black, None

@@ -2,7 +2,8 @@
 
 Keys: `latent` (float32, [*latent_shape]), `latent_init`, `space`, `generator`, `generator_sha256`,
 `loss_history`, `config` (JSON text), `metrics` (JSON text), `record` (JSON text: what made it), `version`; with StyleGAN `w`
-([1, num_ws, w_dim], as NVIDIA's projected_w.npz) and `noise_<i>` (optimized noise maps).
+([1, num_ws, w_dim], as NVIDIA's projected_w.npz) and `noise_<i>` (optimized noise maps); with a
+conditional generator's class `class_index` (int), which later commands use when given none.
 """
 
 from __future__ import annotations
@@ -86,14 +87,23 @@ def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: 
     return lat
 
 
-def read_latents(specs: list[str], G, space: str | None = None
-                 ) -> tuple[list[str], torch.Tensor | None, str, list[str]]:
-    """(stems, latents [N, *shape] or None, space, errors) of the latent files in `specs`
-    (files, folders, globs) that fit G; space: the first file's unless given."""
+def stored_class(data: dict, class_index: int | None = None) -> int | None:
+    """The class of a latent: `class_index` when given (it overrides the file), else the one
+    stored in the file's data (None: none stored)."""
+    if class_index is not None or "class_index" not in data:
+        return class_index
+    return int(data["class_index"])
+
+
+def read_latents(specs: list[str], G, space: str | None = None, class_index: int | None = None
+                 ) -> tuple[list[str], torch.Tensor | None, str, list[str], list[int | None]]:
+    """(stems, latents [N, *shape] or None, space, errors, classes) of the latent files in
+    `specs` (files, folders, globs) that fit G; space: the first file's unless given; classes:
+    per latent, see stored_class."""
     paths, errors = find_files(specs, {".npz"}, "latent files")
     items, dup_errors = assign_stems(paths)
     errors += dup_errors
-    stems, lats = [], []
+    stems, lats, classes = [], [], []
     for stem, p in items:
         try:
             data = read_latent_file(p)
@@ -101,23 +111,25 @@ def read_latents(specs: list[str], G, space: str | None = None
                 space = data["space"] if data["space"] in G.spaces else G.default_space
             lats.append(check_compatible(p, data, G.name, G.latent_shape(space), space, G.sha256))
             stems.append(stem)
+            classes.append(stored_class(data, class_index))
         except LatentFitError as e:
             errors.append(str(e))
     space = space or G.default_space
-    return stems, torch.from_numpy(np.stack(lats)) if lats else None, space, errors
+    return stems, torch.from_numpy(np.stack(lats)) if lats else None, space, errors, classes
 
 
-def read_init(spec: Path, G, space: str, stems: list[str]) -> dict[str, np.ndarray]:
-    """Start latents: one .npz for every stem, or a folder of <stem>.npz matched by stem."""
+def read_init(spec: Path, G, space: str, stems: list[str], class_index: int | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
+    """Start latents and their classes (see stored_class), by stem: one .npz for every stem, or a
+    folder of <stem>.npz matched by stem."""
     shape = G.latent_shape(space)
     if spec.is_dir():
-        out = {}
-        for s in stems:
-            f = spec / f"{s}.npz"
-            if f.is_file():
-                out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space, G.sha256)
-        if not out:
+        files = {s: spec / f"{s}.npz" for s in stems if (spec / f"{s}.npz").is_file()}
+        if not files:
             raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
-        return out
-    lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space, G.sha256)
-    return {s: lat for s in stems}
+    else:
+        files = {s: spec for s in stems}
+    data = {f: read_latent_file(f) for f in dict.fromkeys(files.values())}
+    lats = {f: check_compatible(f, d, G.name, shape, space, G.sha256) for f, d in data.items()}
+    return ({s: lats[f] for s, f in files.items()},
+            {s: stored_class(data[f], class_index) for s, f in files.items()})

@@ -78,7 +78,8 @@ def require_lpips() -> None:
 
 
 class LPIPS(torch.nn.Module):
-    """LPIPS-VGG (the `lpips` package) per sample, on images resized to <= 256 px.
+    """LPIPS-VGG (the `lpips` package) per sample, on images resized to <= 256 px (grayscale
+    images as RGB with three equal channels).
     Refuses to start when the backbone weights are not on disk (nothing is downloaded)."""
 
     def __init__(self):
@@ -91,6 +92,8 @@ class LPIPS(torch.nn.Module):
         self.net.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:   # grayscale: VGG sees the gray repeated in R, G and B
+            images, targets = images.expand(-1, 3, -1, -1), targets.expand(-1, 3, -1, -1)
         if images.shape[-1] > LPIPS_MAX_SIZE:
             images = F.interpolate(images, size=LPIPS_MAX_SIZE, mode="area")
             targets = F.interpolate(targets, size=LPIPS_MAX_SIZE, mode="area")

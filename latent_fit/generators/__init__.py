@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LatentFitError
+from ..errors import ArgumentError, LatentFitError
 from ..outputs import file_sha256
 from .base import Generator
 
@@ -49,11 +49,13 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "cpu", *,
                    network_key: str = "G_ema", latent_dim: int | None = None,
-                   resolution: int | None = None) -> Generator:
+                   resolution: int | None = None, num_classes: int | None = None) -> Generator:
     """Load a generator from a bundled name, a .pkl/.pt network file, a TorchScript file
-    or `module:callable` (an nn.Module mapping [N, latent_dim] to [N, 3, H, W] in [-1, 1]).
+    or `module:callable` (an nn.Module mapping [N, latent_dim] to [N, 3, H, W] or grayscale
+    [N, 1, H, W] in [-1, 1]). num_classes: a TorchScript/callable module is conditional, called
+    as module(z, c) with one-hot c [N, num_classes] (default: its `c_dim` attribute, else 0).
     """
-    from .wrapped import from_callable, from_torchscript
+    from .wrapped import Wrapped, from_callable, from_torchscript
     spec = str(spec)
     if spec in BUNDLED:
         G = _load_bundled(spec)
@@ -62,15 +64,18 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
         if not path.is_file():
             raise LatentFitError(f"{spec}: generator file not found (bundled names: {', '.join(BUNDLED)})")
         if _is_torchscript(path):
-            G = from_torchscript(path, latent_dim, resolution)
+            G = from_torchscript(path, latent_dim, resolution, num_classes)
         else:   # network pickles and rosinality checkpoints
             from .pickles import load_stylegan
             G = load_stylegan(path, network_key=network_key)
     elif ":" in spec:
-        G = from_callable(spec, latent_dim, resolution)
+        G = from_callable(spec, latent_dim, resolution, num_classes)
     else:
         raise LatentFitError(f"{spec}: unknown generator; give a bundled name ({', '.join(BUNDLED)}), "
                              "a .pkl/.pt/TorchScript file or module:callable")
+    if num_classes is not None and not isinstance(G, Wrapped):
+        raise ArgumentError("num_classes", num_classes, f"only for TorchScript and module:callable generators; "
+                            f"{spec} has {G.c_dim} classes of its own")
     return G.to(device).freeze()
 
 

@@ -25,7 +25,7 @@ class Generator(nn.Module):
     name: str = "generator"      # id written into latent files
     sha256: str = ""             # of the weights file, "" when unknown
     resolution: int = 0          # output height == width in pixels
-    img_channels: int = 3        # 3: RGB
+    img_channels: int = 3        # 3: RGB, 1: grayscale
     z_dim: int = 0               # dimension of the prior N(0, I)
     c_dim: int = 0               # number of classes (0: unconditional)
     spaces: tuple[str, ...] = ("z",)
@@ -67,7 +67,7 @@ class Generator(nn.Module):
 
     def synthesize(self, latent: torch.Tensor, space: str, c: torch.Tensor | None = None,
                    noise: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Images [N, 3, resolution, resolution] in [-1, 1] for latents [N, *latent_shape]."""
+        """Images [N, img_channels, resolution, resolution] in [-1, 1] for latents [N, *latent_shape]."""
         raise NotImplementedError
 
     def sample(self, n: int, seed: int = 0, space: str | None = None,
@@ -124,6 +124,14 @@ class Generator(nn.Module):
         if not 0 <= class_index < self.c_dim:
             raise ArgumentError("class_index", class_index, f"{about}: choose 0..{self.c_dim - 1}")
         return nn.functional.one_hot(torch.tensor(class_index), self.c_dim).float().to(self.device)
+
+    def class_labels(self, classes: list[int | None], space: str) -> torch.Tensor | None:
+        """One-hot labels [N, c_dim] of per-sample class indices (None entries: no class); None if
+        unconditional, or if some sample has no class where the latent carries it (w, w+)."""
+        rows = [self.class_vector(k, space) for k in classes]
+        if not rows or any(r is None for r in rows):
+            return None
+        return torch.stack(rows)
 
     def file_ws(self, latent: torch.Tensor, space: str) -> torch.Tensor | None:
         """A latent [*latent_shape] as NVIDIA's projected_w.npz stores it ([1, num_ws, w_dim]),

@@ -32,34 +32,36 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     <stem>.<image> per latent) where `mask` (one image or a folder; default: the request's alpha,
     else everywhere) is set. Writes OUT/<stem>.npz / .png / _compare.png (before | request painted
     on before | after) and OUT/metrics.csv; skips latents whose outputs are complete.
+    class_index: the class of a conditional generator (default: each latent file's own).
     progress: as for runs.project.project_files. changes: Config fields."""
     cfg, out, rep = config.replace(**changes), Path(out), Report()
     check_writable(out)
-    stems, lats, space, rep.errors = read_latents(latent_specs, G, cfg.space)
+    stems, lats, space, rep.errors, classes = read_latents(latent_specs, G, cfg.space, class_index)
     cfg = cfg.replace(space=space)
-    row = {s: i for i, s in enumerate(stems)}
-    record = settings_record(G, cfg, class_index=class_index)
-    inputs = _edit_inputs(lats, row, request, mask)
+    row, cls = {s: i for i, s in enumerate(stems)}, dict(zip(stems, classes))
+    G.class_labels(classes, space)   # a missing or wrong class fails before any work
+    record = settings_record(G, cfg)
+    inputs = _edit_inputs(lats, row, request, mask, cls)
     todo, rep.skipped, note = plan(out, [(s, s) for s in stems], record, inputs)
     todo, rep.notes = [s for s, _ in todo], [note] if note else []
-    requests, errors = per_stem(request, todo, lambda p: load_request(p, G.resolution))
+    requests, errors = per_stem(request, todo, lambda p: load_request(p, G.resolution, G.img_channels))
     masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
     rep.errors += errors + mask_errors
     todo = [s for s in todo if s in requests and s in masks]
-    c_vec = G.class_vector(class_index, space)
     for ci in range(0, len(todo), batch_size):
         names = todo[ci:ci + batch_size]
         req = torch.stack([requests[s][0] for s in names])
         mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
         cb = progress(ci // batch_size, -(-len(todo) // batch_size), names) if progress else None
-        c = None if c_vec is None else c_vec.expand(len(names), -1)
+        c = G.class_labels([cls[s] for s in names], space)
         res = edit(G, lats[[row[s] for s in names]], req, mk, names, config=cfg, c=c, progress=cb)
         req = req.to(res.before)
         painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
         before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
         for i, s in enumerate(names):
             write_target(rep, out, s, lambda: write_outputs(out, res, i, req[i], G, res.seconds / len(names),
-                                                            record | inputs(s), [before[i], shown[i], after[i]]))
+                                                            record | inputs(s), [before[i], shown[i], after[i]],
+                                                            None if c is None else cls[s]))
     rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS, record, rep)
     write_report(out, "edit")
     done = [r for r in rep.metrics if r["target"] in rep.done]
@@ -70,9 +72,9 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     return rep
 
 
-def _edit_inputs(lats: torch.Tensor | None, row: dict, request: Path, mask: Path | None):
-    """stem -> what of a masked edit's inputs is that latent's own: its values and its request
-    and mask files (by sha256)."""
+def _edit_inputs(lats: torch.Tensor | None, row: dict, request: Path, mask: Path | None, classes: dict):
+    """stem -> what of a masked edit's inputs is that latent's own: its values, its class and its
+    request and mask files (by sha256)."""
     def own(spec: Path | None, stem: str) -> str | None:
         if spec is None or not Path(spec).is_dir():
             return input_sha256(spec and Path(spec))
@@ -83,7 +85,8 @@ def _edit_inputs(lats: torch.Tensor | None, row: dict, request: Path, mask: Path
 
     def inputs(stem: str) -> dict:
         latent = hashlib.sha256(lats[row[stem]].numpy().tobytes()).hexdigest()
-        return {"latent_sha256": latent, "request": own(request, stem), "mask": own(mask, stem)}
+        return {"latent_sha256": latent, "class_index": classes[stem], "request": own(request, stem),
+                "mask": own(mask, stem)}
     return inputs
 
 
@@ -93,8 +96,8 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
         d = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise LatentFitError(f"{path}: direction file not found") from None
-    except (OSError, ValueError) as e:
-        raise LatentFitError(f"{path}: not a .npy direction ({e})") from None
+    except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
+        raise LatentFitError(f"{path}: not a .npy direction ({type(e).__name__}: {e})") from None
     if d.shape == shape:
         return torch.from_numpy(d.astype(np.float32))
     if d.shape[1:] != shape:
@@ -107,16 +110,19 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
 
 def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
                          strengths: list[float], component: int = 0, space: str | None = None,
-                         batch_size: int = 64) -> Report:
-    """Move every latent along a direction by each strength, in one batched render. Writes
+                         class_index: int | None = None, batch_size: int = 64) -> Report:
+    """Move every latent along a direction by each strength, in one batched render (a conditional
+    generator's class: class_index, else each latent file's own). Writes
     OUT/<stem>_s<strength>.png for each strength and OUT/<stem>_strip.png."""
     out, rep = Path(out), Report()
     check_writable(out)
-    stems, lats, space, rep.errors = read_latents(latent_specs, G, space)
+    stems, lats, space, rep.errors, classes = read_latents(latent_specs, G, space, class_index)
     if lats is not None:
         d = read_direction(Path(direction), G.latent_shape(space), component)
         moved = apply_direction(lats, d, strengths)
-        images = to_uint8(render(G, moved.flatten(0, 1), space, batch_size=batch_size))
+        c = G.class_labels(classes, space)
+        c = None if c is None else c.repeat_interleave(len(strengths), 0)
+        images = to_uint8(render(G, moved.flatten(0, 1), space, c, batch_size=batch_size))
         images = images.reshape(len(stems), len(strengths), *images.shape[1:])
         for s, row in zip(stems, images):
             def write(s=s, row=row):
@@ -138,22 +144,24 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negative: list[str] = (),
                    method: str = "mean", pca: int | None = None, samples: int = PCA_SAMPLES,
-                   space: str | None = None, seed: int = 0) -> Report:
+                   space: str | None = None, seed: int = 0, class_index: int | None = None) -> Report:
     """Find a direction and write it to `out` (.npy): from latent files labelled positive and
     negative (method mean: normalized difference of means; boundary: linear classifier normal),
-    or the first `pca` principal directions [K, *shape]."""
+    or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
+    conditional generator in z)."""
     out, rep = Path(out), Report(written=[Path(out)])
     if (pca is None) == (not positive and not negative):
         raise LatentFitError("give either positive and negative latents or a number of principal directions")
     if pca is not None:
         space = G.check_space(space or G.default_space)
-        dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed)
+        c = G.class_vector(class_index, space)
+        dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed, c=None if c is None else c[None])
         _save_npy(out, dirs.cpu().numpy())
         rep.summary = (f"{pca} principal directions in {space} ({samples} samples), prior std along each: "
                        + ", ".join(f"{v:.3g}" for v in std.tolist()))
         return rep
-    pos_stems, pos, space, rep.errors = read_latents(list(positive), G, space)
-    neg_stems, neg, _, neg_errors = read_latents(list(negative), G, space)
+    pos_stems, pos, space, rep.errors, _ = read_latents(list(positive), G, space)
+    neg_stems, neg, _, neg_errors, _ = read_latents(list(negative), G, space)
     rep.errors += neg_errors
     if pos is None or neg is None:
         raise LatentFitError(f"no readable {'positive' if pos is None else 'negative'} latents: "
@@ -169,17 +177,20 @@ def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negativ
 
 def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frames: int,
                       modes: tuple[str, ...] = ("linear", "spherical"), fps: int = 12,
-                      batch_size: int = 64) -> Report:
+                      class_index: int | None = None, batch_size: int = 64) -> Report:
     """Interpolate along the path through the latent files (in order), every mode and segment in
-    one batched render. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
+    one batched render; a conditional generator in z renders one class (class_index, else the
+    one the files share). Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
     out, rep = Path(out), Report()
     check_writable(out)
-    stems, lats, space, rep.errors = read_latents(latent_specs, G)
+    stems, lats, space, rep.errors, classes = read_latents(latent_specs, G, class_index=class_index)
     if lats is None or len(stems) < 2:
         raise LatentFitError(f"interpolate needs two or more readable latent files, got {len(stems)}"
                              + (f" ({'; '.join(rep.errors)})" if rep.errors else ""))
     path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])   # [M, P, F, *s]
-    images = to_uint8(render(G, path.flatten(0, 2), space, batch_size=batch_size))
+    c = G.class_vector(_one_class(G, space, stems, classes), space)
+    c = None if c is None else c.expand(path.flatten(0, 2).shape[0], -1)
+    images = to_uint8(render(G, path.flatten(0, 2), space, c, batch_size=batch_size))
     images = images.reshape(len(modes), len(stems) - 1, frames, *images.shape[1:])
     for mode, segs in zip(modes, images):
         save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")
@@ -187,3 +198,15 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
         rep.written += [out / f"{mode}.png", save_video(tour, out / mode, fps=fps)]
     rep.summary = "wrote " + ", ".join(str(p) for p in rep.written)
     return rep
+
+
+def _one_class(G: Generator, space: str, stems: list[str], classes: list[int | None]) -> int | None:
+    """The class the latents share where the generator needs one (z of a conditional generator);
+    latents of different classes there are an error."""
+    if len(set(classes)) == 1:
+        return classes[0]
+    if not G.needs_class(space):
+        return None
+    shown = ", ".join(f"{s}: {'none' if k is None else k}" for s, k in list(zip(stems, classes))[:4])
+    raise LatentFitError(f"latent files of different classes ({shown}); give files of one class, "
+                         "or --class K to render them all in class K")

@@ -35,10 +35,10 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config) -> int:
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
-                  record: dict, panels: list[np.ndarray] | None = None) -> None:
+                  record: dict, panels: list[np.ndarray] | None = None, class_index: int | None = None) -> None:
     """PNG, comparison strip (`panels`, default target | result | difference), the video when
     frames were kept, then the .npz last (it marks completion, and holds the `record` of what
-    made it)."""
+    made it, and `class_index` when a class was used)."""
     stem = res.names[i]
     proj = to_uint8(res.images[i:i + 1])[0]
     tgt = to_uint8(target[None])[0]
@@ -53,7 +53,7 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
     write_latent_file(out / f"{stem}.npz", record=record, latent=res.latent[i], latent_init=res.latent_init[i],
                       space=res.space, generator=G.name, generator_sha256=G.sha256,
                       loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
-                      w=G.file_ws(res.latent[i], res.space),
+                      w=G.file_ws(res.latent[i], res.space), class_index=class_index,
                       **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
 
 
@@ -61,13 +61,13 @@ class _Chunks:
     """Projects chunks of targets and writes their outputs; a chunk that runs out of memory is
     split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, out, cfg, rep, batch_size, c, progress, records, encoder):
-        self.G, self.out, self.cfg, self.rep, self.c, self.encoder = G, out, cfg, rep, c, encoder
+    def __init__(self, G, out, cfg, rep, batch_size, classes, progress, records, encoder):
+        self.G, self.out, self.cfg, self.rep, self.classes, self.encoder = G, out, cfg, rep, classes, encoder
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
     def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None) -> None:
-        c = None if self.c is None else self.c.expand(len(stems), -1)
+        c = self.G.class_labels([self.classes[s] for s in stems], self.cfg.space or self.G.default_space)
         left = math.ceil((self.n_todo - self.finished) / self.batch_size)
         cb = self.progress(self.calls, self.calls + left, stems) if self.progress else None
         self.calls += 1
@@ -81,9 +81,10 @@ class _Chunks:
         if res is None:
             return self._split(stems, paths, batch, init)
         for i, stem in enumerate(stems):
+            k = None if c is None else self.classes[stem]
             write_target(self.rep, self.out, stem,
                          lambda: write_outputs(self.out, res, i, batch[i], self.G, res.seconds / len(stems),
-                                               self.records[stem]))
+                                               self.records[stem], class_index=k))
         self.finished += len(stems)
 
     def _split(self, stems, paths, batch, init) -> None:
@@ -111,8 +112,9 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
     of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
     every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
-    init: a start .npz for every target or a folder of <stem>.npz. encoder: a learned start for
-    targets without init (see optimize.project). changes: Config fields.
+    init: a start .npz for every target or a folder of <stem>.npz. class_index: the class of a
+    conditional generator (default: each init file's own). encoder: a learned start for targets
+    without init (see optimize.project). changes: Config fields.
     progress: callable(chunk_index, n_chunks, stems) -> callback for `project` (or None).
     """
     cfg, out, rep = config.replace(**changes), Path(out), Report()
@@ -136,7 +138,7 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
         return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
     todo, rep.skipped, note = plan(out, targets, record, inputs)
     rep.notes += [note] if note else []
-    inits = read_init(init, G, space, [s for s, _ in todo]) if init else None
+    inits, classes = read_init(init, G, space, [s for s, _ in todo], class_index) if init else (None, {})
     if inits is not None:
         rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s not in inits]
         todo = [(s, p) for s, p in todo if s in inits]
@@ -144,8 +146,10 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
         batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
-    chunks = _Chunks(G, out, cfg, rep, batch_size, G.class_vector(class_index, space), progress,
-                     {s: record | inputs(p) for s, p in todo}, None if init else encoder)
+    classes = {s: classes.get(s, class_index) for s, _ in todo}
+    G.class_labels(list(classes.values()), space)   # a missing or wrong class fails before any work
+    chunks = _Chunks(G, out, cfg, rep, batch_size, classes, progress, {s: record | inputs(p) for s, p in todo},
+                     None if init else encoder)
     try:
         _stream(chunks, todo, inits)
     except KeyboardInterrupt:
@@ -172,7 +176,7 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], inits: dict | None) -
         stems, paths, images = [], [], []
         for stem, p in chunk:
             try:
-                images.append(load_image(p, G.resolution))
+                images.append(load_image(p, G.resolution, channels=G.img_channels))
                 stems.append(stem)
                 paths.append(p)
             except LatentFitError as e:

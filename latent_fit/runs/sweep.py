@@ -23,7 +23,7 @@ GRID_CELL = 256   # grid.png cells are at most this many pixels
 
 
 def _labelled_grid(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> np.ndarray:
-    """grid() with a header row of column labels."""
+    """grid() with a header row of column labels (black on white, so RGB or gray alike)."""
     from PIL import Image, ImageDraw
     body = grid(rows, pad)
     w = rows[0][0].shape[1]
@@ -31,7 +31,7 @@ def _labelled_grid(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2
     draw = ImageDraw.Draw(head)
     for j, text in enumerate(labels):
         draw.text((j * (w + pad) + 2, 1), text, fill=(0, 0, 0))
-    return np.concatenate([np.asarray(head), body])
+    return np.concatenate([np.asarray(head)[..., :body.shape[2]], body])   # gray: one of R, G, B
 
 
 def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
@@ -63,12 +63,13 @@ def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
 
 
 def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path | None, space: str,
-                  rep: Report):
-    """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts [T, *shape] or None)."""
+                  class_index: int | None, rep: Report):
+    """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts [T, *shape] or None,
+    labels [T, c_dim] or None: class_index, else each init file's class)."""
     paths, rep.errors = find_images(specs)
     items, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
-    inits = read_init(Path(init), G, space, [s for s, _ in items]) if init else None
+    inits, classes = read_init(Path(init), G, space, [s for s, _ in items], class_index) if init else (None, {})
     if inits is not None:
         rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in items if s not in inits]
         items = [(s, p) for s, p in items if s in inits]
@@ -76,7 +77,8 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
     stems, targets, masks = [], [], []
     for s, p in items:
         try:
-            rgb, alpha = load_request(p, G.resolution) if init else (load_image(p, G.resolution), None)
+            rgb, alpha = load_request(p, G.resolution, G.img_channels) if init else \
+                (load_image(p, G.resolution, channels=G.img_channels), None)
         except LatentFitError as e:
             rep.errors.append(str(e))
             continue
@@ -84,14 +86,16 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
         targets.append(rgb)
         masks.append(shared_mask if shared_mask is not None else alpha)
     starts = torch.from_numpy(np.stack([inits[s] for s in stems])) if inits and stems else None
-    return stems, targets, stack_masks(masks), starts
+    labels = G.class_labels([classes.get(s, class_index) for s in stems], space)
+    return stems, targets, stack_masks(masks), starts, labels
 
 
 def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], config: Config | None = None, *,
                 init: Path | None = None, mask: Path | None = None, class_index: int | None = None,
                 encoder=None, progress=None, **changes) -> Report:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
-    targets' alpha or `mask` limiting the request) in one batched run. Writes OUT/sweep.csv,
+    targets' alpha or `mask` limiting the request; a conditional generator's class: class_index,
+    else each init file's own) in one batched run. Writes OUT/sweep.csv,
     OUT/sweep.png and OUT/grid.png; the summary names the suggested w_r. progress: as for
     runs.project.project_files (one batch). encoder: every w_r of a target starts from E(x)
     (without init). config: see sweep.sweep; changes: Config fields."""
@@ -99,13 +103,11 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], con
     wrs = check_wrs(wrs)
     check_writable(out)
     space = changes.get("space") or (config.space if config else None) or G.default_space
-    stems, targets, mk, starts = _load_targets(G, specs, init, mask, space, rep)
+    stems, targets, mk, starts, c = _load_targets(G, specs, init, mask, space, class_index, rep)
     if not stems:
         rep.errors = rep.errors or ["no target could be read"]
         return rep
     cb = progress(0, 1, stems) if progress else None
-    c_vec = G.class_vector(class_index, space)
-    c = None if c_vec is None else c_vec.expand(len(stems), -1)
     sw = sweep(G, torch.stack(targets), wrs, stems, config=config, init=starts, mask=mk, c=c, progress=cb,
                encoder=encoder, **changes)
     best, reason = suggest_wr(sw)
