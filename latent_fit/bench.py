@@ -7,9 +7,10 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .config import Config
+from .config import ENCODED, PROJECTION, Config
 from .devices import memory_fit
 from .errors import LatentFitError
 from .generators.base import Generator
@@ -150,4 +151,40 @@ def format_table(r: dict) -> str:
                  f"largest batch that fits: {r['max_batch']}")
     if r["batch_sizes_too_big"]:
         lines.append(f"left out, too big for the device: {', '.join(map(str, r['batch_sizes_too_big']))}")
+    return "\n".join(lines)
+
+
+# --- time to quality ------------------------------------------------------------------------
+
+PEER = PROJECTION.replace(starts=1, lr=0.1, patience=10 ** 9)   # NVIDIA's projector: one start, 1000 steps
+QUALITY_SEED = 2024   # targets G(z*) from seeds the tests do not use
+
+
+def time_to_quality(G: Generator, encoder=None, *, n: int = 8, loss: str = "mse") -> list[dict]:
+    """Our defaults (from the encoder's start when there is one) against NVIDIA's schedule (one
+    start x 1000 steps, batched), on n targets G(z*) from QUALITY_SEED, in one process: per run
+    its seconds and median / worst PSNR."""
+    space = encoder.space if encoder is not None else G.default_space
+    c = G.cycled_labels(n)
+    with torch.no_grad():
+        targets = G.synthesize(G.sample(n, seed=QUALITY_SEED, space=space, c=c), space, c).clamp(-1, 1)
+    names = [f"q{i}" for i in range(n)]
+    runs = [("latent-fit defaults" + (" (encoder)" if encoder is not None else ""),
+             ENCODED if encoder is not None else PROJECTION, encoder),
+            ("NVIDIA schedule (1 start x 1000 steps)", PEER, None)]
+    rows = []
+    for label, cfg, E in runs:
+        t0 = time.perf_counter()
+        res = project(G, targets, names, config=cfg.replace(loss=loss, space=space), c=c, encoder=E)
+        p = res.metrics["psnr"]
+        rows.append({"run": label, "seconds": time.perf_counter() - t0, "median_psnr": float(np.median(p)),
+                     "worst_psnr": float(p.min()), "candidate_steps_per_target": float(res.metrics["sample_steps"].mean())})
+    return rows
+
+
+def format_quality(rows: list[dict], n: int) -> str:
+    lines = [f"time to quality on {n} generated targets:",
+             f"{'run':<42} {'seconds':>8} {'median dB':>10} {'worst dB':>9} {'cand-steps':>11}"]
+    lines += [f"{r['run']:<42} {r['seconds']:>8.1f} {r['median_psnr']:>10.1f} {r['worst_psnr']:>9.1f} "
+              f"{r['candidate_steps_per_target']:>11.0f}" for r in rows]
     return "\n".join(lines)

@@ -425,9 +425,12 @@ def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_l
 @click.option("--space", help="Latent space [default: the generator's].")
 @click.option("--repeats", default=2, show_default=True, help="Each time is the best of this many runs.")
 @speed_options
+@click.option("--quality", default=8, show_default=True,
+              help="Targets of the time-to-quality table (our defaults vs NVIDIA's schedule); 0: skip it.")
+@encoder_option
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as one JSON line, last.")
 def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps, loss, space, repeats,
-                  precision, channels_last, compile_mode, as_json):
+                  precision, channels_last, compile_mode, quality, encoder, as_json):
     """Measure the batched loop on one device: speedup over one target at a time (batch 1, as
     NVIDIA's projector), loop overhead over a bare forward+backward, image-steps per second,
     memory per sample and the largest batch that fits."""
@@ -444,6 +447,10 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
                 repeats=repeats) | {"precision": precision, "channels_last": channels_last,
                                     "compile": compile_mode}
     click.echo(format_table(res))
+    if quality > 0:
+        from .bench import format_quality, time_to_quality
+        res["time_to_quality"] = time_to_quality(G, starting_point(G, encoder, space, None)[0], n=quality, loss=loss)
+        click.echo(format_quality(res["time_to_quality"], quality))
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
 

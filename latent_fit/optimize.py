@@ -40,7 +40,8 @@ class Result:
     noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
     loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
     steps: np.ndarray                    # [N] steps run by the kept candidate
-    metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused; in the mask), dz_norm: [N] each
+    metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused; in the mask), dz_norm,
+                                         # sample_steps (candidate-steps spent on the target): [N] each
     terms: list[str]                     # loss terms that were used
     config: dict                         # the Config used, as a dict
     seconds: float                       # wall time of the whole batch
@@ -150,6 +151,7 @@ class _Run:
                      "latent_init": torch.empty(n, *self.shape, device=dev),
                      "noise": [torch.empty(n, *s, device=dev) for s in self.noise_shapes]}
         self.steps_run = np.full(n, cfg.steps)
+        self.spent = torch.zeros(n, device=dev)   # candidate-steps per target
         self.history: list[np.ndarray] = []
         self.frames = [] if cfg.save_video else None
         self.next_rung = max(1, round(cfg.prune_every * cfg.steps)) if self.k > 1 else math.inf
@@ -200,6 +202,7 @@ class _Run:
         loss = self.objective(Inputs(images=images, targets=pool.targets, dz=z - pool.latent_init,
                                      wr=pool.wr, mask=pool.mask, noise=noise))
         grads = torch.autograd.grad(loss.sum(), variables)
+        self.spent.index_add_(0, pool.owner, torch.ones_like(loss))
         pool.set_variables(self.adam.step(variables, grads, lr_at(cfg, self.lr, t)))
         with torch.no_grad():
             if cfg.sphere and self.G.gaussian_prior(self.space):
@@ -266,6 +269,7 @@ class _Run:
             measured = self.objective.metrics(Inputs(images=images, targets=self.targets, mask=self.mask,
                                                      dz=latent - latent_init, wr=latent.new_zeros(self.n)))
             measured["dz_norm"] = (latent - latent_init).flatten(1).norm(dim=1)
+            measured["sample_steps"] = self.spent
         if self.frames is not None:
             self.frames.append(to_uint8(images))
         hist = np.stack(self.history, 1) if self.history else np.zeros((self.n, 0))

@@ -17,7 +17,7 @@ from latent_fit.errors import LatentFitError
 
 def test_bench_cli_prints_a_table_and_one_json_line():
     res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--steps", "2", "--batch-sizes", "1,3",
-                                    "--repeats", "1", "--json"])
+                                    "--repeats", "1", "--quality", "0", "--json"])
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert "speedup" in res.output and "largest batch that fits" in res.output

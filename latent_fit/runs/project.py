@@ -22,7 +22,7 @@ from ..report import write_report
 from ..outputs import (Report, check_writable, collect_metrics, input_sha256, output_names, plan,
                        remove_stale_temps, settings_record, write_metrics, write_target)
 
-METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "seconds", "terms"]
+METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "sample_steps", "seconds", "terms"]
 CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
                                   # RAM fills, and a smaller chunk loses less work when killed
 
