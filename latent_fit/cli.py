@@ -14,6 +14,8 @@ from tqdm import tqdm
 from .config import EDIT, ENCODED, PROJECTION
 from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
+from .encoder import TrainSettings
+from .runs.encoder import CHECKPOINT_MINUTES
 from .errors import ArgumentError, LatentFitError
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
@@ -455,13 +457,52 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
         click.echo(json.dumps(res, sort_keys=True))
 
 
+# --- train-encoder (latent_fit/runs/encoder.py does the work) ----------------------------------
+
+@main.command("train-encoder")
+@generator_options
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Encoder file to write (.safetensors; a .md model card and, while training, a .ckpt "
+              "checkpoint go beside it).")
+@click.option("--space", help="Latent space the encoder predicts: z, w or w+ [default: the generator's].")
+@click.option("--steps", default=TrainSettings.steps, show_default=True, help="Training steps.")
+@click.option("--batch-size", default=TrainSettings.batch_size, show_default=True,
+              help="Generator samples per step.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Folder of real images added with a reconstruction loss through G (for photos).")
+@click.option("--checkpoint-minutes", default=CHECKPOINT_MINUTES, show_default=True,
+              help="Minutes between checkpoints; rerunning the same command resumes from the last one.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the training samples.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16: encoder and generator under autocast (for GPUs).")
+@click.option("--compile", "compile_encoder", is_flag=True, help="torch.compile the encoder (for GPUs).")
+def train_encoder_command(generator, network_key, latent_dim, device, out, space, steps, batch_size, images,
+                          checkpoint_minutes, seed, precision, compile_encoder):
+    """Train an image -> latent encoder for a generator from its own samples (no dataset needed);
+    `project --encoder` starts from its guess."""
+    from .runs.encoder import run_train_encoder
+    G = open_generator(generator, network_key, latent_dim, device)
+    bar = tqdm(total=steps, desc="train-encoder", unit="step", dynamic_ncols=True)
+
+    def progress(step, terms):
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
+        if step % 10 == 0 or step == steps:
+            bar.refresh()
+
+    _E, val = run_train_encoder(G, out, space=space, steps=steps, batch_size=batch_size, images=images,
+                                precision=precision, compile=compile_encoder, seed=seed,
+                                checkpoint_minutes=checkpoint_minutes, progress=progress, say=tqdm.write)
+    bar.close()
+    click.echo(f"validation PSNR of G(E(x)) on {len(val)} held-out samples: median {val.median():.2f} dB, "
+               f"worst {val.min():.2f} dB -> {out}")
+
+
 # --- serve (latent_fit/serve does the work) ----------------------------------------------------
 
 @main.command("serve")
 @generator_options
-@click.option("--encoder", default="none", show_default=True,
-              help="Learned start of each projection: none, auto (the generator's encoder, where there "
-              "is one) or an encoder file.")
+@encoder_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback lets other machines in (with a warning).")
 @click.option("--port", default=8000, show_default=True, help="Port (0: any free one).")
