@@ -2,7 +2,8 @@
 
 from .edit import (EditResult, apply_direction, edit, interpolate, linear_boundary, mean_difference,
                    pca_directions, render)
-from .config import EDIT, PROJECTION, Config
+from .config import EDIT, ENCODED, PROJECTION, Config
+from .encoder import Encoder, load_encoder, train_encoder
 from .errors import LatentFitError
 from .generators import load_generator
 from .latents import read_latent_file, write_latent_file
@@ -10,7 +11,7 @@ from .objective import Objective
 from .optimize import Result, project
 from .sweep import SweepResult, realism, suggest_wr, sweep
 
-__all__ = ["LatentFitError", "load_generator", "project", "Config", "PROJECTION", "EDIT", "Objective", "Result",
+__all__ = ["LatentFitError", "load_generator", "Encoder", "load_encoder", "train_encoder", "project", "Config", "PROJECTION", "ENCODED", "EDIT", "Objective", "Result",
            "read_latent_file", "write_latent_file",
            "edit", "EditResult", "render", "apply_direction", "interpolate", "mean_difference",
            "linear_boundary", "pca_directions", "sweep", "SweepResult", "suggest_wr", "realism"]

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from latent_fit import LatentFitError, load_generator, project
+from latent_fit import ENCODED, LatentFitError, load_generator, project
+from latent_fit.encoder import load_encoder
 
 NAMES = [f"t{i}" for i in range(8)]
 
 
 def test_defaults_reconstruct_in_domain_targets(G, in_domain):
+    """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule."""
     targets, _ = in_domain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # offline: LPIPS falls back to MSE
-        res = project(G, targets, NAMES)
+        res = project(G, targets, NAMES, config=ENCODED, encoder=load_encoder("auto", G))
     psnr = res.metrics["psnr"]
     assert np.median(psnr) >= 40, psnr
     assert psnr.min() >= 30, psnr
