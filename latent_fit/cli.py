@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .devices import COMPILE_MODES, PRECISIONS
 from .edit import EDIT_DEFAULTS, PCA_SAMPLES
-from .errors import LatentFitError
+from .errors import LatentFitError, one_line
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .optimize import Config
 from .sweep import SWEEP_WRS
@@ -50,13 +50,22 @@ class Group(click.Group):
 
 def generator_options(f):
     f = click.option("--generator", "-g", default=DEFAULT_GENERATOR, show_default=True,
-                     help="Bundled name, network .pkl / .pt, TorchScript file or module:callable.")(f)
+                     help="Bundled name, network .pkl / .pt, TorchScript .ts file or module:callable.")(f)
     f = click.option("--network-key", default="G_ema", show_default=True,
                      help="Which network of a .pkl to use.")(f)
     f = click.option("--latent-dim", type=int, help="Latent size of a TorchScript/callable generator "
                      "(probed when omitted).")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
+    f = click.option("--torchscript", is_flag=True, expose_value=False, callback=_remember,
+                     help="Read the generator file as TorchScript whatever its name: this runs code "
+                     "stored in the file, so only for files you trust (.ts/.torchscript names are "
+                     "read so anyway).")(f)
     return f
+
+
+def _remember(ctx, param, value):
+    """Keep an option for open_generator without adding it to every command's signature."""
+    ctx.meta[param.name] = value
 
 
 class_option = click.option("--class", "klass", type=int,
@@ -65,8 +74,9 @@ class_option = click.option("--class", "klass", type=int,
 
 def open_generator(generator, network_key, latent_dim, device):
     from .jobs import default_device
+    ctx = click.get_current_context(silent=True)
     return load_generator(generator, default_device(device), network_key=network_key,
-                          latent_dim=latent_dim)
+                          latent_dim=latent_dim, torchscript=bool(ctx and ctx.meta.get("torchscript")))
 
 
 def _optimizer_options(f):
@@ -218,7 +228,7 @@ def _numbers(text: str, option: str) -> list[float]:
 
 def _report_errors(errors: list[str]) -> None:
     for e in errors:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(e)}", err=True)
 
 
 class _ManyValues(click.Command):
