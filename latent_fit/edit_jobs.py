@@ -295,9 +295,10 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], *, 
     items, dup_errors = assign_stems(paths)
     errors += dup_errors
     space = options.get("space") or G.default_space
-    inits = read_init(Path(init), G, space, [s for s, _ in items]) if init else None
-    if inits is not None:
-        errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in items if s not in inits]
+    inits = None
+    if init:
+        inits, init_errors = read_init(Path(init), G, space, items)
+        errors += init_errors
         items = [(s, p) for s, p in items if s in inits]
     shared_mask = load_mask(mask, G.resolution) if mask else None
     stems, targets, masks = [], [], []

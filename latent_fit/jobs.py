@@ -104,20 +104,26 @@ def assign_stems(paths: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
     return list(seen.items()), errors
 
 
-def read_init(spec: Path, G: Generator, space: str, stems: list[str]) -> dict[str, np.ndarray]:
-    """Start latents: one .npz for every target, or a folder of .npz matched by stem."""
+def read_init(spec: Path, G: Generator, space: str, targets: list[tuple[str, Path]]
+              ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(start latents by stem, error lines): one .npz for every target, or a folder of .npz
+    matched by stem, where a target whose file is missing or unreadable gets an error line."""
     shape = G.latent_shape(space)
-    if spec.is_dir():
-        out = {}
-        for s in stems:
-            f = spec / f"{s}.npz"
-            if f.is_file():
-                out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space, G.sha256)
-        if not out:
-            raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
-        return out
-    lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space, G.sha256)
-    return {s: lat for s in stems}
+    if not spec.is_dir():
+        lat = check_compatible(spec, read_latent_file(spec), G.name, shape, space, G.sha256)
+        return {s: lat for s, _ in targets}, []
+    if targets and not any((spec / f"{s}.npz").exists() for s, _ in targets):
+        raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
+    out, errors = {}, []
+    for s, p in targets:
+        f = spec / f"{s}.npz"
+        try:
+            if not (f.exists() or f.is_symlink()):
+                raise LatentFitError(f"{p}: no start latent {s}.npz in {spec}")
+            out[s] = check_compatible(f, read_latent_file(f), G.name, shape, space, G.sha256)
+        except LatentFitError as e:
+            errors.append(str(e))
+    return out, errors
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator,
@@ -170,7 +176,8 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     w.writeheader()
     w.writerows([{k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
                   for k, v in r.items()} for r in rows])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8",
+                                                        errors="surrogateescape"))   # names as their files
 
 
 def write_metrics(out: Path, columns: list[str] = METRIC_COLUMNS) -> list[dict]:
@@ -212,11 +219,11 @@ def project_files(G: Generator, specs: list[str], out: Path, *, batch_size: int 
     for stem, p in targets:
         (rep.skipped if is_complete(out, stem) else todo).append((stem, p))
     space = options.get("space") or G.default_space
-    inits = read_init(Path(init), G, space, [s for s, _ in todo]) if init else None
-    if inits is not None:
-        missing = [s for s, _ in todo if s not in inits]
-        rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s in missing]
-        todo = [(s, p) for s, p in todo if s not in missing]
+    inits = None
+    if init:
+        inits, init_errors = read_init(Path(init), G, space, todo)
+        rep.errors += init_errors
+        todo = [(s, p) for s, p in todo if s in inits]
     c_vec = class_vector(G, classes, space)
 
     if batch_size == "auto":
