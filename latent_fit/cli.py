@@ -16,7 +16,7 @@ from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
 from .encoder import TrainSettings
 from .runs.encoder import CHECKPOINT_MINUTES
-from .errors import ArgumentError, LatentFitError
+from .errors import ArgumentError, LatentFitError, one_line
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
 from .sweep import SWEEP_WRS
@@ -62,9 +62,10 @@ class Group(click.Group):
                 _fail(str(e))
 
 
-def _keep_num_classes(ctx, param, value):
-    """--num-classes reaches open_generator through the context, so that commands need not pass it."""
-    ctx.meta["num_classes"] = value
+def _remember(ctx, param, value):
+    """Keep an option (--num-classes, --torchscript) for open_generator through the context,
+    so that commands need not pass it."""
+    ctx.meta[param.name] = value
 
 
 def generator_options(f):
@@ -75,10 +76,14 @@ def generator_options(f):
                      help="Which network of a .pkl to use.")(f)
     f = click.option("--latent-dim", type=int, help="Latent size of a TorchScript/callable generator "
                      "(probed when omitted).")(f)
-    f = click.option("--num-classes", type=click.IntRange(min=0), expose_value=False, callback=_keep_num_classes,
+    f = click.option("--num-classes", type=click.IntRange(min=0), expose_value=False, callback=_remember,
                      help="A conditional TorchScript/callable generator: called as forward(z, c) with one-hot "
                      "c [N, num_classes] [default: its c_dim attribute, else unconditional].")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(f)
+    f = click.option("--torchscript", is_flag=True, expose_value=False, callback=_remember,
+                     help="Read the generator file as TorchScript whatever its name: this runs code "
+                     "stored in the file, so only for files you trust (.ts/.torchscript names are "
+                     "read so anyway).")(f)
     return f
 
 
@@ -106,7 +111,8 @@ class_option = click.option("--class", "class_index", type=int,
 def open_generator(generator, network_key, latent_dim, device):
     ctx = click.get_current_context(silent=True)
     return load_generator(generator, default_device(device), network_key=network_key,
-                          latent_dim=latent_dim, num_classes=ctx.meta.get("num_classes") if ctx else None)
+                          latent_dim=latent_dim, num_classes=ctx.meta.get("num_classes") if ctx else None,
+                          torchscript=bool(ctx and ctx.meta.get("torchscript")))
 
 
 def _optimizer_options(f):
@@ -223,7 +229,7 @@ def _finish(rep: Report, t0: float, out, who: str = "") -> None:
     for note in rep.notes:
         click.echo(f"{who}{note}")
     for e in rep.errors:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(e)}", err=True)
     if rep.interrupted:
         click.echo(f"{who}interrupted: {len(rep.done) + len(rep.skipped)} target(s) complete in {out}; "
                    "run the same command again to finish the job", err=True)

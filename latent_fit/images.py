@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import LatentFitError
 from .outputs import atomic_write
 
+MAX_PIXELS = 2 ** 26   # 67 megapixels (8192 x 8192): larger images are refused before decoding
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -29,23 +33,62 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (a folder, FIFO, device, socket, broken symlink or
+    symlink loop), or None for a regular file or one that does not exist."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "broken symlink" if path.is_symlink() else None
+    except OSError as e:
+        return e.strerror.lower() if e.errno == errno.ELOOP else f"cannot read ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    return {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(
+        stat.S_IFMT(mode), "a device") + ", not a file"
+
+
+def _decode(path: Path, what: str) -> Image.Image:
+    """The image at `path`, EXIF rotation applied, decoded. Refuses anything but a regular file,
+    and images of more than MAX_PIXELS before decoding them."""
+    problem = file_problem(path)
+    if problem:
+        raise LatentFitError(f"{path}: {problem}")
+    try:
+        if path.stat().st_size == 0:
+            raise LatentFitError(f"{path}: empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise LatentFitError(_too_many_pixels(path, f"{img.width}x{img.height}"))
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                return img
+    except FileNotFoundError:
+        raise LatentFitError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise LatentFitError(f"{path}: not an image Pillow can read") from None
+    except Image.DecompressionBombError:   # Pillow's own check, at twice its warning size
+        raise LatentFitError(_too_many_pixels(path, "over 178 million")) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise LatentFitError(f"{path}: unreadable {what} ({' '.join(str(e).split())})") from None
+
+
+def _too_many_pixels(path: Path, size: str) -> str:
+    return (f"{path}: {size} pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression "
+            "bomb?); scale the image down first")
+
+
 def load_image(path: str | Path, resolution: int, background=(255, 255, 255), channels: int = 3) -> torch.Tensor:
     """Read any image as [channels, resolution, resolution] in [-1, 1]: EXIF rotation applied,
     alpha composited on `background`, center-cropped to a square and resized (Lanczos);
     channels 1: converted to gray (ITU-R 601 luma)."""
     path = Path(path)
+    img = _decode(path, "image")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            rgb = _to_rgb(img, tuple(background))
-    except FileNotFoundError:
-        raise LatentFitError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise LatentFitError(f"{path}: is a folder, not an image") from None
-    except UnidentifiedImageError:
-        raise LatentFitError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as e:
+        rgb = _to_rgb(img, tuple(background))
+    except (OSError, ValueError) as e:
         raise LatentFitError(f"{path}: unreadable image ({e})") from None
     w, h = rgb.size
     s = min(w, h)
@@ -61,12 +104,10 @@ def load_image(path: str | Path, resolution: int, background=(255, 255, 255), ch
 def load_mask(path: str | Path, resolution: int) -> torch.Tensor:
     """A grayscale (or alpha) mask as [1, resolution, resolution] in [0, 1]."""
     path = Path(path)
+    img = _decode(path, "mask")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            m = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        m = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+    except (OSError, ValueError) as e:
         raise LatentFitError(f"{path}: unreadable mask ({e})") from None
     if m.size != (resolution, resolution):
         raise LatentFitError(f"{path}: mask is {m.size[0]}x{m.size[1]}, the generator makes "
@@ -200,24 +241,34 @@ def find_images(specs: list[str]) -> tuple[list[Path], list[str]]:
 
 def find_files(specs: list[str], suffixes: set[str], what: str) -> tuple[list[Path], list[str]]:
     """Expand files, folders (their files with these suffixes, sorted) and globs; `what` names
-    the kind in errors. Returns (paths, errors)."""
+    the kind in errors. Returns (paths, errors); an error line for each path that is not a
+    regular file (a folder named x.png, a FIFO, a symlink loop, ...)."""
     import glob
     paths, errors = [], []
+
+    def add(found: list[Path]) -> None:
+        for q in found:
+            problem = file_problem(q)
+            if problem:
+                errors.append(f"{q}: {problem}")
+            else:
+                paths.append(q)
+
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes and q.is_file())
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
             if not found:
                 errors.append(f"{spec}: folder has no {what} ({', '.join(sorted(suffixes))})")
-            paths += found
-        elif p.exists():
-            paths.append(p)
+            add(found)
+        elif p.exists() or p.is_symlink():
+            add([p])
         elif any(ch in spec for ch in "*?["):
             found = sorted(Path(q) for q in glob.glob(spec, recursive=True)
                            if Path(q).suffix.lower() in suffixes)
             if not found:
                 errors.append(f"{spec}: pattern matches no {what}")
-            paths += found
+            add(found)
         else:
             errors.append(f"{spec}: file not found")
     return list(dict.fromkeys(paths)), errors

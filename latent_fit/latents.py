@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib import format as npformat
 
 from .errors import LatentFitError
 from .images import assign_stems, find_files
 from .outputs import atomic_write
 
 FORMAT_VERSION = 1
+MAX_FILE_BYTES = 2 ** 28   # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
 REQUIRED = ("latent", "space", "generator")
 
 
@@ -46,28 +50,63 @@ def write_latent_file(path: Path, **arrays) -> None:
 
 
 def read_latent_file(path: str | Path) -> dict:
-    """Read and check a latent file; text entries come back as str, JSON entries as dicts."""
+    """Read and check a latent file; text entries come back as str, JSON entries as dicts.
+    A damaged or foreign file is one LatentFitError line, in bounded time and memory."""
     path = Path(path)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise LatentFitError(f"{path}: not a latent .npz file (not a zip archive)")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise LatentFitError(f"{path}: latent file not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise LatentFitError(f"{path}: not a latent .npz file ({e})") from None
+    data = _read_npz(path)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise LatentFitError(f"{path}: not a latent-fit file (missing key {missing[0]!r})")
     out = {}
     for k, v in data.items():
         if v.dtype.kind == "U":
+            if v.ndim:
+                raise LatentFitError(f"{path}: entry {k!r} is not one text")
             v = str(v)
             if k in ("config", "metrics", "record"):
-                v = json.loads(v)
+                try:
+                    v = json.loads(v)
+                except (ValueError, RecursionError):
+                    raise LatentFitError(f"{path}: entry {k!r} is not JSON text") from None
         out[k] = v
+    if out["latent"].dtype.kind not in "fiu" or not all(isinstance(out[k], str) for k in ("space", "generator")):
+        raise LatentFitError(f"{path}: not a latent-fit file (its latent is not numbers or its space not text)")
     return out
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz without pickles, read within MAX_FILE_BYTES: each array's declared
+    size is checked against the bytes present before anything is made of it."""
+    from .generators.untrusted import read_capped
+    try:
+        raw = read_capped(path, MAX_FILE_BYTES)
+        if not zipfile.is_zipfile(io.BytesIO(raw)):
+            raise LatentFitError("not a zip archive")
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            infos = [i for i in z.infolist() if i.filename.endswith(".npy")]
+            if sum(i.file_size for i in infos) > MAX_FILE_BYTES:
+                raise LatentFitError("its arrays would unpack to more than the file size limit")
+            return {i.filename[:-4]: _npy(z.read(i), i.filename) for i in infos}
+    except FileNotFoundError:
+        raise LatentFitError(f"{path}: latent file not found") from None
+    except OSError as e:
+        raise LatentFitError(f"{path}: cannot read the latent file ({e.strerror or e})") from None
+    except LatentFitError as e:
+        raise LatentFitError(f"{path}: not a latent .npz file ({e})") from None
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+        raise LatentFitError(f"{path}: not a latent .npz file ({' '.join(str(e).split())})") from None
+
+
+def _npy(raw: bytes, name: str) -> np.ndarray:
+    f = io.BytesIO(raw)
+    version = npformat.read_magic(f)
+    header = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(version)
+    if header is None:
+        raise LatentFitError(f"{name}: unsupported .npy version {version}")
+    shape, fortran, dtype = header(f)
+    if dtype.hasobject or math.prod(shape) * dtype.itemsize != len(raw) - f.tell():
+        raise LatentFitError(f"{name}: holds objects, or its size does not match its shape")
+    return np.frombuffer(raw, dtype, math.prod(shape), f.tell()).reshape(shape, order="F" if fortran else "C").copy()
 
 
 def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str,
@@ -119,17 +158,26 @@ def read_latents(specs: list[str], G, space: str | None = None, class_index: int
 
 
 def read_init(spec: Path, G, space: str, stems: list[str], class_index: int | None = None
-              ) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
-    """Start latents and their classes (see stored_class), by stem: one .npz for every stem, or a
-    folder of <stem>.npz matched by stem."""
+              ) -> tuple[dict[str, np.ndarray], dict[str, int | None], list[str]]:
+    """Start latents and their classes (see stored_class) by stem, and error lines: one .npz for
+    every stem (its errors raise: they concern every target), or a folder of <stem>.npz matched
+    by stem (a missing or unreadable file is that target's error line)."""
     shape = G.latent_shape(space)
-    if spec.is_dir():
-        files = {s: spec / f"{s}.npz" for s in stems if (spec / f"{s}.npz").is_file()}
-        if not files:
-            raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
-    else:
-        files = {s: spec for s in stems}
-    data = {f: read_latent_file(f) for f in dict.fromkeys(files.values())}
-    lats = {f: check_compatible(f, d, G.name, shape, space, G.sha256) for f, d in data.items()}
-    return ({s: lats[f] for s, f in files.items()},
-            {s: stored_class(data[f], class_index) for s, f in files.items()})
+    if not spec.is_dir():
+        data = read_latent_file(spec)
+        lat = check_compatible(spec, data, G.name, shape, space, G.sha256)
+        return {s: lat for s in stems}, {s: stored_class(data, class_index) for s in stems}, []
+    if stems and not any((spec / f"{s}.npz").exists() for s in stems):
+        raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
+    lats, classes, errors = {}, {}, []
+    for s in stems:
+        f = spec / f"{s}.npz"
+        try:
+            if not (f.exists() or f.is_symlink()):
+                raise LatentFitError(f"{f}: no start latent for target {s}")
+            data = read_latent_file(f)
+            lats[s] = check_compatible(f, data, G.name, shape, space, G.sha256)
+            classes[s] = stored_class(data, class_index)
+        except LatentFitError as e:
+            errors.append(str(e))
+    return lats, classes, errors

@@ -12,8 +12,10 @@ _M32 = 0xFFFFFFFF
 
 
 def name_key(seed: int, name: str, start: int = 0) -> int:
-    """A 32-bit key for one start of one named target."""
-    digest = hashlib.blake2b(f"{seed}\0{name}\0{start}".encode(), digest_size=4).digest()
+    """A 32-bit key for one start of one named target (a name from a file name that is not
+    UTF-8 is hashed as its bytes)."""
+    digest = hashlib.blake2b(f"{seed}\0{name}\0{start}".encode("utf-8", "surrogateescape"),
+                             digest_size=4).digest()
     return int.from_bytes(digest, "little")
 
 

@@ -1,8 +1,7 @@
-"""Finding and loading generators: bundled names, TorchScript files, `module:callable`, pickles."""
+"""Finding and loading generators: bundled names, network pickles, TorchScript files, `module:callable`."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import torch
@@ -38,32 +37,32 @@ def _load_bundled(name: str) -> Generator:
     return dcgan.DCGAN(load_file(path), name=name, sha256=sha)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files holding a code/ folder."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
 
 
 def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "cpu", *,
                    network_key: str = "G_ema", latent_dim: int | None = None,
-                   resolution: int | None = None, num_classes: int | None = None) -> Generator:
+                   resolution: int | None = None, num_classes: int | None = None,
+                   torchscript: bool = False) -> Generator:
     """Load a generator from a bundled name, a .pkl/.pt network file, a TorchScript file
     or `module:callable` (an nn.Module mapping [N, latent_dim] to [N, 3, H, W] or grayscale
     [N, 1, H, W] in [-1, 1]). num_classes: a TorchScript/callable module is conditional, called
     as module(z, c) with one-hot c [N, num_classes] (default: its `c_dim` attribute, else 0).
+
+    Network pickles and checkpoints are read without running anything stored in them.
+    TorchScript runs code stored in the file, and `module:callable` runs your code: a file is
+    read as TorchScript only when its name ends in .ts / .torchscript or with torchscript=True.
     """
     from .wrapped import Wrapped, from_callable, from_torchscript
     spec = str(spec)
+    path = Path(spec)
     if spec in BUNDLED:
         G = _load_bundled(spec)
-    elif Path(spec).suffix in (".pkl", ".pt", ".pth", ".ts") or Path(spec).exists():
-        path = Path(spec)
+    elif path.suffix in (".pkl", ".pt", ".pth", *TORCHSCRIPT_SUFFIXES) or path.exists() or torchscript:
         if not path.is_file():
-            raise LatentFitError(f"{spec}: generator file not found (bundled names: {', '.join(BUNDLED)})")
-        if _is_torchscript(path):
+            raise LatentFitError(f"{spec}: " + ("not a regular file" if path.exists() else
+                                 f"generator file not found (bundled names: {', '.join(BUNDLED)})"))
+        if torchscript or path.suffix in TORCHSCRIPT_SUFFIXES:
             G = from_torchscript(path, latent_dim, resolution, num_classes)
         else:   # network pickles and rosinality checkpoints
             from .pickles import load_stylegan
@@ -72,7 +71,7 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
         G = from_callable(spec, latent_dim, resolution, num_classes)
     else:
         raise LatentFitError(f"{spec}: unknown generator; give a bundled name ({', '.join(BUNDLED)}), "
-                             "a .pkl/.pt/TorchScript file or module:callable")
+                             "a .pkl/.pt network, a .ts TorchScript file, module:callable or file.py:callable")
     if num_classes is not None and not isinstance(G, Wrapped):
         raise ArgumentError("num_classes", num_classes, f"only for TorchScript and module:callable generators; "
                             f"{spec} has {G.c_dim} classes of its own")

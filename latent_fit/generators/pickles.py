@@ -3,34 +3,34 @@
 Network pickles (stylegan2-ada-pytorch, and the StyleGAN2 and StyleGAN3 networks of the stylegan3 repo) are in the
 torch_utils.persistence format: each network is pickled as `_reconstruct_persistent_obj(meta)` with
 its class name, module source code and module state (`__dict__`). The official loader executes that
-source; here an Unpickler resolves only an allowlist of globals, the reconstructor becomes a stand-in
-that keeps the state, and the weights are gathered from the pickled `_parameters`, `_buffers` and
-`_modules`. rosinality/stylegan2-pytorch checkpoints (torch.save with 'g_ema') are read with
-torch.load(weights_only=True) and renamed onto the official parameter names.
+source; here an Unpickler resolves only an allowlist of globals (see untrusted.py), the
+reconstructor becomes a stand-in that keeps the state, and the weights are gathered from the
+pickled `_parameters`, `_buffers` and `_modules`. rosinality/stylegan2-pytorch checkpoints
+(torch.save with 'g_ema') are read by the same means and renamed onto the official parameter
+names. Before a network is built, its size is bounded from the file's tensors and init_kwargs, and
+it is built on the meta device (no memory) to compare its tensors' shapes with the file's.
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
 import hashlib
-import io
+import numbers
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch.nn.modules import module as nn_module
 
 from ..errors import LatentFitError
 from .stylegan2 import StyleGAN2Generator, lowpass_filter
 from .stylegan3 import StyleGAN3Generator
+from .untrusted import (LEGACY_TORCH_MAGIC, NUMPY_GLOBALS, TORCH_GLOBALS, NDArray, Refused, describe, load_storage_bytes,
+                        read_capped, read_torch_file, unpickle)
 
-try:
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _multiarray
-
-_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a torch.save file in the legacy format
+MAX_FILE_BYTES = 8 * 2 ** 30        # read no more of a network file than this
+MAX_NETWORK_NUMBERS = 2 ** 29       # 2 GiB of float32 in the generator's tensors
+MAX_INIT_INT = 2 ** 20              # resolutions, channels, dims and counts in init_kwargs
+MAX_INIT_ITEMS = 64                 # items of a list or dict in init_kwargs
 _GENERATOR_ARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"}
 STYLEGAN3_REPO_CONV_CLAMP = 256   # the default of the stylegan3 repo's StyleGAN2 (stylegan2-ada-pytorch: None)
 
@@ -38,99 +38,101 @@ STYLEGAN3_REPO_CONV_CLAMP = 256   # the default of the stylegan3 repo's StyleGAN
 class _Persistent:
     """Stand-in for a torch_utils.persistence object: class name and pickled state; source never run."""
 
-    def __init__(self, meta):
-        if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
-            raise pickle.UnpicklingError("malformed persistent object")
-        self.class_name, self.state = meta.get("class_name"), meta["state"]
-        self.module_src = meta.get("module_src") if isinstance(meta.get("module_src"), str) else ""
+    def __init__(self, class_name: str, state: dict, module_src: str = ""):
+        self.class_name, self.state, self.module_src = class_name, state, module_src
+
+
+def _persistent(meta):   # torch_utils.persistence._reconstruct_persistent_obj
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict) \
+            or not isinstance(meta.get("class_name"), str) or len(meta["class_name"]) > 100:
+        raise pickle.UnpicklingError("malformed persistent object")
+    src = meta.get("module_src")
+    return _Persistent(meta["class_name"], meta["state"], src if isinstance(src, str) else "")
 
 
 class _EasyDict(dict):
     """Stand-in for dnnlib.EasyDict."""
 
 
-def _tensor(storage, offset, size, stride, *_):  # torch._utils._rebuild_tensor(_v2); hooks dropped
-    return torch.empty(0, dtype=storage.dtype).set_(storage, offset, size, stride)
-
-
-def _parameter(data, *_):  # torch._utils._rebuild_parameter(_with_state): the plain tensor
-    return data
-
-
-def _storage(data):  # torch.storage._load_from_bytes, without its weights_only=False
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+class _Namespace:
+    """Stand-in for the argparse.Namespace of rosinality checkpoints: kept, never used."""
 
 
 def _latin1(text, encoding="latin1"):  # _codecs.encode: how protocol-2 pickles store bytes
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"unexpected encoding {encoding!r}")
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("unexpected string encoding")
     return text.encode("latin1")
 
 
 _ALLOWED = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Persistent,
-    ("torch._utils", "_rebuild_tensor"): _tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
-    ("torch._utils", "_rebuild_parameter"): _parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
-    ("torch.storage", "_load_from_bytes"): _storage,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
+    ("torch.storage", "_load_from_bytes"): load_storage_bytes,
     ("dnnlib.util", "EasyDict"): _EasyDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
+    **{(m, "set"): set for m in ("builtins", "__builtin__")},   # __builtin__: protocol 2
+    **{(m, "frozenset"): frozenset for m in ("builtins", "__builtin__")},
+    **{(m, "slice"): slice for m in ("builtins", "__builtin__")},
     ("_codecs", "encode"): _latin1,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    **{(m, "scalar"): _multiarray.scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(m, "_reconstruct"): _multiarray._reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **TORCH_GLOBALS,
+    **NUMPY_GLOBALS,
 }
+_CHECKPOINT_GLOBALS = {**TORCH_GLOBALS, ("argparse", "Namespace"): _Namespace}
 
 
-class _NetworkUnpickler(pickle.Unpickler):
+def _find_class(module: str, name: str):
     """Resolves only the globals of `_ALLOWED`; anything else ends the load."""
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[module, name]
-        if module.startswith("dnnlib.tflib"):
-            raise LatentFitError("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of "
-                                 "stylegan2-ada-pytorch first")
-        raise LatentFitError(f"refusing to load global '{module}.{name}' (not a network-pickle type)")
+    if (module, name) in _ALLOWED:
+        return _ALLOWED[module, name]
+    if module.startswith("dnnlib.tflib"):
+        raise Refused("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of "
+                             "stylegan2-ada-pytorch first")
+    raise Refused(f"refusing to load global '{module[:60]}.{name[:60]}' (not a network-pickle type)")
 
 
 def load_stylegan(path: str | Path, network_key: str = "G_ema") -> StyleGAN2Generator:
     """The StyleGAN2 or StyleGAN3 generator `network_key` ('G_ema' or 'G') of a network pickle or
-    of a rosinality/stylegan2-pytorch checkpoint; named after the file stem, with the file's sha256."""
+    of a rosinality/stylegan2-pytorch checkpoint; named after the file stem, with the file's sha256.
+    Whatever the file holds, a failure is one LatentFitError line naming it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_capped(path, MAX_FILE_BYTES)
         init_kwargs, state_dict, untracked_w_avg = _read_generator(data, network_key)
         cls = StyleGAN3Generator if _is_stylegan3(state_dict) else StyleGAN2Generator
-        G = cls.from_state_dict(init_kwargs, state_dict, name=path.stem, sha256=hashlib.sha256(data).hexdigest())
+        G = _build(cls, init_kwargs, state_dict, name=path.stem, sha256=hashlib.sha256(data).hexdigest())
+        if untracked_w_avg:
+            _estimate_w_avg(G)
+        return G
     except OSError as e:
         raise LatentFitError(f"{path}: cannot read the file ({e.strerror or e})") from None
     except LatentFitError as e:
         raise LatentFitError(f"{path}: {e}") from None
-    if untracked_w_avg:  # estimate it as the stylegan2-ada projector does
-        z = torch.randn(10_000, G.z_dim, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(dim=0))
-    return G
+    except Exception as e:   # a file we did not foresee must still end in one line
+        raise LatentFitError(f"{path}: not a usable network file ({describe(e)})") from None
+
+
+def _estimate_w_avg(G: StyleGAN2Generator, n: int = 10_000) -> None:
+    """w_avg as the stylegan2-ada projector estimates it, from n samples of the mapping (in
+    chunks of about 16 MB, whatever z_dim the file declares)."""
+    gen = torch.Generator().manual_seed(0)
+    chunk = max(1, 2 ** 22 // max(G.z_dim, G.w_dim))
+    total = torch.zeros(G.w_dim)
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            total += G.mapping(torch.randn(min(chunk, n - i), G.z_dim, generator=gen))[:, 0].sum(dim=0)
+        G.mapping.w_avg.copy_(total / n)
 
 
 def _read_generator(data: bytes, network_key: str) -> tuple[dict, dict, bool]:
     """(init_kwargs, state_dict, whether w_avg is missing) of the generator in a file's bytes."""
     if data[:4] == b"PK\x03\x04":  # torch.save zip file
-        return _rosinality_generator(_torch_load(data), network_key)
+        return _rosinality_generator(read_torch_file(data, _CHECKPOINT_GLOBALS), network_key)
     try:
-        obj = _NetworkUnpickler(io.BytesIO(data)).load()
-    except LatentFitError:
+        obj = unpickle(data, _find_class)[0]
+    except Refused:
         raise
-    except Exception as e:  # whatever a damaged or foreign file makes the unpickler raise
-        raise LatentFitError(f"not a network pickle or torch checkpoint ({_one_line(e)})") from None
-    if isinstance(obj, int) and obj == _LEGACY_TORCH_MAGIC:
-        return _rosinality_generator(_torch_load(data), network_key)
+    except LatentFitError as e:
+        raise LatentFitError(f"not a network pickle or torch checkpoint ({e})") from None
+    if type(obj) is int and obj == LEGACY_TORCH_MAGIC:
+        return _rosinality_generator(read_torch_file(data, _CHECKPOINT_GLOBALS), network_key)
     if not isinstance(obj, dict):
         raise LatentFitError(f"not a network pickle (it holds a {type(obj).__name__}, not a dict of networks)")
     return (*_pickled_generator(obj, network_key), False)
@@ -138,7 +140,8 @@ def _read_generator(data: bytes, network_key: str) -> tuple[dict, dict, bool]:
 
 def _pickled_generator(networks: dict, key: str) -> tuple[dict, dict]:
     if key not in networks:
-        raise LatentFitError(f"has no network {key!r} (it has: {', '.join(map(str, networks))})")
+        names = ", ".join(str(k)[:40] for k in list(networks)[:10] if isinstance(k, str))
+        raise LatentFitError(f"has no network {key!r} (it has: {names})")
     net = networks[key]
     if not isinstance(net, _Persistent):
         raise LatentFitError(f"{key!r} is not a network")
@@ -169,38 +172,93 @@ def _by_stylegan3_repo(init_kwargs: dict, module_src: str) -> bool:
 
 def _module_state_dict(obj: _Persistent, prefix: str = "") -> dict[str, torch.Tensor]:
     """What module.state_dict() gives, from the pickled state of a module and its children."""
+    if prefix.count(".") > 16:
+        raise LatentFitError(f"modules nested too deeply at {prefix[:60]!r}")
     state = obj.state
     skip = state.get("_non_persistent_buffers_set") or ()
-    out = {prefix + k: v for k, v in (state.get("_parameters") or {}).items() if v is not None}
-    out.update({prefix + k: v for k, v in (state.get("_buffers") or {}).items() if v is not None and k not in skip})
+    tensors = {**(state.get("_parameters") or {}),
+               **{k: v for k, v in (state.get("_buffers") or {}).items() if k not in skip}}
+    out = {}
+    for k, v in tensors.items():
+        if v is not None:
+            if not (isinstance(k, str) and isinstance(v, torch.Tensor)):
+                raise LatentFitError(f"{prefix}{str(k)[:40]} is not a tensor")
+            out[prefix + k] = v
     for name, child in (state.get("_modules") or {}).items():
         if child is None:
             continue
-        if not isinstance(child, _Persistent):
-            raise LatentFitError(f"module {prefix + name!r} is not a network module")
+        if not (isinstance(name, str) and isinstance(child, _Persistent)):
+            raise LatentFitError(f"module {prefix}{str(name)[:40]!r} is not a network module")
         out.update(_module_state_dict(child, f"{prefix}{name}."))
     return out
 
 
-def _plain(x):
-    """EasyDicts (and the containers holding them) as plain dicts."""
+def _plain(x, depth: int = 0):
+    """EasyDicts (and the containers holding them) as plain dicts, pickled numpy arrays as arrays."""
+    if depth > 8:
+        raise LatentFitError("init_kwargs nested too deeply")
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: _plain(v, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
-    return x
+        return type(x)(_plain(v, depth + 1) for v in x)
+    return x.array if isinstance(x, NDArray) else x
 
 
-def _torch_load(data: bytes):
+def _check_size(init_kwargs: dict, state_dict: dict) -> None:
+    """Refuse a network too large to build, before anything is built: by the total size of the
+    file's tensors and by every whole number in init_kwargs."""
+    total = sum(t.numel() for t in state_dict.values())
+    if total > MAX_NETWORK_NUMBERS:
+        raise LatentFitError(f"its tensors hold {total:,} numbers, more than the {MAX_NETWORK_NUMBERS:,} "
+                             "latent-fit loads")
+
+    def check(x, where, depth=0):
+        if depth > 4 or (isinstance(x, (list, tuple, dict)) and len(x) > MAX_INIT_ITEMS):
+            raise LatentFitError(f"init_kwargs {where} is nested too deeply or too long")
+        if isinstance(x, dict):
+            for k, v in x.items():
+                check(v, f"{where}.{str(k)[:40]}".lstrip("."), depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                check(v, where, depth + 1)
+        elif isinstance(x, numbers.Integral) and not 0 <= x <= MAX_INIT_INT:
+            raise LatentFitError(f"init_kwargs {where} = {x if abs(x) < 10 ** 20 else 'huge'} is out of "
+                                 f"range (0..{MAX_INIT_INT})")
+    if not isinstance(init_kwargs, dict):
+        raise LatentFitError("its init_kwargs are not a dict")
+    check(init_kwargs, "")
+
+
+def _build(cls, init_kwargs: dict, state_dict: dict, name: str, sha256: str):
+    """cls(**init_kwargs) with the file's weights, once a build on the meta device (no memory)
+    shows that its tensors have the file's names and shapes."""
+    _check_size(init_kwargs, state_dict)
+    kind = cls.__name__.removesuffix("Generator")
+    registrations, limit = [0], 4 * len(state_dict) + 64
+
+    def count(*_):   # a network with far more layers than the file has weights: stop early
+        registrations[0] += 1
+        if registrations[0] > limit:
+            raise LatentFitError(f"init_kwargs describe a network with far more layers than the file's "
+                                 f"{len(state_dict)} tensors")
+    hooks = [nn_module.register_module_module_registration_hook(count),
+             nn_module.register_module_parameter_registration_hook(count)]
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # rosinality saves its args
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file, or one holding more than tensors and plain containers
-        raise LatentFitError(f"not a readable torch checkpoint ({_one_line(e)})") from None
-
-
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+        with torch.device("meta"):
+            shapes = {k: tuple(t.shape) for k, t in cls(**init_kwargs).state_dict().items()}
+    except LatentFitError:
+        raise
+    except Exception as e:   # the constructor given odd values: TypeError, ZeroDivisionError, ...
+        raise LatentFitError(f"unsupported {kind} configuration ({describe(e)})") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    for k in [*shapes, *(k for k in state_dict if k not in shapes)]:
+        if shapes.get(k) != (tuple(state_dict[k].shape) if k in state_dict else None):
+            what = ("missing" if k not in state_dict else "unexpected" if k not in shapes
+                    else f"of shape {list(state_dict[k].shape)[:6]}, the network's is {list(shapes[k])}")
+            raise LatentFitError(f"weights do not fit a {kind} generator: tensor {k[:80]!r} {what}")
+    return cls.from_state_dict(init_kwargs, state_dict, name=name, sha256=sha256)
 
 
 def _rosinality_generator(ckpt, network_key: str) -> tuple[dict, dict, bool]:
@@ -208,7 +266,8 @@ def _rosinality_generator(ckpt, network_key: str) -> tuple[dict, dict, bool]:
     if key not in ("g_ema", "g"):
         raise LatentFitError(f"network {network_key!r} is not a generator; use G_ema or G")
     if not isinstance(ckpt, dict) or key not in ckpt:
-        has = ", ".join(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        has = (", ".join(k[:40] for k in list(ckpt)[:10] if isinstance(k, str)) if isinstance(ckpt, dict)
+               else type(ckpt).__name__)
         raise LatentFitError(f"not a rosinality stylegan2-pytorch checkpoint: no {key!r} (it has: {has})")
     w_avg = ckpt.get("latent_avg")
     return (*rosinality_to_stylegan2(ckpt[key], w_avg), w_avg is None)

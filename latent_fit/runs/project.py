@@ -138,9 +138,10 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
         return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
     todo, rep.skipped, note = plan(out, targets, record, inputs)
     rep.notes += [note] if note else []
-    inits, classes = read_init(init, G, space, [s for s, _ in todo], class_index) if init else (None, {})
+    inits, classes, init_errors = read_init(init, G, space, [s for s, _ in todo], class_index) if init \
+        else (None, {}, [])
+    rep.errors += init_errors
     if inits is not None:
-        rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in todo if s not in inits]
         todo = [(s, p) for s, p in todo if s in inits]
     if batch_size == "auto":
         batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg)

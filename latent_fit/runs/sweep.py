@@ -69,9 +69,10 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
     paths, rep.errors = find_images(specs)
     items, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
-    inits, classes = read_init(Path(init), G, space, [s for s, _ in items], class_index) if init else (None, {})
+    inits, classes, init_errors = read_init(Path(init), G, space, [s for s, _ in items], class_index) if init \
+        else (None, {}, [])
+    rep.errors += init_errors
     if inits is not None:
-        rep.errors += [f"{p}: no start latent {s}.npz in {init}" for s, p in items if s not in inits]
         items = [(s, p) for s, p in items if s in inits]
     shared_mask = load_mask(mask, G.resolution) if mask else None
     stems, targets, masks = [], [], []

@@ -1,0 +1,442 @@
+"""Hostile network files, images and latent files: every load runs nothing from the file and ends
+in one clean LatentFitError line naming it (or a successful load), under a memory cap and a
+timeout. Each load runs in a child forked from one warm loader process (importing torch once
+keeps the file fast); a crash, a traceback or a timeout fails the test."""
+
+import collections
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+from typing import Tuple
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import latent_fit
+from latent_fit.generators.stylegan2 import StyleGAN2Generator
+from latent_fit.latents import write_latent_file
+
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray
+
+MEMORY_CAP = 1536 * 2 ** 20   # bytes a load may add to the warm loader's address space
+TIMEOUT = 30                  # seconds per load; a healthy one takes well under 1 s
+TINY = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3,
+            mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=8))
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+FAST = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+LOADER = r"""
+import json, os, resource, signal, sys, time, traceback
+import torch
+torch.set_num_threads(1)
+from latent_fit.errors import LatentFitError
+from latent_fit.generators import load_generator
+from latent_fit.generators.stylegan2 import StyleGAN2Generator
+from latent_fit.images import load_image
+from latent_fit.latents import read_latent_file
+
+with torch.device("meta"):   # the meta kernels load once here, not in every child
+    StyleGAN2Generator(8, 0, 8, 8, 3, synthesis_kwargs=dict(channel_base=64, channel_max=8))
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.RLIM_INFINITY))
+LOAD = {"generator": lambda p, o: load_generator(p, **o), "image": lambda p, o: load_image(p, 64),
+        "latent": lambda p, o: read_latent_file(p)}
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1), os.dup2(fd, 2)
+        try:
+            LOAD[req["kind"]](req["path"], req["options"])
+            res = {"outcome": "ok"}
+        except LatentFitError as e:
+            res = {"outcome": "error", "message": str(e)}
+        except BaseException:
+            res = {"outcome": "crash", "message": traceback.format_exc()}
+        with open(req["result"], "w") as f:
+            json.dump(res, f)
+        os._exit(0)
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() - t0 > req["timeout"]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            res = {"outcome": "timeout"}
+            break
+        time.sleep(0.002)
+    else:
+        try:
+            res = json.load(open(req["result"]))
+        except (OSError, ValueError):
+            res = {"outcome": "died (signal or exit before reporting)"}
+    res["seconds"] = time.monotonic() - t0
+    res["output"] = open(req["log"], errors="replace").read()[-2000:]
+    print(json.dumps(res), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def loader(tmp_path_factory):
+    """load(kind, path, **options) -> {outcome, message, output, seconds}, in a forked child."""
+    root = str(Path(latent_fit.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", LOADER, str(MEMORY_CAP)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    work = tmp_path_factory.mktemp("loads")
+
+    def load(kind, path, **options):
+        req = dict(kind=kind, path=os.fsdecode(path), options=options, timeout=TIMEOUT,
+                   log=str(work / "log"), result=str(work / "result"))
+        Path(req["result"]).unlink(missing_ok=True)
+        proc.stdin.write(json.dumps(req) + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+    yield load
+    proc.kill()   # its interpreter shutdown would take seconds
+    proc.wait()
+
+
+def assert_clean_error(res, path, match=""):
+    """One LatentFitError line under 300 characters that names the file; nothing ran, no
+    traceback, no allocation failure."""
+    assert res["outcome"] == "error", res
+    msg = res["message"]
+    assert "\n" not in msg and len(msg) < 300 and Path(path).name in msg, msg
+    assert re.search(match, msg), msg
+    assert not re.search(r"MemoryError|allocate|Recursion", msg), msg
+    assert "Traceback" not in res["output"] and "PAYLOAD-RAN" not in res["output"], res["output"]
+
+
+# ---------------------------------------------------------------- writing files
+
+class Call:
+    """Pickles as func(*args), then BUILD with `state` when given."""
+
+    def __init__(self, func, *args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _reconstruct_persistent_obj(meta):
+    raise AssertionError("never called: pickled by reference only")
+
+
+_reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+
+
+def dump(obj, protocol=4) -> bytes:
+    """pickle.dumps with the upstream module that network pickles name."""
+    fake = types.ModuleType("torch_utils.persistence")
+    fake._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    with mock.patch.dict(sys.modules, {"torch_utils": types.ModuleType("torch_utils"),
+                                       "torch_utils.persistence": fake}):
+        return pickle.dumps(obj, protocol=protocol)
+
+
+def network(state_dict, init_kwargs, class_name="Generator"):
+    """The pickled form of an official network: nested module states holding its tensors,
+    with the numpy scalars and arrays real modules keep."""
+    tree = {}
+    for key, value in state_dict.items():
+        *parts, leaf = key.split(".")
+        node = tree
+        for part in parts:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def module(node, name, kwargs):
+        state = dict(_parameters=collections.OrderedDict(), _buffers=collections.OrderedDict(),
+                     _modules=collections.OrderedDict(), _non_persistent_buffers_set=set(),
+                     _init_kwargs=kwargs, weight_gain=np.float64(0.125), in_size=np.array([8, 8]))
+        for k, v in node.items():
+            if isinstance(v, dict):
+                state["_modules"][k] = module(v, "Module", {})
+            else:
+                state["_buffers" if k in ("resample_filter", "noise_const", "w_avg") else "_parameters"][k] = v
+        meta = dict(type="class", version=6, module_src="", class_name=name, state=state)
+        return Call(_reconstruct_persistent_obj, meta)
+    return module(tree, class_name, init_kwargs)
+
+
+def tiny_state_dict(seed=0):
+    torch.manual_seed(seed)
+    return StyleGAN2Generator(**TINY).state_dict()
+
+
+def legacy_torch_file(numel, data=b"", obj=None):
+    """A torch.save file in the legacy format: `obj` (default: the storage itself) whose one
+    float storage declares `numel` elements, followed by `data` as its contents."""
+    storage = object()
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=2)
+    p.persistent_id = lambda o: ("storage", torch.FloatStorage, "0", "cpu", numel, None) if o is storage else None
+    p.dump(storage if obj is None else obj(storage))
+    head = [pickle.dumps(LEGACY_MAGIC, 2), pickle.dumps(1001, 2),
+            pickle.dumps(dict(protocol_version=1001, little_endian=True, type_sizes={}), 2)]
+    return b"".join(head + [buf.getvalue(), pickle.dumps(["0"], 2), numel.to_bytes(8, "little"), data])
+
+
+class Script(torch.nn.Module):
+    """A TorchScript module whose __setstate__ runs while the archive loads."""
+
+    def __init__(self):
+        super().__init__()
+        self.x = 1
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool]:
+        return (self.x, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool]) -> None:
+        print("PAYLOAD-RAN")
+        self.x = state[0]
+        self.training = state[1]
+
+    def forward(self, z):
+        return z
+
+
+@pytest.fixture(scope="module")
+def torchscript_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ts") / "script.pt"
+    torch.jit.save(torch.jit.script(Script()), str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def valid_pickle():
+    return dump({"G_ema": network(tiny_state_dict(), TINY), "augment_pipe": None}, protocol=2)
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def dtype_call(name, state=None):
+    """numpy.dtype(name) with its pickled state (numpy's own for `name` unless given)."""
+    return Call(np.dtype, name, False, True, state=state or np.dtype(name).__reduce__()[2])
+
+
+# ---------------------------------------------------------------- the corpus
+
+def test_a_valid_network_loads(loader, tmp_path, valid_pickle):
+    res = loader("generator", write(tmp_path, "tiny.pkl", valid_pickle))
+    assert res["outcome"] == "ok", res
+
+
+def test_torchscript_runs_only_when_asked_for(loader, tmp_path, torchscript_bytes):
+    for name in ("script.pkl", "script.pt", "script.pth"):
+        path = write(tmp_path, name, torchscript_bytes)
+        assert_clean_error(loader("generator", path), path, "TorchScript archive, which runs code")
+    polyglot = write(tmp_path, "polyglot.pkl", pickle.dumps({"G_ema": 1}) + torchscript_bytes)
+    assert_clean_error(loader("generator", polyglot), polyglot, "'G_ema' is not a network")
+    inner = write(tmp_path, "inner.pkl", dump({"G_ema": Call(torch.storage._load_from_bytes, torchscript_bytes)}))
+    assert_clean_error(loader("generator", inner), inner, "TorchScript archive")
+    # Asked for explicitly (a .ts name or torchscript=True), the archive is loaded and its code runs.
+    for path, options in [(write(tmp_path, "script.ts", torchscript_bytes), {}),
+                          (tmp_path / "script.pkl", {"torchscript": True})]:
+        res = loader("generator", path, **options)
+        assert "PAYLOAD-RAN" in res["output"] and "could not find a latent size" in res["message"], res
+
+
+@pytest.mark.parametrize("name, payload, match", [
+    ("object-scalar", lambda: Call(multiarray.scalar, dtype_call("O8"), b"\x41" * 8), "refusing numpy dtype 'O8'"),
+    ("object-array", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b",
+                                  state=(1, (1,), dtype_call("O8"), False, b"\x41" * 8)), "refusing numpy dtype"),
+    ("void-itemsize", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b",
+                                   state=(1, (4,), dtype_call("V8", (3, "|", None, None, None, 1 << 20, 1, 0)),
+                                          False, b"\x00" * 8)), "refusing numpy dtype 'V8'"),
+    ("float-itemsize", lambda: Call(multiarray.scalar, dtype_call("f8", (3, "<", None, None, None, 1 << 20, 1, 0)),
+                                    b"\x00" * 8), "refusing a numpy dtype with fields"),
+    ("short-array", lambda: Call(multiarray._reconstruct, np.ndarray, (0,), b"b",
+                                 state=(1, (1 << 30,), dtype_call("f8"), False, b"\x00" * 8)), "does not match"),
+])
+def test_forged_numpy_objects_are_refused(loader, tmp_path, name, payload, match):
+    path = write(tmp_path, f"{name}.pkl", dump({"G_ema": payload()}))
+    assert len(path.read_bytes()) < 400
+    assert_clean_error(loader("generator", path), path, match)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(img_resolution=2 ** 30), r"img_resolution = 1073741824 is out of range"),
+    (dict(synthesis_kwargs=dict(channel_base=2 ** 17, channel_max=2 ** 17)), "weights do not fit"),
+    (dict(w_dim=2 ** 17), "weights do not fit"),
+    (dict(mapping_kwargs=dict(num_layers=2 ** 17)), "far more layers than the file"),
+    (dict(mapping_kwargs=dict(num_layers=10 ** 40)), "out of range"),
+    (dict(synthesis_kwargs=dict(channel_base=0, channel_max=8)), "unsupported StyleGAN2 configuration .ZeroDivision"),
+])
+def test_huge_or_broken_init_kwargs_are_refused_before_building(loader, tmp_path, change, match):
+    path = write(tmp_path, "huge.pkl", dump({"G_ema": network(tiny_state_dict(), {**TINY, **change})}))
+    assert_clean_error(loader("generator", path), path, match)
+
+
+def test_declared_tensor_sizes_must_be_in_the_file(loader, tmp_path):
+    ten_gib = (10 << 30) // 4
+    storage = legacy_torch_file(ten_gib)
+    assert len(storage) < 1024
+    cases = [
+        (write(tmp_path, "storage.pkl", dump({"G_ema": Call(torch.storage._load_from_bytes, storage)})),
+         "declares more tensor data than the file holds"),
+        (write(tmp_path, "checkpoint.pt", legacy_torch_file(ten_gib, obj=lambda s: {"g_ema": s})),
+         "declares more tensor data than the file holds"),
+        (write(tmp_path, "short.pt", legacy_torch_file(4, b"\x00" * 8, obj=lambda s: {"g_ema": s})),
+         "truncated or of the wrong size"),
+    ]
+    buf = io.BytesIO()
+    torch.save({"g_ema": {"w": torch.zeros(4)}}, buf)
+    data = bytearray(buf.getvalue())
+    for entry in re.finditer(rb"PK\x01\x02", bytes(data)):   # central directory: claim a 4 GiB entry
+        at, name_length = entry.start(), int.from_bytes(data[entry.start() + 28:entry.start() + 30], "little")
+        if data[at + 46:at + 46 + name_length].endswith(b"/data/0"):
+            data[at + 20:at + 28] = (0xFFFFFF00).to_bytes(4, "little") * 2
+    cases.append((write(tmp_path, "zip.pt", bytes(data)), "larger than the file"))
+    for path, match in cases:
+        assert_clean_error(loader("generator", path), path, match)
+
+
+def deep_list_opcodes(n, first=100_000):
+    """Opcodes that leave one list nested n deep, linked through the memo after it was written,
+    so that the nesting never shows on the pickle's stack."""
+    put = lambda i: b"r" + (first + i).to_bytes(4, "little")
+    get = lambda i: b"j" + (first + i).to_bytes(4, "little")
+    return (b"".join(b"]" + put(i) + b"0" for i in range(n))
+            + b"".join(get(i) + get(i + 1) + b"a0" for i in range(n - 1)) + get(0))
+
+
+def test_bombs_end_quickly_in_one_line(loader, tmp_path, valid_pickle):
+    p2 = 2 ** 61 - 1   # integers that are multiples of it all hash alike
+    colliding = b"\x80\x02}(" + b"".join(pickle.dumps(k * p2, 2)[2:-1] + b"N" for k in range(1, 50_001)) + b"u."
+    placeholder = b"X\x0b\x00\x00\x00PLACEHOLDER"
+    kwargs_deep = dump({"G_ema": network(tiny_state_dict(), {**TINY, "mapping_kwargs": {"num_layers": 2,
+                                                                                        "x": "PLACEHOLDER"}})}, 2)
+    assert kwargs_deep.count(placeholder) == 1
+    cases = [
+        ("tuples.pkl", b"\x80\x02}" + b")" + b"\x85" * 200_000 + b"K\x01s.", "nested more than 100 levels"),
+        ("lists.pkl", b"\x80\x02]" + b"]" * 100_000 + b"a" * 100_000 + b".", "nested more than 100 levels"),
+        ("colliding.pkl", colliding, "more than 64 huge integers"),
+        ("memo.pkl", b"\x80\x02Nr\xff\xff\xff\xff.", "bad memo index"),
+        ("memo-deep.pkl", kwargs_deep.replace(placeholder, deep_list_opcodes(5000)), "nested too deeply"),
+        ("kwargs-deep.pkl", dump({"G_ema": network(tiny_state_dict(), {**TINY, "x": [[[[[[1]]]]]]})}),
+         "nested too deeply"),
+    ]
+    for name, data, match in cases:
+        path = write(tmp_path, name, data)
+        res = loader("generator", path)
+        assert_clean_error(res, path, match)
+        assert res["seconds"] < 10, res
+
+
+def test_not_regular_files_and_huge_names(loader, tmp_path):
+    fifo = tmp_path / "pipe.pkl"
+    os.mkfifo(fifo)
+    assert_clean_error(loader("generator", fifo), fifo, "not a regular file")
+    assert_clean_error(loader("generator", tmp_path / "gone.pkl"), "gone.pkl", "not found")
+    names = {"x" * 10 ** 6: 1, "\x1b[31mred\nline": 2, ("tuple",): 3}
+    path = write(tmp_path, "keys.pkl", dump(names))
+    res = loader("generator", path)
+    assert_clean_error(res, path, r"has no network 'G_ema' \(it has: x{40}, \\x1b\[31mred\\nline\)")
+    path = write(tmp_path, "class.pkl", dump({"G_ema": network({}, {}, class_name="C" * 10 ** 6)}))
+    assert_clean_error(loader("generator", path), path, "malformed persistent object")
+
+
+# ---------------------------------------------------------------- mutated files (hypothesis)
+
+def mutations(data: bytes, positions: list[int]):
+    """Byte edits near `positions`, an optional cut and an optional inserted run."""
+    edit = st.tuples(st.sampled_from(positions), st.integers(0, 7), st.integers(0, 255))
+    return st.tuples(st.lists(edit, min_size=1, max_size=6), st.none() | st.integers(0, len(data)),
+                     st.none() | st.tuples(st.integers(0, len(data)), st.binary(min_size=1, max_size=16)))
+
+
+def mutate(data: bytes, edits, cut, insert) -> bytes:
+    out = bytearray(data)
+    for pos, offset, value in edits:
+        if pos + offset < len(out):
+            out[pos + offset] = value
+    if insert:
+        out[insert[0]:insert[0]] = insert[1]
+    return bytes(out[:cut] if cut is not None else out)
+
+
+def assert_clean(res, path):
+    if res["outcome"] != "ok":
+        assert_clean_error(res, path)
+    assert res["seconds"] < TIMEOUT
+
+
+def test_mutated_network_pickles(loader, tmp_path, valid_pickle):
+    import pickletools
+    positions = [pos for _, _, pos in pickletools.genops(valid_pickle)]   # the structure, not the weights
+
+    @FAST
+    @given(mutations(valid_pickle, positions))
+    def check(m):
+        path = write(tmp_path, "mutated.pkl", mutate(valid_pickle, *m))
+        assert_clean(loader("generator", path), path)
+    check()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_mutated_images(loader, tmp_path, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, fmt)
+    data = buf.getvalue()
+
+    @FAST
+    @given(mutations(data, list(range(min(len(data), 200)))))   # the headers
+    def check(m):
+        path = write(tmp_path, f"mutated.{fmt.lower()}", mutate(data, *m))
+        assert_clean(loader("image", path), path)
+    check()
+
+
+def test_mutated_latent_files(loader, tmp_path):
+    path = tmp_path / "base.npz"
+    write_latent_file(path, latent=np.zeros(8, np.float32), space="z", generator="g",
+                      config={"steps": 2}, metrics={"psnr": 30.0})
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+        positions = sorted({i.header_offset + k for i in z.infolist() for k in range(0, 160, 4)}
+                           | set(range(len(data) - 400, len(data))))   # the zip's headers
+    positions = [p for p in positions if 0 <= p < len(data)]
+    npy = members["latent.npy"]
+
+    @FAST
+    @given(mutations(data, positions), mutations(npy, list(range(len(npy)))), st.booleans())
+    def check(in_zip, in_npy, repack):
+        """Mutate the zip, or the latent array (its .npy header and data) inside a valid zip."""
+        p = tmp_path / "mutated.npz"
+        if repack:
+            with zipfile.ZipFile(p, "w") as z:
+                for name, raw in members.items():
+                    z.writestr(name, mutate(raw, *in_npy) if name == "latent.npy" else raw)
+        else:
+            p.write_bytes(mutate(data, *in_zip))
+        assert_clean(loader("latent", p), p)
+    check()
