@@ -188,7 +188,8 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     w.writeheader()
     w.writerows([{k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
                   for k, v in r.items()} for r in rows])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8",
+                                                        errors="surrogateescape"))   # names as their files
 
 
 def write_metrics(out: Path, columns: list[str], record: dict | None = None, rep: Report | None = None) -> list[dict]:

@@ -87,7 +87,7 @@ def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
     except OSError:
         return ""
     scale = min(height / h, 4.0) if h < height else 1.0
-    return (f'<img src="{quote(name)}" width="{round(w * scale)}" height="{round(h * scale)}" '
+    return (f'<img src="{quote(name, errors="surrogateescape")}" width="{round(w * scale)}" height="{round(h * scale)}" '
             f'alt="{html.escape(name)}">')
 
 
@@ -158,5 +158,5 @@ def write_report(out: Path, kind: str, note: str = "") -> Path:
     sweep its plot and grid; `note` (e.g. the suggested w_r) is shown on top. Returns its path."""
     path = Path(out) / "index.html"
     text = render_report(out, kind, note)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape"))
     return path
