@@ -4,12 +4,12 @@ MAX_MESSAGE = 300
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    """`text` as one printable line of at most `limit` characters: line breaks, control characters
-    and the undecodable bytes of file names escaped, the middle cut out when it is too long."""
+    """`text` as one printable line of fewer than `limit` characters: line breaks, control
+    characters and the undecodable bytes of file names escaped, the middle cut out when too long."""
     if len(text) > 4 * limit:
         text = text[:2 * limit] + "…" + text[-limit:]
     text = "".join(c if c.isprintable() else _escape(c) for c in text)
-    return text if len(text) <= limit else text[:limit - 80] + "…" + text[-79:]
+    return text if len(text) < limit else text[:limit - 81] + "…" + text[-79:]
 
 
 def _escape(c: str) -> str:
@@ -20,7 +20,7 @@ def _escape(c: str) -> str:
 
 class LatentFitError(Exception):
     """A bad input (path, image, model file, option): the message names it and the fix, in one
-    printable line of at most MAX_MESSAGE characters."""
+    printable line of fewer than MAX_MESSAGE characters."""
 
     def __init__(self, message: str = ""):
         super().__init__(one_line(str(message)))

@@ -7,19 +7,22 @@ source; here an Unpickler resolves only an allowlist of globals (see untrusted.p
 reconstructor becomes a stand-in that keeps the state, and the weights are gathered from the
 pickled `_parameters`, `_buffers` and `_modules`. rosinality/stylegan2-pytorch checkpoints
 (torch.save with 'g_ema') are read by the same means and renamed onto the official parameter
-names. Before a network is built, its size is bounded from the file's tensors and init_kwargs, and
-it is built on the meta device (no memory) to compare its tensors' shapes with the file's.
+names. A network is built only within bounds taken from the file: the size of its tensors, the
+whole numbers of its init_kwargs, and a budget of tensor numbers and layers checked before each
+allocation, so init_kwargs describing terabytes stop at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import pickle
 from pathlib import Path
 
 import torch
 from torch.nn.modules import module as nn_module
+from torch.overrides import TorchFunctionMode
 
 from ..errors import LatentFitError
 from .stylegan2 import StyleGAN2Generator, lowpass_filter
@@ -229,11 +232,34 @@ def _check_size(init_kwargs: dict, state_dict: dict) -> None:
     check(init_kwargs, "")
 
 
+class _Budget(TorchFunctionMode):
+    """While a network is built: refuses a tensor factory call (randn, zeros, full, ...) before
+    it allocates, once the numbers created would pass `limit`."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.left = limit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FACTORIES:   # the size: ints, one sequence, or size=
+            size = kwargs.get("size", args[0] if args and not isinstance(args[0], numbers.Integral) else args)
+            try:
+                self.left -= math.prod(int(n) for n in size)
+            except (TypeError, ValueError):
+                pass   # not a size: the factory itself says so
+            if self.left < 0:
+                raise LatentFitError("init_kwargs describe a network larger than the file's tensors")
+        return func(*args, **kwargs)
+
+
+_FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.randn, torch.rand}
+
+
 def _build(cls, init_kwargs: dict, state_dict: dict, name: str, sha256: str):
-    """cls(**init_kwargs) with the file's weights, once a build on the meta device (no memory)
-    shows that its tensors have the file's names and shapes."""
+    """cls.from_state_dict(init_kwargs, state_dict), built within a budget checked before each
+    allocation: about twice the file's numbers, and a few layers per tensor of the file."""
     _check_size(init_kwargs, state_dict)
-    kind = cls.__name__.removesuffix("Generator")
     registrations, limit = [0], 4 * len(state_dict) + 64
 
     def count(*_):   # a network with far more layers than the file has weights: stop early
@@ -244,21 +270,16 @@ def _build(cls, init_kwargs: dict, state_dict: dict, name: str, sha256: str):
     hooks = [nn_module.register_module_module_registration_hook(count),
              nn_module.register_module_parameter_registration_hook(count)]
     try:
-        with torch.device("meta"):
-            shapes = {k: tuple(t.shape) for k, t in cls(**init_kwargs).state_dict().items()}
+        with _Budget(2 * sum(t.numel() for t in state_dict.values()) + 2 ** 24):
+            return cls.from_state_dict(init_kwargs, state_dict, name=name, sha256=sha256)
     except LatentFitError:
         raise
-    except Exception as e:   # the constructor given odd values: TypeError, ZeroDivisionError, ...
+    except Exception as e:   # the constructor given odd values: ZeroDivisionError, ...
+        kind = cls.__name__.removesuffix("Generator")
         raise LatentFitError(f"unsupported {kind} configuration ({describe(e)})") from None
     finally:
         for h in hooks:
             h.remove()
-    for k in [*shapes, *(k for k in state_dict if k not in shapes)]:
-        if shapes.get(k) != (tuple(state_dict[k].shape) if k in state_dict else None):
-            what = ("missing" if k not in state_dict else "unexpected" if k not in shapes
-                    else f"of shape {list(state_dict[k].shape)[:6]}, the network's is {list(shapes[k])}")
-            raise LatentFitError(f"weights do not fit a {kind} generator: tensor {k[:80]!r} {what}")
-    return cls.from_state_dict(init_kwargs, state_dict, name=name, sha256=sha256)
 
 
 def _rosinality_generator(ckpt, network_key: str) -> tuple[dict, dict, bool]:
