@@ -197,12 +197,21 @@ def write_metrics(out: Path, columns: list[str], record: dict | None = None, rep
     in `out` made with `record`'s settings (this run, earlier runs and other ranks alike). With
     `rep`, a failed write (a full disk) becomes one error line naming the folder."""
     rows = collect_metrics(out, columns, record)
-    try:
+
+    def write():
         write_csv(out / "metrics.csv", columns, rows)
         atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
-    except OSError as e:
-        if rep is None:
-            raise
-        rep.errors.append(f"{out}: could not write metrics.csv / metrics.json ({e.strerror or e}); "
-                          "free space and rerun the same command")
+    if rep is None:
+        write()
+    else:
+        write_folder_file(rep, out, "metrics.csv / metrics.json", write)
     return rows
+
+
+def write_folder_file(rep: Report, out: Path, what: str, write) -> None:
+    """Run write() for a file of the whole folder; a failed write (a full disk) becomes one error
+    line naming the folder."""
+    try:
+        write()
+    except OSError as e:
+        rep.errors.append(f"{out}: could not write {what} ({e.strerror or e}); free space and rerun the same command")

@@ -188,8 +188,8 @@ def test_torchscript_conditional_modules_and_labels(modules, tmp_path):
         sys.path.remove(str(modules.parent))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.script(user.cond()), str(tmp_path / "cond.pt"))
-    G = load_generator(tmp_path / "cond.pt")
+        torch.jit.save(torch.jit.script(user.cond()), str(tmp_path / "cond.ts"))
+    G = load_generator(tmp_path / "cond.ts")
     assert (G.c_dim, G.z_dim, G.resolution) == (4, 8, 16)
     c = G.cycled_labels(6)                                   # as the encoder's training samples use
     with torch.no_grad():

@@ -53,7 +53,7 @@ def test_odd_files_get_one_line_each_and_the_batch_goes_on(cli, tmp_path):
     assert r.exit_code == 1 and "projected 2 target(s)" in r.stdout, r.stderr
     assert sorted(os.listdir(os.fsencode(tmp_path / "out"))) == sorted(
         [b"caf\xe9.npz", b"caf\xe9.png", b"caf\xe9_compare.png", b"face_00.npz", b"face_00.png",
-         b"face_00_compare.png", b"metrics.csv", b"metrics.json"])
+         b"face_00_compare.png", b"index.html", b"metrics.csv", b"metrics.json"])
     expected = {
         "huge.png": f"over 178 million pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression bomb?)",
         "big.png": "10000x10000 pixels, more than latent-fit's limit",

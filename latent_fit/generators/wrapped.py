@@ -92,12 +92,12 @@ def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int
                 if isinstance(y, torch.Tensor) and y.ndim == 4 and y.shape[0] == 2 and y.shape[1] in (1, 3) \
                         and y.shape[2] == y.shape[3]:
                     if resolution and y.shape[-1] != resolution:
-                        raise LatentFitError(f"{name}: makes {y.shape[-1]} px images, not --resolution {resolution}")
+                        raise LatentFitError(f"{name}: makes {y.shape[-1]} px images, not the {resolution} px asked for")
                     return _Shape(d, y.shape[-1], four_d, y.shape[1], c_dim)
     called = f"module(z, c) with one-hot c [N, {c_dim}]" if c_dim else \
         "module(z) (a conditional module needs a c_dim attribute or --num-classes)"
-    raise LatentFitError(f"{name}: could not find a latent size that makes [N, 3 or 1, H, H] images from "
-                         f"{called} (tried {dims}); pass --latent-dim")
+    raise LatentFitError(f"{name}: no latent size of {dims[:4]}… makes [N, 3 or 1, H, H] images from "
+                         f"{called}; pass --latent-dim")
 
 
 def from_torchscript(path: Path, latent_dim=None, resolution=None, num_classes=None) -> Generator:

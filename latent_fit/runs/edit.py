@@ -16,8 +16,8 @@ from ..errors import ArgumentError, LatentFitError
 from ..generators.base import Generator
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
 from ..latents import read_latents
-from ..outputs import (Report, atomic_write, check_writable, input_sha256, plan, settings_record, write_metrics,
-                       write_target)
+from ..outputs import (Report, atomic_write, check_writable, input_sha256, plan, settings_record, write_folder_file,
+                       write_metrics, write_target)
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 from .project import write_outputs
@@ -63,7 +63,7 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
                                                             record | inputs(s), [before[i], shown[i], after[i]],
                                                             None if c is None else cls[s]))
     rep.metrics = write_metrics(out, EDIT_METRIC_COLUMNS, record, rep)
-    write_report(out, "edit")
+    write_folder_file(rep, out, "index.html", lambda: write_report(out, "edit"))
     done = [r for r in rep.metrics if r["target"] in rep.done]
     med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
            f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
@@ -130,7 +130,7 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
                     save_png(im, out / f"{s}_s{strength:+g}.png")
                 save_png(grid([list(row)]), out / f"{s}_strip.png")
             write_target(rep, out, s, write)
-        write_report(out, "edit")
+        write_folder_file(rep, out, "index.html", lambda: write_report(out, "edit"))
     rep.summary = f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
     return rep
 

@@ -18,9 +18,9 @@ from ..images import assign_stems, difference, find_images, grid, load_image, sa
 from ..latents import read_init, write_latent_file
 from ..objective import require_lpips
 from ..optimize import Result, project
-from ..report import write_report
 from ..outputs import (Report, check_writable, collect_metrics, input_sha256, output_names, plan,
-                       remove_stale_temps, settings_record, write_metrics, write_target)
+                       remove_stale_temps, settings_record, write_folder_file, write_metrics, write_target)
+from ..report import write_report
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "sample_steps", "seconds", "terms"]
 CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
@@ -163,7 +163,7 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
         rep.metrics = (write_metrics(out, METRIC_COLUMNS, record, rep) if rank == 0
                        else collect_metrics(out, METRIC_COLUMNS, record))
     if world == 1 or (rank == 0 and distributed.active()):
-        write_report(out, "project")
+        write_folder_file(rep, out, "index.html", lambda: write_report(out, "project"))
     rep.summary = _summary(rep)
     return rep
 

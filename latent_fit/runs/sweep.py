@@ -15,7 +15,7 @@ from ..generators.base import Generator
 from ..images import (assign_stems, find_images, grid, load_image, load_mask, load_request, save_png,
                       stack_masks, to_uint8)
 from ..latents import read_init
-from ..outputs import Report, check_writable, write_csv
+from ..outputs import Report, check_writable, write_csv, write_folder_file
 from ..report import write_report
 from ..sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr, sweep
 
@@ -115,7 +115,7 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], con
     write_csv(out / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
     save_png(sweep_figure(sw, best), out / "sweep.png")
     save_png(_sweep_grid(G, sw, targets), out / "grid.png")
-    write_report(out, "sweep", note=f"suggested {reason}")
+    write_folder_file(rep, out, "index.html", lambda: write_report(out, "sweep", note=f"suggested {reason}"))
     rep.done, rep.written = stems, [out / "sweep.csv", out / "sweep.png", out / "grid.png"]
     rep.summary = (f"swept {len(stems)} target(s) x {len(sw.wrs)} w_r in one run of "
                    f"{len(stems) * len(sw.wrs)} samples; suggested {reason}")
