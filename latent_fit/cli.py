@@ -431,6 +431,18 @@ from .encoder import TrainSettings  # noqa: E402  (train-encoder block: self-con
 from .encoder_run import CHECKPOINT_MINUTES  # noqa: E402
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command with every option that differs from its default (for model cards)."""
+    import shlex
+    words = ["latent-fit", ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if value is None or value == p.default or value is False:
+            continue
+        words += [p.opts[0]] if value is True else [p.opts[0], str(value)]
+    return shlex.join(words)
+
+
 @main.command("train-encoder")
 @generator_options
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -459,11 +471,13 @@ def train_encoder_command(generator, network_key, latent_dim, device, out, space
     def progress(step, terms):
         bar.n = step
         bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
-        bar.refresh() if step % 10 == 0 or step == steps else None
+        if step % 10 == 0 or step == steps:
+            bar.refresh()
 
     _E, val = run_train_encoder(G, out, space=space, steps=steps, batch_size=batch_size, images=images,
                                 precision=precision, compile=compile_encoder, seed=seed,
-                                checkpoint_minutes=checkpoint_minutes, progress=progress, say=tqdm.write)
+                                checkpoint_minutes=checkpoint_minutes, progress=progress, say=tqdm.write,
+                                command=_command_line(click.get_current_context()))
     bar.close()
     click.echo(f"validation PSNR of G(E(x)) on {len(val)} held-out samples: median {val.median():.2f} dB, "
                f"worst {val.min():.2f} dB -> {out}")
