@@ -465,6 +465,18 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
 
 # --- train-encoder (latent_fit/runs/encoder.py does the work) ----------------------------------
 
+def _command_line(ctx: click.Context) -> str:
+    """The command with every option that differs from its default (for model cards)."""
+    import shlex
+    words = ["latent-fit", ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if value is None or value == p.default or value is False:
+            continue
+        words += [p.opts[0]] if value is True else [p.opts[0], str(value)]
+    return shlex.join(words)
+
+
 @main.command("train-encoder")
 @generator_options
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -498,7 +510,8 @@ def train_encoder_command(generator, network_key, latent_dim, device, out, space
 
     _E, val = run_train_encoder(G, out, space=space, steps=steps, batch_size=batch_size, images=images,
                                 precision=precision, compile=compile_encoder, seed=seed,
-                                checkpoint_minutes=checkpoint_minutes, progress=progress, say=tqdm.write)
+                                checkpoint_minutes=checkpoint_minutes, progress=progress, say=tqdm.write,
+                                command=_command_line(click.get_current_context()))
     bar.close()
     click.echo(f"validation PSNR of G(E(x)) on {len(val)} held-out samples: median {val.median():.2f} dB, "
                f"worst {val.min():.2f} dB -> {out}")

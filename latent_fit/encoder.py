@@ -40,7 +40,7 @@ VAL_SAMPLES = 256
 STAT_SAMPLES = 2000            # prior samples for the output scale
 BUNDLED_ENCODERS = {   # generator name -> (file in weights/, sha256)
     "digiface-dcgan64": ("digiface-dcgan64-encoder.safetensors",
-                         "bb6c5b6519f411fdb7e00ead8655941db82bd94c46432ca53881ae1284c21e81"),
+                         "db80a38343db2b22d413cf33b273aa4db84c62b87c60832610528a8907e28359"),
 }
 
 

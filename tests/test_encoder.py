@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from latent_fit import project
+from latent_fit import encoder
 from latent_fit.encoder import load_encoder, new_encoder, read_encoder, train_encoder, validation_psnr
 from latent_fit.errors import LatentFitError
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
@@ -48,7 +50,7 @@ def test_bundled_encoder_card_and_batch_independence(G, E, in_domain):
     assert "latent-fit train-encoder" in card and E.info["validation_psnr"]["median"] > 15
 
 
-def test_load_encoder_refusals(G, tmp_path):
+def test_load_encoder_refusals(G, tmp_path, monkeypatch):
     assert load_encoder("none", G) is None
     sg2 = StyleGAN2Generator(**TINY_SG2).freeze()
     assert load_encoder("auto", sg2) is None   # no bundled encoder for other generators
@@ -61,6 +63,9 @@ def test_load_encoder_refusals(G, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")
     with pytest.raises(LatentFitError, match="not a readable"):
         load_encoder(tmp_path / "bad.safetensors", G)
+    monkeypatch.setitem(encoder.BUNDLED_ENCODERS, G.name, (encoder.BUNDLED_ENCODERS[G.name][0], "0" * 64))
+    with pytest.raises(LatentFitError, match="does not match the model card"):
+        load_encoder("auto", G)
 
 
 @pytest.mark.parametrize("space", ["w", "w+"])
@@ -108,6 +113,19 @@ def test_train_encoder_resumes_after_a_kill(tmp_path):
     assert resumed >= step and "validation PSNR" in done.stdout
     assert out.is_file() and not ckpt.exists()
     assert read_encoder(out).info["training"]["steps"] == 40
+
+
+def test_train_encoder_with_real_images(tmp_path, cli):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 80, 3), np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "e.safetensors"
+    res = cli("train-encoder", "-o", out, "--steps", 2, "--batch-size", 4, "--images", folder, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    info = read_encoder(out).info
+    assert info["images"] == str(folder) and info["training"]["image_batch"] == 1
+    assert "latent-fit train-encoder" in (tmp_path / "e.md").read_text()
 
 
 def test_train_encoder_other_settings_start_over(tmp_path, cli):

@@ -4,8 +4,6 @@ an encoder file, its model card and a resumable checkpoint out."""
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -80,9 +78,10 @@ def model_card(E: Encoder, G: Generator, out: Path, val: torch.Tensor, seconds: 
 def run_train_encoder(G: Generator, out: Path, *, space: str | None, steps: int, batch_size: int,
                       images: str | None = None, precision: str = "fp32", compile: bool = False,
                       checkpoint_minutes: float = CHECKPOINT_MINUTES, seed: int = 0, progress=None,
-                      say=print) -> tuple[Encoder, torch.Tensor]:
+                      say=print, command: str = "") -> tuple[Encoder, torch.Tensor]:
     """Train (or resume) an encoder for G and write `out` (.safetensors), its .md card and,
-    while training, `out`.ckpt. Returns (encoder, validation PSNR [VAL_SAMPLES])."""
+    while training, `out`.ckpt. `command` (the command line) goes into the model card.
+    Returns (encoder, validation PSNR [VAL_SAMPLES])."""
     out = Path(out)
     if not out.parent.is_dir():
         raise LatentFitError(f"{out.parent}: output folder does not exist")
@@ -98,7 +97,6 @@ def run_train_encoder(G: Generator, out: Path, *, space: str | None, steps: int,
                       checkpoint_every=60 * checkpoint_minutes)
     seconds = time.monotonic() - t0
     val = validation_psnr(E, G)
-    command = "latent-fit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     card = {"training": E.info["training"], "steps": steps, "images": images or "",
             "validation_psnr": {"samples": VAL_SAMPLES, "median": round(float(val.median()), 3),
                                 "mean": round(float(val.mean()), 3), "worst": round(float(val.min()), 3)},
