@@ -27,11 +27,12 @@ from .rng import keyed_normal, name_key
 
 WR_UNITS = ("raw", "relative")
 PROJECTIONS = 32            # probes per sample: one estimate's relative spread is ~10 % (docs)
-PRIOR_SAMPLES = 64          # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
-PRIOR_PROJECTIONS = 8       # ... each estimated with this many probes (the median averages)
+PRIOR_SAMPLES = 128         # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
+PRIOR_PROJECTIONS = 4       # ... each estimated with this many probes (the median averages)
 CHUNK_ROWS = 256            # sample x probe rows per backward pass (bounds the memory)
 _PROBE_COUNTER = 1 << 24    # keyed_normal counters of the probes (far from the loop's)
-_prior_medians: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_medians_by_weights: dict[tuple[str, str, str], float] = {}       # (name, sha256, space)
+_medians_by_object: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # weights unknown
 
 
 def check_wr_units(units: str) -> str:
@@ -97,17 +98,18 @@ def relative_wr(G: Generator, wr, starts: torch.Tensor, space: str | None = None
 
 def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
     """Median of ||J||_F^2 over PRIOR_SAMPLES prior latents in `space` (all classes alike),
-    computed once per generator and space."""
+    computed once per generator (its weights' sha256 when known, else the object) and space."""
     space = G.check_space(space or G.default_space)
-    cache = _prior_medians.setdefault(G, {})
-    if space not in cache:
+    cache = _medians_by_weights if G.sha256 else _medians_by_object.setdefault(G, {})
+    key = (G.name, G.sha256, space) if G.sha256 else space
+    if key not in cache:
         c = G.cycled_labels(PRIOR_SAMPLES)
         with torch.no_grad():
             x = G.sample(PRIOR_SAMPLES, seed=0, space=space, c=c)
         sq = jacobian_sq_norm(G, x, space, c, names=[f"prior{i}" for i in range(PRIOR_SAMPLES)],
                               projections=PRIOR_PROJECTIONS)
-        cache[space] = float(sq.median())
-    return cache[space]
+        cache[key] = float(sq.median())
+    return cache[key]
 
 
 def jacobian_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
@@ -123,13 +125,15 @@ def jacobian_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
 
 
 def unit_metrics(G: Generator, latent: torch.Tensor, latent_init: torch.Tensor, wr, units: str,
-                 space: str | None = None, c: torch.Tensor | None = None,
-                 **estimate) -> dict[str, np.ndarray]:
-    """wr_factor (at latent_init), wr_effective (the raw w_r used: wr, times wr_factor in
-    relative units) and jacobian_norm (at latent), one float64 value per row [N] each."""
+                 space: str | None = None, c: torch.Tensor | None = None, *,
+                 noise: list[torch.Tensor] | None = None, **estimate) -> dict[str, np.ndarray]:
+    """wr_factor (at latent_init, with the generator's constant noise, as relative_wr),
+    wr_effective (the raw w_r used: wr, times wr_factor in relative units) and jacobian_norm (at
+    latent, with its noise maps), one float64 value per row [N] each."""
+    check_wr_units(units)
     factor = wr_factor(G, latent_init, space, c, **estimate)
     wr = torch.as_tensor(wr, dtype=torch.float32, device=factor.device).expand_as(factor)
-    eff = wr * factor if check_wr_units(units) == "relative" else wr
+    eff = wr * factor if units == "relative" else wr
     return {k: v.detach().double().cpu().numpy() for k, v in
             {"wr_factor": factor, "wr_effective": eff,
-             "jacobian_norm": jacobian_norm(G, latent, space, c, **estimate)}.items()}
+             "jacobian_norm": jacobian_norm(G, latent, space, c, noise=noise, **estimate)}.items()}
