@@ -42,10 +42,6 @@ def check_wr_units(units: str) -> str:
     return units
 
 
-def _repeat(x, k: int):
-    return None if x is None else x.repeat_interleave(k, 0)
-
-
 def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
                      c: torch.Tensor | None = None, *, names: list[str] | None = None, seed: int = 0,
                      noise: list[torch.Tensor] | None = None,
@@ -67,13 +63,15 @@ def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = No
     out = []
     for i in range(0, n, per):
         sl = slice(i, i + per)
+
+        def rows(x):   # this chunk's rows, each repeated once per probe
+            return None if x is None else x[sl].to(G.device).repeat_interleave(projections, 0)
         m = len(keys[sl])
         u = torch.stack([keyed_normal(keys[sl], _PROBE_COUNTER + k, image) for k in range(projections)], 1)
-        x = latents[sl].detach().to(G.device, torch.float32).repeat_interleave(projections, 0)
+        x = rows(latents.detach().float())
         with torch.enable_grad():
             x.requires_grad_(True)
-            y = G.synthesize(x, space, _repeat(None if c is None else c[sl], projections),
-                             None if noise is None else [_repeat(nm[sl], projections) for nm in noise])
+            y = G.synthesize(x, space, rows(c), None if noise is None else [rows(nm) for nm in noise])
             g, = torch.autograd.grad((y * u.view(m * projections, *image)).sum(), x)
         out.append(g.flatten(1).pow(2).sum(1).view(m, projections).mean(1))
     return torch.cat(out) if out else torch.zeros(0, device=G.device)
