@@ -8,7 +8,7 @@ much as the average image change it buys, whatever the generator's latent scale.
 
 ||J||_F^2 is estimated per sample by Hutchinson's estimator, ||J||_F^2 = E ||J^T u||^2 over
 u ~ N(0, I_P), with `projections` vector-Jacobian products run as one batched backward pass (on
-CPU, 1.7-1.9x faster than forward-mode JVPs for the bundled DCGAN). The probes u are keyed by
+CPU, 1.6-1.9x faster than forward-mode JVPs for the bundled DCGAN). The probes u are keyed by
 (seed, name), so a sample's estimate never depends on its batch, and every start of a target
 sees the same probes. Pure tensors in, tensors out.
 """
@@ -113,7 +113,8 @@ def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
 def jacobian_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
                   c: torch.Tensor | None = None, **estimate) -> torch.Tensor:
     """||J||_F at each latent [N] relative to its median over prior latents: 1 is typical; well
-    above 1, G changes abnormally fast there (a sign of an unrealistic latent)."""
+    above the prior's own range, G changes abnormally fast there (a sign of an unrealistic
+    latent); well below, G is flat there."""
     space = G.check_space(space or G.default_space)
     med = prior_sq_norm_median(G, space)
     if not med > 0:
