@@ -10,6 +10,8 @@ Realism measures (per latent):
   realism    |radius - sqrt(d)|: the distance from the prior's typical radius, where nearly all of
              a high-dimensional Gaussian's mass lies (0 is typical, lower is more realistic; a
              prior sample's is about 0.56). NLL alone favours z = 0, which no sample resembles.
+  jacobian_norm  ||dG/dz||_F at z over its median at prior latents (jacobian.py): 1 is typical;
+             far above 1, G changes abnormally fast there
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from .config import EDIT, PROJECTION, Config
 from .edit import edit
 from .errors import ArgumentError
 from .generators.base import Generator
+from .jacobian import jacobian_norm
 from .optimize import Result, project
 
 SWEEP_WRS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 PRIOR_SAMPLES = 10_000
-COLUMNS = ["target", "wr", "mse", "psnr", "lpips", "dz_norm", "prior_nll", "radius", "realism", "steps"]
+COLUMNS = ["target", "wr", "mse", "psnr", "lpips", "dz_norm", "prior_nll", "radius", "realism", "jacobian_norm",
+           "steps"]
 EDIT_COLUMNS = ["mask_mse_before", "mask_mse_after", "outside_change"]
 
 
@@ -125,6 +129,8 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
     else:
         res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
+    metrics["jacobian_norm"] = jacobian_norm(G, res.latent, res.space, rep(c), names=res.names,
+                                             seed=options.get("seed", 0), noise=res.noise).cpu().numpy()
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})
 
