@@ -96,7 +96,7 @@ def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int
                     return _Shape(d, y.shape[-1], four_d, y.shape[1], c_dim)
     called = f"module(z, c) with one-hot c [N, {c_dim}]" if c_dim else \
         "module(z) (a conditional module needs a c_dim attribute or --num-classes)"
-    raise LatentFitError(f"{name}: no latent size of {dims[:4]}… makes [N, 3 or 1, H, H] images from "
+    raise LatentFitError(f"{name}: could not find a latent size that makes [N, 3 or 1, H, H] images from "
                          f"{called}; pass --latent-dim")
 
 
