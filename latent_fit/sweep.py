@@ -130,7 +130,7 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
         res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
     metrics["jacobian_norm"] = jacobian_norm(G, res.latent, res.space, rep(c), names=res.names,
-                                             seed=options.get("seed", 0), noise=res.noise).cpu().numpy()
+                                             seed=cfg.seed, noise=res.noise).cpu().numpy()
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})
 
