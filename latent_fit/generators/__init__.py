@@ -57,9 +57,11 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "cpu", *,
                    network_key: str = "G_ema", latent_dim: int | None = None,
-                   resolution: int | None = None) -> Generator:
+                   resolution: int | None = None, tuned: str | Path | None = None) -> Generator:
     """Load a generator from a bundled name, a .pkl/.pt network file, a TorchScript file
     or `module:callable` (an nn.Module mapping [N, latent_dim] to [N, 3, H, W] in [-1, 1]).
+    tuned: a `<stem>.tuned.safetensors` file; its weight change is applied once the file is
+    checked to come from this generator (tuning.apply_tuned).
     """
     from .wrapped import from_callable, from_torchscript
     spec = str(spec)
@@ -79,6 +81,9 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
     else:
         raise LatentFitError(f"{spec}: unknown generator; give a bundled name ({', '.join(BUNDLED)}), "
                              "a .pkl/.pt/TorchScript file or module:callable")
+    if tuned is not None:
+        from ..tuning import apply_tuned
+        G = apply_tuned(G, tuned)
     return G.to(device).freeze()
 
 
