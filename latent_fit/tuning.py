@@ -7,7 +7,9 @@ its own Δθ, minimizing per target
     L(Δθ) = MSE(G_θ(pivot), x) [+ LPIPS] + reg·Σ Δθ² + locality·mean_k MSE(G_θ(z_k), G_θ0(z_k))
 
 reg·ΣΔθ² is weight decay toward θ0, the weight-space twin of w_r·‖Δz‖²; the locality term keeps
-random prior samples z_k (keyed by seed and target name, fresh each step) rendering as before.
+LOCALITY_SAMPLES prior samples z_k per target (keyed by seed and target name, the same at every
+step) rendering as before. Fresh samples each step made it worse: Adam's per-weight steps follow the
+sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out locality fell.
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
 per target, so a target's result does not depend on its batch. Pure tensors in, tensors out, apart
 from `save_tuned` / `read_tuned` / `apply_tuned`, the .safetensors side.
@@ -37,11 +39,11 @@ from .rng import keyed_normal, name_key
 
 FORMAT = "latent-fit-tuned"
 FORMAT_VERSION = 1
-TUNE_DEFAULTS = {"steps": 300, "lr": 3e-4, "reg": 1e-3, "locality": 1.0}
-LOCALITY_SAMPLES = 2        # prior samples per target and step for the locality term
+TUNE_DEFAULTS = {"steps": 300, "lr": 3e-4, "reg": 1e-3, "locality": 2.0}
+LOCALITY_SAMPLES = 4        # fixed prior samples per target for the locality term
 EVAL_SAMPLES = 16           # held-out prior samples per target for locality_psnr
 _KEY_START = 1 << 30        # name_key start index of tuning's random numbers (projection uses 0..starts)
-_EVAL_COUNTER = 1 << 40     # keyed_normal counter of the held-out samples (training uses 0..steps)
+_EVAL_COUNTER = 1 << 40     # keyed_normal counter of the held-out samples (training's use 0)
 
 
 @dataclass
@@ -52,7 +54,8 @@ class TuneResult:
     space: str
     delta: dict[str, torch.Tensor]   # parameter name -> Δθ [N, *parameter shape]
     images: torch.Tensor             # [N, 3, H, W] G_θ0+Δθ(pivot) in [-1, 1]
-    metrics: dict[str, np.ndarray]   # mse, psnr, psnr_pivot, lpips (nan if unused), dtheta_norm, locality_psnr
+    metrics: dict[str, np.ndarray]   # [N] each: mse, psnr, psnr_pivot, lpips (nan if unused),
+                                     # dtheta_norm, locality_psnr
     settings: dict                   # steps, lr, reg, locality, ... as used
     seconds: float                   # wall time of the whole batch
 
@@ -120,19 +123,26 @@ def _inputs(G, pivot, samples, c, noise):
     return _rows(pivot, samples), cr, nr
 
 
+def _originals(G: Generator, lat: torch.Tensor, cr: torch.Tensor | None, space: str) -> torch.Tensor:
+    """The original generator's images [N * K, 3, H, W] of every target's prior samples (rows 1:)."""
+    return G.synthesize(lat[:, 1:].flatten(0, 1), space, None if cr is None else cr[:, 1:].flatten(0, 1))
+
+
 def _check(G, latents, targets, space, n):
     shape = G.latent_shape(space)
     if tuple(latents.shape[1:]) != shape:
         raise LatentFitError(f"pivots have shape {list(latents.shape[1:])}, the {space} space of "
                              f"{G.name!r} needs {list(shape)}")
     if targets.shape != (n, 3, G.resolution, G.resolution):
-        raise LatentFitError(f"targets must be [{n}, 3, {G.resolution}, {G.resolution}], got {list(targets.shape)}")
+        raise LatentFitError(f"targets must be [{n}, 3, {G.resolution}, {G.resolution}], "
+                             f"got {list(targets.shape)}")
 
 
 def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None, *,
          space: str | None = None, c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None,
          steps: int = TUNE_DEFAULTS["steps"], lr: float = TUNE_DEFAULTS["lr"],
-         reg: float | torch.Tensor = TUNE_DEFAULTS["reg"], locality: float | torch.Tensor = TUNE_DEFAULTS["locality"],
+         reg: float | torch.Tensor = TUNE_DEFAULTS["reg"],
+         locality: float | torch.Tensor = TUNE_DEFAULTS["locality"],
          loss: str = "auto", lpips_weight: float = 1.0, seed: int = 0, exact: bool = False,
          check_every: int = 25, progress=None) -> TuneResult:
     """Tune one copy of G's weights per target so that G_θ(pivot) reconstructs it.
@@ -164,9 +174,10 @@ def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list
     k = LOCALITY_SAMPLES if bool((loc_t > 0).any()) else 0   # a 0 weight zeroes its target's term
 
     with _plain_cpu_kernels() if exact else contextlib.nullcontext():
+        lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
+        with torch.no_grad():
+            before = _originals(G, lat, cr, space) if k else None
         for step in range(steps):
-            samples = _prior(G, keys, step, k, space, c) if k else None
-            lat, cr, nr = _inputs(G, pivot, samples, c, noise)
             images = render_tuned(G, delta, lat, space, cr, nr)
             total = reg_t * _sq_norm(delta)
             if use_mse:
@@ -174,8 +185,6 @@ def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list
             if lpips_net is not None:
                 total = total + lpips_weight * lpips_net(images[:, 0], targets)
             if k:
-                with torch.no_grad():   # the original generator's images of the same samples
-                    before = G.synthesize(lat[:, 1:].flatten(0, 1), space, None if cr is None else cr[:, 1:].flatten(0, 1))
                 total = total + loc_t * pixel_mse(images[:, 1:].flatten(0, 1), before).view(n, k).mean(1)
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
@@ -210,8 +219,7 @@ def _metrics(G, delta, pivot, targets, space, c, noise, keys, lpips_net) -> dict
     lat, cr, nr = _inputs(G, pivot, samples, c, noise)
     after = render_tuned(G, delta, lat, space, cr, nr).clamp(-1, 1)
     before_piv = G.synthesize(pivot, space, c, noise).clamp(-1, 1)
-    before = G.synthesize(lat[:, 1:].flatten(0, 1), space,
-                          None if cr is None else cr[:, 1:].flatten(0, 1)).clamp(-1, 1)
+    before = _originals(G, lat, cr, space).clamp(-1, 1)
     mse = pixel_mse(after[:, 0], targets)
     loc = psnr(pixel_mse(after[:, 1:].flatten(0, 1), before)).view(n, EVAL_SAMPLES)
     lp = lpips_net(after[:, 0], targets) if lpips_net is not None else torch.full_like(mse, math.nan)
@@ -224,18 +232,21 @@ def _metrics(G, delta, pivot, targets, space, c, noise, keys, lpips_net) -> dict
 # --- files ------------------------------------------------------------------------------------
 
 def save_tuned(path: str | Path, delta: dict[str, torch.Tensor], G: Generator, settings: dict,
-               dtype: torch.dtype = torch.float16) -> None:
+               metrics: dict | None = None, dtype: torch.dtype = torch.float16) -> None:
     """Write one target's Δθ (parameter name -> tensor) as .safetensors, atomically, with the
-    generator's name and sha256 and the settings that made it (reg, locality, steps, ...)."""
+    generator's name and sha256, the settings that made it (reg, locality, steps, ...) and its
+    metrics (plain numbers). Half precision by default: it halves the file and changes the
+    tuned image by less than one 8-bit level (docs-tuning.md)."""
     from safetensors.torch import save_file
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in delta.items()}
     meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "generator": G.name,
-            "generator_sha256": G.sha256, "settings": json.dumps(settings, sort_keys=True)}
+            "generator_sha256": G.sha256, "settings": json.dumps(settings, sort_keys=True),
+            "metrics": json.dumps(metrics or {}, sort_keys=True, default=float)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_tuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(Δθ as float32 tensors, metadata with settings parsed) of a file save_tuned wrote."""
+    """(Δθ as float32 tensors, metadata with settings and metrics parsed) of a file save_tuned wrote."""
     from safetensors import SafetensorError, safe_open
     path = Path(path)
     if not path.is_file():
@@ -248,7 +259,8 @@ def read_tuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise LatentFitError(f"{path}: not a .safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
         raise LatentFitError(f"{path}: not a latent-fit tuned-weights file (no {FORMAT!r} record)")
-    meta["settings"] = json.loads(meta.get("settings", "{}"))
+    for key in ("settings", "metrics"):
+        meta[key] = json.loads(meta.get(key, "{}"))
     return delta, meta
 
 
