@@ -11,7 +11,8 @@ LOCALITY_SAMPLES prior samples z_k per target (keyed by seed and target name, th
 step) rendering as before. Fresh samples each step made it worse: Adam's per-weight steps follow the
 sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out locality fell.
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
-per target, so a target's result does not depend on its batch. Pure tensors in, tensors out, apart
+per target, so a target's result does not depend on its batch (bit for bit with `exact`, see tune).
+Pure tensors in, tensors out, apart
 from `save_tuned` / `read_tuned` / `apply_tuned`, the .safetensors side.
 """
 
