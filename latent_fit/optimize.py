@@ -67,7 +67,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     if encoder is not None and init is None:
         cfg = cfg.replace(space=encoder.space) if cfg.space is None else cfg
         init = encoder.start(G, targets, cfg.space)
-    with _plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
+    with plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
         run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr)
         loss = None
         for step in range(cfg.steps):
@@ -88,7 +88,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
 
 
 @contextlib.contextmanager
-def _plain_cpu_kernels():
+def plain_cpu_kernels():
     """Turn oneDNN off: the plain CPU convolutions compute each sample on its own, so their
     rounding does not depend on the batch size."""
     before = torch.backends.mkldnn.enabled

@@ -43,7 +43,7 @@ TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
 def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "cpu", *,
                    network_key: str = "G_ema", latent_dim: int | None = None,
                    resolution: int | None = None, num_classes: int | None = None,
-                   torchscript: bool = False) -> Generator:
+                   torchscript: bool = False, tuned: str | Path | None = None) -> Generator:
     """Load a generator from a bundled name, a .pkl/.pt network file, a TorchScript file
     or `module:callable` (an nn.Module mapping [N, latent_dim] to [N, 3, H, W] or grayscale
     [N, 1, H, W] in [-1, 1]). num_classes: a TorchScript/callable module is conditional, called
@@ -52,6 +52,8 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
     Network pickles and checkpoints are read without running anything stored in them.
     TorchScript runs code stored in the file, and `module:callable` runs your code: a file is
     read as TorchScript only when its name ends in .ts / .torchscript or with torchscript=True.
+    tuned: a `<stem>.tuned.safetensors` file; its weight change is applied once the file is
+    checked to come from this generator (tuning.apply_tuned).
     """
     from .wrapped import Wrapped, from_callable, from_torchscript
     spec = str(spec)
@@ -75,6 +77,9 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
     if num_classes is not None and not isinstance(G, Wrapped):
         raise ArgumentError("num_classes", num_classes, f"only for TorchScript and module:callable generators; "
                             f"{spec} has {G.c_dim} classes of its own")
+    if tuned is not None:
+        from ..tuning import apply_tuned
+        G = apply_tuned(G, tuned)
     return G.to(device).freeze()
 
 
