@@ -40,7 +40,7 @@ VAL_SAMPLES = 256
 STAT_SAMPLES = 2000            # prior samples for the output scale
 BUNDLED_ENCODERS = {   # generator name -> (file in weights/, sha256)
     "digiface-dcgan64": ("digiface-dcgan64-encoder.safetensors",
-                         "db80a38343db2b22d413cf33b273aa4db84c62b87c60832610528a8907e28359"),
+                         "d8183e762c386f82c9998cfcc626648373be6a9c6722027f73c65735be08c82c"),
 }
 
 
