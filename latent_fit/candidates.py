@@ -30,7 +30,8 @@ class Candidates:
     owner: torch.Tensor             # [R] index of the target
     keys: torch.Tensor              # [R] random-number keys (seed, name, start)
     targets: torch.Tensor           # [R, C, H, W]
-    wr: torch.Tensor                # [R] w_r
+    wr: torch.Tensor                # [R] w_r the loop uses (raw: as given; relative: times wr_factor)
+    wr_factor: torch.Tensor | None  # [R] jacobian.wr_factor at latent_init (relative units only)
     mask: torch.Tensor | None       # [R, 1, H, W]
     c: torch.Tensor | None          # [R, c_dim] class labels
     best: torch.Tensor              # [R] lowest loss seen since the last rung (early stop)

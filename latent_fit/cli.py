@@ -11,7 +11,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from .config import EDIT, ENCODED, PROJECTION
+from .config import CHOICES, EDIT, EDIT_WR, ENCODED, PROJECTION
 from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
 from .encoder import TrainSettings
@@ -115,7 +115,14 @@ def open_generator(generator, network_key, latent_dim, device):
                           torchscript=bool(ctx and ctx.meta.get("torchscript")))
 
 
+wr_units_option = click.option(
+    "--wr-units", type=click.Choice(CHOICES["wr_units"]), default=D.wr_units, show_default=True,
+    help="raw: w_r as given; relative: w_r in units of the generator's local ||J(z0)||_F^2/(d*P) at each "
+    "start, the same trade-off on every generator (see Choosing w_r).")
+
+
 def _optimizer_options(f):
+    f = wr_units_option(f)
     f = click.option("--seed", default=D.seed, show_default=True)(f)
     f = click.option("--lpips-weight", default=D.lpips_weight, show_default=True)(f)
     f = click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default=D.loss,
@@ -305,9 +312,9 @@ class _ManyValues(click.Command):
               help="Where the request applies: a grayscale image at the generator's resolution (white "
               "= edit, grays = soft), or a folder of <stem>.<image>. Default: the request's alpha, else "
               "the whole image.")
-@click.option("--wr", default=EDIT.wr, show_default=True,
-              help="Weight of wr*||z - z0||^2 (a sum over the latent): larger keeps the latent and the "
-              "unmasked image nearer the original; useful about 1e-3..1e-1 on the bundled DCGAN.")
+@click.option("--wr", type=float, help="Weight of wr*||z - z0||^2 (a sum over the latent): larger keeps the "
+              "latent and the unmasked image nearer the original; useful about 1e-3..1e-1 raw on the bundled "
+              f"DCGAN [default: {EDIT_WR['raw']:g} raw, {EDIT_WR['relative']:g} relative].")
 @click.option("--steps", default=EDIT.steps, show_default=True, help="Optimization steps.")
 @_optimizer_options
 @click.option("--direction", type=click.Path(path_type=Path),
@@ -325,7 +332,7 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
     from .runs.edit import direction_edit_files, edit_files
     if (request is None) == (direction is None):
         raise LatentFitError("give --target REQUEST (masked edit) or --direction D.npy (direction edit)")
-    cfg = EDIT.replace(**settings)
+    cfg = EDIT.replace(wr=EDIT_WR[settings["wr_units"]]).replace(**settings)
     G = open_generator(generator, network_key, latent_dim, device)
     t0 = time.perf_counter()
     if direction is not None:
@@ -389,8 +396,9 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder.")
 @generator_options
-@click.option("--wr", "wr_list", default=",".join(f"{w:g}" for w in SWEEP_WRS), show_default=True,
-              help="Comma-separated w_r values; every target runs at every one, in one batch.")
+@click.option("--wr", "wr_list", help="Comma-separated w_r values; every target runs at every one, in one "
+              f"batch [default: {','.join(f'{w:g}' for w in SWEEP_WRS['raw'])} raw, "
+              f"{','.join(f'{w:g}' for w in SWEEP_WRS['relative'])} relative].")
 @click.option("--init", type=click.Path(path_type=Path),
               help="Edit sweep: start from this .npz (or a folder of <stem>.npz); TARGETS are requests.")
 @click.option("--mask", type=click.Path(path_type=Path),
@@ -412,7 +420,7 @@ def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_l
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
     OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
     from .runs.sweep import sweep_files
-    wrs = _numbers(wr_list, "--wr")
+    wrs = _numbers(wr_list, "--wr") if wr_list else None
     G = open_generator(generator, network_key, latent_dim, device)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = (EDIT if init else preset).replace(**settings)
@@ -532,11 +540,12 @@ def train_encoder_command(generator, network_key, latent_dim, device, out, space
 @click.option("--loss", type=click.Choice(["auto", "mse", "lpips", "mse+lpips"]), default="mse",
               show_default=True, help="Reconstruction terms (LPIPS fits better but is slower).")
 @click.option("--seed", default=D.seed, show_default=True)
+@wr_units_option
 def serve_command(generator, network_key, latent_dim, device, encoder, host, port, out, steps, starts,
-                  loss, seed):
+                  loss, seed, wr_units):
     """A local web editor: upload or pick an image, watch it project, paint an edit and choose
     w_r, move along directions, sweep w_r, and save OUT/<stem>.npz and .png. Prints its URL."""
     from .serve import run_server
     G = open_generator(generator, network_key, latent_dim, device)
     run_server(G, out, host=host, port=port, encoder=encoder, steps=steps, starts=starts, loss=loss,
-               seed=seed)
+               seed=seed, wr_units=wr_units)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .errors import ArgumentError
 
 CHOICES = {"reg": ("l2", "l1"), "init_mode": (None, "random", "mean"),
-           "loss": ("auto", "mse", "lpips", "mse+lpips")}
+           "loss": ("auto", "mse", "lpips", "mse+lpips"), "wr_units": ("raw", "relative")}
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Config:
     latent_noise: float = 0.05        # initial latent noise, times the latent's per-element std
     latent_noise_ramp: float = 0.75   # fraction of steps over which that noise decays to 0
     wr: float = 0.0                   # weight of the Euclidean norm term wr * ||z - z0||^2 (a sum)
+    wr_units: str = "raw"             # raw: wr as given; relative: wr times the generator's local
+                                      # ||J(z0)||_F^2 / (d P) at each start (jacobian.wr_factor)
     reg: str = "l2"                   # l2: sum of squares; l1: sum of absolute values (sparser dz)
     loss: str = "auto"                # auto | mse | lpips | mse+lpips (auto: mse+lpips if LPIPS is on disk)
     lpips_weight: float = 1.0         # weight of LPIPS next to pixel MSE
@@ -74,3 +76,6 @@ ENCODED = dataclasses.replace(PROJECTION, steps=1000, starts=1, spread=0.5, lr=0
 # and fewer steps. w_r = 1e-2 balances the request against staying near z0 for the bundled DCGAN's
 # 100-element z; its useful range is about 1e-3 (follow the request) to 1e-1 (subtle).
 EDIT = dataclasses.replace(PROJECTION, steps=300, starts=1, latent_noise=0.0, optimize_noise=False, wr=1e-2)
+# Edits' w_r in relative units: 2 is the raw 1e-2 above at the bundled DCGAN's median wr_factor
+# (0.0053), and the same trade-off on any other generator (README, "Choosing w_r").
+EDIT_WR = {"raw": EDIT.wr, "relative": 2.0}

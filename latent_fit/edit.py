@@ -67,7 +67,7 @@ def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch
 
     config: the EDIT preset unless given (changes: its fields to replace); wr: scalar or [N],
     instead of config.wr. Larger wr: smaller ||dz|| and less change outside the mask; tiny wr:
-    the masked region reaches the request. metrics add wr and edit_metrics (mask_mse_before,
+    the masked region reaches the request. metrics add edit_metrics (mask_mse_before,
     mask_mse_after, outside_change).
     """
     cfg = config.replace(**changes) if changes else config
@@ -80,8 +80,6 @@ def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch
     res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, progress=progress)
     before = render(G, res.latent_init, res.space, c)
     res.metrics |= edit_metrics(before, res.images, request, mask)
-    res.metrics["wr"] = np.broadcast_to(np.asarray(wr.cpu() if torch.is_tensor(wr) else wr, np.float64),
-                                        (len(res.names),)).copy()
     return EditResult(**vars(res), before=before)
 
 

@@ -3,8 +3,9 @@
 For a small step dz from z, the pixel MSE changes by ||J dz||^2 / P (J = dG/dz at z, P pixel
 values per image); averaged over directions, by ||J||_F^2 ||dz||^2 / (d P) (d latent elements).
 So wr_factor = ||J||_F^2 / (d P) is what one unit of ||dz||^2 costs in MSE, and a relative
-w_r times wr_factor is the raw w_r of the loop: relative w_r = 1 makes the Euclidean term cost as
-much as the average image change it buys, whatever the generator's latent scale.
+w_r (Config.wr_units = "relative") times wr_factor at each start is the raw w_r of the loop:
+relative w_r = 1 makes the Euclidean term cost as much as the average image change it buys,
+whatever the generator's latent scale.
 
 ||J||_F^2 is estimated per sample by Hutchinson's estimator, ||J||_F^2 = E ||J^T u||^2 over
 u ~ N(0, I_P), with `projections` vector-Jacobian products run as one batched backward pass (on
@@ -18,28 +19,19 @@ from __future__ import annotations
 import math
 import weakref
 
-import numpy as np
 import torch
 
 from .errors import LatentFitError
 from .generators.base import Generator
 from .rng import keyed_normal, name_key
 
-WR_UNITS = ("raw", "relative")
-PROJECTIONS = 32            # probes per sample: one estimate's relative spread is ~10 % (docs)
+PROJECTIONS = 32            # probes per sample: one estimate's relative spread is ~10 % (README, Choosing w_r)
 PRIOR_SAMPLES = 128         # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
 PRIOR_PROJECTIONS = 4       # ... each estimated with this many probes (the median averages)
 CHUNK_ROWS = 64             # sample x probe rows per backward pass (CPU: larger runs slower per row)
 _PROBE_COUNTER = 1 << 24    # keyed_normal counters of the probes (far from the loop's)
 _medians_by_weights: dict[tuple[str, str, str], float] = {}       # (name, sha256, space)
 _medians_by_object: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # weights unknown
-
-
-def check_wr_units(units: str) -> str:
-    if units not in WR_UNITS:
-        raise LatentFitError(f"--wr-units {units!r}: choose raw (w_r as given) or relative (w_r times "
-                             "the generator's local ||J||_F^2/(d*P) at each start)")
-    return units
 
 
 def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
@@ -80,18 +72,11 @@ def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = No
 def wr_factor(G: Generator, latents: torch.Tensor, space: str | None = None,
               c: torch.Tensor | None = None, **estimate) -> torch.Tensor:
     """||J||_F^2 / (d P) per latent [N]: the MSE one unit of ||dz||^2 costs on average there,
-    i.e. the raw w_r that relative w_r = 1 stands for. estimate: jacobian_sq_norm's keywords."""
+    i.e. the raw w_r that relative w_r = 1 stands for (Config.wr_units). estimate:
+    jacobian_sq_norm's keywords."""
     space = G.check_space(space or G.default_space)
     d = math.prod(G.latent_shape(space))
     return jacobian_sq_norm(G, latents, space, c, **estimate) / (d * 3 * G.resolution ** 2)
-
-
-def relative_wr(G: Generator, wr, starts: torch.Tensor, space: str | None = None,
-                c: torch.Tensor | None = None, **estimate) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw w_r [N], wr_factor [N]) for relative w_r (scalar or [N]) at starts z0 [N, *shape]:
-    raw = wr * wr_factor(z0). The raw tensor is what project(wr=...) and edit(wr=...) take."""
-    factor = wr_factor(G, starts, space, c, **estimate)
-    return torch.as_tensor(wr, dtype=torch.float32, device=factor.device) * factor, factor
 
 
 def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
@@ -121,18 +106,3 @@ def jacobian_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
         raise LatentFitError(f"generator {G.name!r}: the image does not change with the latent at "
                              f"typical {space} latents (median ||J||_F^2 = {med:g})")
     return (jacobian_sq_norm(G, latents, space, c, **estimate) / med).sqrt()
-
-
-def unit_metrics(G: Generator, latent: torch.Tensor, latent_init: torch.Tensor, wr, units: str,
-                 space: str | None = None, c: torch.Tensor | None = None, *,
-                 noise: list[torch.Tensor] | None = None, **estimate) -> dict[str, np.ndarray]:
-    """wr_factor (at latent_init, with the generator's constant noise, as relative_wr),
-    wr_effective (the raw w_r used: wr, times wr_factor in relative units) and jacobian_norm (at
-    latent, with its noise maps), one float64 value per row [N] each."""
-    check_wr_units(units)
-    factor = wr_factor(G, latent_init, space, c, **estimate)
-    wr = torch.as_tensor(wr, dtype=torch.float32, device=factor.device).expand_as(factor)
-    eff = wr * factor if units == "relative" else wr
-    return {k: v.detach().double().cpu().numpy() for k, v in
-            {"wr_factor": factor, "wr_effective": eff,
-             "jacobian_norm": jacobian_norm(G, latent, space, c, noise=noise, **estimate)}.items()}

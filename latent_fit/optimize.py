@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from .config import PROJECTION, Config
 from .errors import LatentFitError
 from .generators.base import Generator
 from .images import to_uint8
+from .jacobian import jacobian_norm, wr_factor
 from .objective import Inputs, Objective
 from .rng import keyed_normal, name_key
 
@@ -40,8 +42,10 @@ class Result:
     noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
     loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
     steps: np.ndarray                    # [N] steps run by the kept candidate
-    metrics: dict[str, np.ndarray]       # mse, psnr, lpips (nan if unused; in the mask), dz_norm,
-                                         # sample_steps (candidate-steps spent on the target): [N] each
+    metrics: dict[str, np.ndarray]       # [N] each: mse, psnr, lpips (nan if unused; in the mask),
+                                         # dz_norm, sample_steps (candidate-steps spent on the target),
+                                         # wr (as given), wr_factor (at the start), wr_effective (the
+                                         # raw w_r used), jacobian_norm (at the latent; jacobian.py)
     terms: list[str]                     # loss terms that were used
     config: dict                         # the Config used, as a dict
     seconds: float                       # wall time of the whole batch
@@ -149,6 +153,7 @@ class _Run:
         self.adam = RowAdam(self.pool.variables)
         self.kept = {"latent": torch.empty(n, *self.shape, device=dev),
                      "latent_init": torch.empty(n, *self.shape, device=dev),
+                     "wr_factor": torch.empty(n, device=dev),
                      "noise": [torch.empty(n, *s, device=dev) for s in self.noise_shapes]}
         self.steps_run = np.full(n, cfg.steps)
         self.spent = torch.zeros(n, device=dev)   # candidate-steps per target
@@ -168,7 +173,8 @@ class _Run:
     def _start(self, wr: torch.Tensor, init: torch.Tensor | None) -> Candidates:
         """k candidates per target, rows grouped by target: the given start (its k - 1 others
         perturbed by `spread` latent stds), random prior samples keyed by (seed, name, start), or
-        the space's mean. Given starts are every candidate's z0: w_r anchors to them."""
+        the space's mean. Given starts are every candidate's z0: w_r anchors to them. In relative
+        units each candidate's w_r is multiplied by wr_factor at its own z0."""
         G, n, k, dev = self.G, self.n, self.k, self.G.device
         owner = torch.arange(n, device=dev).repeat_interleave(k)
         keys = torch.tensor([name_key(self.cfg.seed, self.names[i], j) for i in range(n) for j in range(k)],
@@ -185,11 +191,24 @@ class _Run:
                 z0 = G.from_z(keyed_normal(keys, 0, (G.z_dim,)), self.space, c)
             else:
                 z0 = G.mean_latent(self.space, None if c is None else c[:1]).expand(n * k, *self.shape).clone()
+        factor = self._wr_factor(z0, c, owner) if self.cfg.wr_units == "relative" else None
         return Candidates(latent=z0.clone() if latent is None else latent, latent_init=z0, owner=owner, keys=keys,
                           noise=[keyed_normal(keys, 1 + i, s) for i, s in enumerate(self.noise_shapes)],
-                          targets=self.targets[owner], wr=wr[owner],
+                          targets=self.targets[owner], wr=wr[owner] * (1 if factor is None else factor),
+                          wr_factor=factor,
                           mask=None if self.mask is None else self.mask[owner], c=c,
                           best=torch.full((n * k,), math.inf, device=dev), since=torch.zeros(n * k, device=dev))
+
+    def _wr_factor(self, z0: torch.Tensor, c: torch.Tensor | None, owner: torch.Tensor) -> torch.Tensor:
+        """wr_factor at each candidate's start; the probes are keyed by its target's name."""
+        names = [self.names[i] for i in owner.tolist()]
+        factor = wr_factor(self.G, z0, self.space, c, names=names, seed=self.cfg.seed)
+        flat = sorted({names[i] for i in torch.nonzero(factor <= 0).flatten().tolist()})
+        if flat:
+            warnings.warn(f"wr_units relative: the image does not change with the latent at the start of "
+                          f"{', '.join(flat[:3])}{' …' if len(flat) > 3 else ''}, so w_r has no effect there "
+                          "(give other starts or raw units)")
+        return factor
 
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward/backward and Adam step of every candidate: (loss [R], images) before it."""
@@ -255,6 +274,8 @@ class _Run:
         tgt = self.pool.owner[rows]
         self.kept["latent"][tgt] = self.pool.latent[rows].detach()
         self.kept["latent_init"][tgt] = self.pool.latent_init[rows]
+        if self.pool.wr_factor is not None:
+            self.kept["wr_factor"][tgt] = self.pool.wr_factor[rows]
         for out, m in zip(self.kept["noise"], self.pool.noise):
             out[tgt] = m[rows]
         self.steps_run[tgt.cpu().numpy()] = steps_done
@@ -274,13 +295,27 @@ class _Run:
             self.frames.append(to_uint8(images))
         hist = np.stack(self.history, 1) if self.history else np.zeros((self.n, 0))
         wr = self.wr_in if isinstance(self.wr_in, (int, float)) else torch.as_tensor(self.wr_in).tolist()
+        metrics = {k: v.cpu().numpy() for k, v in measured.items()} | self._unit_metrics(wr, latent, latent_init, noise)
         conf = dataclasses.asdict(self.cfg) | {"space": self.space, "lr": self.lr, "init_mode": self.mode,
                                                "starts": self.starts, "wr": wr}
         return Result(names=self.names, space=self.space, latent=latent, latent_init=latent_init,
                       images=images, noise=noise, loss_history=hist.astype(np.float32), steps=self.steps_run,
-                      metrics={k: v.cpu().numpy() for k, v in measured.items()},
+                      metrics=metrics,
                       terms=self.objective.names, config=conf, seconds=time.perf_counter() - t_start,
                       frames=np.stack(self.frames) if self.frames else None)
+
+
+    def _unit_metrics(self, wr, latent, latent_init, noise) -> dict[str, np.ndarray]:
+        """Per target, float64: wr as given, wr_factor at its start (the one its loop used, in
+        relative units), wr_effective (the raw w_r of its loop) and jacobian_norm at its latent."""
+        est = {"names": self.names, "seed": self.cfg.seed}
+        relative = self.cfg.wr_units == "relative"
+        factor = self.kept["wr_factor"] if relative else wr_factor(self.G, latent_init, self.space, self.c, **est)
+        jn = jacobian_norm(self.G, latent, self.space, self.c, noise=noise, **est)
+        wr = np.broadcast_to(np.asarray(wr, np.float64), (self.n,)).copy()
+        factor = factor.double().cpu().numpy()
+        return {"wr": wr, "wr_factor": factor, "wr_effective": wr * factor if relative else wr,
+                "jacobian_norm": jn.double().cpu().numpy()}
 
 
 def _renormalized(m: torch.Tensor) -> torch.Tensor:

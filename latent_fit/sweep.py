@@ -26,13 +26,13 @@ from .config import EDIT, PROJECTION, Config
 from .edit import edit
 from .errors import ArgumentError
 from .generators.base import Generator
-from .jacobian import jacobian_norm
 from .optimize import Result, project
 
-SWEEP_WRS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+SWEEP_WRS = {"raw": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),           # the default grid per wr_units
+             "relative": (0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0)}
 PRIOR_SAMPLES = 10_000
-COLUMNS = ["target", "wr", "mse", "psnr", "lpips", "dz_norm", "prior_nll", "radius", "realism", "jacobian_norm",
-           "steps"]
+COLUMNS = ["target", "wr", "wr_units", "wr_factor", "wr_effective", "mse", "psnr", "lpips", "dz_norm",
+           "prior_nll", "radius", "realism", "jacobian_norm", "steps"]
 EDIT_COLUMNS = ["mask_mse_before", "mask_mse_after", "outside_change"]
 
 
@@ -48,8 +48,9 @@ class SweepResult:
     def rows(self) -> list[dict]:
         """One dict per (target, w_r), the rows of sweep.csv."""
         steps = self.result.steps.reshape(len(self.names), -1)
-        keys = [k for k in COLUMNS[2:-1] + EDIT_COLUMNS if k in self.metrics]
-        return [{"target": name, "wr": float(wr)} | {k: float(self.metrics[k][t, j]) for k in keys}
+        keys = [k for k in COLUMNS[3:-1] + EDIT_COLUMNS if k in self.metrics]
+        units = self.result.config["wr_units"]
+        return [{"target": name, "wr": float(wr), "wr_units": units} | {k: float(self.metrics[k][t, j]) for k in keys}
                 | {"steps": int(steps[t, j])}
                 for t, name in enumerate(self.names) for j, wr in enumerate(self.wrs)]
 
@@ -97,11 +98,11 @@ def check_wrs(wrs) -> np.ndarray:
     return wr
 
 
-def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] | None = None, *,
+def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None = None, *,
           config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
           c: torch.Tensor | None = None, encoder=None, progress=None, **changes) -> SweepResult:
-    """Project (or, with init, edit) every target [T, C, H, W] at every w_r in ONE batched run of
-    T * W independent samples.
+    """Project (or, with init, edit) every target [T, C, H, W] at every w_r (default: the
+    SWEEP_WRS grid of the config's wr_units) in ONE batched run of T * W independent samples.
 
     All w_r samples of a target share its name, hence the same random starts and latent noise.
     Without init the projection config applies (random multi-start in z), so each sample is what
@@ -111,10 +112,10 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
     are measured inside it). With init [T, *shape] (an edit sweep) the EDIT config applies and
     EDIT_COLUMNS are added. config: PROJECTION or EDIT by default; changes: its fields to replace.
     """
-    wr = check_wrs(wrs)
+    cfg = (config or (EDIT if init is not None else PROJECTION)).replace(**changes)
+    wr = check_wrs(SWEEP_WRS[cfg.wr_units] if wrs is None else wrs)
     t, w = targets.shape[0], len(wr)
     names = list(names) if names is not None else [str(i) for i in range(t)]
-    cfg = (config or (EDIT if init is not None else PROJECTION)).replace(**changes)
     start = None
     if init is None and encoder is not None:   # every w_r of a target starts from E(x)
         cfg = cfg.replace(space=cfg.space or encoder.space)
@@ -129,8 +130,6 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=SWEEP_WRS, names: list[str] |
     else:
         res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
-    metrics["jacobian_norm"] = jacobian_norm(G, res.latent, res.space, rep(c), names=res.names,
-                                             seed=cfg.seed, noise=res.noise).cpu().numpy()
     return SweepResult(names=names, wrs=wr, result=res,
                        metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})
 

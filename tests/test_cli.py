@@ -41,7 +41,10 @@ def test_project_writes_every_output(cli, two_targets, tmp_path):
         assert d["config"]["steps"] == 20 and d["config"]["starts"] == 2
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["target"] for r in rows] == ["astronaut", "face_00"]
-    assert list(rows[0]) == ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "sample_steps", "seconds", "terms"]
+    assert list(rows[0]) == ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
+                             "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
+    assert rows[0]["wr_units"] == "raw" and float(rows[0]["wr_effective"]) == float(rows[0]["wr"])
+    assert float(rows[0]["wr_factor"]) > 0 and 0.2 < float(rows[0]["jacobian_norm"]) < 5
     assert rows[0]["lpips"] == "" and rows[0]["terms"] == "mse+wr*l2"
     assert json.loads((out / "metrics.json").read_text())[1]["target"] == "face_00"
     assert not list(out.glob(".*tmp*"))

@@ -1,6 +1,7 @@
 """Edits: masked (iGAN) edits and their w_r bounds, directions, interpolation, and the edit /
 direction / interpolate commands end to end, bad inputs included."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +132,11 @@ def test_cli_masked_edit_writes_outputs_and_resumes(cli, tmp_path):
         data = read_latent_file(out / f"{stem}.npz")
         assert np.array_equal(data["latent_init"], read_latent_file(SAMPLES / "latents" / f"{stem}.npz")["latent"])
         assert data["generator"] == "digiface-dcgan64" and data["config"]["wr"] == 0.01
-    header, *rows = (out / "metrics.csv").read_text().splitlines()
-    assert header.split(",")[:6] == ["target", "wr", "mask_mse_before", "mask_mse_after", "outside_change",
-                                     "dz_norm"]
-    assert len(rows) == 2 and all(float(r.split(",")[3]) < float(r.split(",")[2]) for r in rows)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert list(rows[0])[:9] == ["target", "wr", "wr_units", "wr_factor", "wr_effective", "mask_mse_before",
+                                 "mask_mse_after", "outside_change", "dz_norm"]
+    assert len(rows) == 2 and all(float(r["mask_mse_after"]) < float(r["mask_mse_before"]) for r in rows)
+    assert all(r["wr_units"] == "raw" and float(r["wr_effective"]) == 0.01 for r in rows)
     res = cli("edit", LATENTS[0], LATENTS[2], "--target", req, "--steps", "20", "--loss", "mse",
               "-o", out)
     assert res.exit_code == 0 and "skipped 2 complete" in res.stdout

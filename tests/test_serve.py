@@ -115,6 +115,24 @@ def test_a_newer_request_cancels_the_stale_runs_of_its_page():
         q.close()
 
 
+def test_editor_in_relative_units(G, tmp_path):
+    """serve --wr-units relative: the page's range and default are relative, and an edit's raw
+    weight is w_r times wr_factor at the page's projection."""
+    from latent_fit.images import load_image
+    from latent_fit.jacobian import wr_factor
+    editor = Editor(G, tmp_path, steps=10, starts=1, loss="mse", wr_units="relative")
+    try:
+        info = editor.info()
+        assert (info["wr_units"], info["wr"], info["sweep_wrs"][0], info["sweep_wrs"][-1]) == ("relative", 2.0, 0.01, 100)
+        target = load_image(SAMPLES / "targets" / "face_00.png", G.resolution)
+        assert _until(editor.queue, editor.submit_projection("p", target, "face_00", None))["state"] == "done"
+        snap = _until(editor.queue, editor.submit_edit("p", target.flip(2), torch.ones(1, 64, 64), 2.0))
+        factor = float(wr_factor(G, editor.page("p").projection[None], names=["face_00"])[0])
+        assert snap["result"]["metrics"]["wr_effective"] == pytest.approx(2.0 * factor, rel=1e-4)
+    finally:
+        editor.queue.close()
+
+
 # --- the HTTP API ---------------------------------------------------------------------------------
 
 @pytest.fixture

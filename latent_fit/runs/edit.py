@@ -22,7 +22,8 @@ from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 from .project import write_outputs
 
-EDIT_METRIC_COLUMNS = ["target", "wr", *EDIT_COLUMNS, "dz_norm", "steps", "seconds"]
+EDIT_METRIC_COLUMNS = ["target", "wr", "wr_units", "wr_factor", "wr_effective", *EDIT_COLUMNS, "dz_norm",
+                       "jacobian_norm", "steps", "seconds"]
 
 
 def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config = EDIT, *, request: Path,

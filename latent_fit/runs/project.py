@@ -22,7 +22,8 @@ from ..outputs import (Report, check_writable, collect_metrics, input_sha256, ou
                        remove_stale_temps, settings_record, write_folder_file, write_metrics, write_target)
 from ..report import write_report
 
-METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "steps", "sample_steps", "seconds", "terms"]
+METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
+                  "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
 CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
                                   # RAM fills, and a smaller chunk loses less work when killed
 
@@ -48,7 +49,8 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
         frames = res.frames[:, i]
         save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), out / stem)
     metrics = {k: float(v[i]) for k, v in res.metrics.items()}
-    metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms)}
+    metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms),
+                "wr_units": res.config["wr_units"]}
     history = res.loss_history[i]
     write_latent_file(out / f"{stem}.npz", record=record, latent=res.latent[i], latent_init=res.latent_init[i],
                       space=res.space, generator=G.name, generator_sha256=G.sha256,

@@ -57,7 +57,7 @@ def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle("w_r sweep: fidelity against realism (labels: w_r)")
+    fig.suptitle(f"w_r sweep: fidelity against realism (labels: w_r, {sw.result.config['wr_units']} units)")
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
@@ -91,7 +91,7 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
     return stems, targets, stack_masks(masks), starts, labels
 
 
-def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], config: Config | None = None, *,
+def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | None, config: Config | None = None, *,
                 init: Path | None = None, mask: Path | None = None, class_index: int | None = None,
                 encoder=None, progress=None, **changes) -> Report:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
@@ -101,7 +101,7 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], con
     runs.project.project_files (one batch). encoder: every w_r of a target starts from E(x)
     (without init). config: see sweep.sweep; changes: Config fields."""
     out, rep = Path(out), Report()
-    wrs = check_wrs(wrs)
+    wrs = None if wrs is None else check_wrs(wrs)   # None: the default grid of the units
     check_writable(out)
     space = changes.get("space") or (config.space if config else None) or G.default_space
     stems, targets, mk, starts, c = _load_targets(G, specs, init, mask, space, class_index, rep)

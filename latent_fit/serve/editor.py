@@ -25,7 +25,7 @@ from ..generators.base import Generator
 from ..images import save_png, to_uint8
 from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
-from ..config import EDIT, PROJECTION
+from ..config import EDIT, EDIT_WR, PROJECTION
 from ..optimize import project
 from ..sweep import suggest_wr, sweep
 from .inputs import safe_stem
@@ -34,7 +34,8 @@ from .jobqueue import DeviceQueue, Job
 MAX_PAGES = 16                                 # pages whose state is kept (least recently used dropped)
 DIRECTIONS = 5                                 # principal directions offered as sliders
 PCA_SAMPLES = 2000
-SWEEP_WRS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)      # the page's w_r range, log-spaced
+SWEEP_WRS = {"raw": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),   # the page's w_r range per wr_units, log-spaced
+             "relative": (1e-2, 1e-1, 1.0, 10.0, 100.0)}
 CHECK_EVERY = 10                               # steps between progress reports (and cancel checks)
 
 
@@ -92,9 +93,12 @@ class Editor:
     to `queue` and returns it; results are plain dicts the page reads as JSON."""
 
     def __init__(self, G: Generator, out: Path, *, encoder: str = "none", steps: int = 200,
-                 starts: int = 4, loss: str = "auto", seed: int = 0, pca_samples: int = PCA_SAMPLES):
+                 starts: int = 4, loss: str = "auto", seed: int = 0, pca_samples: int = PCA_SAMPLES,
+                 wr_units: str = "raw"):
         self.G, self.out, self.encoder, self.pca_samples = G, Path(out), encoder, pca_samples
-        page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False)
+        page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False,
+                    wr_units=wr_units)
+        self.sweep_wrs = SWEEP_WRS[wr_units]
         self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
         self.edit_config = EDIT.replace(**page)                   # edits from the page's projection
         self.queue = DeviceQueue()
@@ -106,7 +110,8 @@ class Editor:
         G = self.G
         return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
                 "space": G.default_space, "steps": self.config.steps, "encoder": self.encoder,
-                "out": str(self.out), "sweep_wrs": list(SWEEP_WRS)}
+                "out": str(self.out), "sweep_wrs": list(self.sweep_wrs),
+                "wr_units": self.edit_config.wr_units, "wr": EDIT_WR[self.edit_config.wr_units]}
 
     def start_encoder(self, space: str):
         """The encoder for `space`, loaded once (so a bad --encoder fails at start-up)."""
@@ -168,7 +173,7 @@ class Editor:
             res = edit(self.G, page.projection[None], request[None], mask[None], [page.stem], wr=float(wr),
                        config=self.edit_config.replace(space=page.space), progress=job.progress)
             metrics = {k: float(res.metrics[k][0]) for k in
-                       ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr")}
+                       ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr", "wr_effective")}
             record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
                       "seconds": res.seconds, "metrics": metrics}
             return self._show(job, page_id, page, edited=res.latent[0].cpu(), edit_record=record) | {
@@ -231,17 +236,17 @@ class Editor:
         return unit, std
 
     def submit_sweep(self, page_id: str, request: tuple[torch.Tensor, torch.Tensor] | None) -> Job:
-        """Fidelity against ||dz|| over SWEEP_WRS for this page's image, in one batched run: an
+        """Fidelity against ||dz|| over the page's w_r range for this page's image, in one batched run: an
         edit sweep from the projection toward the painted request, or without paint a
         projection sweep of the target from one shared start."""
         def run(job: Job) -> dict:
             with self.queue.lock:
                 page = self.page(page_id)
             if request is None:
-                sw = sweep(self.G, page.target[None], SWEEP_WRS, [page.stem], progress=job.progress,
+                sw = sweep(self.G, page.target[None], self.sweep_wrs, [page.stem], progress=job.progress,
                            config=self.config.replace(space=page.space, starts=1))
             else:
-                sw = sweep(self.G, request[0][None], SWEEP_WRS, [page.stem], init=page.projection[None],
+                sw = sweep(self.G, request[0][None], self.sweep_wrs, [page.stem], init=page.projection[None],
                            mask=request[1][None], progress=job.progress,
                            config=self.edit_config.replace(space=page.space))
             best, reason = suggest_wr(sw)

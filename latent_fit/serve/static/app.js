@@ -174,9 +174,11 @@
   }
 
   // --- w_r and the edit --------------------------------------------------------------------
+  let wrRange = [1e-4, 1], wrUnits = "raw";   // from /api/info: the w_r range of the server's units
+  const wrHint = () => `w_r (${wrUnits} units): type a number from 0 to ${fmt(wrRange[1])} (for example ${fmt(wrRange[0] * 100)})`;
   function wrValue() {
     const text = $("wr").value.trim(), v = Number(text);
-    return text !== "" && Number.isFinite(v) && v >= 0 && v <= 1 ? v : null;
+    return text !== "" && Number.isFinite(v) && v >= 0 && v <= wrRange[1] ? v : null;
   }
   const editKey = () => `${wrValue()}|${strokes}`;
   let wrTimer = null;
@@ -188,8 +190,8 @@
   function maybeEdit() { clearTimeout(wrTimer); if (editKey() !== lastEditKey) edit(); }
   function typedWr(now) {
     const v = wrValue();
-    if (v === null) { say("w_r: type a number from 0 to 1 (for example 0.01)", true); return; }
-    $("wr-slider").value = Math.log10(Math.max(v, 1e-4));
+    if (v === null) { say(wrHint(), true); return; }
+    $("wr-slider").value = Math.log10(Math.max(v, wrRange[0]));
     wrChanged(now);
   }
   $("wr").addEventListener("input", () => typedWr(false));
@@ -201,7 +203,7 @@
   async function edit() {
     if (!projected) return;
     const wr = wrValue();
-    if (wr === null) { say("w_r: type a number from 0 to 1 (for example 0.01)", true); return; }
+    if (wr === null) { say(wrHint(), true); return; }
     if (!painted()) { say("Paint on the projection first: the strokes are the request, their footprint the mask.", true); return; }
     lastEditKey = editKey();
     try {
@@ -210,7 +212,8 @@
       if (!r) return;
       const m = r.metrics;
       $("result").src = r.result;
-      $("result-info").textContent = `w_r ${fmt(m.wr)} · error in the paint ${fixed(m.mask_mse_before, 3)} → ` +
+      const raw = wrUnits === "raw" ? "" : ` (raw ${fmt(m.wr_effective)})`;
+      $("result-info").textContent = `w_r ${fmt(m.wr)}${raw} · error in the paint ${fixed(m.mask_mse_before, 3)} → ` +
         `${fixed(m.mask_mse_after, 3)} · change outside ${fixed(m.outside_change, 3)} · ‖Δz‖ ${fixed(m.dz_norm, 2)}`;
       say(`Edited at w_r = ${fmt(wr)}. Change w_r to run it again.`);
     } catch (e) {
@@ -329,7 +332,7 @@
       dot.append(el("title", {}, `w_r ${fmt(p.wr)}: PSNR ${p.psnr.toFixed(1)} dB, ‖Δz‖ ${p.dz_norm.toFixed(2)}`));
       dot.addEventListener("click", () => {
         $("wr").value = fmt(p.wr);
-        $("wr-slider").value = Math.log10(Math.max(p.wr, 1e-4));
+        $("wr-slider").value = Math.log10(Math.max(p.wr, wrRange[0]));
         wrChanged(true);
       });
       const right = X(p.dz_norm) > W * 0.7;   // labels near the right edge go to the left of their point
@@ -355,6 +358,12 @@
     $("generator").textContent = `${info.generator} · ${info.resolution}px · ${info.steps} steps`;
     info.spaces.forEach((s) => $("space").append(new Option(s, s, s === info.space, s === info.space)));
     info.samples.forEach((s) => $("sample").append(new Option(s, s)));
+    wrUnits = info.wr_units;
+    wrRange = [info.sweep_wrs[0], info.sweep_wrs[info.sweep_wrs.length - 1]];
+    Object.assign($("wr-slider"), {min: Math.log10(wrRange[0]), max: Math.log10(wrRange[1])});
+    $("wr-slider").value = Math.log10(info.wr);
+    Object.assign($("wr"), {max: wrRange[1], value: fmt(info.wr)});
+    $("wr-units").textContent = wrUnits === "raw" ? "" : ` (${wrUnits})`;
     document.body.dataset.ready = "1";
   }).catch((e) => say(`cannot reach the server: ${e.message}`, true));
 })();
