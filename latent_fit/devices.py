@@ -79,13 +79,13 @@ def step_memory(G: Generator, n_targets: int, config: Config) -> int:
     dev = G.device
     targets = torch.zeros(n_targets, G.img_channels, G.resolution, G.resolution, device=dev)
     c = G.cycled_labels(n_targets)
-    from .optimize import project
-    cfg = config.replace(steps=1, check_every=1)
+    from .optimize import one_step
+    cfg = config.replace(wr_units="raw")   # relative units' estimate at the start is not a step
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        project(G, targets, c=c, config=cfg)
+        one_step(G, targets, c=c, config=cfg)
         return torch.cuda.max_memory_allocated(dev) - base
     saved: dict[int, int] = {}
 
@@ -94,7 +94,7 @@ def step_memory(G: Generator, n_targets: int, config: Config) -> int:
         saved[s.data_ptr()] = s.nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        project(G, targets, c=c, config=cfg)
+        one_step(G, targets, c=c, config=cfg)
     return 2 * sum(saved.values())
 
 

@@ -91,6 +91,11 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
         return run.finish(loss, t_start)
 
 
+def one_step(G: Generator, targets: torch.Tensor, *, config: Config, c: torch.Tensor | None = None) -> None:
+    """Start the loop on `targets` and run its first step, nothing else (memory probes)."""
+    _Run(G, config, targets, None, init=None, mask=None, c=c, wr=None).step(0)
+
+
 @contextlib.contextmanager
 def plain_cpu_kernels():
     """Turn oneDNN off: the plain CPU convolutions compute each sample on its own, so their
