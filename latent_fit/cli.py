@@ -20,6 +20,7 @@ from .errors import ArgumentError, LatentFitError, one_line
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
 from .sweep import SWEEP_WRS
+from .tuning import Tuning
 
 D = PROJECTION
 
@@ -137,6 +138,24 @@ def speed_options(f):
     return f
 
 
+def tune_options(f):
+    """--tune-steps, --tune-locality, --tune-lr: tuning.Tuning's fields (project --tune, sweep --tune-reg)."""
+    T = Tuning()
+    f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
+    f = click.option("--tune-locality", type=float, help="Weight of the locality term (prior samples keep their "
+                     f"images) [default: {T.tune_locality:g}].")(f)
+    f = click.option("--tune-steps", type=int, help=f"Tuning steps [default: {T.tune_steps}].")(f)
+    return f
+
+
+def _tuning(tune: bool, **settings) -> Tuning | None:
+    """The Tuning of --tune and its --tune-* options (None without --tune)."""
+    given = [k for k, v in settings.items() if v is not None]
+    if given and not tune:
+        raise LatentFitError(f"--{given[0].replace('_', '-')} needs --tune")
+    return Tuning().replace(**settings) if tune else None
+
+
 def _batch_size(ctx, param, value):
     if value == "auto":
         return value
@@ -187,10 +206,17 @@ def main():
 @click.option("--exact", is_flag=True, help="CPU: convolutions whose rounding does not depend on the batch "
               "size, so a target's latent is bit-identical however the run is batched (slower).")
 @speed_options
+@click.option("--tune", is_flag=True, help="Then tune a copy of the generator's weights around each found "
+              "latent (real photos): OUT/<stem>.tuned.safetensors; the images and metrics are the tuned ones.")
+@click.option("--tune-reg", type=float, help=f"Weight of reg*sum(dtheta^2) of the tuning [default: "
+              f"{Tuning().tune_reg:g}].")
+@tune_options
 def project(targets, out, generator, network_key, latent_dim, device, batch_size, init, class_index,
-            encoder, precision, channels_last, compile_mode, **settings):
+            encoder, precision, channels_last, compile_mode, tune, tune_steps, tune_reg, tune_locality, tune_lr,
+            **settings):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
-    OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json.
+    OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json (with --tune also
+    OUT/<stem>.tuned.safetensors).
 
     Rerun with the same arguments to finish a killed job. Under torchrun each process takes
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
@@ -202,11 +228,12 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
                    precision=precision, channels_last=channels_last, compile=compile_mode)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = preset.replace(**settings)
-    progress, close = _progress_bars(cfg.steps)
+    tuning = _tuning(tune, tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr)
+    progress, close = _progress_bars(cfg.steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
     with process_group(shard, G.device):
         rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init, encoder=E,
-                            class_index=class_index, progress=progress if shard.rank == 0 else None,
+                            tuning=tuning, class_index=class_index, progress=progress if shard.rank == 0 else None,
                             rank=shard.rank, world=shard.world)
     close()
     _finish(rep, t0, out, f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else "")
