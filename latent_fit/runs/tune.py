@@ -15,6 +15,7 @@ from ..generators.base import Generator
 from ..images import assign_stems, find_files
 from ..latents import read_latent_file
 from ..optimize import Result
+from ..sweep import SweepResult, concat_sweeps, sweep
 from ..outputs import TUNED_SUFFIX, atomic_write, file_sha256, input_sha256
 from ..tuning import TuneResult, Tuning, apply_tuned, load_delta, render_blended, save_tuned, tune, with_tuning
 
@@ -75,11 +76,12 @@ def tuned_beside(specs: list[str], stems: list[str]) -> tuple[dict[str, Path], d
 
 
 def weight_chunks(stems: list[str], tuned: dict[str, Path], batch_size: int) -> list[tuple[Path | None, list[str]]]:
-    """Chunks of at most batch_size stems that share their weights: the untuned stems together
-    (weights None: G's), then each tuned stem alone with its file."""
-    rest = [s for s in stems if s not in tuned]
-    return ([(None, rest[i:i + batch_size]) for i in range(0, len(rest), batch_size)]
-            + [(tuned[s], [s]) for s in stems if s in tuned])
+    """Chunks of at most batch_size stems that share their weights (None: G's own; else a tuned
+    file), in the order the weights first appear."""
+    groups: dict[Path | None, list[str]] = {}
+    for s in stems:
+        groups.setdefault(tuned.get(s), []).append(s)
+    return [(w, names[i:i + batch_size]) for w, names in groups.items() for i in range(0, len(names), batch_size)]
 
 
 def generator_for(G: Generator, weights: Path | None, errors: list[str]) -> Generator | None:
@@ -149,3 +151,36 @@ def render_path(G: Generator, path: torch.Tensor, stems: list[str], deltas: dict
             return render(G, path[i, j], space, cc, batch_size=batch_size)
         return render_blended(G, a, b, t, path[i, j], space, cc)
     return torch.stack([segment(i, j) for i in range(m) for j in range(p)]).unflatten(0, (m, p))
+
+
+def init_tuned(init: Path, stems: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """tuned_beside for `--init`: a folder of <stem>.npz, or one latent file for every stem (its
+    tuned weights, if any, then serve them all; their errors concern every stem and raise)."""
+    init = Path(init)
+    if init.is_dir():
+        return tuned_beside([str(init)], stems)
+    one, bad = tuned_beside([str(init)], [init.stem])
+    if bad:
+        raise LatentFitError(bad[init.stem])
+    return ({s: one[init.stem] for s in stems} if one else {}), {}
+
+
+def sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, tuned: dict[str, Path],
+                     errors: list[str], *, init=None, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
+    """sweep.sweep of every target through its own weights (one batched sweep per weights: G's, or
+    a tuned file's; init, mask, c: per target rows or None), merged in the order of `stems`; None
+    when no weights fit G."""
+    row, parts = {s: i for i, s in enumerate(stems)}, []
+    chunks = weight_chunks(stems, tuned, max(1, len(stems)))
+    for k, (weights, names) in enumerate(chunks):
+        Gk = generator_for(G, weights, errors)
+        if Gk is None:
+            continue
+        idx = [row[s] for s in names]
+
+        def rows(x):
+            return None if x is None else x[idx]
+        parts.append(sweep(Gk, targets[idx], wrs, names, init=rows(init), mask=rows(mask), c=rows(c),
+                           progress=progress(k, len(chunks), names) if progress else None, **kwargs))
+    done = {n for p in parts for n in p.names}
+    return concat_sweeps(parts, [s for s in stems if s in done]) if parts else None
