@@ -148,12 +148,12 @@ def tune_options(f):
     return f
 
 
-def _tuning(tune: bool, **settings) -> Tuning | None:
-    """The Tuning of --tune and its --tune-* options (None without --tune)."""
+def _tuning(on: bool, flag: str, **settings) -> Tuning | None:
+    """The Tuning of the --tune-* options when `flag` (--tune; sweep's --tune-reg) is on, else None."""
     given = [k for k, v in settings.items() if v is not None]
-    if given and not tune:
-        raise LatentFitError(f"--{given[0].replace('_', '-')} needs --tune")
-    return Tuning().replace(**settings) if tune else None
+    if given and not on:
+        raise LatentFitError(f"--{given[0].replace('_', '-')} needs {flag}")
+    return Tuning().replace(**settings) if on else None
 
 
 def _batch_size(ctx, param, value):
@@ -228,7 +228,7 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
                    precision=precision, channels_last=channels_last, compile=compile_mode)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = preset.replace(**settings)
-    tuning = _tuning(tune, tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr)
+    tuning = _tuning(tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr)
     progress, close = _progress_bars(cfg.steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
     with process_group(shard, G.device):
@@ -416,8 +416,9 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder.")
 @generator_options
-@click.option("--wr", "wr_list", default=",".join(f"{w:g}" for w in SWEEP_WRS), show_default=True,
-              help="Comma-separated w_r values; every target runs at every one, in one batch.")
+@click.option("--wr", "wr_list", show_default=",".join(f"{w:g}" for w in SWEEP_WRS),
+              help="Comma-separated w_r values; every target runs at every one, in one batch. With "
+              "--tune-reg: one value, the pivots' w_r.")
 @click.option("--init", type=click.Path(path_type=Path),
               help="Edit sweep: start from this .npz (or a folder of <stem>.npz); TARGETS are requests.")
 @click.option("--mask", type=click.Path(path_type=Path),
@@ -434,19 +435,34 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
               help="Start without --init [default: random in z, mean in w]. For clean curves give "
               "every w_r one shared start: --starts 1, --init-mode mean or --init.")
 @class_option
+@click.option("--tune-reg", "tune_reg_list", help="Instead of w_r: comma-separated tune_reg values, e.g. "
+              "0,1e-4,1e-3,1e-2; each target is projected once, then the generator tuned around it at every "
+              "value in one batch (fidelity against locality); prints a suggested tune_reg.")
+@tune_options
 def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask,
-                  class_index, encoder, **settings):
+                  class_index, encoder, tune_reg_list, tune_steps, tune_locality, tune_lr, **settings):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
-    OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
+    OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r.
+    With --tune-reg: tune the generator around each target's projection at every tune_reg."""
     from .runs.sweep import sweep_files
-    wrs = _numbers(wr_list, "--wr")
+    wrs = _numbers(wr_list, "--wr") if wr_list else None
+    tuning = _tuning(bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality, tune_lr=tune_lr)
     G = open_generator(generator, network_key, latent_dim, device)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = (EDIT if init else preset).replace(**settings)
-    progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
-    rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask, class_index=class_index,
-                      encoder=E, progress=progress)
+    if tuning is not None:
+        from .runs.tune_sweep import check_exclusive, tune_sweep_files
+        if init or mask:
+            raise LatentFitError("--tune-reg sweeps projections of TARGETS: it takes no --init or --mask")
+        cfg = cfg.replace(wr=check_exclusive(wrs))
+        progress, close = _progress_bars(cfg.steps + tuning.tune_steps)
+        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), cfg, tuning=tuning,
+                               class_index=class_index, encoder=E, progress=progress)
+    else:
+        progress, close = _progress_bars(cfg.steps)
+        rep = sweep_files(G, list(targets), out, wrs or SWEEP_WRS, cfg, init=init, mask=mask,
+                          class_index=class_index, encoder=E, progress=progress)
     close()
     _finish(rep, t0, out)
 
