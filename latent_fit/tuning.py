@@ -268,8 +268,8 @@ def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_
 
 
 def _plain(x):
-    """A setting as JSON-ready Python: a float, or a list for per-target tensors."""
-    return torch.as_tensor(x).tolist()
+    """A setting as JSON-ready Python: a float as given, or a list for per-target tensors."""
+    return float(x) if isinstance(x, (int, float)) else torch.as_tensor(x).tolist()
 
 
 def _sq_norm(delta: dict[str, torch.Tensor]) -> torch.Tensor:
