@@ -202,3 +202,26 @@ def test_sweep_tune_reg(cli, tmp_path):
 
     both = cli("sweep", SAMPLES / "targets" / "astronaut.png", "--tune-reg", "0,1", "--wr", "0,1", "-o", out)
     assert both.exit_code == 1 and "cannot both be grids" in both.stderr
+
+
+def test_project_tune_on_a_stylegan2_network_pickle(cli, tmp_path):
+    """Synthesis weights tuned, mapping kept; the PNG is the tuned synthesis with the pivot's noise maps."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stylegan2 import TINY, persistent_network, random_generator, write_pickle
+    pkl = tmp_path / "tiny.pkl"
+    write_pickle(pkl, dict(G_ema=persistent_network(random_generator(TINY).state_dict(), TINY, "")))
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (90, 120, 200)).save(img)
+    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--class", "1", "--steps", "5", "--loss", "mse",
+            "--tune", "--tune-steps", "5", "--tune-lr", "1e-2")
+    assert r.exit_code == 0, r.stderr
+    data = read_latent_file(tmp_path / "out" / "x.npz")
+    delta, _ = read_tuned(tmp_path / "out" / "x.tuned.safetensors")
+    assert delta and all(k.startswith("synthesis.") for k in delta)
+    Gt = load_generator(str(pkl), tuned=tmp_path / "out" / "x.tuned.safetensors")
+    noise = [torch.from_numpy(data[f"noise_{j}"])[None] for j in range(len(Gt.noise_shapes))]
+    with torch.no_grad():
+        img = Gt.synthesize(torch.from_numpy(data["latent"])[None], "w", None, noise).clamp(-1, 1)
+    assert np.abs(_png(tmp_path / "out" / "x.png") - ((img[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()).max() <= 1
+    assert data["metrics"]["psnr"] > data["metrics"]["psnr_pivot"]
