@@ -416,9 +416,9 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder.")
 @generator_options
-@click.option("--wr", "wr_list", show_default=",".join(f"{w:g}" for w in SWEEP_WRS),
-              help="Comma-separated w_r values; every target runs at every one, in one batch. With "
-              "--tune-reg: one value, the pivots' w_r.")
+@click.option("--wr", "wr_list", help="Comma-separated w_r values; every target runs at every one, in one "
+              "batch. With --tune-reg: one value, the pivots' w_r. [default: "
+              f"{','.join(f'{w:g}' for w in SWEEP_WRS)}]")
 @click.option("--init", type=click.Path(path_type=Path),
               help="Edit sweep: start from this .npz (or a folder of <stem>.npz); TARGETS are requests.")
 @click.option("--mask", type=click.Path(path_type=Path),

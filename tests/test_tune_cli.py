@@ -225,3 +225,22 @@ def test_project_tune_on_a_stylegan2_network_pickle(cli, tmp_path):
         img = Gt.synthesize(torch.from_numpy(data["latent"])[None], "w", None, noise).clamp(-1, 1)
     assert np.abs(_png(tmp_path / "out" / "x.png") - ((img[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()).max() <= 1
     assert data["metrics"]["psnr"] > data["metrics"]["psnr_pivot"]
+
+
+def test_a_target_whose_npz_was_not_written_after_its_tuned_file_is_redone(cli, tmp_path, monkeypatch):
+    """As after a kill between the two writes: the tuned file alone does not make a target complete."""
+    import errno
+
+    import latent_fit.runs.project as runner
+    photo, out = SAMPLES / "targets" / "astronaut.png", tmp_path / "out"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runner, "write_latent_file", full)
+    r = cli("project", photo, "-o", out, *FAST, *TUNE)
+    assert r.exit_code == 1 and "could not write outputs (No space left on device)" in r.stderr
+    assert (out / "astronaut.tuned.safetensors").is_file() and not (out / "astronaut.npz").exists()
+    monkeypatch.undo()
+    again = cli("project", photo, "-o", out, *FAST, *TUNE)
+    assert again.exit_code == 0 and "projected 1 target(s), skipped 0 complete" in again.stdout
+    assert read_latent_file(out / "astronaut.npz")["tuned_sha256"] == file_sha256(out / "astronaut.tuned.safetensors")
