@@ -228,7 +228,8 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
                    precision=precision, channels_last=channels_last, compile=compile_mode)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = preset.replace(**settings)
-    tuning = _tuning(tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr)
+    tuning = _tuning(tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality,
+                     tune_lr=tune_lr)
     progress, close = _progress_bars(cfg.steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
     with process_group(shard, G.device):
@@ -446,7 +447,8 @@ def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_l
     With --tune-reg: tune the generator around each target's projection at every tune_reg."""
     from .runs.sweep import sweep_files
     wrs = _numbers(wr_list, "--wr") if wr_list else None
-    tuning = _tuning(bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality, tune_lr=tune_lr)
+    tuning = _tuning(bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality,
+                     tune_lr=tune_lr)
     G = open_generator(generator, network_key, latent_dim, device)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = (EDIT if init else preset).replace(**settings)

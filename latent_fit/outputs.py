@@ -152,7 +152,8 @@ def is_complete(out: Path, stem: str) -> bool:
 
 def output_names(stem: str) -> list[str]:
     """The files a target's outputs may have in the output folder."""
-    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif", f"{stem}{TUNED_SUFFIX}"]
+    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif",
+            f"{stem}{TUNED_SUFFIX}"]
 
 
 def remove_stale_temps(out: Path, names: set[str]) -> None:

@@ -180,12 +180,13 @@ def concat_sweeps(parts: list[SweepResult], names: list[str]) -> SweepResult:
     order = [at[n] for n in names]
     rows = [t * w + j for t in order for j in range(w)]
     res = [p.result for p in parts]
+    row_names = [n for r in res for n in r.names]
 
     def cat(xs):
         return np.concatenate(xs)[rows] if isinstance(xs[0], np.ndarray) else torch.cat(xs)[rows]
+    kept = ("latent", "latent_init", "images", "loss_history", "steps")
     result = dataclasses.replace(
-        res[0], names=[[n for r in res for n in r.names][i] for i in rows],
-        **{k: cat([getattr(r, k) for r in res]) for k in ("latent", "latent_init", "images", "loss_history", "steps")},
+        res[0], names=[row_names[i] for i in rows], **{k: cat([getattr(r, k) for r in res]) for k in kept},
         noise=None if res[0].noise is None else [cat(ms) for ms in zip(*(r.noise for r in res))],
         metrics={k: cat([r.metrics[k] for r in res]) for k in res[0].metrics},
         seconds=sum(r.seconds for r in res), frames=None)

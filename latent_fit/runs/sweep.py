@@ -125,7 +125,8 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float], con
     write_folder_file(rep, out, "index.html", lambda: write_report(out, "sweep", note=f"suggested {reason}"))
     rep.done, rep.written = sw.names, [out / "sweep.csv", out / "sweep.png", out / "grid.png"]
     rep.summary = (f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
-                   f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}{tuned_note(len(set(tuned) & set(sw.names)))}")
+                   f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
+                   f"{tuned_note(len(set(tuned) & set(sw.names)))}")
     return rep
 
 

@@ -166,7 +166,8 @@ def init_tuned(init: Path, stems: list[str]) -> tuple[dict[str, Path], dict[str,
 
 
 def sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, tuned: dict[str, Path],
-                     errors: list[str], *, init=None, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
+                     errors: list[str], *, init=None, mask=None, c=None, progress=None,
+                     **kwargs) -> SweepResult | None:
     """sweep.sweep of every target through its own weights (one batched sweep per weights: G's, or
     a tuned file's; init, mask, c: per target rows or None), merged in the order of `stems`; None
     when no weights fit G."""
