@@ -20,6 +20,7 @@ from .errors import ArgumentError, LatentFitError, one_line
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
 from .sweep import SWEEP_WRS
+from .tuning import Tuning
 
 D = PROJECTION
 
@@ -144,6 +145,24 @@ def speed_options(f):
     return f
 
 
+def tune_options(f):
+    """--tune-steps, --tune-locality, --tune-lr: tuning.Tuning's fields (project --tune, sweep --tune-reg)."""
+    T = Tuning()
+    f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
+    f = click.option("--tune-locality", type=float, help="Weight of the locality term (prior samples keep their "
+                     f"images) [default: {T.tune_locality:g}].")(f)
+    f = click.option("--tune-steps", type=int, help=f"Tuning steps [default: {T.tune_steps}].")(f)
+    return f
+
+
+def _tuning(on: bool, flag: str, **settings) -> Tuning | None:
+    """The Tuning of the --tune-* options when `flag` (--tune; sweep's --tune-reg) is on, else None."""
+    given = [k for k, v in settings.items() if v is not None]
+    if given and not on:
+        raise LatentFitError(f"--{given[0].replace('_', '-')} needs {flag}")
+    return Tuning().replace(**settings) if on else None
+
+
 def _batch_size(ctx, param, value):
     if value == "auto":
         return value
@@ -194,10 +213,17 @@ def main():
 @click.option("--exact", is_flag=True, help="CPU: convolutions whose rounding does not depend on the batch "
               "size, so a target's latent is bit-identical however the run is batched (slower).")
 @speed_options
+@click.option("--tune", is_flag=True, help="Then tune a copy of the generator's weights around each found "
+              "latent (real photos): OUT/<stem>.tuned.safetensors; the images and metrics are the tuned ones.")
+@click.option("--tune-reg", type=float, help=f"Weight of reg*sum(dtheta^2) of the tuning [default: "
+              f"{Tuning().tune_reg:g}].")
+@tune_options
 def project(targets, out, generator, network_key, latent_dim, device, batch_size, init, class_index,
-            encoder, precision, channels_last, compile_mode, **settings):
+            encoder, precision, channels_last, compile_mode, tune, tune_steps, tune_reg, tune_locality, tune_lr,
+            **settings):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
-    OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json.
+    OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json (with --tune also
+    OUT/<stem>.tuned.safetensors).
 
     Rerun with the same arguments to finish a killed job. Under torchrun each process takes
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
@@ -209,11 +235,13 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
                    precision=precision, channels_last=channels_last, compile=compile_mode)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = preset.replace(**settings)
-    progress, close = _progress_bars(cfg.steps)
+    tuning = _tuning(tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality,
+                     tune_lr=tune_lr)
+    progress, close = _progress_bars(cfg.steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
     with process_group(shard, G.device):
         rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init, encoder=E,
-                            class_index=class_index, progress=progress if shard.rank == 0 else None,
+                            tuning=tuning, class_index=class_index, progress=progress if shard.rank == 0 else None,
                             rank=shard.rank, world=shard.world)
     close()
     _finish(rep, t0, out, f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else "")
@@ -397,7 +425,8 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
               help="Output folder.")
 @generator_options
 @click.option("--wr", "wr_list", help="Comma-separated w_r values; every target runs at every one, in one "
-              f"batch [default: {','.join(f'{w:g}' for w in SWEEP_WRS['raw'])} raw, "
+              f"batch. With --tune-reg: one value, the pivots' w_r. [default: "
+              f"{','.join(f'{w:g}' for w in SWEEP_WRS['raw'])} raw, "
               f"{','.join(f'{w:g}' for w in SWEEP_WRS['relative'])} relative].")
 @click.option("--init", type=click.Path(path_type=Path),
               help="Edit sweep: start from this .npz (or a folder of <stem>.npz); TARGETS are requests.")
@@ -415,19 +444,35 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
               help="Start without --init [default: random in z, mean in w]. For clean curves give "
               "every w_r one shared start: --starts 1, --init-mode mean or --init.")
 @class_option
+@click.option("--tune-reg", "tune_reg_list", help="Instead of w_r: comma-separated tune_reg values, e.g. "
+              "0,1e-4,1e-3,1e-2; each target is projected once, then the generator tuned around it at every "
+              "value in one batch (fidelity against locality); prints a suggested tune_reg.")
+@tune_options
 def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_list, init, mask,
-                  class_index, encoder, **settings):
+                  class_index, encoder, tune_reg_list, tune_steps, tune_locality, tune_lr, **settings):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
-    OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r."""
+    OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r.
+    With --tune-reg: tune the generator around each target's projection at every tune_reg."""
     from .runs.sweep import sweep_files
     wrs = _numbers(wr_list, "--wr") if wr_list else None
+    tuning = _tuning(bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality,
+                     tune_lr=tune_lr)
     G = open_generator(generator, network_key, latent_dim, device)
     E, preset = starting_point(G, encoder, settings["space"], init)
     cfg = (EDIT if init else preset).replace(**settings)
-    progress, close = _progress_bars(cfg.steps)
     t0 = time.perf_counter()
-    rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask, class_index=class_index,
-                      encoder=E, progress=progress)
+    if tuning is not None:
+        from .runs.tune_sweep import check_exclusive, tune_sweep_files
+        if init or mask:
+            raise LatentFitError("--tune-reg sweeps projections of TARGETS: it takes no --init or --mask")
+        cfg = cfg.replace(wr=check_exclusive(wrs))
+        progress, close = _progress_bars(cfg.steps + tuning.tune_steps)
+        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), cfg, tuning=tuning,
+                               class_index=class_index, encoder=E, progress=progress)
+    else:
+        progress, close = _progress_bars(cfg.steps)
+        rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask,
+                          class_index=class_index, encoder=E, progress=progress)
     close()
     _finish(rep, t0, out)
 

@@ -21,6 +21,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 # atomic_write's temp files: .<name>.<random>.tmp<suffix>
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp(\.[^.]+)?$")
+TUNED_SUFFIX = ".tuned.safetensors"   # <stem>.tuned.safetensors: a target's tuned weights (project --tune)
 
 
 @dataclass
@@ -131,15 +132,18 @@ def check_writable(out: Path) -> None:
 
 
 def read_complete(out: Path, stem: str) -> dict | None:
-    """A target's latent file if its outputs are complete (the .npz, written last, reads back)."""
+    """A target's latent file if its outputs are complete (the .npz, written last, reads back,
+    and a tuned target's weights file is the one its .npz records)."""
     from .latents import read_latent_file
     npz = out / f"{stem}.npz"
     if not (npz.is_file() and (out / f"{stem}.png").is_file() and (out / f"{stem}_compare.png").is_file()):
         return None
     try:
-        return read_latent_file(npz)
+        data = read_latent_file(npz)
     except LatentFitError:
         return None
+    tuned = data.get("tuned_sha256")
+    return data if tuned is None or input_sha256(out / f"{stem}{TUNED_SUFFIX}") == tuned else None
 
 
 def is_complete(out: Path, stem: str) -> bool:
@@ -148,7 +152,8 @@ def is_complete(out: Path, stem: str) -> bool:
 
 def output_names(stem: str) -> list[str]:
     """The files a target's outputs may have in the output folder."""
-    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif"]
+    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif",
+            f"{stem}{TUNED_SUFFIX}"]
 
 
 def remove_stale_temps(out: Path, names: set[str]) -> None:

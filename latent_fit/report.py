@@ -133,8 +133,8 @@ def render_report(out: Path, kind: str, note: str = "") -> str:
         sections.append(f'<p class="note">{html.escape(note)}</p>')
     shown: set[str] = set()
     if kind == "sweep":
-        for name, title, height in (("sweep.png", "Fidelity against realism", 0),
-                                    ("grid.png", "Images at every w_r", ROW_HEIGHT)):
+        for name, title, height in (("sweep.png", "Fidelity against realism (w_r) or locality (tune_reg)", 0),
+                                    ("grid.png", "Images at every swept value", ROW_HEIGHT)):
             if (out / name).is_file():
                 sections.append(f"<h2>{title}</h2>{_img(out, name, height)}")
                 shown.add(name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -31,11 +32,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .errors import LatentFitError
+from .errors import ArgumentError, LatentFitError
 from .generators.base import Generator
 from .images import atomic_write
 from .objective import LPIPS, pixel_mse, psnr, resolve_loss
-from .optimize import plain_cpu_kernels
+from .optimize import Result, plain_cpu_kernels
 from .rng import keyed_normal, name_key
 
 FORMAT = "latent-fit-tuned"
@@ -45,6 +46,42 @@ LOCALITY_SAMPLES = 4        # fixed prior samples per target for the locality te
 EVAL_SAMPLES = 16           # held-out prior samples per target for locality_psnr
 _KEY_START = 1 << 30        # name_key start index of tuning's random numbers (projection uses 0..starts)
 _EVAL_COUNTER = 1 << 40     # keyed_normal counter of the held-out samples (training's use 0)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The settings of `project --tune` (tune()'s steps, lr, reg and locality), named as the CLI's
+    --tune-* flags and the record keys; loss, LPIPS weight, seed and exact come from the Config."""
+
+    tune_steps: int = TUNE_DEFAULTS["steps"]
+    tune_lr: float = TUNE_DEFAULTS["lr"]
+    tune_reg: float = TUNE_DEFAULTS["reg"]
+    tune_locality: float = TUNE_DEFAULTS["locality"]
+
+    def replace(self, **changes) -> "Tuning":
+        """A copy with `changes` (None values are left out), validated."""
+        new = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        for name, ok, need in (("tune_steps", new.tune_steps >= 1, ">= 1"), ("tune_lr", new.tune_lr > 0, "> 0"),
+                               ("tune_reg", new.tune_reg >= 0, ">= 0"),
+                               ("tune_locality", new.tune_locality >= 0, ">= 0")):
+            if not ok:
+                raise ArgumentError(name, getattr(new, name), f"must be {need}")
+        return new
+
+    def kwargs(self) -> dict:
+        """tune()'s keyword arguments."""
+        return {"steps": self.tune_steps, "lr": self.tune_lr, "reg": self.tune_reg, "locality": self.tune_locality}
+
+    @staticmethod
+    def record(tuning: "Tuning | None") -> dict:
+        """The record entries of a target: these settings, or all None without tuning (so a
+        rerun with or without --tune differs from the other, and older records match the latter)."""
+        fields = [f.name for f in dataclasses.fields(Tuning)]
+        return {"tune": None if tuning is None else True} | {
+            k: None if tuning is None else getattr(tuning, k) for k in fields}
+
+
+TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]   # what tuning adds to a target's metrics
 
 
 @dataclass
@@ -134,8 +171,8 @@ def _check(G, latents, targets, space, n):
     if tuple(latents.shape[1:]) != shape:
         raise LatentFitError(f"pivots have shape {list(latents.shape[1:])}, the {space} space of "
                              f"{G.name!r} needs {list(shape)}")
-    if targets.shape != (n, 3, G.resolution, G.resolution):
-        raise LatentFitError(f"targets must be [{n}, 3, {G.resolution}, {G.resolution}], "
+    if targets.shape != (n, G.img_channels, G.resolution, G.resolution):
+        raise LatentFitError(f"targets must be [{n}, {G.img_channels}, {G.resolution}, {G.resolution}], "
                              f"got {list(targets.shape)}")
 
 
@@ -201,9 +238,38 @@ def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list
                       settings=settings, seconds=time.perf_counter() - t_start)
 
 
+def with_tuning(res: Result, tuned: TuneResult) -> Result:
+    """The projection `res` as its tuned generators render it: their images, and metrics whose
+    mse / psnr / lpips are the tuned ones, plus TUNE_COLUMNS (psnr_pivot is res's own psnr
+    up to rounding)."""
+    keep = ("mse", "psnr", "lpips", *TUNE_COLUMNS)
+    return dataclasses.replace(res, images=tuned.images,
+                               metrics=dict(res.metrics) | {k: tuned.metrics[k] for k in keep})
+
+
+def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_b: dict[str, torch.Tensor] | None,
+                   t: torch.Tensor, latents: torch.Tensor, space: str, c: torch.Tensor | None = None,
+                   chunk: int = 8) -> torch.Tensor:
+    """Frames [F, C, H, W] between two tuned targets: latents[i] ([F, *shape]) rendered with
+    θ0 + (1 − t[i])·Δa + t[i]·Δb (Δ None: untuned), so the ends are both targets' own
+    reconstructions. c: [F, c_dim]. Weights are built `chunk` frames at a time."""
+    zero = {k: torch.zeros_like(v) for k, v in tunable(G).items()}
+    a, b = delta_a or zero, delta_b or zero
+    t = t.to(G.device, torch.float32)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(t), chunk):
+            ti = t[i:i + chunk]
+            d = {k: (1 - ti).view(-1, *[1] * a[k].ndim) * a[k].to(ti) + ti.view(-1, *[1] * a[k].ndim) * b[k].to(ti)
+                 for k in zero}
+            cc = None if c is None else c[i:i + chunk, None].to(G.device)
+            out.append(render_tuned(G, d, latents[i:i + chunk, None].to(G.device), space, cc)[:, 0].clamp(-1, 1))
+    return torch.cat(out)
+
+
 def _plain(x):
-    """A setting as JSON-ready Python: a float, or a list for per-target tensors."""
-    return torch.as_tensor(x).tolist()
+    """A setting as JSON-ready Python: a float as given, or a list for per-target tensors."""
+    return float(x) if isinstance(x, (int, float)) else torch.as_tensor(x).tolist()
 
 
 def _sq_norm(delta: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -237,7 +303,7 @@ def save_tuned(path: str | Path, delta: dict[str, torch.Tensor], G: Generator, s
     """Write one target's Δθ (parameter name -> tensor) as .safetensors, atomically, with the
     generator's name and sha256, the settings that made it (reg, locality, steps, ...) and its
     metrics (plain numbers). Half precision by default: it halves the file and changes the
-    tuned image by less than one 8-bit level (docs-tuning.md)."""
+    tuned image by less than one 8-bit level (README, "Real photos: tuning the generator")."""
     from safetensors.torch import save_file
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in delta.items()}
     meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "generator": G.name,
@@ -260,28 +326,37 @@ def read_tuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise LatentFitError(f"{path}: not a .safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
         raise LatentFitError(f"{path}: not a latent-fit tuned-weights file (no {FORMAT!r} record)")
-    for key in ("settings", "metrics"):
-        meta[key] = json.loads(meta.get(key, "{}"))
+    try:
+        meta |= {key: json.loads(meta.get(key, "{}")) for key in ("settings", "metrics")}
+    except ValueError:
+        raise LatentFitError(f"{path}: damaged tuned-weights file (its settings are not JSON)") from None
     return delta, meta
 
 
 def apply_tuned(G: Generator, path: str | Path) -> Generator:
     """A copy of G with the Δθ of `path` added to its weights, after checking that the file was
     tuned from this very generator (same sha256, or same name where G has no sha256)."""
-    delta, meta = read_tuned(path)
-    same = meta["generator_sha256"] == G.sha256 if G.sha256 else meta["generator"] == G.name
-    if not same:
-        raise LatentFitError(
-            f"{path}: tuned from generator {meta['generator']!r} (sha256 {meta['generator_sha256'][:12] or '-'}), "
-            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
-    theta0 = tunable(G)
-    bad = sorted(set(delta) ^ set(theta0)) or [k for k in delta if delta[k].shape != theta0[k].shape]
-    if bad:
-        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
-                             "load it with the generator it was tuned from")
+    delta = load_delta(G, path)
     tuned = copy.deepcopy(G)
     params = dict(tuned.named_parameters())
     with torch.no_grad():
         for k, d in delta.items():
             params[k].add_(d.to(params[k].device))
     return tuned
+
+
+def load_delta(G: Generator, path: str | Path) -> dict[str, torch.Tensor]:
+    """The Δθ of a tuned file (float32, on G's device), once checked to be tuned from G and to fit
+    its tunable weights; else one LatentFitError line naming the file."""
+    delta, meta = read_tuned(path)
+    name, sha = meta.get("generator", ""), meta.get("generator_sha256", "")
+    if not (sha == G.sha256 if G.sha256 else name == G.name):
+        raise LatentFitError(
+            f"{path}: tuned from generator {name!r} (sha256 {sha[:12] or '-'}), "
+            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
+    theta0 = tunable(G)
+    bad = sorted(set(delta) ^ set(theta0)) or [k for k in delta if delta[k].shape != theta0[k].shape]
+    if bad:
+        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
+                             "load it with the generator it was tuned from")
+    return {k: d.to(G.device) for k, d in delta.items()}

@@ -18,9 +18,11 @@ from ..images import assign_stems, difference, find_images, grid, load_image, sa
 from ..latents import read_init, write_latent_file
 from ..objective import require_lpips
 from ..optimize import Result, project
-from ..outputs import (Report, check_writable, collect_metrics, input_sha256, output_names, plan,
+from ..outputs import (TUNED_SUFFIX, Report, check_writable, collect_metrics, input_sha256, output_names, plan,
                        remove_stale_temps, settings_record, write_folder_file, write_metrics, write_target)
 from ..report import write_report
+from ..tuning import TUNE_COLUMNS, Tuning
+from .tune import tune_projection, write_tuned
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
                   "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
@@ -36,10 +38,13 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config) -> int:
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
-                  record: dict, panels: list[np.ndarray] | None = None, class_index: int | None = None) -> None:
+                  record: dict, panels: list[np.ndarray] | None = None, class_index: int | None = None,
+                  tuned_sha256: str | None = None) -> None:
     """PNG, comparison strip (`panels`, default target | result | difference), the video when
     frames were kept, then the .npz last (it marks completion, and holds the `record` of what
-    made it, and `class_index` when a class was used)."""
+    made it, `class_index` when a class was used, and `tuned_sha256`, the sha256 of the
+    <stem>.tuned.safetensors the caller wrote before, whose weights render it; without one, a
+    tuned file left from an earlier run is removed)."""
     stem = res.names[i]
     proj = to_uint8(res.images[i:i + 1])[0]
     tgt = to_uint8(target[None])[0]
@@ -52,19 +57,22 @@ def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Gener
     metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms),
                 "wr_units": res.config["wr_units"]}
     history = res.loss_history[i]
+    if tuned_sha256 is None:
+        (out / f"{stem}{TUNED_SUFFIX}").unlink(missing_ok=True)
     write_latent_file(out / f"{stem}.npz", record=record, latent=res.latent[i], latent_init=res.latent_init[i],
                       space=res.space, generator=G.name, generator_sha256=G.sha256,
                       loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
-                      w=G.file_ws(res.latent[i], res.space), class_index=class_index,
+                      w=G.file_ws(res.latent[i], res.space), class_index=class_index, tuned_sha256=tuned_sha256,
                       **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
 
 
 class _Chunks:
-    """Projects chunks of targets and writes their outputs; a chunk that runs out of memory is
-    split in halves and retried, and later chunks stay that small."""
+    """Projects (and with `tuning`, tunes) chunks of targets and writes their outputs; a chunk
+    that runs out of memory is split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, out, cfg, rep, batch_size, classes, progress, records, encoder):
+    def __init__(self, G, out, cfg, rep, batch_size, classes, progress, records, encoder, tuning):
         self.G, self.out, self.cfg, self.rep, self.classes, self.encoder = G, out, cfg, rep, classes, encoder
+        self.tuning = tuning
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
@@ -76,6 +84,10 @@ class _Chunks:
         try:
             res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c,
                           encoder=self.encoder, progress=cb)
+            tres = None
+            if self.tuning is not None:   # progress counts on after the projection's steps
+                res, tres = tune_projection(self.G, res, batch, c, self.tuning, self.cfg,
+                                            cb and (lambda step, loss: cb(self.cfg.steps + step, loss)))
         except RuntimeError as e:
             if not is_oom(e):
                 raise
@@ -84,10 +96,14 @@ class _Chunks:
             return self._split(stems, paths, batch, init)
         for i, stem in enumerate(stems):
             k = None if c is None else self.classes[stem]
-            write_target(self.rep, self.out, stem,
-                         lambda: write_outputs(self.out, res, i, batch[i], self.G, res.seconds / len(stems),
-                                               self.records[stem], class_index=k))
+            write_target(self.rep, self.out, stem, lambda: self._write(res, tres, i, batch[i], k))
         self.finished += len(stems)
+
+    def _write(self, res: Result, tres, i: int, target: torch.Tensor, class_index: int | None) -> None:
+        """Target i's outputs: its tuned weights first (when tuned), then write_outputs."""
+        sha = None if tres is None else write_tuned(self.out, tres, i, self.G)
+        write_outputs(self.out, res, i, target, self.G, res.seconds / len(res.names), self.records[res.names[i]],
+                      class_index=class_index, tuned_sha256=sha)
 
     def _split(self, stems, paths, batch, init) -> None:
         if self.G.device.type == "cuda":
@@ -105,7 +121,8 @@ class _Chunks:
 
 def project_files(G: Generator, specs: list[str], out: Path, config: Config = PROJECTION, *,
                   batch_size: int | str = 16, init: str | Path | None = None, class_index: int | None = None,
-                  encoder=None, rank: int = 0, world: int = 1, progress=None, **changes) -> Report:
+                  encoder=None, tuning: Tuning | None = None, rank: int = 0, world: int = 1, progress=None,
+                  **changes) -> Report:
     """Project every image of `specs` into G and write the outputs to `out`.
 
     Targets are sharded by rank (every world-th), skipped when their outputs are complete and
@@ -116,8 +133,9 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
     init: a start .npz for every target or a folder of <stem>.npz. class_index: the class of a
     conditional generator (default: each init file's own). encoder: a learned start for targets
-    without init (see optimize.project). changes: Config fields.
-    progress: callable(chunk_index, n_chunks, stems) -> callback for `project` (or None).
+    without init (see optimize.project). tuning: also tune G around each latent (runs.tune; images
+    and metrics are then the tuned G's). changes: Config fields. progress: callable(chunk_index,
+    n_chunks, stems) -> callback for `project` (or None; tuning's steps count on past config.steps).
     """
     cfg, out, rep = config.replace(**changes), Path(out), Report()
     if "lpips" in cfg.loss:
@@ -133,7 +151,8 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     space = cfg.space or G.default_space
     init = Path(init) if init else None
     record = settings_record(G, cfg, class_index=class_index, init=init,
-                             encoder=None if encoder is None or init else encoder.sha256)
+                             encoder=None if encoder is None or init else encoder.sha256, **Tuning.record(tuning))
+    columns = METRIC_COLUMNS + (TUNE_COLUMNS if tuning else [])
 
     def inputs(p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
@@ -152,18 +171,18 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     classes = {s: classes.get(s, class_index) for s, _ in todo}
     G.class_labels(list(classes.values()), space)   # a missing or wrong class fails before any work
     chunks = _Chunks(G, out, cfg, rep, batch_size, classes, progress, {s: record | inputs(p) for s, p in todo},
-                     None if init else encoder)
+                     None if init else encoder, tuning)
     try:
         _stream(chunks, todo, inits)
     except KeyboardInterrupt:
         rep.interrupted = True
     record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
     if world == 1:
-        rep.metrics = write_metrics(out, METRIC_COLUMNS, record, rep)
+        rep.metrics = write_metrics(out, columns, record, rep)
     elif distributed.active() and not rep.interrupted:
         distributed.barrier()
-        rep.metrics = (write_metrics(out, METRIC_COLUMNS, record, rep) if rank == 0
-                       else collect_metrics(out, METRIC_COLUMNS, record))
+        rep.metrics = (write_metrics(out, columns, record, rep) if rank == 0
+                       else collect_metrics(out, columns, record))
     if world == 1 or (rank == 0 and distributed.active()):
         write_folder_file(rep, out, "index.html", lambda: write_report(out, "project"))
     rep.summary = _summary(rep)
@@ -191,8 +210,10 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], inits: dict | None) -
 
 
 def _summary(rep: Report) -> str:
-    rows = {r["target"]: r for r in rep.metrics}
-    ps = [rows[s]["psnr"] for s in rep.done if s in rows]
-    med = f", median PSNR {np.median(ps):.1f} dB" if ps else ""
+    rows = [r for r in rep.metrics if r["target"] in set(rep.done)]
+    med = f", median PSNR {np.median([r['psnr'] for r in rows]):.1f} dB" if rows else ""
+    if rows and rows[0].get("psnr_pivot") is not None:
+        med += (f" tuned (pivot {np.median([r['psnr_pivot'] for r in rows]):.1f} dB, locality "
+                f"{np.median([r['locality_psnr'] for r in rows]):.1f} dB)")
     return (f"projected {len(rep.done)} target(s), skipped {len(rep.skipped)} complete, "
             f"{len(rep.errors)} failed{med}")

@@ -17,7 +17,8 @@ from ..images import (assign_stems, find_images, grid, load_image, load_mask, lo
 from ..latents import read_init
 from ..outputs import Report, check_writable, write_csv, write_folder_file
 from ..report import write_report
-from ..sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr, sweep
+from ..sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr
+from .tune import init_tuned, sweep_by_weights, tuned_note
 
 GRID_CELL = 256   # grid.png cells are at most this many pixels
 
@@ -98,8 +99,9 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | No
     targets' alpha or `mask` limiting the request; a conditional generator's class: class_index,
     else each init file's own) in one batched run. Writes OUT/sweep.csv,
     OUT/sweep.png and OUT/grid.png; the summary names the suggested w_r. progress: as for
-    runs.project.project_files (one batch). encoder: every w_r of a target starts from E(x)
-    (without init). config: see sweep.sweep; changes: Config fields."""
+    runs.project.project_files (one batch per weights). encoder: every w_r of a target starts from E(x)
+    (without init). Init latents made by `project --tune` are edited through their own tuned
+    weights (runs.tune). config: see sweep.sweep; changes: Config fields."""
     out, rep = Path(out), Report()
     wrs = None if wrs is None else check_wrs(wrs)   # None: the default grid of the units
     check_writable(out)
@@ -108,17 +110,23 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | No
     if not stems:
         rep.errors = rep.errors or ["no target could be read"]
         return rep
-    cb = progress(0, 1, stems) if progress else None
-    sw = sweep(G, torch.stack(targets), wrs, stems, config=config, init=starts, mask=mk, c=c, progress=cb,
-               encoder=encoder, **changes)
+    tuned, bad = init_tuned(init, stems) if init else ({}, {})
+    rep.errors += list(bad.values())
+    sw = sweep_by_weights(G, stems, torch.stack(targets), wrs, {s: p for s, p in tuned.items() if s not in bad},
+                          rep.errors, init=starts, mask=mk, c=c, progress=progress, config=config, encoder=encoder,
+                          **changes) if len(bad) < len(stems) else None
+    if sw is None:
+        return rep
+    targets = [targets[stems.index(s)] for s in sw.names]
     best, reason = suggest_wr(sw)
     write_csv(out / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
     save_png(sweep_figure(sw, best), out / "sweep.png")
     save_png(_sweep_grid(G, sw, targets), out / "grid.png")
     write_folder_file(rep, out, "index.html", lambda: write_report(out, "sweep", note=f"suggested {reason}"))
-    rep.done, rep.written = stems, [out / "sweep.csv", out / "sweep.png", out / "grid.png"]
-    rep.summary = (f"swept {len(stems)} target(s) x {len(sw.wrs)} w_r in one run of "
-                   f"{len(stems) * len(sw.wrs)} samples; suggested {reason}")
+    rep.done, rep.written = sw.names, [out / "sweep.csv", out / "sweep.png", out / "grid.png"]
+    rep.summary = (f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
+                   f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
+                   f"{tuned_note(len(set(tuned) & set(sw.names)))}")
     return rep
 
 
