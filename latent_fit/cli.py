@@ -178,6 +178,8 @@ def _batch_size(ctx, param, value):
 @click.version_option(package_name="latent-fit")
 def main():
     """Project images into a pretrained generator's latent space and edit them there."""
+    from .devices import keep_freed_memory
+    keep_freed_memory()
 
 
 @main.command()
