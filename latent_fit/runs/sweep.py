@@ -35,32 +35,43 @@ def _labelled_grid(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2
     return np.concatenate([np.asarray(head)[..., :body.shape[2]], body])   # gray: one of R, G, B
 
 
-def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
-    """PSNR against each realism measure: a thin curve per target, the median in black with a
-    labelled point per w_r, the suggested w_r starred. [H, W, 3] uint8."""
+def trade_off_figure(metrics: dict[str, np.ndarray], names: list[str], values: np.ndarray, weight: str,
+                     best: int, axes_x: list[tuple[str, str]], title: str, ylabel: str = "PSNR (dB)",
+                     decorate=None) -> np.ndarray:
+    """PSNR ([T, W] metrics["psnr"]) against each (metric, axis label) of axes_x: a thin curve per
+    target, the median in black with a point per value of the swept `weight` labelled with it,
+    the suggested one starred. decorate(ax, metric): extra lines of a panel. [H, W, 3] uint8."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    axes_x = [("dz_norm", "||Δz||  (what w_r penalizes)"), ("prior_nll", "prior NLL (nats)"),
-              ("realism", "| ||u|| − √d |  (0 = prior's typical radius)")]
-    fig = Figure(figsize=(15, 4.6), dpi=100, layout="constrained")
+    fig = Figure(figsize=(5 * len(axes_x), 4.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    y = sw.metrics["psnr"]
-    for ax, (key, label) in zip(fig.subplots(1, 3), axes_x):
-        x = sw.metrics[key]
-        for t, name in enumerate(sw.names):
-            ax.plot(x[t], y[t], "o-", lw=1, ms=3, alpha=0.6, label=name if len(sw.names) <= 10 else None)
+    y = metrics["psnr"]
+    for ax, (key, label) in zip(np.atleast_1d(fig.subplots(1, len(axes_x))), axes_x):
+        x = metrics[key]
+        for t, name in enumerate(names):
+            ax.plot(x[t], y[t], "o-", lw=1, ms=3, alpha=0.6, label=name if len(names) <= 10 else None)
         mx, my = np.nanmedian(x, 0), np.nanmedian(y, 0)
         ax.plot(mx, my, "k--", lw=1.5, marker="s", ms=4, label="median")
-        for j, wr in enumerate(sw.wrs):
-            ax.annotate(f"{wr:g}", (mx[j], my[j]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.plot(mx[best], my[best], "*", ms=16, color="crimson", label=f"suggested w_r={sw.wrs[best]:g}")
+        for j, v in enumerate(values):
+            ax.annotate(f"{v:g}", (mx[j], my[j]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot(mx[best], my[best], "*", ms=16, color="crimson", label=f"suggested {weight}={values[best]:g}")
+        if decorate is not None:
+            decorate(ax, key)
         ax.set_xlabel(label)
-        ax.set_ylabel("PSNR (dB)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"w_r sweep: fidelity against realism (labels: w_r, {sw.result.config['wr_units']} units)")
+    fig.suptitle(title)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
+    """PSNR against each realism measure, per w_r (trade_off_figure)."""
+    axes_x = [("dz_norm", "||Δz||  (what w_r penalizes)"), ("prior_nll", "prior NLL (nats)"),
+              ("realism", "| ||u|| − √d |  (0 = prior's typical radius)")]
+    return trade_off_figure(sw.metrics, sw.names, sw.wrs, "w_r", best, axes_x,
+                            f"w_r sweep: fidelity against realism (labels: w_r, {sw.result.config['wr_units']} units)")
 
 
 def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path | None, space: str,

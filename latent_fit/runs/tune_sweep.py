@@ -19,38 +19,22 @@ from ..outputs import Report, atomic_write, check_writable, write_csv, write_fol
 from ..report import write_report
 from ..sweep import LOCALITY_FLOOR_DB, TUNE_SWEEP_COLUMNS, TuneSweepResult, check_wrs, suggest_tune_reg, tune_sweep
 from ..tuning import Tuning
-from .sweep import GRID_CELL, _labelled_grid, _load_targets
+from .sweep import GRID_CELL, _labelled_grid, _load_targets, trade_off_figure
 
 
 def tune_sweep_figure(sw: TuneSweepResult, best: int) -> np.ndarray:
-    """PSNR against locality_psnr and against ||Δθ||: a thin curve per target, the median in
-    black with a labelled point per tune_reg, the suggested one starred. [H, W, 3] uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """PSNR against locality_psnr and against ||Δθ||, per tune_reg (trade_off_figure), with the
+    median pivot PSNR and the locality floor marked."""
     axes_x = [("locality_psnr", "locality PSNR (dB): other images of the tuned G against the original's"),
               ("dtheta_norm", "||Δθ||  (what tune_reg penalizes)")]
-    fig = Figure(figsize=(11, 4.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    y = sw.metrics["psnr"]
-    for ax, (key, label) in zip(fig.subplots(1, 2), axes_x):
-        x = sw.metrics[key]
-        for t, name in enumerate(sw.names):
-            ax.plot(x[t], y[t], "o-", lw=1, ms=3, alpha=0.6, label=name if len(sw.names) <= 10 else None)
-        mx, my = np.nanmedian(x, 0), np.nanmedian(y, 0)
-        ax.plot(mx, my, "k--", lw=1.5, marker="s", ms=4, label="median")
-        for j, reg in enumerate(sw.tune_regs):
-            ax.annotate(f"{reg:g}", (mx[j], my[j]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.plot(mx[best], my[best], "*", ms=16, color="crimson", label=f"suggested tune_reg={sw.tune_regs[best]:g}")
+
+    def decorate(ax, key):
         ax.axhline(np.nanmedian(sw.metrics["psnr_pivot"]), color="grey", lw=1, ls=":", label="median pivot PSNR")
         if key == "locality_psnr":
             ax.axvline(LOCALITY_FLOOR_DB, color="crimson", lw=1, ls=":", label=f"locality {LOCALITY_FLOOR_DB:g} dB")
-        ax.set_xlabel(label)
-        ax.set_ylabel("PSNR (dB) of the tuned reconstruction")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("tune_reg sweep: fidelity against locality (labels: tune_reg)")
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    return trade_off_figure(sw.metrics, sw.names, sw.tune_regs, "tune_reg", best, axes_x,
+                            "tune_reg sweep: fidelity against locality (labels: tune_reg)",
+                            "PSNR (dB) of the tuned reconstruction", decorate)
 
 
 def _grid(G: Generator, sw: TuneSweepResult, targets: torch.Tensor) -> np.ndarray:
