@@ -319,15 +319,6 @@ def bundled_encoder_path(G: Generator):
     return weights_dir() / BUNDLED_ENCODERS[G.name][0]
 
 
-def _check_bundled(path, want: str) -> None:
-    if not path.is_file():
-        raise LatentFitError(f"{path}: bundled encoder missing; reinstall latent-fit (or use --encoder none)")
-    sha = file_sha256(path)
-    if sha != want:
-        raise LatentFitError(f"{path}: sha256 {sha[:12]}… does not match the model card ({want[:12]}…); "
-                             "the file is corrupt, reinstall latent-fit")
-
-
 def check_fits(E: Encoder, G: Generator, space: str | None, what) -> None:
     """Refuse (one line) an encoder made for another generator or another space."""
     made_for, name = E.info.get("generator_sha256", ""), E.info.get("generator", "")
@@ -353,7 +344,8 @@ def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None
         path = bundled_encoder_path(G)
         if path is None:
             return None
-        _check_bundled(path, BUNDLED_ENCODERS[G.name][1])
+        from .generators import check_bundled
+        check_bundled(path, BUNDLED_ENCODERS[G.name][1], " (or use --encoder none)")
     else:
         path = Path(spec)
         if not path.is_file():

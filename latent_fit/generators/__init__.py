@@ -23,17 +23,24 @@ def weights_dir() -> Path:
     raise LatentFitError(f"bundled weights folder not found next to {here}; reinstall latent-fit")
 
 
+def check_bundled(path: Path, want: str, way_out: str = "") -> str:
+    """The sha256 of a bundled weights file, or one line if it is missing or is not the file of
+    its model card (`want`). way_out: what else the user can do, for the message."""
+    if not path.is_file():
+        raise LatentFitError(f"{path}: bundled weights missing; reinstall latent-fit{way_out}")
+    sha = file_sha256(path)
+    if sha != want:
+        raise LatentFitError(f"{path}: sha256 {sha[:12]}… does not match the model card "
+                             f"({want[:12]}…); the file is corrupt, reinstall latent-fit{way_out}")
+    return sha
+
+
 def _load_bundled(name: str) -> Generator:
     from safetensors.torch import load_file
 
     from . import dcgan
     path = weights_dir() / BUNDLED[name]
-    if not path.is_file():
-        raise LatentFitError(f"{path}: bundled weights missing; reinstall latent-fit")
-    sha = file_sha256(path)
-    if sha != dcgan.SHA256:
-        raise LatentFitError(f"{path}: sha256 {sha[:12]}… does not match the model card "
-                             f"({dcgan.SHA256[:12]}…); the file is corrupt, reinstall latent-fit")
+    sha = check_bundled(path, dcgan.SHA256)   # before a corrupt file is parsed
     return dcgan.DCGAN(load_file(path), name=name, sha256=sha)
 
 
