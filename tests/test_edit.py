@@ -246,3 +246,11 @@ def test_cli_direction_of_the_wrong_shape_and_missing_mode(cli, tmp_path):
     res = cli("edit", LATENTS[0], "-o", tmp_path / "out")
     assert res.exit_code == 1
     one_line_error(res.stderr, "--target", "--direction")
+    # a header declaring 10^12 directions over a few bytes: refused before any allocation
+    huge = tmp_path / "huge.npy"
+    with open(huge, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12, 100)})
+        f.write(b"\0" * 400)
+    res = cli("edit", LATENTS[0], "--direction", huge, "-o", tmp_path / "out")
+    assert res.exit_code == 1
+    one_line_error(res.stderr, "huge.npy", "not a .npy direction")

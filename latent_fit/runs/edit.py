@@ -111,9 +111,11 @@ def _edit_inputs(lats: torch.Tensor | None, row: dict, request: Path, mask: Path
 
 
 def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> torch.Tensor:
-    """A direction [*shape] from an .npy of shape [*shape] or [K, *shape] (its row `component`)."""
+    """A direction [*shape] from an .npy of shape [*shape] or [K, *shape] (its row `component`).
+    The file is mapped, not read: a header that declares more data than the file holds is refused
+    before anything is allocated, and only the row used is read."""
     try:
-        d = np.load(path, allow_pickle=False)
+        d = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise LatentFitError(f"{path}: direction file not found") from None
     except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
