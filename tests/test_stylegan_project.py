@@ -105,3 +105,17 @@ def test_cli_on_a_network_pickle(cli, tmp_path):
             "--starts", "1", "--loss", "mse", "-o", tmp_path / "sweep")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
+
+
+def test_relative_wr_units_in_w_and_w_plus(sg2):
+    """--wr-units relative on a StyleGAN2: the factor is measured in the space used, and a larger
+    relative w_r keeps the latent nearer its start."""
+    G, targets = sg2
+    from latent_fit import sweep
+    for space in ("w", "w+"):
+        sw = sweep(G, targets[:2], [0.01, 1.0, 100.0], ["a", "b"], space=space, loss="mse", steps=60,
+                   wr_units="relative")
+        f, eff = sw.metrics["wr_factor"], sw.metrics["wr_effective"]
+        assert (f > 0).all() and np.allclose(eff, sw.wrs * f, rtol=1e-6)
+        assert np.allclose(f, f[:, :1])                        # one start per target, one factor
+        assert (np.diff(sw.metrics["dz_norm"], axis=1) < 0).all(), sw.metrics["dz_norm"]
