@@ -46,9 +46,11 @@ def browser():
 
 
 @pytest.fixture
-def server(G, tmp_path):
-    """The editor with small step counts, served from a thread on a free port."""
-    editor = Editor(G, tmp_path / "out", steps=40, starts=2, loss="mse", pca_samples=300)
+def server(G, tmp_path, request):
+    """The editor with small step counts (w_r units: the test's param, default raw), served from
+    a thread on a free port."""
+    editor = Editor(G, tmp_path / "out", steps=40, starts=2, loss="mse", pca_samples=300,
+                    wr_units=getattr(request, "param", "raw"))
     (tmp_path / "out").mkdir()
     srv = make_server(editor, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -151,6 +153,24 @@ def test_directions_and_sweep(page, tmp_path):
     _shot(page, tmp_path, "07_directions_sweep")
     page.locator("[data-testid=chart] circle").nth(4).click()      # a point sets its w_r
     assert _by(page, "wr").input_value() == "1"
+
+
+@pytest.mark.parametrize("server", ["relative"], indirect=True)
+def test_relative_wr_units(page, tmp_path):
+    """serve --wr-units relative: the page's w_r range, default and label follow, and the result
+    line shows the raw weight the edit used."""
+    (tmp_path / "screens").mkdir()
+    expect(page.locator("#wr-units")).to_have_text(" (relative)")
+    assert _by(page, "wr").input_value() == "2"
+    slider = page.locator("#wr-slider")
+    assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("-2", "2")
+    assert float(slider.input_value()) == pytest.approx(np.log10(2), abs=0.03)
+    _by(page, "sample").select_option("face_03")
+    expect(_by(page, "projection")).to_have_attribute("src", PNG)
+    _paint(page)
+    _by(page, "apply").click()
+    expect(page.locator("#result-info")).to_contain_text(re.compile(r"w_r 2 \(raw 0\.0\d+\)"))
+    _shot(page, tmp_path, "08_relative")
 
 
 def _png_header(width: int, height: int) -> bytes:
