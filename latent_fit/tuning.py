@@ -98,6 +98,14 @@ class TuneResult:
     seconds: float                   # wall time of the whole batch
 
 
+def tuning_bytes(G: Generator, image_bytes: int) -> int:
+    """Memory one target's tuning needs: five copies of the tuned weights (Δθ, its gradient,
+    Adam's two moments, θ0 + Δθ) and the step memory of its 1 + LOCALITY_SAMPLES images
+    (image_bytes each, as one projection step of one image needs)."""
+    weights = sum(p.numel() * p.element_size() for p in tunable(G).values())
+    return 5 * weights + (1 + LOCALITY_SAMPLES) * image_bytes
+
+
 def tunable(G: Generator) -> dict[str, torch.Tensor]:
     """The parameters tuning moves: StyleGAN's synthesis network (its mapping stays fixed),
     every parameter of any other generator."""

@@ -136,6 +136,10 @@ def test_batch_size_auto(G, targets, tmp_path, monkeypatch):
     n = runner.auto_batch_size(G, 10 ** 6, Config(**OPTIONS))
     assert per > 0 and n == fit and 1 <= n * per <= runner.CPU_CHUNK_BYTES
     assert runner.auto_batch_size(G, 3, Config(**OPTIONS)) == 3
+    # with tuning, a chunk also holds every target's tuned weights (5 copies of 14.3 MB here)
+    from latent_fit.tuning import Tuning, tuning_bytes
+    tuned = runner.auto_batch_size(G, 10 ** 6, Config(**OPTIONS), Tuning())
+    assert 1 <= tuned < n and tuned * tuning_bytes(G, per) <= runner.CPU_CHUNK_BYTES
 
     calls = []
     real = runner.project

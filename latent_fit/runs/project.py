@@ -11,7 +11,7 @@ import torch
 
 from .. import distributed
 from ..config import PROJECTION, Config
-from ..devices import is_oom, memory_fit
+from ..devices import free_memory, is_oom, memory_fit
 from ..errors import ArgumentError, LatentFitError
 from ..generators.base import Generator
 from ..images import assign_stems, difference, find_images, grid, load_image, save_png, save_video, to_uint8
@@ -21,7 +21,7 @@ from ..optimize import Result, project
 from ..outputs import (TUNED_SUFFIX, Report, check_writable, collect_metrics, input_sha256, output_names, plan,
                        remove_stale_temps, settings_record, write_folder_file, write_metrics, write_target)
 from ..report import write_report
-from ..tuning import TUNE_COLUMNS, Tuning
+from ..tuning import TUNE_COLUMNS, Tuning, tuning_bytes
 from .tune import tune_projection, write_tuned
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
@@ -30,11 +30,14 @@ CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops gro
                                   # RAM fills, and a smaller chunk loses less work when killed
 
 
-def auto_batch_size(G: Generator, n_targets: int, config: Config) -> int:
-    """The largest chunk of targets whose projection steps fit the device's memory; on CPU a
-    chunk plans for at most CPU_CHUNK_BYTES."""
-    budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else None
-    return max(1, min(n_targets, memory_fit(G, config, budget)[1]))
+def auto_batch_size(G: Generator, n_targets: int, config: Config, tuning: Tuning | None = None) -> int:
+    """The largest chunk of targets whose projection steps (and with `tuning`, tuning steps)
+    fit the device's memory; on CPU a chunk plans for at most CPU_CHUNK_BYTES."""
+    budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else free_memory(G.device)
+    per, fit = memory_fit(G, config, budget)
+    if tuning is not None:
+        fit = min(fit, budget // tuning_bytes(G, per // config.starts))
+    return max(1, min(n_targets, fit))
 
 
 def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
@@ -165,7 +168,7 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     if inits is not None:
         todo = [(s, p) for s, p in todo if s in inits]
     if batch_size == "auto":
-        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg)
+        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg, tuning)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
     classes = {s: classes.get(s, class_index) for s, _ in todo}
