@@ -103,6 +103,7 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
         raise LatentFitError("bench needs steps >= 2, repeats >= 1 and batch sizes >= 1")
     space = G.check_space(space or G.default_space)
     cfg = Config(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False, patience=steps + 1,
+                 jacobian_metrics=False,
                  check_every=1 if dev.type == "cpu" else max(1, steps // 2)).validate()
     per_sample, fit = memory_fit(G, cfg)
     too_big = sorted(b for b in set(batch_sizes) if b > fit)

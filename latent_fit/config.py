@@ -44,6 +44,8 @@ class Config:
     exact: bool = False               # CPU: convolutions whose per-sample rounding does not depend on
                                       # the batch size (bit-identical DCGAN latents; slower at large batches)
     save_video: bool = False          # keep a frame of every check (for <stem>.mp4)
+    jacobian_metrics: bool = True     # finish: wr_factor (raw units) and jacobian_norm of every target,
+                                      # 64 VJPs each (bench turns it off to time the loop alone)
     seed: int = 0
 
     def validate(self) -> "Config":

@@ -311,16 +311,21 @@ class _Run:
 
 
     def _unit_metrics(self, wr, latent, latent_init, noise) -> dict[str, np.ndarray]:
-        """Per target, float64: wr as given, wr_factor at its start (the one its loop used, in
-        relative units), wr_effective (the raw w_r of its loop) and jacobian_norm at its latent."""
+        """Per target, float64: wr as given, wr_effective (the raw w_r of its loop), and unless
+        config.jacobian_metrics is off, wr_factor at its start (in relative units, the one its
+        loop used) and jacobian_norm at its latent."""
         est = {"names": self.names, "seed": self.cfg.seed}
-        relative = self.cfg.wr_units == "relative"
-        factor = self.kept["wr_factor"] if relative else wr_factor(self.G, latent_init, self.space, self.c, **est)
-        jn = jacobian_norm(self.G, latent, self.space, self.c, noise=noise, **est)
+        relative, measure = self.cfg.wr_units == "relative", self.cfg.jacobian_metrics
         wr = np.broadcast_to(np.asarray(wr, np.float64), (self.n,)).copy()
-        factor = factor.double().cpu().numpy()
-        return {"wr": wr, "wr_factor": factor, "wr_effective": wr * factor if relative else wr,
-                "jacobian_norm": jn.double().cpu().numpy()}
+        out = {"wr": wr, "wr_effective": wr}
+        if relative or measure:
+            factor = self.kept["wr_factor"] if relative else wr_factor(self.G, latent_init, self.space, self.c, **est)
+            out["wr_factor"] = factor.double().cpu().numpy()
+            out["wr_effective"] = wr * out["wr_factor"] if relative else wr
+        if measure:
+            out["jacobian_norm"] = jacobian_norm(self.G, latent, self.space, self.c, noise=noise,
+                                                 **est).double().cpu().numpy()
+        return out
 
 
 def _renormalized(m: torch.Tensor) -> torch.Tensor:

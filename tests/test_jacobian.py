@@ -91,6 +91,10 @@ def test_relative_units_in_the_loop_are_per_sample(G):
     raw = project(G, x, names, **opts).metrics
     assert (raw["wr_effective"] == 0.5).all() and np.allclose(raw["wr_factor"], rel["wr_factor"], rtol=1e-5)
     assert set(raw) >= {"wr", "wr_factor", "wr_effective", "jacobian_norm"}
+    off = project(G, x, names, jacobian_metrics=False, **opts).metrics   # as bench times the loop
+    assert {"wr_factor", "jacobian_norm"}.isdisjoint(off) and (off["wr_effective"] == 0.5).all()
+    rel_off = project(G, x, names, wr_units="relative", jacobian_metrics=False, **opts).metrics
+    assert np.allclose(rel_off["wr_effective"], rel["wr_effective"], rtol=1e-5) and "jacobian_norm" not in rel_off
     with pytest.raises(ArgumentError, match="wr_units"):
         project(G, x, names, wr_units="meters", **opts)
 
