@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ENCODED, PROJECTION, Config
+from .config import PROJECTION, Config, projection_config
 from .devices import memory_fit
 from .errors import LatentFitError
 from .generators.base import Generator
@@ -171,7 +171,7 @@ def time_to_quality(G: Generator, encoder=None, *, n: int = 8, loss: str = "mse"
         targets = G.synthesize(G.sample(n, seed=QUALITY_SEED, space=space, c=c), space, c).clamp(-1, 1)
     names = [f"q{i}" for i in range(n)]
     runs = [("latent-fit defaults" + (" (encoder)" if encoder is not None else ""),
-             ENCODED if encoder is not None else PROJECTION, encoder),
+             projection_config(encoded=encoder is not None), encoder),
             ("NVIDIA schedule (1 start x 1000 steps)", PEER, None)]
     rows = []
     for label, cfg, E in runs:

@@ -11,7 +11,8 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from .config import CHOICES, EDIT, EDIT_WR, ENCODED, PROJECTION
+from .config import (CHOICES, EDIT, EDIT_WR, ENCODED, PROJECTION, SWEEP_WRS, Tuning, edit_config, projection_config,
+                     sweep_config, tune_sweep_wr)
 from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
 from .encoder import TrainSettings
@@ -19,8 +20,6 @@ from .runs.encoder import CHECKPOINT_MINUTES
 from .errors import ArgumentError, LatentFitError, one_line
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
-from .sweep import SWEEP_WRS
-from .tuning import Tuning
 
 D = PROJECTION
 
@@ -96,12 +95,10 @@ spread_option = click.option("--spread", type=float, help=f"With an encoder: the
                              f"noise of this many latent stds [default: {ENCODED.spread}].")
 
 
-def starting_point(G, encoder: str, space: str | None, init):
-    """(encoder or None, preset): the encoder's start and the ENCODED preset, unless --init
-    gives the starts or there is no encoder; then PROJECTION."""
+def open_encoder(G, encoder: str, space: str | None, init):
+    """The --encoder's learned start, or None where --init gives the starts or there is none."""
     from .encoder import load_encoder
-    E = None if init else load_encoder(encoder, G, space=space)
-    return E, (PROJECTION if E is None else ENCODED)
+    return None if init else load_encoder(encoder, G, space=space)
 
 
 class_option = click.option("--class", "class_index", type=int,
@@ -235,16 +232,16 @@ def project(targets, out, generator, network_key, latent_dim, device, batch_size
     shard = Shard.from_env()
     G = accelerate(open_generator(generator, network_key, latent_dim, shard.device(device)),
                    precision=precision, channels_last=channels_last, compile=compile_mode)
-    E, preset = starting_point(G, encoder, settings["space"], init)
-    cfg = preset.replace(**settings)
+    E = open_encoder(G, encoder, settings["space"], init)
     tuning = _tuning(tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality,
                      tune_lr=tune_lr)
-    progress, close = _progress_bars(cfg.steps + (tuning.tune_steps if tuning else 0))
+    steps = projection_config(encoded=E is not None, **settings).steps
+    progress, close = _progress_bars(steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
     with process_group(shard, G.device):
-        rep = project_files(G, list(targets), out, cfg, batch_size=batch_size, init=init, encoder=E,
+        rep = project_files(G, list(targets), out, batch_size=batch_size, init=init, encoder=E,
                             tuning=tuning, class_index=class_index, progress=progress if shard.rank == 0 else None,
-                            rank=shard.rank, world=shard.world)
+                            rank=shard.rank, world=shard.world, **settings)
     close()
     _finish(rep, t0, out, f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else "")
 
@@ -362,7 +359,7 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
     from .runs.edit import direction_edit_files, edit_files
     if (request is None) == (direction is None):
         raise LatentFitError("give --target REQUEST (masked edit) or --direction D.npy (direction edit)")
-    cfg = EDIT.replace(wr=EDIT_WR[settings["wr_units"]]).replace(**settings)
+    cfg = edit_config(**settings)   # for the progress bars; edit_files makes the same
     G = open_generator(generator, network_key, latent_dim, device)
     t0 = time.perf_counter()
     if direction is not None:
@@ -371,8 +368,8 @@ def edit_command(latents, out, generator, network_key, latent_dim, device, reque
                                    batch_size=batch_size)
     else:
         progress, close = _progress_bars(cfg.steps)
-        rep = edit_files(G, list(latents), out, cfg, request=request, mask=mask, batch_size=batch_size,
-                         class_index=class_index, progress=progress)
+        rep = edit_files(G, list(latents), out, request=request, mask=mask, batch_size=batch_size,
+                         class_index=class_index, progress=progress, **settings)
         close()
     _finish(rep, t0, out)
 
@@ -455,26 +452,22 @@ def sweep_command(targets, out, generator, network_key, latent_dim, device, wr_l
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
     OUT/sweep.png (fidelity against realism), OUT/grid.png; prints a suggested w_r.
     With --tune-reg: tune the generator around each target's projection at every tune_reg."""
-    from .runs.sweep import sweep_files
+    from .runs.sweep import sweep_files, tune_sweep_files
     wrs = _numbers(wr_list, "--wr") if wr_list else None
     tuning = _tuning(bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality,
                      tune_lr=tune_lr)
     G = open_generator(generator, network_key, latent_dim, device)
-    E, preset = starting_point(G, encoder, settings["space"], init)
-    cfg = (EDIT if init else preset).replace(**settings)
+    E = open_encoder(G, encoder, settings["space"], init)
     t0 = time.perf_counter()
     if tuning is not None:
-        from .runs.tune_sweep import check_exclusive, tune_sweep_files
-        if init or mask:
-            raise LatentFitError("--tune-reg sweeps projections of TARGETS: it takes no --init or --mask")
-        cfg = cfg.replace(wr=check_exclusive(wrs))
-        progress, close = _progress_bars(cfg.steps + tuning.tune_steps)
-        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), cfg, tuning=tuning,
-                               class_index=class_index, encoder=E, progress=progress)
+        settings["wr"] = tune_sweep_wr(wrs, init, mask)
+        progress, close = _progress_bars(projection_config(encoded=E is not None, **settings).steps + tuning.tune_steps)
+        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), tuning=tuning,
+                               class_index=class_index, encoder=E, progress=progress, **settings)
     else:
-        progress, close = _progress_bars(cfg.steps)
-        rep = sweep_files(G, list(targets), out, wrs, cfg, init=init, mask=mask,
-                          class_index=class_index, encoder=E, progress=progress)
+        progress, close = _progress_bars(sweep_config(init=bool(init), encoded=E is not None, **settings).steps)
+        rep = sweep_files(G, list(targets), out, wrs, init=init, mask=mask, class_index=class_index, encoder=E,
+                          progress=progress, **settings)
     close()
     _finish(rep, t0, out)
 
@@ -512,7 +505,7 @@ def bench_command(generator, network_key, latent_dim, device, batch_sizes, steps
     click.echo(format_table(res))
     if quality > 0:
         from .bench import format_quality, time_to_quality
-        res["time_to_quality"] = time_to_quality(G, starting_point(G, encoder, space, None)[0], n=quality, loss=loss)
+        res["time_to_quality"] = time_to_quality(G, open_encoder(G, encoder, space, None), n=quality, loss=loss)
         click.echo(format_quality(res["time_to_quality"], quality))
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))

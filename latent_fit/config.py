@@ -1,12 +1,17 @@
 """Config: every constant of the optimization, with its default, built once at the edge (the CLI
-or an API caller) and passed whole. Presets are made with `dataclasses.replace`."""
+or an API caller) and passed whole; Tuning, the settings of pivotal tuning. The policy lives here
+too: presets (made with `dataclasses.replace`), which preset a run starts from, the edit and sweep
+defaults in each unit system, and which options exclude which, so the API and the CLI agree."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import ArgumentError
+import numpy as np
+import torch
+
+from .errors import ArgumentError, LatentFitError
 
 CHOICES = {"reg": ("l2", "l1"), "init_mode": (None, "random", "mean"),
            "loss": ("auto", "mse", "lpips", "mse+lpips"), "wr_units": ("raw", "relative")}
@@ -54,9 +59,9 @@ class Config:
                 raise ArgumentError(name, getattr(self, name), "must be >= 1")
         if self.prune_factor < 2:
             raise ArgumentError("prune_factor", self.prune_factor, "must be >= 2")
-        for name in ("wr", "spread"):
-            if getattr(self, name) < 0:
-                raise ArgumentError(name, getattr(self, name), "must be >= 0")
+        check_weights(self.wr, "wr")
+        if self.spread < 0:
+            raise ArgumentError("spread", self.spread, "must be >= 0")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ArgumentError(name, getattr(self, name),
@@ -81,3 +86,76 @@ EDIT = dataclasses.replace(PROJECTION, steps=300, starts=1, latent_noise=0.0, op
 # Edits' w_r in relative units: 2 is the raw 1e-2 above at the bundled DCGAN's median wr_factor
 # (0.0053), and the same trade-off on any other generator (README, "Choosing w_r").
 EDIT_WR = {"raw": EDIT.wr, "relative": 2.0}
+# `sweep`'s default w_r grid in each unit system, and `sweep --tune-reg`'s.
+SWEEP_WRS = {"raw": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0), "relative": (0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0)}
+TUNE_SWEEP_REGS = (0.0, 1e-4, 1e-3, 1e-2)
+
+
+def check_weights(values, arg: str = "wr") -> np.ndarray:
+    """The values of a weight (w_r, tune_reg; a number, a grid or per-sample [N]), named `arg`,
+    as float64 [W]; one ArgumentError line unless one or more, finite and >= 0."""
+    w = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).reshape(-1)
+    if len(w) == 0 or not np.isfinite(w).all() or (w < 0).any():
+        raise ArgumentError(arg, ",".join(f"{v:g}" for v in w[:8]), f"give one or more finite values, {arg} >= 0")
+    return w
+
+
+def projection_config(config: Config | None = None, *, encoded: bool = False, **changes) -> Config:
+    """A projection's Config: `config`, else the preset of its start (ENCODED from a learned
+    encoder's guess, PROJECTION otherwise), with `changes` (Config fields; None: left as is)."""
+    return (config or (ENCODED if encoded else PROJECTION)).replace(**changes)
+
+
+def edit_config(config: Config | None = None, **changes) -> Config:
+    """An edit's Config: `config`, else EDIT with the edit w_r of the units asked for (EDIT_WR),
+    with `changes`."""
+    if config is None:
+        config = EDIT.replace(wr=EDIT_WR[changes.get("wr_units") or EDIT.wr_units])
+    return config.replace(**changes)
+
+
+def sweep_config(config: Config | None = None, *, init: bool = False, encoded: bool = False, **changes) -> Config:
+    """A sweep's Config: an edit's with init (starts given), else a projection's."""
+    return edit_config(config, **changes) if init else projection_config(config, encoded=encoded, **changes)
+
+
+def tune_sweep_wr(wrs, init=None, mask=None) -> float | None:
+    """The pivots' w_r of a tune_reg sweep: it varies tune_reg, so w_r is one value (or the
+    default); it projects its targets, so it takes no init or mask."""
+    if init is not None or mask is not None:
+        raise LatentFitError("--tune-reg sweeps projections of TARGETS: it takes no --init or --mask")
+    if wrs is not None and len(wrs) > 1:
+        raise LatentFitError("--wr and --tune-reg cannot both be grids: a sweep varies one weight; give --wr "
+                             "one value (the pivot's w_r) with --tune-reg")
+    return None if wrs is None else float(wrs[0])
+
+@dataclass(frozen=True)
+class Tuning:
+    """The settings of pivotal tuning (`project --tune`, tuning.tune): each field is named as
+    tune()'s argument, the CLI's --tune-* flag and the record key; loss, LPIPS weight, seed and
+    exact come from the Config. tune_reg and tune_locality may be [N] tensors (sweeps' grids).
+    Validated when made."""
+
+    tune_steps: int = 300          # Adam steps on the weights
+    tune_lr: float = 3e-4          # their learning rate
+    tune_reg: float = 1e-3         # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
+    tune_locality: float = 2.0     # weight of the locality term (prior samples keep their images)
+
+    def __post_init__(self):
+        for name, ok, need in (("tune_steps", self.tune_steps >= 1, ">= 1"), ("tune_lr", self.tune_lr > 0, "> 0")):
+            if not ok:
+                raise ArgumentError(name, getattr(self, name), f"tuning needs {name} {need}")
+        for name in ("tune_reg", "tune_locality"):
+            check_weights(getattr(self, name), name)
+
+    def replace(self, **changes) -> "Tuning":
+        """A copy with `changes` (None values are left out), validated."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @staticmethod
+    def record(tuning: "Tuning | None") -> dict:
+        """The record entries of a target: these settings, or all None without tuning (so a
+        rerun with or without --tune differs from the other, and older records match the latter)."""
+        fields = [f.name for f in dataclasses.fields(Tuning)]
+        return {"tune": None if tuning is None else True} | {
+            k: None if tuning is None else getattr(tuning, k) for k in fields}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import EDIT, Config
+from .config import Config, edit_config
 from .errors import ArgumentError, LatentFitError
 from .generators.base import Generator
 from .objective import pixel_mse
@@ -59,21 +59,18 @@ def edit_metrics(before: torch.Tensor, after: torch.Tensor, request: torch.Tenso
 
 
 def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None = None,
-         names: list[str] | None = None, *, config: Config = EDIT, c: torch.Tensor | None = None,
+         names: list[str] | None = None, *, config: Config | None = None, c: torch.Tensor | None = None,
          wr: float | torch.Tensor | None = None, progress=None, **changes) -> EditResult:
     """Edit latents [N, *shape] so that G matches `request` [N, C, H, W] where `mask`
     [N, 1, H, W] (soft, in [0, 1]; None: the whole image) is set, while
     wr * ||z - z0||^2 (a sum over the latent's elements) keeps z near its start z0 = latents.
 
-    config: the EDIT preset unless given (changes: its fields to replace); wr: scalar or [N],
-    instead of config.wr. Larger wr: smaller ||dz|| and less change outside the mask; tiny wr:
+    config: config.edit_config's unless given (EDIT, with the edit w_r of its units; changes: its
+    fields to replace); wr: scalar or [N], instead of config.wr. Larger wr: smaller ||dz|| and less change outside the mask; tiny wr:
     the masked region reaches the request. metrics add edit_metrics (mask_mse_before,
     mask_mse_after, outside_change).
     """
-    cfg = config.replace(**changes) if changes else config
-    wr = cfg.wr if wr is None else wr
-    if bool((torch.as_tensor(wr) < 0).any()):
-        raise ArgumentError("wr", wr, "w_r must be >= 0")
+    cfg = edit_config(config, **changes)
     if mask is not None:
         mask = mask.to(G.device, torch.float32)
     request = request.to(G.device, torch.float32)
@@ -202,3 +199,26 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "line
     else:
         raise LatentFitError(f"interpolation mode {mode!r}: choose linear or spherical")
     return out.to(a.dtype).view(a.shape[0], frames, *a.shape[1:])
+
+
+def render_path(G: Generator, path: torch.Tensor, deltas: list[dict | None], space: str,
+                c: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
+    """Images [M, P, F, C, H, W] of interpolation paths [M, P, F, *shape] through P + 1 latents
+    (segment p from latent p to latent p + 1), whose tuned weight changes are deltas[p] (None:
+    G's own); c: one label [c_dim] or None. Without tuned ends, one batched render; a segment
+    with a tuned end blends the ends' weight changes along with the latents
+    (tuning.render_blended), so every end is its own tuned reconstruction."""
+    from .tuning import render_blended
+    m, p, f = path.shape[:3]
+    if not any(d is not None for d in deltas):
+        cc = None if c is None else c.expand(m * p * f, -1)
+        return render(G, path.flatten(0, 2), space, cc, batch_size=batch_size).unflatten(0, (m, p, f))
+    t = torch.linspace(0, 1, f)
+    cc = None if c is None else c.expand(f, -1)
+
+    def segment(i: int, j: int) -> torch.Tensor:
+        a, b = deltas[j], deltas[j + 1]
+        if a is None and b is None:
+            return render(G, path[i, j], space, cc, batch_size=batch_size)
+        return render_blended(G, a, b, t, path[i, j], space, cc)
+    return torch.stack([segment(i, j) for i in range(m) for j in range(p)]).unflatten(0, (m, p))

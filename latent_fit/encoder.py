@@ -29,7 +29,7 @@ from torch import nn
 from .errors import LatentFitError
 from .generators.base import Generator
 from .objective import LPIPS, lpips_available, pixel_mse, psnr
-from .outputs import file_sha256
+from .files import atomic_write, file_sha256
 
 ENCODER_RES = 64               # E sees every image at this size
 WIDTHS = (32, 64, 128, 256)    # channels of the four stride-2 levels (64 -> 4 px)
@@ -274,7 +274,6 @@ def save_encoder(E: Encoder, path, G: Generator, card: dict, fp16: bool = True) 
 
     from safetensors.torch import save_file
 
-    from .images import atomic_write
     tensors = {k: (v.half() if fp16 and k not in ("centre", "scale") else v.float()).contiguous().cpu()
                for k, v in E.state_dict().items()}
     meta = {"format": FORMAT, "generator": G.name, "generator_sha256": G.sha256, "space": E.space,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import stat
 import warnings
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import LatentFitError
-from .outputs import atomic_write
+from .files import atomic_write, file_problem, find_files
 
 MAX_PIXELS = 2 ** 26   # 67 megapixels (8192 x 8192): larger images are refused before decoding
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -31,21 +29,6 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return img.convert("RGB")
-
-
-def file_problem(path: Path) -> str | None:
-    """Why `path` cannot be read as a file (a folder, FIFO, device, socket, broken symlink or
-    symlink loop), or None for a regular file or one that does not exist."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "broken symlink" if path.is_symlink() else None
-    except OSError as e:
-        return e.strerror.lower() if e.errno == errno.ELOOP else f"cannot read ({e.strerror})"
-    if stat.S_ISREG(mode):
-        return None
-    return {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(
-        stat.S_IFMT(mode), "a device") + ", not a file"
 
 
 def _decode(path: Path, what: str) -> Image.Image:
@@ -222,53 +205,8 @@ def stem_file(folder: Path, stem: str) -> Path:
     raise LatentFitError(f"{folder}: no {stem}.* image for latent {stem}")
 
 
-def assign_stems(paths: list[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
-    """(stem, path) per input file; a stem seen twice is an error for the later file."""
-    seen: dict[str, Path] = {}
-    errors = []
-    for p in paths:
-        if p.stem in seen:
-            errors.append(f"{p}: same name as {seen[p.stem]}; outputs would collide, rename one")
-        else:
-            seen[p.stem] = p
-    return list(seen.items()), errors
-
-
 def find_images(specs: list[str]) -> tuple[list[Path], list[str]]:
     """Expand files, folders (their images, sorted) and globs. Returns (paths, errors)."""
     return find_files(specs, IMAGE_SUFFIXES, "images")
 
 
-def find_files(specs: list[str], suffixes: set[str], what: str) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their files with these suffixes, sorted) and globs; `what` names
-    the kind in errors. Returns (paths, errors); an error line for each path that is not a
-    regular file (a folder named x.png, a FIFO, a symlink loop, ...)."""
-    import glob
-    paths, errors = [], []
-
-    def add(found: list[Path]) -> None:
-        for q in found:
-            problem = file_problem(q)
-            if problem:
-                errors.append(f"{q}: {problem}")
-            else:
-                paths.append(q)
-
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes)
-            if not found:
-                errors.append(f"{spec}: folder has no {what} ({', '.join(sorted(suffixes))})")
-            add(found)
-        elif p.exists() or p.is_symlink():
-            add([p])
-        elif any(ch in spec for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(spec, recursive=True)
-                           if Path(q).suffix.lower() in suffixes)
-            if not found:
-                errors.append(f"{spec}: pattern matches no {what}")
-            add(found)
-        else:
-            errors.append(f"{spec}: file not found")
-    return list(dict.fromkeys(paths)), errors

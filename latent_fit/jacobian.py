@@ -26,7 +26,7 @@ from .generators.base import Generator
 from .rng import keyed_normal, name_key
 
 PROJECTIONS = 32            # probes per sample: one estimate's relative spread is ~10 % (README, Choosing w_r)
-PRIOR_SAMPLES = 128         # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
+NORM_SAMPLES = 128         # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
 PRIOR_PROJECTIONS = 4       # ... each estimated with this many probes (the median averages)
 CHUNK_ROWS = 64             # sample x probe rows per backward pass (CPU: larger runs slower per row)
 _PROBE_COUNTER = 1 << 24    # keyed_normal counters of the probes (far from the loop's)
@@ -80,16 +80,16 @@ def wr_factor(G: Generator, latents: torch.Tensor, space: str | None = None,
 
 
 def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
-    """Median of ||J||_F^2 over PRIOR_SAMPLES prior latents in `space` (all classes alike),
+    """Median of ||J||_F^2 over NORM_SAMPLES prior latents in `space` (all classes alike),
     computed once per generator (its weights' sha256 when known, else the object) and space."""
     space = G.check_space(space or G.default_space)
     cache = _medians_by_weights if G.sha256 else _medians_by_object.setdefault(G, {})
     key = (G.name, G.sha256, space) if G.sha256 else space
     if key not in cache:
-        c = G.cycled_labels(PRIOR_SAMPLES)
+        c = G.cycled_labels(NORM_SAMPLES)
         with torch.no_grad():
-            x = G.sample(PRIOR_SAMPLES, seed=0, space=space, c=c)
-        sq = jacobian_sq_norm(G, x, space, c, names=[f"prior{i}" for i in range(PRIOR_SAMPLES)],
+            x = G.sample(NORM_SAMPLES, seed=0, space=space, c=c)
+        sq = jacobian_sq_norm(G, x, space, c, names=[f"prior{i}" for i in range(NORM_SAMPLES)],
                               projections=PRIOR_PROJECTIONS)
         cache[key] = float(sq.median())
     return cache[key]

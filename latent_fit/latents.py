@@ -16,12 +16,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from numpy.lib import format as npformat
 
 from .errors import LatentFitError
-from .images import assign_stems, find_files
-from .outputs import atomic_write
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 2 ** 28   # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
@@ -132,52 +130,3 @@ def stored_class(data: dict, class_index: int | None = None) -> int | None:
     if class_index is not None or "class_index" not in data:
         return class_index
     return int(data["class_index"])
-
-
-def read_latents(specs: list[str], G, space: str | None = None, class_index: int | None = None
-                 ) -> tuple[list[str], torch.Tensor | None, str, list[str], list[int | None]]:
-    """(stems, latents [N, *shape] or None, space, errors, classes) of the latent files in
-    `specs` (files, folders, globs) that fit G; space: the first file's unless given; classes:
-    per latent, see stored_class."""
-    paths, errors = find_files(specs, {".npz"}, "latent files")
-    items, dup_errors = assign_stems(paths)
-    errors += dup_errors
-    stems, lats, classes = [], [], []
-    for stem, p in items:
-        try:
-            data = read_latent_file(p)
-            if space is None:
-                space = data["space"] if data["space"] in G.spaces else G.default_space
-            lats.append(check_compatible(p, data, G.name, G.latent_shape(space), space, G.sha256))
-            stems.append(stem)
-            classes.append(stored_class(data, class_index))
-        except LatentFitError as e:
-            errors.append(str(e))
-    space = space or G.default_space
-    return stems, torch.from_numpy(np.stack(lats)) if lats else None, space, errors, classes
-
-
-def read_init(spec: Path, G, space: str, stems: list[str], class_index: int | None = None
-              ) -> tuple[dict[str, np.ndarray], dict[str, int | None], list[str]]:
-    """Start latents and their classes (see stored_class) by stem, and error lines: one .npz for
-    every stem (its errors raise: they concern every target), or a folder of <stem>.npz matched
-    by stem (a missing or unreadable file is that target's error line)."""
-    shape = G.latent_shape(space)
-    if not spec.is_dir():
-        data = read_latent_file(spec)
-        lat = check_compatible(spec, data, G.name, shape, space, G.sha256)
-        return {s: lat for s in stems}, {s: stored_class(data, class_index) for s in stems}, []
-    if stems and not any((spec / f"{s}.npz").exists() for s in stems):
-        raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
-    lats, classes, errors = {}, {}, []
-    for s in stems:
-        f = spec / f"{s}.npz"
-        try:
-            if not (f.exists() or f.is_symlink()):
-                raise LatentFitError(f"{f}: no start latent for target {s}")
-            data = read_latent_file(f)
-            lats[s] = check_compatible(f, data, G.name, shape, space, G.sha256)
-            classes[s] = stored_class(data, class_index)
-        except LatentFitError as e:
-            errors.append(str(e))
-    return lats, classes, errors

@@ -1,7 +1,7 @@
 """The objective: named, weighted per-sample terms. Every term returns one value per sample,
 shape [N]; the loop sums them and never averages over the batch, so samples stay independent.
-The loop, the final metrics and `bench` all use one Objective; adding a term is a function here,
-an entry in `Objective.build` and its test."""
+The projection loop, pivotal tuning, the final metrics and `bench` all use Objectives; adding a
+term is a function here, an entry in `Objective.build`, and its weight named in `Config`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,18 @@ def noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
                 break
             n = F.avg_pool2d(n, 2)
     return total
+
+
+def weight_sq_norm(delta: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ Δθ² over every tuned weight, per target [N] (delta: name -> [N, *parameter shape])."""
+    return sum(d.pow(2).reshape(d.shape[0], -1).sum(1) for d in delta.values())
+
+
+def locality_mse(samples: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+    """Mean over each target's K prior samples [N, K, C, H, W] of their MSE to the original
+    generator's images of them [N * K, C, H, W], per target [N]."""
+    n, k = samples.shape[:2]
+    return pixel_mse(samples.flatten(0, 1), originals).view(n, k).mean(1)
 
 
 def vgg_weights_path() -> Path:
@@ -122,10 +134,17 @@ class Inputs:
 
     images: torch.Tensor                  # [N, C, H, W] G(latent)
     targets: torch.Tensor                 # [N, C, H, W]
-    dz: torch.Tensor                      # [N, *latent_shape] latent - latent_init
-    wr: torch.Tensor                      # [N] per-sample w_r
+    dz: torch.Tensor | None = None        # [N, *latent_shape] latent - latent_init
+    wr: torch.Tensor | None = None        # [N] per-sample w_r
     mask: torch.Tensor | None = None      # [N, 1, H, W] in [0, 1]: where the reconstruction counts
     noise: list[torch.Tensor] = field(default_factory=list)   # StyleGAN noise maps being optimized
+    # pivotal tuning (tuning.tune): the weight changes, their per-sample weights, and the tuned
+    # generator's images of fixed prior samples [N, K, C, H, W] beside the original's [N * K, C, H, W]
+    delta: dict[str, torch.Tensor] = field(default_factory=dict)
+    tune_reg: torch.Tensor | None = None
+    tune_locality: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+    originals: torch.Tensor | None = None
 
     def composite(self) -> torch.Tensor:
         """The images inside the mask, the targets outside (what LPIPS compares)."""
@@ -143,9 +162,11 @@ class Objective:
 
     @classmethod
     def build(cls, loss: str = "auto", *, lpips_weight: float = 1.0, reg: str | None = "l2",
-              noise_weight: float = 0.0, device: torch.device | str = "cpu") -> "Objective":
-        """The projection objective: pixel MSE and/or LPIPS (`loss`), w_r * reg(dz) (reg None:
-        left out) and, with noise_weight > 0, the StyleGAN noise-map regularizer."""
+              noise_weight: float = 0.0, tuning: bool = False, locality: bool = False,
+              device: torch.device | str = "cpu") -> "Objective":
+        """Pixel MSE and/or LPIPS (`loss`); w_r * reg(dz) (reg None: left out); with
+        noise_weight > 0 the StyleGAN noise-map regularizer; with `tuning` the weight L2
+        tune_reg * ΣΔθ², and with `locality` tune_locality * locality_mse."""
         use_mse, use_lpips = resolve_loss(loss)
         terms: dict[str, tuple[float, Term]] = {}
         if use_mse:
@@ -158,7 +179,20 @@ class Objective:
             terms[f"wr*{reg}"] = (1.0, lambda x: x.wr * latent_reg(x.dz, reg))
         if noise_weight > 0:
             terms["noise"] = (noise_weight, lambda x: noise_reg(x.noise))
+        if tuning:
+            terms["tune_reg*l2"] = (1.0, lambda x: x.tune_reg * weight_sq_norm(x.delta))
+        if locality:
+            terms["locality"] = (1.0, lambda x: x.tune_locality * locality_mse(x.samples, x.originals))
         return cls(terms)
+
+    @classmethod
+    def from_config(cls, cfg, *, noise: bool = False, tuning: bool = False, locality: bool = False,
+                    device: torch.device | str = "cpu") -> "Objective":
+        """The Objective a Config names: its loss and LPIPS weight, its w_r term (not while
+        tuning, which holds the latent), and the noise, weight L2 and locality terms asked for."""
+        return cls.build(cfg.loss, lpips_weight=cfg.lpips_weight, reg=None if tuning else cfg.reg,
+                         noise_weight=cfg.noise_weight if noise else 0.0, tuning=tuning, locality=locality,
+                         device=device)
 
     @property
     def names(self) -> list[str]:

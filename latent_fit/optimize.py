@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .candidates import Candidates, RowAdam
-from .config import PROJECTION, Config
+from .config import Config, check_weights, projection_config
 from .errors import LatentFitError
 from .generators.base import Generator
 from .images import to_uint8
@@ -53,13 +53,14 @@ class Result:
 
 
 def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
-            config: Config = PROJECTION, init: torch.Tensor | None = None,
+            config: Config | None = None, init: torch.Tensor | None = None,
             mask: torch.Tensor | None = None, c: torch.Tensor | None = None,
             wr: float | torch.Tensor | None = None, encoder=None, progress=None, **changes) -> Result:
     """Find latents whose images reconstruct `targets` ([N, C, H, W] in [-1, 1]).
 
     names: one per target; the random starts derive from (seed, name), not from the position.
-    config: every setting (changes: Config fields that replace its values, for API callers).
+    config: every setting, default config.projection_config's (ENCODED with an encoder and no init,
+    else PROJECTION); changes: Config fields that replace its values, for API callers.
     init: [N, *latent_shape] starts (then one start each). mask: [N, 1, H, W] weights in [0, 1]
     for the reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r
     (sweeps), instead of config.wr. encoder: a learned start (encoder.Encoder) for targets without
@@ -67,7 +68,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     anchors to it. progress: callable(steps_done, best_loss) at every check.
     """
     t_start = time.perf_counter()
-    cfg = config.replace(**changes) if changes else config.validate()
+    cfg = projection_config(config, encoded=encoder is not None and init is None, **changes)
     if encoder is not None and init is None:
         cfg = cfg.replace(space=encoder.space) if cfg.space is None else cfg
         init = encoder.start(G, targets, cfg.space)
@@ -145,15 +146,14 @@ class _Run:
         if self.c is None and G.needs_class(space):
             raise LatentFitError(f"generator {G.name!r} is conditional: give a class to work in z")
         self.wr_in = cfg.wr if wr is None else wr
+        check_weights(self.wr_in, "wr")
         self.mode = "given" if init is not None else cfg.init_mode or G.default_init_mode(space)
         drawn = self.mode == "random" or (self.mode == "given" and cfg.spread > 0)
         self.starts = self.k = cfg.starts if drawn else 1
         self.lr = cfg.lr if cfg.lr is not None else G.default_lr(space)
         self.noise_std = cfg.latent_noise * G.latent_std(space)
         self.noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
-        self.objective = Objective.build(cfg.loss, lpips_weight=cfg.lpips_weight, reg=cfg.reg,
-                                         noise_weight=cfg.noise_weight if self.noise_shapes else 0.0,
-                                         device=dev)
+        self.objective = Objective.from_config(cfg, noise=bool(self.noise_shapes), device=dev)
         self.pool = self._start(rows_of(self.wr_in, n, dev, "wr"), rows_of(init, n, dev, "init"))
         self.adam = RowAdam(self.pool.variables)
         self.kept = {"latent": torch.empty(n, *self.shape, device=dev),

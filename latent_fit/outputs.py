@@ -1,27 +1,29 @@
-"""An output folder: atomic writes, what makes a target complete, resume after a kill, the
-metrics tables, and the Report every runner returns."""
+"""An output folder, the one owner of its targets' files: their names, what makes a target
+complete and the record of what made it, writing them, reading one back (its latent, class,
+record and the weights it renders with), the metrics tables, and the Report every runner returns."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
-import os
-import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LatentFitError
+import numpy as np
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-# atomic_write's temp files: .<name>.<random>.tmp<suffix>
-_TEMP = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp(\.[^.]+)?$")
-TUNED_SUFFIX = ".tuned.safetensors"   # <stem>.tuned.safetensors: a target's tuned weights (project --tune)
+from .errors import LatentFitError
+from .files import assign_stems, atomic_write, file_sha256, find_files, input_sha256, remove_stale_temps
+from .latents import check_compatible, read_latent_file, stored_class, write_latent_file
+
+# A target's files: <stem><suffix>. The .npz is written last and marks the target complete.
+SUFFIXES = {"latent": ".npz", "image": ".png", "compare": "_compare.png", "video": ".mp4", "gif": ".gif",
+            "tuned": ".tuned.safetensors"}
+TABLES = ("metrics.csv", "metrics.json")
 
 
 @dataclass
@@ -38,43 +40,16 @@ class Report:
     interrupted: bool = False                          # stopped by Ctrl-C; a rerun finishes the job
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename onto `path`: readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass
+class Target:
+    """One target read back from its latent file: what renders it again."""
 
-
-def write_target(rep: Report, out: Path, stem: str, write) -> None:
-    """Run write() for one target; a failed write (disk full, permissions) becomes its error line."""
-    try:
-        write()
-        rep.done.append(stem)
-    except OSError as e:
-        rep.errors.append(f"{out / stem}: could not write outputs ({e.strerror or e})")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def input_sha256(path: Path | None) -> str | None:
-    """sha256 of a regular input file; None for anything else (missing, a folder, a FIFO)."""
-    try:
-        return file_sha256(path) if path is not None and Path(path).is_file() else None
-    except OSError:
-        return None
+    stem: str
+    path: Path                # its .npz
+    data: dict                # read_latent_file's entries (latent, space, record, metrics, ...)
+    latent: np.ndarray        # checked to fit the generator and space it was read for
+    class_index: int | None   # its class (a given --class overrides the file's)
+    weights: Path | None      # its tuned weights (project --tune); None: the generator's own
 
 
 def settings_record(G, config, **inputs) -> dict:
@@ -101,89 +76,182 @@ def difference(old: dict | None, new: dict) -> str | None:
     return None
 
 
-def plan(out: Path, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
-    """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when its
-    outputs are complete and were made by the same record (the run's `record` plus
-    inputs(path) -> that target's own entries). The note says how many are redone and the first
-    difference of the first of them."""
-    todo, skipped, stale = [], [], []
-    for stem, p in items:
-        data = read_complete(out, stem)
-        if data is None:
-            todo.append((stem, p))
-            continue
-        why = difference(data.get("record"), record | inputs(p))
-        if why is None:
-            skipped.append(stem)
-        else:
-            stale.append(why)
-            todo.append((stem, p))
-    note = f"redoing {len(stale)} target(s) made with other settings: {stale[0]}" if stale else None
-    return todo, skipped, note
+class OutputFolder:
+    """A folder of targets' outputs (see SUFFIXES) and the folder's own files (TABLES, index.html)."""
 
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):   # nameless or unique: safe beside other ranks
-            pass
-    except OSError as e:
-        raise LatentFitError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+    def file(self, stem: str, kind: str = "latent") -> Path:
+        return self.path / f"{stem}{SUFFIXES[kind]}"
 
+    @staticmethod
+    def names(stem: str) -> list[str]:
+        """The files a target's outputs may have in the folder."""
+        return [f"{stem}{suffix}" for suffix in SUFFIXES.values()]
 
-def read_complete(out: Path, stem: str) -> dict | None:
-    """A target's latent file if its outputs are complete (the .npz, written last, reads back,
-    and a tuned target's weights file is the one its .npz records)."""
-    from .latents import read_latent_file
-    npz = out / f"{stem}.npz"
-    if not (npz.is_file() and (out / f"{stem}.png").is_file() and (out / f"{stem}_compare.png").is_file()):
-        return None
-    try:
-        data = read_latent_file(npz)
-    except LatentFitError:
-        return None
-    tuned = data.get("tuned_sha256")
-    return data if tuned is None or input_sha256(out / f"{stem}{TUNED_SUFFIX}") == tuned else None
-
-
-def is_complete(out: Path, stem: str) -> bool:
-    return read_complete(out, stem) is not None
-
-
-def output_names(stem: str) -> list[str]:
-    """The files a target's outputs may have in the output folder."""
-    return [f"{stem}.npz", f"{stem}.png", f"{stem}_compare.png", f"{stem}.mp4", f"{stem}.gif",
-            f"{stem}{TUNED_SUFFIX}"]
-
-
-def remove_stale_temps(out: Path, names: set[str]) -> None:
-    """Delete temp files a killed run left behind while writing one of `names` (only those:
-    other ranks may be writing theirs right now)."""
-    for p in out.iterdir():
-        m = _TEMP.match(p.name)
-        if m and m["name"] in names:
-            p.unlink(missing_ok=True)
-
-
-def collect_metrics(out: Path, columns: list[str], record: dict | None = None) -> list[dict]:
-    """Metric rows (`columns`, the first the target) of every complete target in `out`; with a
-    run's `record`, only those made with its settings (their own inputs may differ)."""
-    from .latents import read_latent_file
-    rows = []
-    for npz in sorted(out.glob("*.npz")):
+    def check_writable(self) -> "OutputFolder":
         try:
-            data = read_latent_file(npz)
+            self.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.path):   # nameless or unique: safe beside other ranks
+                pass
+        except OSError as e:
+            raise LatentFitError(f"{self.path}: output folder is not writable ({e.strerror or e})") from None
+        return self
+
+    def remove_stale_temps(self, stems: list[str], tables: bool = True) -> None:
+        """Temp files a killed run left while writing these targets' files (and the tables)."""
+        remove_stale_temps(self.path, {n for s in stems for n in self.names(s)} | (set(TABLES) if tables else set()))
+
+    def read_complete(self, stem: str) -> dict | None:
+        """A target's latent file if its outputs are complete (the .npz, written last, reads back,
+        and a tuned target's weights file is the one its .npz records)."""
+        if not all(self.file(stem, k).is_file() for k in ("latent", "image", "compare")):
+            return None
+        try:
+            data = read_latent_file(self.file(stem))
         except LatentFitError:
-            continue
-        m = data.get("metrics")
-        old = data.get("record")
-        if record is not None and (not isinstance(old, dict) or difference(old, record)):
-            continue
-        if isinstance(m, dict) and "psnr" in m:
-            rows.append({"target": npz.stem} | {k: m.get(k) for k in columns[1:]})
-    for r in rows:
-        r.update({k: None for k, v in r.items() if isinstance(v, float) and math.isnan(v)})
-    return rows
+            return None
+        tuned = data.get("tuned_sha256")
+        return data if tuned is None or input_sha256(self.file(stem, "tuned")) == tuned else None
+
+    def is_complete(self, stem: str) -> bool:
+        return self.read_complete(stem) is not None
+
+    def weights(self, stem: str, data: dict) -> Path | None:
+        """The tuned weights a latent file renders with: None when its .npz records none (a tuned
+        file left beside it is then ignored); else <stem>.tuned.safetensors, which must still
+        have the recorded sha256, or one error line."""
+        sha = data.get("tuned_sha256")
+        if sha is None:
+            return None
+        f = self.file(stem, "tuned")
+        if input_sha256(f) != sha:
+            raise LatentFitError(f"{f}: the tuned weights {stem}.npz was made with are "
+                                 f"{'changed' if f.exists() else 'missing'}; rerun project --tune for it")
+        return f
+
+    def read_target(self, stem: str, G, space: str, class_index: int | None = None, path: Path | None = None,
+                    weights: bool = True) -> Target:
+        """Target `stem` of this folder (its latent file: `path`, default <stem>.npz), checked to
+        fit G in `space`; without `weights` its tuned weights are not looked for. One error line
+        if it does not fit."""
+        path = path or self.file(stem)
+        data = read_latent_file(path)
+        latent = check_compatible(path, data, G.name, G.latent_shape(space), space, G.sha256)
+        return Target(stem, path, data, latent, stored_class(data, class_index),
+                      self.weights(stem, data) if weights else None)
+
+    def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
+        """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when
+        its outputs are complete and were made by the same record (the run's `record` plus
+        inputs(path) -> that target's own entries). The note says how many are redone and the
+        first difference of the first of them."""
+        todo, skipped, stale = [], [], []
+        for stem, p in items:
+            data = self.read_complete(stem)
+            why = "incomplete" if data is None else difference(data.get("record"), record | inputs(p))
+            if why is None:
+                skipped.append(stem)
+                continue
+            todo.append((stem, p))
+            stale += [why] if data is not None else []
+        note = f"redoing {len(stale)} target(s) made with other settings: {stale[0]}" if stale else None
+        return todo, skipped, note
+
+    def write_target(self, rep: Report, stem: str, write) -> None:
+        """Run write() for one target; a failed write (disk full, permissions) becomes its error line."""
+        try:
+            write()
+            rep.done.append(stem)
+        except OSError as e:
+            rep.errors.append(f"{self.path / stem}: could not write outputs ({e.strerror or e})")
+
+    def write_projection(self, G, res, i: int, target, seconds: float, record: dict, panels: list | None = None,
+                         class_index: int | None = None, tuned_sha256: str | None = None) -> None:
+        """Row i of a projection or edit `res`: PNG, comparison strip (`panels`, default target |
+        result | difference), the video when frames were kept, then the .npz last (it marks
+        completion, and holds the `record` of what made it, `class_index` when a class was used
+        and `tuned_sha256`, the sha256 of the tuned weights written before, which render it;
+        without one, a tuned file left from an earlier run is removed)."""
+        from .images import difference as diff_image, grid, save_png, save_video, to_uint8
+        stem = res.names[i]
+        proj, tgt = to_uint8(res.images[i:i + 1])[0], to_uint8(target[None])[0]
+        save_png(proj, self.file(stem, "image"))
+        save_png(grid([panels or [tgt, proj, diff_image(tgt, proj)]]), self.file(stem, "compare"))
+        if res.frames is not None:
+            frames = res.frames[:, i]
+            save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), self.path / stem)
+        metrics = {k: float(v[i]) for k, v in res.metrics.items()}
+        metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms),
+                    "wr_units": res.config["wr_units"]}
+        history = res.loss_history[i]
+        if tuned_sha256 is None:
+            self.file(stem, "tuned").unlink(missing_ok=True)
+        write_latent_file(self.file(stem), record=record, latent=res.latent[i], latent_init=res.latent_init[i],
+                          space=res.space, generator=G.name, generator_sha256=G.sha256,
+                          loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
+                          w=G.file_ws(res.latent[i], res.space), class_index=class_index, tuned_sha256=tuned_sha256,
+                          **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
+
+    def write_tuned(self, G, tres, i: int) -> str:
+        """Target i's tuned weights (Δθ in fp16, atomically); its sha256, which the target's .npz
+        records (written after it: the .npz marks completion)."""
+        from .generators.tuned import save_tuned
+        path = self.file(tres.names[i], "tuned")
+        save_tuned(path, {k: d[i] for k, d in tres.delta.items()}, G, tres.settings,
+                   {k: float(v[i]) for k, v in tres.metrics.items()})
+        return file_sha256(path)
+
+    def copy_tuned(self, src: Path, stem: str) -> str:
+        """Put the tuned file `src` beside target `stem` (atomically; nothing to do when it is
+        already there); its sha256."""
+        dst = self.file(stem, "tuned")
+        if not (dst.exists() and dst.samefile(src)):
+            atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+        return file_sha256(dst)
+
+    def collect_metrics(self, columns: list[str], record: dict | None = None) -> list[dict]:
+        """Metric rows (`columns`, the first the target) of every complete target; with a run's
+        `record`, only those made with its settings (their own inputs may differ)."""
+        rows = []
+        for npz in sorted(self.path.glob("*.npz")):
+            try:
+                data = read_latent_file(npz)
+            except LatentFitError:
+                continue
+            m, old = data.get("metrics"), data.get("record")
+            if record is not None and (not isinstance(old, dict) or difference(old, record)):
+                continue
+            if isinstance(m, dict) and "psnr" in m:
+                rows.append({"target": npz.stem} | {k: m.get(k) for k in columns[1:]})
+        for r in rows:
+            r.update({k: None for k, v in r.items() if isinstance(v, float) and math.isnan(v)})
+        return rows
+
+    def write_metrics(self, columns: list[str], record: dict | None = None, rep: Report | None = None) -> list[dict]:
+        """metrics.csv and metrics.json (`columns`, the first the target) from every complete
+        target made with `record`'s settings (this run, earlier runs and other ranks alike). With
+        `rep`, a failed write (a full disk) becomes one error line naming the folder."""
+        rows = self.collect_metrics(columns, record)
+
+        def write():
+            write_csv(self.path / "metrics.csv", columns, rows)
+            atomic_write(self.path / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+        if rep is None:
+            write()
+        else:
+            self.write_file(rep, "metrics.csv / metrics.json", write)
+        return rows
+
+    def write_file(self, rep: Report, what: str, write) -> None:
+        """Run write() for a file of the whole folder; a failed write (a full disk) becomes one
+        error line naming the folder."""
+        try:
+            write()
+        except OSError as e:
+            rep.errors.append(f"{self.path}: could not write {what} ({e.strerror or e}); "
+                              "free space and rerun the same command")
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -197,26 +265,89 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
                                                         errors="surrogateescape"))   # names as their files
 
 
-def write_metrics(out: Path, columns: list[str], record: dict | None = None, rep: Report | None = None) -> list[dict]:
-    """metrics.csv and metrics.json (`columns`, the first the target) from every complete target
-    in `out` made with `record`'s settings (this run, earlier runs and other ranks alike). With
-    `rep`, a failed write (a full disk) becomes one error line naming the folder."""
-    rows = collect_metrics(out, columns, record)
+def claim_outputs(items: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Items whose output names do not collide with an earlier item's (targets a.png and
+    a_compare.png would both write a_compare.png): a colliding one is an error line."""
+    owner: dict[str, Path] = {}
+    kept, errors = [], []
+    for stem, p in items:
+        names = OutputFolder.names(stem)
+        clash = next((n for n in names if n in owner), None)
+        if clash is not None:
+            errors.append(f"{p}: its outputs would overwrite {clash} of {owner[clash]}; rename one")
+            continue
+        owner |= {n: p for n in names}
+        kept.append((stem, p))
+    return kept, errors
 
-    def write():
-        write_csv(out / "metrics.csv", columns, rows)
-        atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
-    if rep is None:
-        write()
-    else:
-        write_folder_file(rep, out, "metrics.csv / metrics.json", write)
-    return rows
+
+def read_targets(specs: list[str], G, space: str | None = None, class_index: int | None = None,
+                 weights: bool = True) -> tuple[list[Target], str, list[str]]:
+    """(targets, space, error lines) of the latent files in `specs` (files, folders, globs) that
+    fit G, each with the weights it renders with (weights: as OutputFolder.read_target); space:
+    the first file's unless given."""
+    paths, errors = find_files(specs, {".npz"}, "latent files")
+    items, dup_errors = assign_stems(paths)
+    errors += dup_errors
+    targets = []
+    for stem, p in items:
+        try:
+            if space is None:
+                first = read_latent_file(p)["space"]
+                space = first if first in G.spaces else G.default_space
+            targets.append(OutputFolder(p.parent).read_target(p.stem, G, space, class_index, p, weights))
+        except LatentFitError as e:
+            errors.append(str(e))
+    return targets, space or G.default_space, errors
 
 
-def write_folder_file(rep: Report, out: Path, what: str, write) -> None:
-    """Run write() for a file of the whole folder; a failed write (a full disk) becomes one error
-    line naming the folder."""
-    try:
-        write()
-    except OSError as e:
-        rep.errors.append(f"{out}: could not write {what} ({e.strerror or e}); free space and rerun the same command")
+def read_starts(spec: Path, G, space: str, stems: list[str], class_index: int | None = None,
+                weights: bool = True) -> tuple[dict[str, Target], list[str]]:
+    """Start latents (`--init`) by target stem, and error lines: one latent file for every stem
+    (its errors raise: they concern every target), or a folder of <stem>.npz matched by stem (a
+    missing or unreadable file is that target's error line). weights: as OutputFolder.read_target."""
+    spec = Path(spec)
+    if not spec.is_dir():
+        one = OutputFolder(spec.parent).read_target(spec.stem, G, space, class_index, spec, weights)
+        return {s: dataclasses.replace(one, stem=s) for s in stems}, []
+    folder = OutputFolder(spec)
+    if stems and not any(folder.file(s).exists() for s in stems):
+        raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
+    starts, errors = {}, []
+    for s in stems:
+        try:
+            if not (folder.file(s).exists() or folder.file(s).is_symlink()):
+                raise LatentFitError(f"{folder.file(s)}: no start latent for target {s}")
+            starts[s] = folder.read_target(s, G, space, class_index, weights=weights)
+        except LatentFitError as e:
+            errors.append(str(e))
+    return starts, errors
+
+
+def by_weights(G, targets: list[Target], batch_size: int, errors: list[str]):
+    """(index, count, generator, chunk) for chunks of at most batch_size targets that render with
+    the same weights (Target.weights: None for G's own, else its tuned file applied to G), in the
+    order the weights first appear; a tuned file that does not fit G is one error line and its
+    targets are left out."""
+    from .generators.tuned import apply_tuned
+    groups: dict[Path | None, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(t.weights, []).append(t)
+    chunks = [(w, g[i:i + batch_size]) for w, g in groups.items() for i in range(0, len(g), batch_size)]
+    current, Gk = None, G   # chunks of one weights are consecutive: one tuned copy at a time
+    for k, (weights, chunk) in enumerate(chunks):
+        if weights != current:
+            current = weights
+            try:
+                Gk = G if weights is None else apply_tuned(G, weights)
+            except LatentFitError as e:
+                errors.append(str(e))
+                Gk = None
+        if Gk is not None:
+            yield k, len(chunks), Gk, chunk
+
+
+def tuned_note(targets: list, done: list[str]) -> str:
+    """The summary's mention of the tuned weights used."""
+    n = len({t.stem for t in targets if t.weights is not None} & set(done))
+    return f", used tuned weights for {n} target(s)" if n else ""

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from .outputs import atomic_write
+from .files import atomic_write
 
 KINDS = ("project", "edit", "sweep")
 ROW_HEIGHT = 192   # pixels a target's comparison strip is shown at

@@ -4,7 +4,7 @@ trade fidelity against realism. Pure tensors in, tensors and arrays out; files i
 Realism measures (per latent):
   dz_norm    ||z - z0||, what w_r penalizes (z0: the start; a random start, the mean, or --init)
   prior_nll  negative log density of z under the prior, in nats: N(0, I) in z; in w / w+ a Gaussian
-             fitted to PRIOR_SAMPLES mapped latents (each w+ row scored as a w). A prior sample
+             fitted to FIT_SAMPLES mapped latents (each w+ row scored as a w). A prior sample
              scores about d/2 * (1 + log 2pi) (d: the number of elements).
   radius     ||u||, the norm of the whitened latent (u = z in z); prior samples lie near sqrt(d)
   realism    |radius - sqrt(d)|: the distance from the prior's typical radius, where nearly all of
@@ -27,20 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import EDIT, PROJECTION, Config
+from .config import SWEEP_WRS, TUNE_SWEEP_REGS, Config, Tuning, check_weights, projection_config, sweep_config
 from .edit import edit
-from .errors import ArgumentError
 from .generators.base import Generator
 from .optimize import Result, project
-from .tuning import TuneResult, Tuning, tune
+from .tuning import TuneResult, tune
 
-SWEEP_WRS = {"raw": (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),           # the default grid per wr_units
-             "relative": (0.0, 1e-2, 1e-1, 1.0, 10.0, 100.0)}
-PRIOR_SAMPLES = 10_000
+FIT_SAMPLES = 10_000
 COLUMNS = ["target", "wr", "wr_units", "wr_factor", "wr_effective", "mse", "psnr", "lpips", "dz_norm",
            "prior_nll", "radius", "realism", "jacobian_norm", "steps"]
 EDIT_COLUMNS = ["mask_mse_before", "mask_mse_after", "outside_change"]
-TUNE_SWEEP_REGS = (0.0, 1e-4, 1e-3, 1e-2)
 TUNE_SWEEP_COLUMNS = ["target", "tune_reg", "psnr", "psnr_pivot", "locality_psnr", "dtheta_norm", "mse", "lpips"]
 LOCALITY_FLOOR_DB = 32.0   # suggest_tune_reg: the rest of the generator counts as unchanged above this
 
@@ -64,7 +60,7 @@ class SweepResult:
                 for t, name in enumerate(self.names) for j, wr in enumerate(self.wrs)]
 
 
-def prior_gaussian(G: Generator, space: str, n: int = PRIOR_SAMPLES) -> tuple[torch.Tensor, torch.Tensor] | None:
+def prior_gaussian(G: Generator, space: str, n: int = FIT_SAMPLES) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(mean, Cholesky factor) of a Gaussian fitted to the rows of n prior latents in `space`
     (float64; all classes of a conditional generator alike, so a sample's score never depends
     on its batch); None in z, whose prior is exactly N(0, I)."""
@@ -99,15 +95,6 @@ def realism(G: Generator, latents: torch.Tensor, space: str | None = None) -> di
             "realism": (radius - math.sqrt(d)).abs().cpu().numpy()}
 
 
-def check_wrs(wrs, arg: str = "wr") -> np.ndarray:
-    """The w_r (or other weights', named `arg`) values as float64 [W], or a LatentFitError unless
-    one or more, finite and >= 0."""
-    wr = np.asarray(wrs, dtype=np.float64).reshape(-1)
-    if len(wr) == 0 or not np.isfinite(wr).all() or (wr < 0).any():
-        raise ArgumentError(arg, ",".join(f"{v:g}" for v in wr), "give one or more finite values >= 0")
-    return wr
-
-
 def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None = None, *,
           config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
           c: torch.Tensor | None = None, encoder=None, progress=None, **changes) -> SweepResult:
@@ -120,10 +107,10 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None
     each one's own start, so the curves may wiggle: starts=1, init_mode='mean' or init give all
     w_r of a target one shared start. mask [T, 1, H, W] limits the targets (mse, psnr and lpips
     are measured inside it). With init [T, *shape] (an edit sweep) the EDIT config applies and
-    EDIT_COLUMNS are added. config: PROJECTION or EDIT by default; changes: its fields to replace.
+    EDIT_COLUMNS are added. config: config.sweep_config's by default; changes: its fields to replace.
     """
-    cfg = (config or (EDIT if init is not None else PROJECTION)).replace(**changes)
-    wr = check_wrs(SWEEP_WRS[cfg.wr_units] if wrs is None else wrs)
+    cfg = sweep_config(config, init=init is not None, encoded=encoder is not None, **changes)
+    wr = check_weights(SWEEP_WRS[cfg.wr_units] if wrs is None else wrs)
     t, w = targets.shape[0], len(wr)
     names = list(names) if names is not None else [str(i) for i in range(t)]
     start = None
@@ -213,13 +200,13 @@ class TuneSweepResult:
 def tune_sweep(G: Generator, targets: torch.Tensor, tune_regs=TUNE_SWEEP_REGS, names: list[str] | None = None, *,
                config: Config | None = None, tuning: Tuning | None = None, c: torch.Tensor | None = None,
                encoder=None, progress=None, **changes) -> TuneSweepResult:
-    """Project every target [T, C, H, W] once (its pivot; config, default PROJECTION, with
+    """Project every target [T, C, H, W] once (its pivot; config, default config.projection_config's, with
     `changes`), then tune G around it at every tune_reg in ONE batched tune() of T * L rows
     (tuning's other settings, default Tuning(); loss, LPIPS weight, seed and exact from the
     config). All tune_reg of a target share its name, hence its locality samples.
     progress: callable(step, best_loss), the tuning's steps counted on past config.steps."""
-    regs = check_wrs(tune_regs, "tune_reg")
-    cfg, tuning = (config or PROJECTION).replace(**changes), tuning or Tuning()
+    regs = check_weights(tune_regs, "tune_reg")
+    cfg, tuning = projection_config(config, encoded=encoder is not None, **changes), tuning or Tuning()
     pivot = project(G, targets, names, config=cfg, c=c, encoder=encoder, progress=progress)
     t, n = len(pivot.names), len(regs)
 
@@ -229,7 +216,7 @@ def tune_sweep(G: Generator, targets: torch.Tensor, tune_regs=TUNE_SWEEP_REGS, n
                 c=rep(c), noise=None if pivot.noise is None else [rep(m) for m in pivot.noise],
                 loss=cfg.loss, lpips_weight=cfg.lpips_weight, seed=cfg.seed, exact=cfg.exact,
                 progress=progress and (lambda step, loss: progress(cfg.steps + step, loss)),
-                **tuning.kwargs() | {"reg": torch.from_numpy(np.tile(regs, t)).float()})
+                tuning=tuning.replace(tune_reg=torch.from_numpy(np.tile(regs, t)).float()))
     return TuneSweepResult(names=pivot.names, tune_regs=regs, pivot=pivot, tuned=tres,
                            metrics={k: np.asarray(tres.metrics[k]).reshape(t, n) for k in TUNE_SWEEP_COLUMNS[2:]})
 

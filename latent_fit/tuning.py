@@ -12,73 +12,32 @@ step) rendering as before. Fresh samples each step made it worse: Adam's per-wei
 sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out locality fell.
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
 per target, so a target's result does not depend on its batch (bit for bit with `exact`, see tune).
-Pure tensors in, tensors out, apart
-from `save_tuned` / `read_tuned` / `apply_tuned`, the .safetensors side.
+Pure tensors in, tensors out; the .safetensors side is generators/tuned.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import json
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .errors import ArgumentError, LatentFitError
+from .config import Tuning
+from .errors import LatentFitError
 from .generators.base import Generator
-from .images import atomic_write
-from .objective import LPIPS, pixel_mse, psnr, resolve_loss
+from .objective import Inputs, Objective, pixel_mse, psnr, weight_sq_norm
 from .optimize import Result, plain_cpu_kernels
 from .rng import keyed_normal, name_key
 
-FORMAT = "latent-fit-tuned"
-FORMAT_VERSION = 1
-TUNE_DEFAULTS = {"steps": 300, "lr": 3e-4, "reg": 1e-3, "locality": 2.0}
 LOCALITY_SAMPLES = 4        # fixed prior samples per target for the locality term
 EVAL_SAMPLES = 16           # held-out prior samples per target for locality_psnr
 _KEY_START = 1 << 30        # name_key start index of tuning's random numbers (projection uses 0..starts)
 _EVAL_COUNTER = 1 << 40     # keyed_normal counter of the held-out samples (training's use 0)
-
-
-@dataclass(frozen=True)
-class Tuning:
-    """The settings of `project --tune` (tune()'s steps, lr, reg and locality), named as the CLI's
-    --tune-* flags and the record keys; loss, LPIPS weight, seed and exact come from the Config."""
-
-    tune_steps: int = TUNE_DEFAULTS["steps"]
-    tune_lr: float = TUNE_DEFAULTS["lr"]
-    tune_reg: float = TUNE_DEFAULTS["reg"]
-    tune_locality: float = TUNE_DEFAULTS["locality"]
-
-    def replace(self, **changes) -> "Tuning":
-        """A copy with `changes` (None values are left out), validated."""
-        new = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-        for name, ok, need in (("tune_steps", new.tune_steps >= 1, ">= 1"), ("tune_lr", new.tune_lr > 0, "> 0"),
-                               ("tune_reg", new.tune_reg >= 0, ">= 0"),
-                               ("tune_locality", new.tune_locality >= 0, ">= 0")):
-            if not ok:
-                raise ArgumentError(name, getattr(new, name), f"must be {need}")
-        return new
-
-    def kwargs(self) -> dict:
-        """tune()'s keyword arguments."""
-        return {"steps": self.tune_steps, "lr": self.tune_lr, "reg": self.tune_reg, "locality": self.tune_locality}
-
-    @staticmethod
-    def record(tuning: "Tuning | None") -> dict:
-        """The record entries of a target: these settings, or all None without tuning (so a
-        rerun with or without --tune differs from the other, and older records match the latter)."""
-        fields = [f.name for f in dataclasses.fields(Tuning)]
-        return {"tune": None if tuning is None else True} | {
-            k: None if tuning is None else getattr(tuning, k) for k in fields}
 
 
 TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]   # what tuning adds to a target's metrics
@@ -102,19 +61,8 @@ def tuning_bytes(G: Generator, image_bytes: int) -> int:
     """Memory one target's tuning needs: five copies of the tuned weights (Δθ, its gradient,
     Adam's two moments, θ0 + Δθ) and the step memory of its 1 + LOCALITY_SAMPLES images
     (image_bytes each, as one projection step of one image needs)."""
-    weights = sum(p.numel() * p.element_size() for p in tunable(G).values())
+    weights = sum(p.numel() * p.element_size() for p in G.tunable().values())
     return 5 * weights + (1 + LOCALITY_SAMPLES) * image_bytes
-
-
-def tunable(G: Generator) -> dict[str, torch.Tensor]:
-    """The parameters tuning moves: StyleGAN's synthesis network (its mapping stays fixed),
-    every parameter of any other generator."""
-    params = dict(G.named_parameters())
-    if hasattr(G, "synthesis") and hasattr(G, "mapping"):
-        params = {k: v for k, v in params.items() if k.startswith("synthesis.")}
-    if not params:
-        raise LatentFitError(f"generator {G.name!r} has no parameters to tune")
-    return {k: v.detach() for k, v in params.items()}
 
 
 class _Synthesis(nn.Module):
@@ -132,7 +80,7 @@ def render_tuned(G: Generator, delta: dict[str, torch.Tensor], latents: torch.Te
                  c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Images [N, R, 3, H, W]: target i's latents [R, *shape] (of `latents` [N, R, *shape]) rendered
     with its own weights θ0 + delta[i]. c: [N, R, c_dim]; noise: maps [N, R, 1, h, w] (or None)."""
-    theta0 = tunable(G)
+    theta0 = G.tunable()
     module = _Synthesis(G, space)
 
     def one(d, lat, cc, nn_):
@@ -164,7 +112,7 @@ def _inputs(G, pivot, samples, c, noise):
     cr = None if c is None else c[:, None].expand(n, r, c.shape[1])
     if noise is None:
         return _rows(pivot, samples), cr, None
-    const = [m.noise_const.expand(n, r - 1, 1, *m.noise_const.shape) for m in G.synthesis.noise_layers]
+    const = [m.expand(n, r - 1, *m.shape) for m in G.const_noise()]
     nr = [torch.cat([p[:, None], q], 1) for p, q in zip(noise, const)]
     return _rows(pivot, samples), cr, nr
 
@@ -185,65 +133,69 @@ def _check(G, latents, targets, space, n):
 
 
 def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None, *,
-         space: str | None = None, c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None,
-         steps: int = TUNE_DEFAULTS["steps"], lr: float = TUNE_DEFAULTS["lr"],
-         reg: float | torch.Tensor = TUNE_DEFAULTS["reg"],
-         locality: float | torch.Tensor = TUNE_DEFAULTS["locality"],
-         loss: str = "auto", lpips_weight: float = 1.0, seed: int = 0, exact: bool = False,
-         check_every: int = 25, progress=None) -> TuneResult:
+         tuning: Tuning | None = None, space: str | None = None, c: torch.Tensor | None = None,
+         noise: list[torch.Tensor] | None = None, loss: str = "auto", lpips_weight: float = 1.0, seed: int = 0,
+         exact: bool = False, check_every: int = 25, progress=None, **changes) -> TuneResult:
     """Tune one copy of G's weights per target so that G_θ(pivot) reconstructs it.
 
     latents: the pivots [N, *latent_shape] in `space` (held fixed); targets [N, 3, H, W] in [-1, 1];
     names key the locality samples; c: [N, c_dim] labels; noise: the pivots' StyleGAN noise maps
-    ([N, 1, h, w] each, as projection returns them). reg, locality: scalars or [N] per target
-    (grids in one run). exact: CPU kernels whose rounding does not depend on the batch size, so a
-    target's Δθ is bit-identical however it is batched (Adam's sign-like steps on weights magnify
-    the fast kernels' ~1e-7 differences). progress: callable(step, best_loss).
+    ([N, 1, h, w] each, as projection returns them). tuning: the settings (default Tuning(),
+    with `changes`, its fields; tune_reg and tune_locality may be [N] tensors: grids in one run).
+    The loss is an Objective of `loss` (with lpips_weight), the weight L2 and the locality terms.
+    exact: CPU kernels whose rounding does not depend on the batch size, so a target's Δθ is
+    bit-identical however it is batched (Adam's sign-like steps on weights magnify the fast
+    kernels' ~1e-7 differences). progress: callable(step, best_loss).
     """
     t_start = time.perf_counter()
+    tuning = (tuning or Tuning()).replace(**changes)
     space = G.check_space(space or G.default_space)
     dev, n = G.device, latents.shape[0]
     names = list(names) if names is not None else [str(i) for i in range(n)]
     _check(G, latents, targets, space, n)
-    reg_t, loc_t = (torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n) for v in (reg, locality))
-    if steps < 1 or lr <= 0 or bool((reg_t < 0).any()) or bool((loc_t < 0).any()):
-        raise LatentFitError(f"tuning needs steps >= 1, lr > 0, reg >= 0 and locality >= 0 "
-                             f"(got {steps}, {lr}, {reg}, {locality})")
+    reg, loc = (torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n)
+                for v in (tuning.tune_reg, tuning.tune_locality))
     pivot, targets = latents.to(dev, torch.float32), targets.to(dev, torch.float32)
     c = None if c is None else c.to(dev, torch.float32)
     noise = None if noise is None else [m.to(dev, torch.float32) for m in noise]
-    use_mse, use_lpips = resolve_loss(loss)
-    lpips_net = LPIPS().to(dev) if use_lpips else None
+    k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0   # a 0 weight zeroes its target's term
+    objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=k > 0, device=dev)
     keys = torch.tensor([name_key(seed, s, _KEY_START) for s in names], device=dev)
-    delta = {k: torch.zeros(n, *v.shape, device=dev, requires_grad=True) for k, v in tunable(G).items()}
-    opt = _adam(list(delta.values()), lr)   # element-wise: rows stay independent
-    k = LOCALITY_SAMPLES if bool((loc_t > 0).any()) else 0   # a 0 weight zeroes its target's term
+    delta = {key: torch.zeros(n, *v.shape, device=dev, requires_grad=True) for key, v in G.tunable().items()}
+    opt = _adam(list(delta.values()), tuning.tune_lr)   # element-wise: rows stay independent
 
     with plain_cpu_kernels() if exact else contextlib.nullcontext():
         lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
         with torch.no_grad():
             before = _originals(G, lat, cr, space) if k else None
-        for step in range(steps):
+        for step in range(tuning.tune_steps):
             images = render_tuned(G, delta, lat, space, cr, nr)
-            total = reg_t * _sq_norm(delta)
-            if use_mse:
-                total = total + pixel_mse(images[:, 0], targets)
-            if lpips_net is not None:
-                total = total + lpips_weight * lpips_net(images[:, 0], targets)
-            if k:
-                total = total + loc_t * pixel_mse(images[:, 1:].flatten(0, 1), before).view(n, k).mean(1)
+            total = objective(Inputs(images=images[:, 0], targets=targets, delta=delta, tune_reg=reg,
+                                     tune_locality=loc, samples=images[:, 1:], originals=before))
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             opt.step()
-            if progress is not None and ((step + 1) % check_every == 0 or step == steps - 1):
+            if progress is not None and ((step + 1) % check_every == 0 or step == tuning.tune_steps - 1):
                 progress(step + 1, float(total.detach().min()))
         delta = {key: d.detach() for key, d in delta.items()}
-        metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, lpips_net)
-    settings = {"steps": steps, "lr": lr, "reg": _plain(reg), "locality": _plain(locality), "space": space,
-                "seed": seed, "locality_samples": k, "exact": exact,
-                "terms": (["mse"] if use_mse else []) + (["lpips"] if use_lpips else [])}
+        metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, objective)
+    settings = {f.name: _plain(getattr(tuning, f.name)) for f in dataclasses.fields(tuning)}
+    settings |= {"space": space, "seed": seed, "locality_samples": k, "exact": exact,
+                 "terms": [t for t in objective.names if t in ("mse", "lpips")]}
     return TuneResult(names=names, space=space, delta=delta, images=metrics.pop("images"), metrics=metrics,
                       settings=settings, seconds=time.perf_counter() - t_start)
+
+
+def tune_projection(G: Generator, res: Result, targets: torch.Tensor, c: torch.Tensor | None, tuning: Tuning,
+                    cfg, progress=None) -> tuple[Result, TuneResult]:
+    """Tune G around every pivot of `res` (its latents and noise maps; loss, LPIPS weight, seed
+    and exact from the Config `cfg`): (res as the tuned generators render it, the tuning). Its
+    seconds include the tuning's."""
+    tres = tune(G, res.latent, targets.to(G.device), res.names, tuning=tuning, space=res.space, c=c, noise=res.noise,
+                loss=cfg.loss, lpips_weight=cfg.lpips_weight, seed=cfg.seed, exact=cfg.exact, progress=progress)
+    tuned = with_tuning(res, tres)
+    tuned.seconds += tres.seconds
+    return tuned, tres
 
 
 def with_tuning(res: Result, tuned: TuneResult) -> Result:
@@ -261,7 +213,7 @@ def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_
     """Frames [F, C, H, W] between two tuned targets: latents[i] ([F, *shape]) rendered with
     θ0 + (1 − t[i])·Δa + t[i]·Δb (Δ None: untuned), so the ends are both targets' own
     reconstructions. c: [F, c_dim]. Weights are built `chunk` frames at a time."""
-    zero = {k: torch.zeros_like(v) for k, v in tunable(G).items()}
+    zero = {k: torch.zeros_like(v) for k, v in G.tunable().items()}
     a, b = delta_a or zero, delta_b or zero
     t = t.to(G.device, torch.float32)
     out = []
@@ -289,91 +241,20 @@ def _plain(x):
     return float(x) if isinstance(x, (int, float)) else torch.as_tensor(x).tolist()
 
 
-def _sq_norm(delta: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ Δθ² per target, [N]."""
-    return sum(d.pow(2).reshape(d.shape[0], -1).sum(1) for d in delta.values())
-
-
 @torch.no_grad()
-def _metrics(G, delta, pivot, targets, space, c, noise, keys, lpips_net) -> dict:
-    """Reconstruction before and after, ‖Δθ‖ and the median PSNR of EVAL_SAMPLES held-out prior
-    samples rendered by the tuned generator against the original (all per target)."""
+def _metrics(G, delta, pivot, targets, space, c, noise, keys, objective: Objective) -> dict:
+    """Reconstruction before and after (the objective's metrics), ‖Δθ‖ and the median PSNR of
+    EVAL_SAMPLES held-out prior samples rendered by the tuned generator against the original
+    (all per target)."""
     n = pivot.shape[0]
     samples = _prior(G, keys, _EVAL_COUNTER, EVAL_SAMPLES, space, c)
     lat, cr, nr = _inputs(G, pivot, samples, c, noise)
     after = render_tuned(G, delta, lat, space, cr, nr).clamp(-1, 1)
     before_piv = G.synthesize(pivot, space, c, noise).clamp(-1, 1)
     before = _originals(G, lat, cr, space).clamp(-1, 1)
-    mse = pixel_mse(after[:, 0], targets)
+    measured = objective.metrics(Inputs(images=after[:, 0], targets=targets))
     loc = psnr(pixel_mse(after[:, 1:].flatten(0, 1), before)).view(n, EVAL_SAMPLES)
-    lp = lpips_net(after[:, 0], targets) if lpips_net is not None else torch.full_like(mse, math.nan)
-    return {"images": after[:, 0], "mse": mse.cpu().numpy(), "psnr": psnr(mse).cpu().numpy(),
-            "psnr_pivot": psnr(pixel_mse(before_piv, targets)).cpu().numpy(), "lpips": lp.cpu().numpy(),
-            "dtheta_norm": _sq_norm(delta).sqrt().cpu().numpy(),
-            "locality_psnr": loc.median(1).values.cpu().numpy()}
-
-
-# --- files ------------------------------------------------------------------------------------
-
-def save_tuned(path: str | Path, delta: dict[str, torch.Tensor], G: Generator, settings: dict,
-               metrics: dict | None = None, dtype: torch.dtype = torch.float16) -> None:
-    """Write one target's Δθ (parameter name -> tensor) as .safetensors, atomically, with the
-    generator's name and sha256, the settings that made it (reg, locality, steps, ...) and its
-    metrics (plain numbers). Half precision by default: it halves the file and changes the
-    tuned image by less than one 8-bit level (README, "Real photos: tuning the generator")."""
-    from safetensors.torch import save_file
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in delta.items()}
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "generator": G.name,
-            "generator_sha256": G.sha256, "settings": json.dumps(settings, sort_keys=True),
-            "metrics": json.dumps(metrics or {}, sort_keys=True, default=float)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-
-def read_tuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(Δθ as float32 tensors, metadata with settings and metrics parsed) of a file save_tuned wrote."""
-    from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise LatentFitError(f"{path}: tuned-weights file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            delta = {k: f.get_tensor(k).float() for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LatentFitError(f"{path}: not a .safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise LatentFitError(f"{path}: not a latent-fit tuned-weights file (no {FORMAT!r} record)")
-    try:
-        meta |= {key: json.loads(meta.get(key, "{}")) for key in ("settings", "metrics")}
-    except ValueError:
-        raise LatentFitError(f"{path}: damaged tuned-weights file (its settings are not JSON)") from None
-    return delta, meta
-
-
-def apply_tuned(G: Generator, path: str | Path) -> Generator:
-    """A copy of G with the Δθ of `path` added to its weights, after checking that the file was
-    tuned from this very generator (same sha256, or same name where G has no sha256)."""
-    delta = load_delta(G, path)
-    tuned = copy.deepcopy(G)
-    params = dict(tuned.named_parameters())
-    with torch.no_grad():
-        for k, d in delta.items():
-            params[k].add_(d.to(params[k].device))
-    return tuned
-
-
-def load_delta(G: Generator, path: str | Path) -> dict[str, torch.Tensor]:
-    """The Δθ of a tuned file (float32, on G's device), once checked to be tuned from G and to fit
-    its tunable weights; else one LatentFitError line naming the file."""
-    delta, meta = read_tuned(path)
-    name, sha = meta.get("generator", ""), meta.get("generator_sha256", "")
-    if not (sha == G.sha256 if G.sha256 else name == G.name):
-        raise LatentFitError(
-            f"{path}: tuned from generator {name!r} (sha256 {sha[:12] or '-'}), "
-            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
-    theta0 = tunable(G)
-    bad = sorted(set(delta) ^ set(theta0)) or [k for k in delta if delta[k].shape != theta0[k].shape]
-    if bad:
-        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
-                             "load it with the generator it was tuned from")
-    return {k: d.to(G.device) for k, d in delta.items()}
+    return {"images": after[:, 0]} | {k: v.cpu().numpy() for k, v in measured.items()} | {
+        "psnr_pivot": psnr(pixel_mse(before_piv, targets)).cpu().numpy(),
+        "dtheta_norm": weight_sq_norm(delta).sqrt().cpu().numpy(),
+        "locality_psnr": loc.median(1).values.cpu().numpy()}

@@ -15,7 +15,7 @@ import torch
 
 from latent_fit import ENCODED, load_encoder, load_generator, suggest_wr, sweep
 from latent_fit.images import load_image, to_uint8
-from latent_fit.sweep import SWEEP_WRS
+from latent_fit.config import SWEEP_WRS
 
 torch.set_num_threads(1)
 units = sys.argv[1] if len(sys.argv) > 1 else "raw"

@@ -18,7 +18,8 @@ import torch
 from latent_fit import apply_direction, load_generator, pca_directions, project
 from latent_fit.images import load_image
 from latent_fit.objective import pixel_mse, psnr
-from latent_fit.tuning import apply_tuned, save_tuned, tune
+from latent_fit.generators.tuned import apply_tuned, save_tuned
+from latent_fit.tuning import tune
 
 warnings.simplefilter("ignore")   # offline: LPIPS falls back to the pixel loss
 torch.set_num_threads(1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,29 +24,16 @@ import numpy as np
 import torch
 
 from latent_fit import SweepResult, load_generator, project, realism, render, suggest_wr
-from latent_fit.generators.base import Generator
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.images import load_image
 from latent_fit.jacobian import jacobian_norm, wr_factor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import Rescaled  # noqa: E402  (the tests' wrapper, one definition)
+
 RELATIVE = [0, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10, 30, 100]
 RAW = [0, 1e-4, 1e-3, 1e-2, 1e-1, 1]
 ASTRONAUT = Path(__file__).parent / "targets" / "astronaut.png"
-
-
-class Rescaled(Generator):
-    """G'(z) = G(z / a), prior N(0, a^2 I)."""
-
-    def __init__(self, G, a):
-        super().__init__()
-        self.G, self.a = G, a
-        self.z_dim, self.resolution, self.name = G.z_dim, G.resolution, f"{G.name}/{a:g}"
-
-    def from_z(self, z, space, c=None):
-        return self.a * z
-
-    def synthesize(self, latent, space="z", c=None, noise=None):
-        return self.G.synthesize(latent / self.a, space, c, noise)
 
 
 def random_stylegan2(seed: int = 0) -> StyleGAN2Generator:

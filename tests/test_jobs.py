@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from latent_fit import Config, load_generator, read_latent_file
-from latent_fit.outputs import is_complete, write_metrics
+from latent_fit.outputs import OutputFolder
 from latent_fit.runs import project as runner
 from latent_fit.cli import main
 
@@ -46,7 +46,7 @@ def env():
 
 def assert_finished(out: Path, stems=STEMS):
     """Every target complete, metrics list each once, no temp file left, every .npz reads."""
-    assert all(is_complete(out, s) for s in stems)
+    assert all(OutputFolder(out).is_complete(s) for s in stems)
     assert sorted(p.stem for p in out.glob("*.npz")) == sorted(stems)
     for p in out.glob("*.npz"):
         read_latent_file(p)
@@ -171,5 +171,5 @@ def test_ranks_share_the_targets_with_no_overlap_and_no_gap(G, targets, tmp_path
             for r in range(4)]
     assert sorted(s for d in done for s in d) == STEMS
     assert not (out / "metrics.csv").exists()   # no process group: merged by a later write_metrics
-    write_metrics(out, runner.METRIC_COLUMNS)
+    OutputFolder(out).write_metrics(runner.METRIC_COLUMNS)
     assert_finished(out)

@@ -15,14 +15,6 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "4", "--starts", "1", "--loss", "mse"]
 
 
-@pytest.fixture
-def one_target(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
-    shutil.copy(SAMPLES / "targets" / "face_00.png", d)
-    return d
-
-
 def test_reruns_redo_targets_made_with_other_settings(cli, one_target, tmp_path):
     out = tmp_path / "out"
     assert cli("project", one_target, "-o", out, *FAST).exit_code == 0
@@ -58,14 +50,14 @@ def test_metrics_list_only_targets_made_with_this_runs_settings(cli, tmp_path):
 def test_a_full_disk_while_writing_metrics_is_one_line_and_a_rerun_redoes_nothing(cli, one_target, tmp_path,
                                                                                     monkeypatch):
     out = tmp_path / "out"
-    real = runner.write_metrics
+    import latent_fit.outputs as outputs
+    real = outputs.OutputFolder.write_metrics
 
     def full(*a, **k):
-        import latent_fit.outputs as outputs
         monkeypatch.setattr(outputs, "write_csv", lambda *a, **k: (_ for _ in ()).throw(
             OSError(errno.ENOSPC, "No space left on device")))
         return real(*a, **k)
-    monkeypatch.setattr(runner, "write_metrics", full)
+    monkeypatch.setattr(outputs.OutputFolder, "write_metrics", full)
     r = cli("project", one_target, "-o", out, *FAST)
     assert r.exit_code == 1
     assert [line for line in r.stderr.splitlines() if line.startswith("error")] == [

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from latent_fit import load_generator, read_latent_file, write_latent_file
-from latent_fit.outputs import file_sha256
-from latent_fit.tuning import read_tuned, save_tuned
+from latent_fit.files import file_sha256
+from latent_fit.generators.tuned import read_tuned, save_tuned
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "20", "--loss", "mse"]
@@ -84,7 +84,7 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
     photo = d / "in" / "astronaut.png"
     reg = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-reg", "1e-2")
     assert "redoing 1 target(s) made with other settings: tune_reg 0.001 → 0.01" in reg.stdout
-    assert read_tuned(out / "astronaut.tuned.safetensors")[1]["settings"]["reg"] == 1e-2
+    assert read_tuned(out / "astronaut.tuned.safetensors")[1]["settings"]["tune_reg"] == 1e-2
 
     plain = cli("project", photo, "-o", out, *FAST)
     assert "redoing 1 target(s) made with other settings: tune True → None" in plain.stdout
@@ -232,12 +232,12 @@ def test_a_target_whose_npz_was_not_written_after_its_tuned_file_is_redone(cli, 
     """As after a kill between the two writes: the tuned file alone does not make a target complete."""
     import errno
 
-    import latent_fit.runs.project as runner
+    import latent_fit.outputs as outputs
     photo, out = SAMPLES / "targets" / "astronaut.png", tmp_path / "out"
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(runner, "write_latent_file", full)
+    monkeypatch.setattr(outputs, "write_latent_file", full)
     r = cli("project", photo, "-o", out, *FAST, *TUNE)
     assert r.exit_code == 1 and "could not write outputs (No space left on device)" in r.stderr
     assert (out / "astronaut.tuned.safetensors").is_file() and not (out / "astronaut.npz").exists()

@@ -10,10 +10,11 @@ import torch
 
 from latent_fit import LatentFitError, load_generator, project
 from latent_fit.images import load_image
-from latent_fit.tuning import apply_tuned, read_tuned, render_tuned, save_tuned, tune, tunable
+from latent_fit.generators.tuned import apply_tuned, read_tuned, save_tuned
+from latent_fit.tuning import render_tuned, tune
 
 PHOTO = Path(__file__).resolve().parents[1] / "samples" / "targets" / "astronaut.png"
-FAST = dict(loss="mse", lr=1e-3)   # few steps in tests: a higher lr than the default 3e-4
+FAST = dict(loss="mse", tune_lr=1e-3)   # few steps in tests: a higher lr than the default 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def photo_pivot(G):
 
 def test_tuning_beats_the_pivot_on_a_real_photo(G, photo_pivot):
     x, pivot = photo_pivot
-    res = tune(G, pivot, x, ["astronaut"], steps=30, **FAST)
+    res = tune(G, pivot, x, ["astronaut"], tune_steps=30, **FAST)
     m = res.metrics
     assert m["psnr"][0] >= m["psnr_pivot"][0] + 8, m
     assert m["dtheta_norm"][0] > 0 and np.isfinite(m["locality_psnr"][0]), m
@@ -37,8 +38,8 @@ def test_a_larger_reg_gives_a_smaller_change_and_better_locality(G, photo_pivot)
     """One batched run: the same target at every reg, without the locality term."""
     x, pivot = photo_pivot
     grid = [0.0, 1e-2, 1e-1, 1.0]
-    res = tune(G, pivot.expand(4, -1), x.expand(4, -1, -1, -1), ["a"] * 4, steps=20,
-               reg=torch.tensor(grid), locality=0.0, **FAST)
+    res = tune(G, pivot.expand(4, -1), x.expand(4, -1, -1, -1), ["a"] * 4, tune_steps=20,
+               tune_reg=torch.tensor(grid), tune_locality=0.0, **FAST)
     dtheta, loc, rec = res.metrics["dtheta_norm"], res.metrics["locality_psnr"], res.metrics["psnr"]
     assert np.all(np.diff(dtheta) < -0.1 * dtheta[1:]), dtheta
     assert np.all(np.diff(loc) > 0.5), loc
@@ -52,7 +53,7 @@ def test_batched_tuning_equals_tuning_one_at_a_time(G, in_domain, photo_pivot):
     targets = torch.cat([x, in_domain[0][:2]])
     pivots = torch.cat([pivot, G.sample(2, seed=7)])
     names = ["p", "q", "r"]
-    kw = dict(steps=8, seed=3, exact=True, **FAST)
+    kw = dict(tune_steps=8, seed=3, exact=True, **FAST)
     together = tune(G, pivots, targets, names, **kw)
     reordered = tune(G, pivots.flip(0), targets.flip(0), names[::-1], **kw)
     alone = [tune(G, pivots[i:i + 1], targets[i:i + 1], names[i:i + 1], **kw) for i in range(3)]
@@ -67,14 +68,14 @@ def test_batched_tuning_equals_tuning_one_at_a_time(G, in_domain, photo_pivot):
 
 def test_tuned_file_round_trips_and_is_refused_by_another_generator(G, photo_pivot, tmp_path):
     x, pivot = photo_pivot
-    res = tune(G, pivot, x, ["astronaut"], steps=10, **FAST)
+    res = tune(G, pivot, x, ["astronaut"], tune_steps=10, **FAST)
     path = tmp_path / "astronaut.tuned.safetensors"
     save_tuned(path, {k: v[0] for k, v in res.delta.items()}, G, res.settings,
                {k: float(v[0]) for k, v in res.metrics.items()})
     delta, meta = read_tuned(path)
-    assert meta["generator_sha256"] == G.sha256 and meta["settings"]["steps"] == 10
+    assert meta["generator_sha256"] == G.sha256 and meta["settings"]["tune_steps"] == 10
     assert meta["metrics"]["psnr"] == pytest.approx(float(res.metrics["psnr"][0]))
-    assert set(delta) == set(tunable(G)) and next(iter(delta.values())).dtype == torch.float32
+    assert set(delta) == set(G.tunable()) and next(iter(delta.values())).dtype == torch.float32
     assert path.stat().st_size < 0.55 * 4 * sum(v.numel() for v in delta.values())   # half precision
     for tuned in (apply_tuned(G, path), load_generator("digiface-dcgan64", tuned=path)):
         with torch.no_grad():
@@ -108,11 +109,11 @@ def test_stylegan2_tunes_synthesis_with_its_noise_maps_and_keeps_mapping():
     noise = [torch.randn(2, *s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(G.noise_shapes)]
     with torch.no_grad():
         x = G.synthesize(G.sample(2, seed=5, space="w", c=c), "w", c).clamp(-1, 1)
-    res = tune(G, w, x, ["a", "b"], space="w", c=c, noise=noise, steps=20, loss="mse", lr=1e-2)
-    assert set(res.delta) == set(tunable(G)) and all(k.startswith("synthesis.") for k in res.delta)
+    res = tune(G, w, x, ["a", "b"], space="w", c=c, noise=noise, tune_steps=20, loss="mse", tune_lr=1e-2)
+    assert set(res.delta) == set(G.tunable()) and all(k.startswith("synthesis.") for k in res.delta)
     assert np.all(res.metrics["psnr"] > res.metrics["psnr_pivot"] + 1), res.metrics
-    alone = tune(G, w[1:], x[1:], ["b"], space="w", c=c[1:], noise=[n[1:] for n in noise], steps=20,
-                 loss="mse", lr=1e-2)
+    alone = tune(G, w[1:], x[1:], ["b"], space="w", c=c[1:], noise=[n[1:] for n in noise], tune_steps=20,
+                 loss="mse", tune_lr=1e-2)
     assert torch.allclose(alone.images[0], res.images[1], atol=1e-3)
 
 
@@ -123,7 +124,7 @@ def test_torchscript_generator_tunes_its_parameters(G, tmp_path):
     z = G.sample(1, seed=3)
     with torch.no_grad():
         x = G.synthesize(G.sample(1, seed=4))
-    res = tune(Gt, z, x, ["t"], steps=10, **FAST)
+    res = tune(Gt, z, x, ["t"], tune_steps=10, **FAST)
     assert set(res.delta) == {k for k, _ in Gt.named_parameters()}
     assert res.metrics["psnr"][0] > res.metrics["psnr_pivot"][0] + 3, res.metrics
 
@@ -131,6 +132,6 @@ def test_torchscript_generator_tunes_its_parameters(G, tmp_path):
 def test_bad_tuning_arguments_are_clear(G, photo_pivot):
     x, pivot = photo_pivot
     with pytest.raises(LatentFitError, match="reg >= 0"):
-        tune(G, pivot, x, steps=1, reg=-1.0, loss="mse")
+        tune(G, pivot, x, tune_steps=1, tune_reg=-1.0, loss="mse")
     with pytest.raises(LatentFitError, match="pivots have shape"):
-        tune(G, pivot[:, :10], x, steps=1, loss="mse")
+        tune(G, pivot[:, :10], x, tune_steps=1, loss="mse")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ArgumentError, LatentFitError
-from ..outputs import file_sha256
+from ..files import file_sha256
 from .base import Generator
 
 BUNDLED = {"digiface-dcgan64": "digiface-dcgan64.safetensors"}
@@ -60,7 +60,7 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
     TorchScript runs code stored in the file, and `module:callable` runs your code: a file is
     read as TorchScript only when its name ends in .ts / .torchscript or with torchscript=True.
     tuned: a `<stem>.tuned.safetensors` file; its weight change is applied once the file is
-    checked to come from this generator (tuning.apply_tuned).
+    checked to come from this generator (generators.tuned.apply_tuned).
     """
     from .wrapped import Wrapped, from_callable, from_torchscript
     spec = str(spec)
@@ -85,7 +85,7 @@ def load_generator(spec: str = DEFAULT_GENERATOR, device: str | torch.device = "
         raise ArgumentError("num_classes", num_classes, f"only for TorchScript and module:callable generators; "
                             f"{spec} has {G.c_dim} classes of its own")
     if tuned is not None:
-        from ..tuning import apply_tuned
+        from .tuned import apply_tuned
         G = apply_tuned(G, tuned)
     return G.to(device).freeze()
 

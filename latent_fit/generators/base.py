@@ -138,6 +138,18 @@ class Generator(nn.Module):
         for spaces that have that layout; None elsewhere."""
         return None
 
+    def tunable(self) -> dict[str, torch.Tensor]:
+        """The weights pivotal tuning moves (name -> tensor, detached): every parameter here;
+        StyleGAN tunes its synthesis network only."""
+        params = {k: v.detach() for k, v in self.named_parameters()}
+        if not params:
+            raise LatentFitError(f"generator {self.name!r} has no parameters to tune")
+        return params
+
+    def const_noise(self) -> list[torch.Tensor]:
+        """The noise maps [*noise_shape] it renders with when given none (one per noise_shapes)."""
+        return []
+
     def check_space(self, space: str) -> str:
         if space not in self.spaces:
             raise LatentFitError(

@@ -360,6 +360,12 @@ class StyleGAN2Generator(Generator):
             return None
         return latent.reshape(1, -1, self.w_dim).expand(1, self.num_ws, -1)
 
+    def tunable(self):
+        return {k: v for k, v in super().tunable().items() if k.startswith("synthesis.")}
+
+    def const_noise(self):
+        return [m.noise_const[None] for m in self.synthesis.noise_layers]
+
     def synthesize(self, latent, space, c=None, noise=None):
         """Images for latents in `space`; noise (see noise_shapes) replaces the const noise buffers."""
         if tuple(latent.shape[1:]) != self.latent_shape(space):

@@ -101,7 +101,7 @@ def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int
 
 
 def from_torchscript(path: Path, latent_dim=None, resolution=None, num_classes=None) -> Generator:
-    from . import file_sha256
+    from ..files import file_sha256
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # torch.jit.load's deprecation notice

@@ -14,7 +14,7 @@ from ..encoder import (VAL_SAMPLES, VAL_SEED, Encoder, make_settings, save_encod
 from ..errors import LatentFitError
 from ..generators.base import Generator
 from ..images import find_images, load_image
-from ..outputs import atomic_write
+from ..files import atomic_write
 
 CHECKPOINT_MINUTES = 5.0
 

@@ -10,19 +10,17 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..config import PROJECTION, Config
+from ..config import Config, Tuning, projection_config
 from ..devices import free_memory, is_oom, memory_fit
 from ..errors import ArgumentError, LatentFitError
 from ..generators.base import Generator
-from ..images import assign_stems, difference, find_images, grid, load_image, save_png, save_video, to_uint8
-from ..latents import read_init, write_latent_file
+from ..files import assign_stems, input_sha256
+from ..images import find_images, load_image
 from ..objective import require_lpips
 from ..optimize import Result, project
-from ..outputs import (TUNED_SUFFIX, Report, check_writable, collect_metrics, input_sha256, output_names, plan,
-                       remove_stale_temps, settings_record, write_folder_file, write_metrics, write_target)
+from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record
 from ..report import write_report
-from ..tuning import TUNE_COLUMNS, Tuning, tuning_bytes
-from .tune import tune_projection, write_tuned
+from ..tuning import TUNE_COLUMNS, tune_projection, tuning_bytes
 
 METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
                   "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
@@ -40,41 +38,12 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config, tuning: Tuning
     return max(1, min(n_targets, fit))
 
 
-def write_outputs(out: Path, res: Result, i: int, target: torch.Tensor, G: Generator, seconds: float,
-                  record: dict, panels: list[np.ndarray] | None = None, class_index: int | None = None,
-                  tuned_sha256: str | None = None) -> None:
-    """PNG, comparison strip (`panels`, default target | result | difference), the video when
-    frames were kept, then the .npz last (it marks completion, and holds the `record` of what
-    made it, `class_index` when a class was used, and `tuned_sha256`, the sha256 of the
-    <stem>.tuned.safetensors the caller wrote before, whose weights render it; without one, a
-    tuned file left from an earlier run is removed)."""
-    stem = res.names[i]
-    proj = to_uint8(res.images[i:i + 1])[0]
-    tgt = to_uint8(target[None])[0]
-    save_png(proj, out / f"{stem}.png")
-    save_png(grid([panels or [tgt, proj, difference(tgt, proj)]]), out / f"{stem}_compare.png")
-    if res.frames is not None:
-        frames = res.frames[:, i]
-        save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), out / stem)
-    metrics = {k: float(v[i]) for k, v in res.metrics.items()}
-    metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms),
-                "wr_units": res.config["wr_units"]}
-    history = res.loss_history[i]
-    if tuned_sha256 is None:
-        (out / f"{stem}{TUNED_SUFFIX}").unlink(missing_ok=True)
-    write_latent_file(out / f"{stem}.npz", record=record, latent=res.latent[i], latent_init=res.latent_init[i],
-                      space=res.space, generator=G.name, generator_sha256=G.sha256,
-                      loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
-                      w=G.file_ws(res.latent[i], res.space), class_index=class_index, tuned_sha256=tuned_sha256,
-                      **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
-
-
 class _Chunks:
     """Projects (and with `tuning`, tunes) chunks of targets and writes their outputs; a chunk
     that runs out of memory is split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, out, cfg, rep, batch_size, classes, progress, records, encoder, tuning):
-        self.G, self.out, self.cfg, self.rep, self.classes, self.encoder = G, out, cfg, rep, classes, encoder
+    def __init__(self, G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning):
+        self.G, self.folder, self.cfg, self.rep, self.classes, self.encoder = G, folder, cfg, rep, classes, encoder
         self.tuning = tuning
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
@@ -99,14 +68,14 @@ class _Chunks:
             return self._split(stems, paths, batch, init)
         for i, stem in enumerate(stems):
             k = None if c is None else self.classes[stem]
-            write_target(self.rep, self.out, stem, lambda: self._write(res, tres, i, batch[i], k))
+            self.folder.write_target(self.rep, stem, lambda: self._write(res, tres, i, batch[i], k))
         self.finished += len(stems)
 
     def _write(self, res: Result, tres, i: int, target: torch.Tensor, class_index: int | None) -> None:
-        """Target i's outputs: its tuned weights first (when tuned), then write_outputs."""
-        sha = None if tres is None else write_tuned(self.out, tres, i, self.G)
-        write_outputs(self.out, res, i, target, self.G, res.seconds / len(res.names), self.records[res.names[i]],
-                      class_index=class_index, tuned_sha256=sha)
+        """Target i's outputs: its tuned weights first (when tuned), then the rest."""
+        sha = None if tres is None else self.folder.write_tuned(self.G, tres, i)
+        self.folder.write_projection(self.G, res, i, target, res.seconds / len(res.names), self.records[res.names[i]],
+                                     class_index=class_index, tuned_sha256=sha)
 
     def _split(self, stems, paths, batch, init) -> None:
         if self.G.device.type == "cuda":
@@ -122,7 +91,7 @@ class _Chunks:
             self.run(stems[part], paths[part], batch[part], None if init is None else init[part])
 
 
-def project_files(G: Generator, specs: list[str], out: Path, config: Config = PROJECTION, *,
+def project_files(G: Generator, specs: list[str], out: Path, config: Config | None = None, *,
                   batch_size: int | str = 16, init: str | Path | None = None, class_index: int | None = None,
                   encoder=None, tuning: Tuning | None = None, rank: int = 0, world: int = 1, progress=None,
                   **changes) -> Report:
@@ -133,24 +102,18 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     why), and streamed in chunks of batch_size ("auto": the largest that fits the device). Killed at any
     moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
     of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
-    every rank is done; other sharded runs leave that to write_metrics(out, METRIC_COLUMNS).
+    every rank is done; other sharded runs leave that to OutputFolder(out).write_metrics(METRIC_COLUMNS).
     init: a start .npz for every target or a folder of <stem>.npz. class_index: the class of a
     conditional generator (default: each init file's own). encoder: a learned start for targets
-    without init (see optimize.project). tuning: also tune G around each latent (runs.tune; images
+    without init (see optimize.project). tuning: also tune G around each latent (tuning.tune_projection; images
     and metrics are then the tuned G's). changes: Config fields. progress: callable(chunk_index,
     n_chunks, stems) -> callback for `project` (or None; tuning's steps count on past config.steps).
     """
-    cfg, out, rep = config.replace(**changes), Path(out), Report()
+    cfg = projection_config(config, encoded=encoder is not None and not init, **changes)
+    folder, rep = OutputFolder(out), Report()
     if "lpips" in cfg.loss:
         require_lpips()
-    check_writable(out)
-    paths, rep.errors = find_images(specs)
-    targets, dup_errors = assign_stems(paths)
-    rep.errors += dup_errors
-    targets = targets[rank::world]
-    writes_metrics = world == 1 or rank == 0
-    remove_stale_temps(out, {n for s, _ in targets for n in output_names(s)}
-                       | ({"metrics.csv", "metrics.json"} if writes_metrics else set()))
+    targets = _targets(folder.check_writable(), specs, rank, world, rep)
     space = cfg.space or G.default_space
     init = Path(init) if init else None
     record = settings_record(G, cfg, class_index=class_index, init=init,
@@ -160,39 +123,57 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config = PR
     def inputs(p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
         return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
-    todo, rep.skipped, note = plan(out, targets, record, inputs)
+    todo, rep.skipped, note = folder.plan(targets, record, inputs)
     rep.notes += [note] if note else []
-    inits, classes, init_errors = read_init(init, G, space, [s for s, _ in todo], class_index) if init \
-        else (None, {}, [])
+    starts, init_errors = read_starts(init, G, space, [s for s, _ in todo], class_index, weights=False) \
+        if init else (None, [])
     rep.errors += init_errors
-    if inits is not None:
-        todo = [(s, p) for s, p in todo if s in inits]
+    if starts is not None:
+        todo = [(s, p) for s, p in todo if s in starts]
     if batch_size == "auto":
-        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if inits else cfg, tuning)
+        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if starts else cfg, tuning)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
-    classes = {s: classes.get(s, class_index) for s, _ in todo}
+    classes = {s: starts[s].class_index if starts else class_index for s, _ in todo}
     G.class_labels(list(classes.values()), space)   # a missing or wrong class fails before any work
-    chunks = _Chunks(G, out, cfg, rep, batch_size, classes, progress, {s: record | inputs(p) for s, p in todo},
+    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, {s: record | inputs(p) for s, p in todo},
                      None if init else encoder, tuning)
     try:
-        _stream(chunks, todo, inits)
+        _stream(chunks, todo, starts)
     except KeyboardInterrupt:
         rep.interrupted = True
     record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
-    if world == 1:
-        rep.metrics = write_metrics(out, columns, record, rep)
-    elif distributed.active() and not rep.interrupted:
-        distributed.barrier()
-        rep.metrics = (write_metrics(out, columns, record, rep) if rank == 0
-                       else collect_metrics(out, columns, record))
-    if world == 1 or (rank == 0 and distributed.active()):
-        write_folder_file(rep, out, "index.html", lambda: write_report(out, "project"))
+    _tables(folder, rep, columns, record, rank, world)
     rep.summary = _summary(rep)
     return rep
 
 
-def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], inits: dict | None) -> None:
+def _targets(folder: OutputFolder, specs: list[str], rank: int, world: int, rep: Report) -> list[tuple[str, Path]]:
+    """This rank's (stem, image) targets, each with outputs of its own; the temp files a killed
+    run left while writing them (and the tables, on the rank that writes them) are removed."""
+    paths, rep.errors = find_images(specs)
+    targets, dup_errors = assign_stems(paths)
+    targets, clash_errors = claim_outputs(targets)
+    rep.errors += dup_errors + clash_errors
+    targets = targets[rank::world]
+    folder.remove_stale_temps([s for s, _ in targets], tables=world == 1 or rank == 0)
+    return targets
+
+
+def _tables(folder: OutputFolder, rep: Report, columns: list[str], record: dict, rank: int, world: int) -> None:
+    """The metrics tables and index.html: by a lone run, or under a process group by rank 0
+    once every rank is done (other ranks read the merged rows)."""
+    if world == 1:
+        rep.metrics = folder.write_metrics(columns, record, rep)
+    elif distributed.active() and not rep.interrupted:
+        distributed.barrier()
+        rep.metrics = (folder.write_metrics(columns, record, rep) if rank == 0
+                       else folder.collect_metrics(columns, record))
+    if world == 1 or (rank == 0 and distributed.active()):
+        folder.write_file(rep, "index.html", lambda: write_report(folder.path, "project"))
+
+
+def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], starts: dict | None) -> None:
     """Load and project `todo` chunk by chunk: only one chunk of images is in memory at a time."""
     G, start = chunks.G, 0
     while start < len(todo):
@@ -209,7 +190,7 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], inits: dict | None) -
         chunks.finished += len(chunk) - len(stems)
         if stems:
             chunks.run(stems, paths, torch.stack(images),
-                       torch.from_numpy(np.stack([inits[s] for s in stems])) if inits else None)
+                       torch.from_numpy(np.stack([starts[s].latent for s in stems])) if starts else None)
 
 
 def _summary(rep: Report) -> str:

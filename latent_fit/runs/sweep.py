@@ -1,91 +1,38 @@
-"""`latent-fit sweep` over files: every target at every w_r in one batched run, then sweep.csv,
-the fidelity/realism plot and the image grid."""
+"""`latent-fit sweep` over files: every target at every w_r (or, with --tune-reg, tuned at every
+tune_reg around one pivot) in one batched run, then sweep.csv, the trade-off plot and the grid."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..config import Config
+from ..config import Config, Tuning, check_weights
 from ..errors import LatentFitError
+from ..files import assign_stems, atomic_write
+from ..figures import sweep_figure, sweep_grid, tune_sweep_figure, tune_sweep_grid
 from ..generators.base import Generator
-from ..images import (assign_stems, find_images, grid, load_image, load_mask, load_request, save_png,
-                      stack_masks, to_uint8)
-from ..latents import read_init
-from ..outputs import Report, check_writable, write_csv, write_folder_file
+from ..images import find_images, load_image, load_mask, load_request, save_png, stack_masks
+from ..outputs import OutputFolder, Report, Target, by_weights, read_starts, tuned_note, write_csv
 from ..report import write_report
-from ..sweep import COLUMNS, EDIT_COLUMNS, SweepResult, check_wrs, suggest_wr
-from .tune import init_tuned, sweep_by_weights, tuned_note
-
-GRID_CELL = 256   # grid.png cells are at most this many pixels
-
-
-def _labelled_grid(rows: list[list[np.ndarray]], labels: list[str], pad: int = 2) -> np.ndarray:
-    """grid() with a header row of column labels (black on white, so RGB or gray alike)."""
-    from PIL import Image, ImageDraw
-    body = grid(rows, pad)
-    w = rows[0][0].shape[1]
-    head = Image.new("RGB", (body.shape[1], 14), (255, 255, 255))
-    draw = ImageDraw.Draw(head)
-    for j, text in enumerate(labels):
-        draw.text((j * (w + pad) + 2, 1), text, fill=(0, 0, 0))
-    return np.concatenate([np.asarray(head)[..., :body.shape[2]], body])   # gray: one of R, G, B
-
-
-def trade_off_figure(metrics: dict[str, np.ndarray], names: list[str], values: np.ndarray, weight: str,
-                     best: int, axes_x: list[tuple[str, str]], title: str, ylabel: str = "PSNR (dB)",
-                     decorate=None) -> np.ndarray:
-    """PSNR ([T, W] metrics["psnr"]) against each (metric, axis label) of axes_x: a thin curve per
-    target, the median in black with a point per value of the swept `weight` labelled with it,
-    the suggested one starred. decorate(ax, metric): extra lines of a panel. [H, W, 3] uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(5 * len(axes_x), 4.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    y = metrics["psnr"]
-    for ax, (key, label) in zip(np.atleast_1d(fig.subplots(1, len(axes_x))), axes_x):
-        x = metrics[key]
-        for t, name in enumerate(names):
-            ax.plot(x[t], y[t], "o-", lw=1, ms=3, alpha=0.6, label=name if len(names) <= 10 else None)
-        mx, my = np.nanmedian(x, 0), np.nanmedian(y, 0)
-        ax.plot(mx, my, "k--", lw=1.5, marker="s", ms=4, label="median")
-        for j, v in enumerate(values):
-            ax.annotate(f"{v:g}", (mx[j], my[j]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.plot(mx[best], my[best], "*", ms=16, color="crimson", label=f"suggested {weight}={values[best]:g}")
-        if decorate is not None:
-            decorate(ax, key)
-        ax.set_xlabel(label)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
-    """PSNR against each realism measure, per w_r (trade_off_figure)."""
-    axes_x = [("dz_norm", "||Δz||  (what w_r penalizes)"), ("prior_nll", "prior NLL (nats)"),
-              ("realism", "| ||u|| − √d |  (0 = prior's typical radius)")]
-    return trade_off_figure(sw.metrics, sw.names, sw.wrs, "w_r", best, axes_x,
-                            f"w_r sweep: fidelity against realism (labels: w_r, {sw.result.config['wr_units']} units)")
+from ..sweep import (COLUMNS, EDIT_COLUMNS, LOCALITY_FLOOR_DB, TUNE_SWEEP_COLUMNS, SweepResult, concat_sweeps,
+                     suggest_tune_reg, suggest_wr, sweep, tune_sweep)
 
 
 def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path | None, space: str,
                   class_index: int | None, rep: Report):
-    """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts [T, *shape] or None,
-    labels [T, c_dim] or None: class_index, else each init file's class)."""
+    """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts: stem -> Target (with
+    init) or None, labels [T, c_dim] or None: class_index, else each init file's class)."""
     paths, rep.errors = find_images(specs)
     items, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
-    inits, classes, init_errors = read_init(Path(init), G, space, [s for s, _ in items], class_index) if init \
-        else (None, {}, [])
+    starts, init_errors = read_starts(Path(init), G, space, [s for s, _ in items], class_index) if init \
+        else (None, [])
     rep.errors += init_errors
-    if inits is not None:
-        items = [(s, p) for s, p in items if s in inits]
+    if starts is not None:
+        items = [(s, p) for s, p in items if s in starts]
     shared_mask = load_mask(mask, G.resolution) if mask else None
     stems, targets, masks = [], [], []
     for s, p in items:
@@ -98,9 +45,41 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
         stems.append(s)
         targets.append(rgb)
         masks.append(shared_mask if shared_mask is not None else alpha)
-    starts = torch.from_numpy(np.stack([inits[s] for s in stems])) if inits and stems else None
-    labels = G.class_labels([classes.get(s, class_index) for s in stems], space)
+    labels = G.class_labels([starts[s].class_index if starts else class_index for s in stems], space)
     return stems, targets, stack_masks(masks), starts, labels
+
+
+def _open(G: Generator, specs: list[str], out: Path, init, mask, class_index, config: Config | None,
+          changes: dict) -> tuple[OutputFolder, Report, tuple]:
+    """The output folder (checked writable), the Report, and _load_targets' tuple in the space of
+    the run (one error line when no target could be read)."""
+    folder, rep = OutputFolder(out).check_writable(), Report()
+    space = changes.get("space") or (config.space if config else None) or G.default_space
+    loaded = _load_targets(G, specs, init, mask, space, class_index, rep)
+    if not loaded[0]:
+        rep.errors = rep.errors or ["no target could be read"]
+    return folder, rep, loaded
+
+
+def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, starts: dict[str, Target] | None,
+                      errors: list[str], *, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
+    """sweep.sweep of every target (from its start, with init), through the weights of its start
+    (one batched sweep per weights: G's, or a tuned file's; mask, c: per target rows or None),
+    merged in the order of `stems`; None when no weights fit G."""
+    if starts is None:
+        return sweep(G, targets, wrs, stems, mask=mask, c=c, progress=progress(0, 1, stems) if progress else None,
+                     **kwargs)
+    row, parts = {s: i for i, s in enumerate(stems)}, []
+    for k, n, Gk, chunk in by_weights(G, [starts[s] for s in stems], max(1, len(stems)), errors):
+        idx = [row[t.stem] for t in chunk]
+
+        def pick(x):
+            return None if x is None else x[idx]
+        names = [t.stem for t in chunk]
+        parts.append(sweep(Gk, targets[idx], wrs, names, init=torch.from_numpy(np.stack([t.latent for t in chunk])),
+                           mask=pick(mask), c=pick(c), progress=progress(k, n, names) if progress else None, **kwargs))
+    done = {s for p in parts for s in p.names}
+    return concat_sweeps(parts, [s for s in stems if s in done]) if parts else None
 
 
 def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | None, config: Config | None = None, *,
@@ -108,44 +87,58 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | No
                 encoder=None, progress=None, **changes) -> Report:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
     targets' alpha or `mask` limiting the request; a conditional generator's class: class_index,
-    else each init file's own) in one batched run. Writes OUT/sweep.csv,
-    OUT/sweep.png and OUT/grid.png; the summary names the suggested w_r. progress: as for
-    runs.project.project_files (one batch per weights). encoder: every w_r of a target starts from E(x)
-    (without init). Init latents made by `project --tune` are edited through their own tuned
-    weights (runs.tune). config: see sweep.sweep; changes: Config fields."""
-    out, rep = Path(out), Report()
-    wrs = None if wrs is None else check_wrs(wrs)   # None: the default grid of the units
-    check_writable(out)
-    space = changes.get("space") or (config.space if config else None) or G.default_space
-    stems, targets, mk, starts, c = _load_targets(G, specs, init, mask, space, class_index, rep)
+    else each init file's own) in one batched run. Writes OUT/sweep.csv, OUT/sweep.png and
+    OUT/grid.png; the summary names the suggested w_r. progress: as for
+    runs.project.project_files (one batch per weights). encoder: every w_r of a target starts from
+    E(x) (without init). Init latents made by `project --tune` are edited through their own tuned
+    weights. config: see sweep.sweep; changes: Config fields."""
+    wrs = None if wrs is None else check_weights(wrs)   # None: the default grid of the units
+    folder, rep, (stems, targets, mk, starts, c) = _open(G, specs, out, init, mask, class_index, config, changes)
     if not stems:
-        rep.errors = rep.errors or ["no target could be read"]
         return rep
-    tuned, bad = init_tuned(init, stems) if init else ({}, {})
-    rep.errors += list(bad.values())
-    sw = sweep_by_weights(G, stems, torch.stack(targets), wrs, {s: p for s, p in tuned.items() if s not in bad},
-                          rep.errors, init=starts, mask=mk, c=c, progress=progress, config=config, encoder=encoder,
-                          **changes) if len(bad) < len(stems) else None
+    sw = _sweep_by_weights(G, stems, torch.stack(targets), wrs, starts, rep.errors, mask=mk, c=c, progress=progress,
+                           config=config, encoder=encoder, **changes)
     if sw is None:
         return rep
     targets = [targets[stems.index(s)] for s in sw.names]
     best, reason = suggest_wr(sw)
-    write_csv(out / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
-    save_png(sweep_figure(sw, best), out / "sweep.png")
-    save_png(_sweep_grid(G, sw, targets), out / "grid.png")
-    write_folder_file(rep, out, "index.html", lambda: write_report(out, "sweep", note=f"suggested {reason}"))
-    rep.done, rep.written = sw.names, [out / "sweep.csv", out / "sweep.png", out / "grid.png"]
+    write_csv(folder.path / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
+    save_png(sweep_figure(sw, best), folder.path / "sweep.png")
+    save_png(sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
+    folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
+    rep.done, rep.written = sw.names, [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png")]
     rep.summary = (f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
                    f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
-                   f"{tuned_note(len(set(tuned) & set(sw.names)))}")
+                   f"{tuned_note(list((starts or {}).values()), sw.names)}")
     return rep
 
 
-def _sweep_grid(G: Generator, sw: SweepResult, targets: list[torch.Tensor]) -> np.ndarray:
-    """A row per target: the target, then its image at every w_r."""
-    size = min(G.resolution, GRID_CELL)
-    imgs = to_uint8(F.interpolate(sw.result.images, size=size, mode="area"))
-    imgs = imgs.reshape(len(sw.names), len(sw.wrs), *imgs.shape[1:])
-    tg = to_uint8(F.interpolate(torch.stack(targets), size=size, mode="area"))
-    rows = [[tg[t], *imgs[t]] for t in range(len(sw.names))]
-    return _labelled_grid(rows, ["target"] + [f"wr {w:g}" for w in sw.wrs])
+def tune_sweep_files(G: Generator, specs: list[str], out: Path, tune_regs: list[float], config: Config | None = None,
+                     *, tuning: Tuning | None = None, class_index: int | None = None, encoder=None,
+                     progress=None, **changes) -> Report:
+    """Project every target image once (config; encoder: its start E(x)) and tune G around each
+    pivot at every tune_reg in one batched run (tuning: the other tuning settings). Writes
+    OUT/sweep.csv (TUNE_SWEEP_COLUMNS), OUT/sweep.png, OUT/grid.png and OUT/suggestion.json
+    (the suggested tune_reg and why, sweep.suggest_tune_reg); the summary names it too.
+    progress: as for runs.project.project_files (one batch; tuning's steps count on past config.steps).
+    config, changes: as for sweep.tune_sweep."""
+    regs = check_weights(tune_regs, "tune_reg")
+    folder, rep, (stems, targets, _, _, c) = _open(G, specs, out, None, None, class_index, config, changes)
+    if not stems:
+        return rep
+    targets = torch.stack(targets)
+    cb = progress(0, 1, stems) if progress else None
+    sw = tune_sweep(G, targets, regs, stems, config=config, tuning=tuning, c=c, encoder=encoder, progress=cb,
+                    **changes)
+    best, reason = suggest_tune_reg(sw)
+    write_csv(folder.path / "sweep.csv", TUNE_SWEEP_COLUMNS, sw.rows())
+    save_png(tune_sweep_figure(sw, best), folder.path / "sweep.png")
+    save_png(tune_sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
+    suggestion = {"tune_reg": float(regs[best]), "reason": reason, "locality_floor_db": LOCALITY_FLOOR_DB}
+    atomic_write(folder.path / "suggestion.json", lambda tmp: Path(tmp).write_text(json.dumps(suggestion, indent=1)))
+    folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
+    rep.done = stems
+    rep.written = [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png", "suggestion.json")]
+    rep.summary = (f"tuned {len(stems)} target(s) x {len(regs)} tune_reg in one run of {len(stems) * len(regs)} "
+                   f"samples around one pivot each; suggested {reason}")
+    return rep
