@@ -2,26 +2,15 @@
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from latent_fit import read_latent_file
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "20", "--starts", "2", "--loss", "mse"]
-
-
-@pytest.fixture
-def two_targets(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
-    shutil.copy(SAMPLES / "targets" / "face_00.png", d)
-    shutil.copy(SAMPLES / "targets" / "astronaut.png", d)
-    return d
 
 
 def test_project_writes_every_output(cli, two_targets, tmp_path):

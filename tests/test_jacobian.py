@@ -16,6 +16,8 @@ from latent_fit.errors import ArgumentError
 from latent_fit.generators.base import Generator
 from latent_fit.jacobian import jacobian_norm, jacobian_sq_norm, prior_sq_norm_median, wr_factor
 
+from conftest import Rescaled
+
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
@@ -31,21 +33,6 @@ class Tiny(Generator):
 
     def synthesize(self, latent, space="z", c=None, noise=None):
         return self.net(latent).view(-1, 3, 8, 8)
-
-
-class Rescaled(Generator):
-    """G'(z) = G(z / a) with prior N(0, a^2 I): the same model, its latent scaled by a."""
-
-    def __init__(self, G, a):
-        super().__init__()
-        self.G, self.a = G, a
-        self.z_dim, self.resolution, self.name = G.z_dim, G.resolution, f"{G.name}/{a}"
-
-    def from_z(self, z, space, c=None):
-        return self.a * z
-
-    def synthesize(self, latent, space="z", c=None, noise=None):
-        return self.G.synthesize(latent / self.a, space, c, noise)
 
 
 def exact_sq_norm(G, z):
