@@ -1,4 +1,4 @@
-"""Measure the w_r trade-off from the bundled encoder's start (README, "Learned starts"):
+"""Measure the w_r trade-off from the bundled encoder's start (docs/learned-starts.md):
     OMP_NUM_THREADS=1 python samples/measure_encoder_wr.py [raw|relative]
 
 Held-out targets: 8 faces G(z*) from seeds 9101-9108 (never the tests' 123), saved as 8-bit

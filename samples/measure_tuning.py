@@ -2,8 +2,8 @@
 
 Per photo, alone: projection and tuning (defaults) CPU seconds, pivot / tuned PSNR, locality,
 ‖Δθ‖, the tuned file in fp16 against fp32, and how much ±2σ edits along the first three PCA
-directions change the tuned image against the original generator. The numbers in the README's
-tuning section come from this script (one thread: OMP_NUM_THREADS=1).
+directions change the tuned image against the original generator. The numbers in the tuning
+measurements of docs/real-photos.md come from this script (one thread: OMP_NUM_THREADS=1).
 """
 
 import json

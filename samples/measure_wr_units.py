@@ -1,4 +1,4 @@
-"""Measure the useful range of relative w_r (README, "Choosing w_r"): projections of targets x w_r in one
+"""Measure the useful range of relative w_r (docs/choosing-wr.md): projections of targets x w_r in one
 batched run each, from one start per target, with raw w_r = relative w_r * wr_factor(start).
 
     OMP_NUM_THREADS=1 python samples/measure_wr_units.py EXPERIMENT [--steps N] [--json OUT.json]
