@@ -57,7 +57,7 @@ def test_project_tune_writes_the_tuned_weights_and_shows_their_images(G, tuned_o
         m = data["metrics"]
         assert m["psnr"] > m["psnr_pivot"] and m["dtheta_norm"] > 0 and np.isfinite(m["locality_psnr"])
         meta = read_tuned(tuned)[1]
-        assert meta["settings"]["reg"] == 1e-3 and meta["settings"]["steps"] == 10
+        assert meta["settings"]["tune_reg"] == 1e-3 and meta["settings"]["tune_steps"] == 10
         assert 7.0e6 < tuned.stat().st_size < 7.3e6   # 3.58 M weights in fp16
         Gt = load_generator("digiface-dcgan64", tuned=tuned)
         with torch.no_grad():
