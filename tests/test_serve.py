@@ -2,14 +2,13 @@
 cancellation of stale runs, the checks on uploads and names, and the --encoder hook."""
 
 import base64
+import contextlib
 import http.client
 import io
 import json
 import struct
-import sys
 import threading
 import time
-import types
 import zlib
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import torch
 from PIL import Image
 
 from latent_fit import LatentFitError, read_latent_file
+from latent_fit.images import load_image
 from latent_fit.serve import Editor, load_start_encoder, make_server
-from latent_fit.serve.inputs import decode_image, decode_strokes, safe_stem
+from latent_fit.serve.inputs import decode_strokes, safe_stem
 from latent_fit.serve.jobqueue import DeviceQueue
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -57,15 +57,15 @@ def test_stems_never_leave_out():
 
 
 def test_bad_uploads_are_refused_with_one_line():
-    good = decode_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64)
+    """Uploads go through images.load_image, as the CLI's files do."""
+    good = load_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64, name="x.png")
     noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert good.shape == (3, 64, 64) and float(good.max()) <= 1
-    cases = [(b"just text", "not an image"), (_bomb(9000, 7000), "decompression bomb"),
-             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated"),
-             (b"\0" * (26 * 2 ** 20), "larger than the 25 MiB limit")]
+    cases = [(b"just text", "not an image"), (_bomb(9000, 8000), "decompression bomb"),
+             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated")]
     for data, reason in cases:
         with pytest.raises(LatentFitError, match=reason) as e:
-            decode_image(data, 64, "x.png")
+            load_image(data, 64, name="x.png")
         assert str(e.value).startswith("x.png: ") and "\n" not in str(e.value)
 
 
@@ -139,7 +139,13 @@ def test_editor_in_relative_units(G, tmp_path):
 def api(G, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    editor = Editor(G, out, steps=30, starts=2, loss="mse")
+    with _served(Editor(G, out, steps=30, starts=2, loss="mse")) as (call, job, _):
+        yield call, job, out
+
+
+@contextlib.contextmanager
+def _served(editor):
+    """(call, job, port) for the editor served from a thread on a free port."""
     srv = make_server(editor, "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
@@ -162,10 +168,12 @@ def api(G, tmp_path):
             if snap["state"] in ("done", "error", "cancelled"):
                 return snap
             since = snap["version"]
-    yield call, job, out
-    srv.shutdown()
-    editor.queue.close()
-    srv.server_close()
+    try:
+        yield call, job, port
+    finally:
+        srv.shutdown()
+        editor.queue.close()
+        srv.server_close()
 
 
 def test_api_project_edit_save(api):
@@ -216,11 +224,11 @@ def test_api_refuses_what_it_must(api):
 
 # --- --encoder ----------------------------------------------------------------------------------
 
-def test_encoder_none_auto_and_path(G, monkeypatch):
-    monkeypatch.setitem(sys.modules, "latent_fit.encoder", None)    # as where no encoder module exists
-    assert load_start_encoder("none", G, "z") is None and load_start_encoder("auto", G, "z") is None
-    with pytest.raises(LatentFitError, match="no encoder support"):
-        load_start_encoder("enc.pt", G, "z")
+def test_encoder_none_auto_and_path(G, tmp_path):
+    assert load_start_encoder("none", G, "z") is None
+    assert load_start_encoder("auto", G, "z") is not None      # the bundled generator's encoder
+    with pytest.raises(LatentFitError, match="encoder file not found"):
+        load_start_encoder(str(tmp_path / "enc.pt"), G, "z")
 
 
 def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
@@ -230,8 +238,7 @@ def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
     def load_encoder(spec, G_, space=None):
         seen.append((spec, space))
         return lambda x: (seen.append(tuple(x.shape)), z_true[:1].to(x.device))[1]
-    monkeypatch.setitem(sys.modules, "latent_fit.encoder",
-                        types.SimpleNamespace(load_encoder=load_encoder, __name__="latent_fit.encoder"))
+    monkeypatch.setattr("latent_fit.serve.editor.load_encoder", load_encoder)
     editor = Editor(G, tmp_path, encoder="enc.pt", steps=20, loss="mse")
     try:
         snap = _until(editor.queue, editor.submit_projection("p", images[0], "face", None))
@@ -246,11 +253,7 @@ def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
 def test_stylegan_in_w_plus(tmp_path):
     """A StyleGAN network in the page: projection in w+, a painted edit, principal directions,
     a direction move and a save whose file carries NVIDIA's `w` layout."""
-    from latent_fit.generators.stylegan2 import StyleGAN2Generator
-    torch.manual_seed(0)
-    G = StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
-                           mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+    G = _tiny_stylegan()
     with torch.no_grad():
         target = G.synthesize(G.sample(1, seed=5, space="w"), "w").clamp(-1, 1)[0]
     editor = Editor(G, tmp_path, steps=30, loss="mse", pca_samples=200)
@@ -269,3 +272,54 @@ def test_stylegan_in_w_plus(tmp_path):
     d = read_latent_file(tmp_path / "sg.npz")
     assert d["space"] == "w+" and d["latent"].shape == (G.num_ws, 32) and d["w"].shape == (1, G.num_ws, 32)
     assert d["config"]["directions"]["PC1"] == 2.0
+
+
+def _tiny_stylegan(img_channels=3):
+    from latent_fit.generators.stylegan2 import StyleGAN2Generator
+    torch.manual_seed(0)
+    return StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=img_channels,
+                              mapping_kwargs=dict(num_layers=2),
+                              synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+
+
+def test_a_grayscale_generator_gets_gray_targets_requests_and_files(tmp_path):
+    """The page prepares uploads as the CLI does (images.load_image with G.img_channels), paints
+    in luma, and saves a mode-L PNG and NVIDIA's `w` layout (G.file_ws)."""
+    G = _tiny_stylegan(img_channels=1)
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[..., 0] = 255                                              # pure red: luma 0.299
+    with _served(Editor(G, tmp_path, steps=5, starts=1, loss="mse")) as (call, job, _):
+        up = job("/api/project?page=g&name=red.png&space=w", _png(rgb), ctype="application/octet-stream")
+        assert up["state"] == "done", up
+        target = Image.open(io.BytesIO(base64.b64decode(up["result"]["target"].split(",")[1])))
+        assert target.mode == "L" and np.asarray(target).mean() == pytest.approx(0.299 * 255, abs=1)
+        assert job("/api/edit", {"page": "g", "wr": 0.01, "request": _strokes(32)})["state"] == "done"
+        status, saved = call("POST", "/api/save", {"page": "g"})
+        assert status == 200, saved
+    assert Image.open(tmp_path / "red.png").mode == "L"
+    d = read_latent_file(tmp_path / "red.npz")
+    assert d["space"] == "w" and d["w"].shape == (1, G.num_ws, 32)
+    request, _ = decode_strokes(_strokes(32), 32, channels=1)
+    assert request.shape == (1, 32, 32)
+    assert float(request[0, 0, 0]) == pytest.approx((0.299 * 120 + 0.587 * 20 + 0.114 * 20) / 127.5 - 1, abs=1e-5)
+
+
+def test_a_direction_file_is_scaled_by_the_generators_prior_std(tmp_path):
+    """Rows of a direction file are one prior std long, measured by G.latent_std_along."""
+    G = _tiny_stylegan()
+    with torch.no_grad():
+        target = G.synthesize(G.sample(1, seed=5, space="w"), "w").clamp(-1, 1)[0]
+    editor = Editor(G, tmp_path, steps=5, starts=1, loss="mse")
+    try:
+        assert _until(editor.queue, editor.submit_projection("p", target, "sg", "w"))["state"] == "done"
+        d = torch.zeros(2, 32)
+        d[0, 0], d[1, 1] = 3.0, -1.0
+        snap = _until(editor.queue, editor.submit_directions("p", d, "axes.npy"))
+        unit = d / d.norm(dim=1, keepdim=True)
+        assert snap["result"]["std"] == [round(float(s), 4) for s in G.latent_std_along(unit, "w")]
+        with editor.queue.lock:
+            rows = editor.page("p").directions
+        assert torch.allclose(rows.norm(dim=1), G.latent_std_along(unit, "w"), rtol=1e-5)
+    finally:
+        editor.queue.close()
+    assert G.latent_std_along(unit, "z").tolist() == [1.0, 1.0]

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..edit import edit, pca_directions, render
+from ..encoder import load_encoder
 from ..errors import LatentFitError
 from ..generators.base import Generator
 from ..images import save_png, to_uint8
@@ -41,26 +42,14 @@ CHECK_EVERY = 10                               # steps between progress reports 
 
 def load_start_encoder(spec: str | None, G: Generator, space: str):
     """The learned start of --encoder (none | auto | PATH) for `space`: an Encoder mapping images
-    [N, 3, H, W] to latents [N, *shape], or None for the loop's own starts. `auto` is none
-    where latent_fit.encoder does not exist."""
-    if spec in (None, "", "none"):
-        return None
-    try:
-        from ..encoder import load_encoder
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__.rsplit('.', 1)[0]}.encoder":
-            raise
-        if spec == "auto":
-            return None
-        raise LatentFitError(f"--encoder {spec}: this latent-fit has no encoder support; "
-                             "use --encoder none") from None
-    return load_encoder(spec, G, space=space)
+    [N, C, H, W] to latents [N, *shape], or None for the loop's own starts."""
+    return None if spec in (None, "") else load_encoder(spec, G, space=space)
 
 
 def data_url(image: np.ndarray) -> str:
-    """An [H, W, 3] uint8 image as a PNG data URL."""
+    """An [H, W, 3] (RGB) or [H, W, 1] (gray) uint8 image as a PNG data URL."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -70,7 +59,7 @@ class Page:
 
     space: str
     stem: str
-    target: torch.Tensor                      # [3, H, W]
+    target: torch.Tensor                      # [C, H, W] (C = G.img_channels)
     projection: torch.Tensor                  # P [*shape]
     record: dict                              # what made P: config, loss_history, metrics, steps, seconds
     edited: torch.Tensor | None = None        # E [*shape]
@@ -78,7 +67,7 @@ class Page:
     directions: torch.Tensor | None = None    # [K, *shape], each row one prior std long
     direction_names: list[str] = field(default_factory=list)
     strengths: list[float] = field(default_factory=list)
-    image: torch.Tensor | None = None         # G(current) [3, H, W]
+    image: torch.Tensor | None = None         # G(current) [C, H, W]
 
     def current(self) -> torch.Tensor:
         base = self.projection if self.edited is None else self.edited
@@ -142,7 +131,7 @@ class Editor:
     # --- device work ---------------------------------------------------------------------------
 
     def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None) -> Job:
-        """Project `target` [3, H, W]; a new projection makes all of the page's work stale."""
+        """Project `target` [C, H, W]; a new projection makes all of the page's work stale."""
         space = self.G.check_space(space or self.G.default_space)
 
         def run(job: Job) -> dict:
@@ -231,9 +220,7 @@ class Editor:
             raise LatentFitError(f"direction file: rows of shape {list(dirs.shape[1:])}; the {space} "
                                  f"space needs {list(self.G.latent_shape(space))}")
         unit = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (dirs.ndim - 1))
-        lat = self.G.sample(1000, seed=0, space=space, c=self.G.cycled_labels(1000))
-        std = ((lat - lat.mean(0)).flatten(1) @ unit.flatten(1).T).std(0)
-        return unit, std
+        return unit, self.G.latent_std_along(unit, space)
 
     def submit_sweep(self, page_id: str, request: tuple[torch.Tensor, torch.Tensor] | None) -> Job:
         """Fidelity against ||dz|| over the page's w_r range for this page's image, in one batched run: an
@@ -275,13 +262,10 @@ class Editor:
         config = {"made_by": "latent-fit serve", "projection": page.record["config"],
                   "edit": page.edit_record and page.edit_record["config"],
                   "directions": dict(zip(page.direction_names, page.strengths)) or None}
-        extra = {}
-        if page.space in ("w", "w+"):
-            extra["w"] = latent[None, None].expand(1, G.num_ws, -1) if page.space == "w" else latent[None]
         save_png(to_uint8(image[None])[0], self.out / f"{stem}.png")
         write_latent_file(self.out / f"{stem}.npz", latent=latent, latent_init=page.projection,
                           space=page.space, generator=G.name, generator_sha256=G.sha256,
                           loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
-                          config=config, metrics=metrics, **extra)
+                          config=config, metrics=metrics, w=G.file_ws(latent, page.space))
         return {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
                 "saved_at": time.strftime("%H:%M:%S")}

@@ -26,9 +26,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LatentFitError
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, load_image
 from .editor import Editor
-from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_image, decode_strokes, safe_stem
+from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes, safe_stem
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -181,21 +181,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post_project(self) -> dict:
         args = self._args()
-        page, ed = self._page_id(args), self.editor
+        page, G = self._page_id(args), self.editor.G
         if "sample" in args:
             path = sample_names().get(str(args["sample"]))
             if path is None:
                 raise LatentFitError(f"sample {args['sample']!r}: not one of the bundled samples")
-            target, stem = decode_image(path.read_bytes(), ed.G.resolution, path.name), path.stem
+            target, stem = load_image(path, G.resolution, channels=G.img_channels, name=path.name), path.stem
         else:
             name = str(args.get("name", "upload"))[:200]
             data = self._body("application/octet-stream", MAX_UPLOAD_BYTES)
-            target, stem = decode_image(data, ed.G.resolution, name), safe_stem(name)
-        return {"job": ed.submit_projection(page, target, stem, args.get("space") or None).id}
+            target, stem = load_image(data, G.resolution, channels=G.img_channels, name=name), safe_stem(name)
+        return {"job": self.editor.submit_projection(page, target, stem, args.get("space") or None).id}
 
     def _post_edit(self) -> dict:
         args = self._args()
-        request, mask = decode_strokes(args.get("request", ""), self.editor.G.resolution)
+        G = self.editor.G
+        request, mask = decode_strokes(args.get("request", ""), G.resolution, G.img_channels)
         return {"job": self.editor.submit_edit(self._page_id(args), request, mask, _number(args.get("wr"))).id}
 
     def _post_render(self) -> dict:
@@ -216,7 +217,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post_sweep(self) -> dict:
         args = self._args()
-        request = decode_strokes(args["request"], self.editor.G.resolution) if args.get("request") else None
+        G = self.editor.G
+        request = decode_strokes(args["request"], G.resolution, G.img_channels) if args.get("request") else None
         return {"job": self.editor.submit_sweep(self._page_id(args), request).id}
 
     def _post_save(self) -> dict:
