@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import io
 import json
+import socket
 import struct
 import threading
 import time
@@ -323,3 +324,150 @@ def test_a_direction_file_is_scaled_by_the_generators_prior_std(tmp_path):
     finally:
         editor.queue.close()
     assert G.latent_std_along(unit, "z").tolist() == [1.0, 1.0]
+
+
+# --- limits: every request answered in one line, the server goes on ---------------------------------
+
+def _raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """Send a hand-made request (its Host filled in) and read the answer until the server closes."""
+    request = head.replace("HOST", f"127.0.0.1:{port}").replace("\n", "\r\n") + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(request.encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, answer = data.partition(b"\r\n\r\n")
+    return int(status.split()[1]), json.loads(answer)
+
+
+def test_bodies_without_one_valid_length_are_refused_unread(api, capsys):
+    call, _, _ = api
+    port = _port(call)
+    upload = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
+    body = b"\0" * 4096   # what follows is never read: the answer comes at once, then the server closes
+    for extra in ("Content-Length: -1\n", "", "Transfer-Encoding: chunked\n", "Content-Length: +5\n",
+                  "Content-Length: 5\nContent-Length: 9\n", "Content-Length: 0x10\n"):
+        status, err = _raw(port, upload + extra, body)
+        assert status == 400 and "no valid Content-Length" in err["error"], (extra, err)
+    status, err = _raw(port, upload + f"Content-Length: {40 * 2 ** 20}\n", body)
+    assert status == 400 and "larger than the 25 MiB limit" in err["error"]
+    assert call("GET", "/api/info")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _port(call) -> int:
+    """The port of the `api` fixture's server (its `call` closes over it)."""
+    return dict(zip(call.__code__.co_freevars, (c.cell_contents for c in call.__closure__)))["port"]
+
+
+def test_hostile_requests_get_one_json_line_and_the_server_goes_on(api, pillow_image, capsys):
+    call, job, _ = api
+    assert job("/api/project", {"page": "p", "sample": "face_00"})["state"] == "done"
+    def npy(shape):   # a .npy header declaring `shape` (about 2^40 floats), and 64 bytes of data
+        f = io.BytesIO()
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        return f.getvalue() + b"\0" * 64
+    cases = [
+        ("/api/render", b"[" * 100_000, "application/json; charset=utf-8", "nested too deeply"),
+        ("/api/render", {"page": "p", "strengths": [int("9" * 400)]}, "application/json", "not a number"),
+        ("/api/edit", {"page": "p", "wr": int("9" * 400), "request": _strokes()}, "application/json", "not a number"),
+        ("/api/edit", b'{"page": "p", "wr": 1e999, "request": 1}', "application/json; x", "painted strokes"),
+        ("/api/directions?page=p&name=d.npy", npy((10 ** 10, 100)), "application/octet-stream",
+         "size does not match its shape"),
+        ("/api/directions?page=p&name=d.npy", npy((2 ** 40,)), "application/octet-stream",
+         "latents here need [100]"),
+        ("/api/project?page=p&name=x.png", pillow_image("BLP"), "application/octet-stream",
+         "x.png: not an image in a format latent-fit reads"),
+        ("/api/project?page=p&name=x.png", pillow_image("EPS"), "application/octet-stream",
+         "x.png: not an image in a format latent-fit reads"),
+    ]
+    for path, body, ctype, match in cases:
+        status, err = call("POST", path, body, ctype=ctype)
+        assert status == 400 and match in err["error"] and "\n" not in err["error"], (path, err)
+        assert call("GET", "/api/info")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_bug_is_answered_in_one_line_and_logged(api, monkeypatch, capsys):
+    call, _, _ = api
+    monkeypatch.setattr("latent_fit.serve.server.sample_names", lambda: 1 / 0)
+    status, err = call("POST", "/api/project", {"page": "p", "sample": "face_00"})
+    assert status == 500 and err["error"] == "internal error: ZeroDivisionError: division by zero"
+    assert "Traceback" in capsys.readouterr().err
+    assert call("GET", "/api/info")[0] == 500 and call("GET", "/")[0] == 200
+
+
+def test_the_queue_is_bounded_per_page_and_in_all():
+    from latent_fit.serve.jobqueue import MAX_QUEUED, MAX_QUEUED_PER_PAGE, QueueFull
+    q = DeviceQueue()
+    release = threading.Event()
+    try:
+        blocker = q.submit("x", "block", lambda job: release.wait(30) and {})
+        while q.wait(blocker.id, 0, 5)["state"] != "running":
+            pass
+        for k in range(MAX_QUEUED_PER_PAGE):
+            q.submit("a", f"kind{k}", lambda job: {})
+        with pytest.raises(QueueFull, match="this page has 4 jobs waiting"):
+            q.submit("a", "another", lambda job: {})
+        q.submit("a", "kind0", lambda job: {})            # a newer request of a kind replaces the stale one
+        for i in range(MAX_QUEUED - MAX_QUEUED_PER_PAGE):
+            q.submit(f"page{i}", "edit", lambda job: {})
+        with pytest.raises(QueueFull, match="16 jobs are waiting"):
+            q.submit("one more page", "edit", lambda job: {})
+    finally:
+        release.set()
+        q.close()
+
+
+def test_a_full_queue_is_a_503(api, monkeypatch):
+    call, _, _ = api
+    monkeypatch.setattr("latent_fit.serve.jobqueue.MAX_QUEUED_PER_PAGE", 0)
+    status, err = call("POST", "/api/project", {"page": "p", "sample": "face_00"})
+    assert status == 503 and "jobs waiting for the device" in err["error"]
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.1", "2130706433", "localhost", "::1", "::ffff:127.0.0.1"])
+def test_every_loopback_spelling_keeps_the_host_check(G, tmp_path, host):
+    editor = Editor(G, tmp_path, steps=5)
+    try:
+        srv = make_server(editor, host, 0)
+    except LatentFitError as e:
+        pytest.skip(f"cannot listen on {host} here: {e}")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    bound, port = srv.server_address[:2]
+    try:
+        assert srv.loopback
+
+        def get(host_header):
+            conn = http.client.HTTPConnection(bound, port, timeout=20)
+            conn.request("GET", "/api/info", headers={"Host": host_header})
+            return conn.getresponse().status
+        assert get("evil.example") == 403 and get(f"evil.example:{port}") == 403     # DNS rebinding
+        shown = f"[{host}]" if ":" in host else host
+        assert get(f"{shown}:{port}") == 200 and get(f"localhost:{port}") == 200
+    finally:
+        srv.shutdown()
+        editor.queue.close()
+        srv.server_close()
+
+
+def test_loopback_addresses():
+    from latent_fit.serve.server import is_loopback
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1%eth0"]))
+
+
+def test_the_favicon_is_served(api):
+    call, _, _ = api
+    status, icon = call("GET", "/favicon.ico")
+    assert status == 200 and Image.open(io.BytesIO(icon)).format == "ICO"
+
+
+def test_a_body_that_stops_coming_is_answered(api, monkeypatch, capsys):
+    call, _, _ = api
+    from latent_fit.serve.server import Handler
+    monkeypatch.setattr(Handler, "timeout", 1)
+    head = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
+    status, err = _raw(_port(call), head + "Content-Length: 1000\n", b"\0" * 10)   # 990 bytes never come
+    assert status == 400 and "the request body did not arrive" in err["error"]
+    assert "Traceback" not in capsys.readouterr().err
