@@ -397,6 +397,20 @@ def test_a_bug_is_answered_in_one_line_and_logged(api, monkeypatch, capsys):
     assert call("GET", "/api/info")[0] == 500 and call("GET", "/")[0] == 200
 
 
+def test_save_never_overwrites(api):
+    call, job, out = api
+    assert job("/api/project", {"page": "p", "sample": "face_00"})["state"] == "done"
+    status, first = call("POST", "/api/save", {"page": "p", "stem": "face"})
+    assert status == 200 and first["stem"] == "face" and "note" not in first
+    kept = (out / "face.npz").read_bytes()
+    (out / "face_2.png").write_bytes(b"someone else's")
+    status, again = call("POST", "/api/save", {"page": "p", "stem": "face"})
+    assert status == 200 and again["stem"] == "face_3" and again["files"] == ["face_3.npz", "face_3.png"]
+    assert again["renamed_from"] == "face" and "face.npz or face.png is there already" in again["note"]
+    assert (out / "face.npz").read_bytes() == kept and (out / "face_2.png").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in out.iterdir()) == ["face.npz", "face.png", "face_2.png", "face_3.npz", "face_3.png"]
+
+
 def test_the_queue_is_bounded_per_page_and_in_all():
     from latent_fit.serve.jobqueue import MAX_QUEUED, MAX_QUEUED_PER_PAGE, QueueFull
     q = DeviceQueue()

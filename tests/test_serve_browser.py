@@ -136,6 +136,12 @@ def test_project_paint_apply_save(page, server, tmp_path):
     assert d["config"]["projection"]["steps"] == 40
     assert Image.open(out / "my_face.png").size == (64, 64)
 
+    _by(page, "save").click()    # again: never over the first file
+    expect(_by(page, "saved")).to_contain_text("saved my_face_2.npz and my_face_2.png")
+    expect(_by(page, "saved")).to_contain_text("my_face.npz or my_face.png is there already: kept")
+    assert _by(page, "stem").input_value() == "my_face"
+    assert np.array_equal(read_latent_file(out / "my_face_2.npz")["latent"], d["latent"])
+
 
 def test_directions_and_sweep(page, tmp_path):
     (tmp_path / "screens").mkdir()

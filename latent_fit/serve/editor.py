@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
+import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -94,6 +97,7 @@ class Editor:
         self._pages: OrderedDict[str, Page] = OrderedDict()
         self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
         self._pca: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._save_lock = threading.Lock()          # a name is chosen and written by one save at a time
 
     def info(self) -> dict:
         G = self.G
@@ -248,10 +252,23 @@ class Editor:
 
     def save(self, page_id: str, stem: str | None = None) -> dict:
         """Write OUT/<stem>.npz (the current latent; latent_init = the projection's) and
-        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`."""
+        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`. Never over a file: where
+        either exists they go to the first free <stem>_2, <stem>_3, ..., and the answer says so."""
         with self.queue.lock:
             page = self.page(page_id)
-        stem = safe_stem(stem or page.stem)
+        asked = safe_stem(stem or page.stem)
+        with self._save_lock:
+            stem = free_stem(self.out, asked)
+            self._write(page, stem)
+        answer = {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
+                  "saved_at": time.strftime("%H:%M:%S")}
+        if stem != asked:
+            answer |= {"renamed_from": asked, "note": f"{asked}.npz or {asked}.png is there already: "
+                                                      f"kept, and saved as {stem}"}
+        return answer
+
+    def _write(self, page: Page, stem: str) -> None:
+        """OUT/<stem>.png and OUT/<stem>.npz of the page's current latent."""
         G, latent = self.G, page.current()
         image = page.image if page.image is not None else render(G, latent[None], page.space)[0].cpu()
         mse = pixel_mse(image[None], page.target[None])
@@ -267,5 +284,11 @@ class Editor:
                           space=page.space, generator=G.name, generator_sha256=G.sha256,
                           loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
                           config=config, metrics=metrics, w=G.file_ws(latent, page.space))
-        return {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
-                "saved_at": time.strftime("%H:%M:%S")}
+
+
+def free_stem(folder: Path, stem: str) -> str:
+    """`stem`, or the first of stem_2, stem_3, ... for which folder holds neither a .npz nor a .png."""
+    for k in itertools.count(1):
+        name = stem if k == 1 else f"{stem}_{k}"
+        if not any(os.path.lexists(folder / f"{name}{ext}") for ext in (".npz", ".png")):
+            return name
