@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..edit import edit, pca_directions, render
+from ..edit import PCA_SAMPLES, edit, pca_directions, render
 from ..encoder import load_encoder
 from ..errors import LatentFitError
 from ..generators.base import Generator
@@ -31,15 +31,13 @@ from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
 from ..config import EDIT, EDIT_WR, PROJECTION
 from ..optimize import project
-from ..sweep import suggest_wr, sweep
+from ..sweep import SWEEP_WRS, suggest_wr, sweep
 from .inputs import safe_stem
 from .jobqueue import DeviceQueue, Job
 
 MAX_PAGES = 16                                 # pages whose state is kept (least recently used dropped)
 DIRECTIONS = 5                                 # principal directions offered as sliders
-PCA_SAMPLES = 2000
-SWEEP_WRS = {"raw": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),   # the page's w_r range per wr_units, log-spaced
-             "relative": (1e-2, 1e-1, 1.0, 10.0, 100.0)}
+PAGE_WRS = {u: tuple(w for w in wrs if w > 0) for u, wrs in SWEEP_WRS.items()}   # the page's log-scale w_r range
 CHECK_EVERY = 10                               # steps between progress reports (and cancel checks)
 
 
@@ -90,7 +88,7 @@ class Editor:
         self.G, self.out, self.encoder, self.pca_samples = G, Path(out), encoder, pca_samples
         page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False,
                     wr_units=wr_units)
-        self.sweep_wrs = SWEEP_WRS[wr_units]
+        self.sweep_wrs = PAGE_WRS[wr_units]
         self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
         self.edit_config = EDIT.replace(**page)                   # edits from the page's projection
         self.queue = DeviceQueue()
