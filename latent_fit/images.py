@@ -99,7 +99,7 @@ def load_image(source: str | Path | bytes, resolution: int, background=(255, 255
     resolution, resolution] in [-1, 1]: EXIF rotation applied, alpha composited on `background`,
     center-cropped to a square and resized (Lanczos); channels 1: converted to gray (ITU-R 601 luma)."""
     source = source if isinstance(source, bytes) else Path(source)
-    name = name or str(source)
+    name = name or ("image bytes" if isinstance(source, bytes) else str(source))
     img = open_image(source, name)
     try:
         rgb = _to_rgb(img, tuple(background))

@@ -143,3 +143,5 @@ def test_bytes_and_files_decode_alike(tmp_path):
         assert torch.equal(load_image(path.read_bytes(), 8, (0, 0, 0), channels, name="x.png"), from_file)
     with pytest.raises(LatentFitError, match="^upload.png: empty file$"):
         load_image(b"", 8, name="upload.png")
+    with pytest.raises(LatentFitError, match="^image bytes: not an image in a format"):
+        load_image(b"x" * 10_000, 8)
