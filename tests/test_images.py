@@ -145,3 +145,22 @@ def test_bytes_and_files_decode_alike(tmp_path):
         load_image(b"", 8, name="upload.png")
     with pytest.raises(LatentFitError, match="^image bytes: not an image in a format"):
         load_image(b"x" * 10_000, 8)
+
+
+def test_no_plugin_outside_the_allowlist_is_ever_asked(tmp_path, pillow_image, monkeypatch):
+    """Formats Pillow opens but cannot write (PSD, FITS, XPM, ...) are not fuzzed from seeds:
+    instead every plugin outside the allowlist is replaced by a spy, and files of every kind,
+    their magic bytes included, never reach one."""
+    asked = []
+    for fmt in list(Image.OPEN):
+        if fmt not in READ:
+            monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, f=fmt: asked.append(f), lambda p, f=fmt: asked.append(f)))
+    files = [pillow_image(fmt) for fmt in sorted(Image.SAVE)]
+    files += [b"8BPS\0\1" + bytes(64), b"SIMPLE  =                    T" + bytes(2880), b"/* XPM */\n" + bytes(64),
+              b"\x59\xa6\x6a\x95" + bytes(64), b"%!PS-Adobe-3.0 EPSF-3.0\n" + bytes(64), b"\0\0\1\0" + bytes(64)]
+    for data in filter(None, files):
+        try:
+            load_image(data, 8, name="x.png")
+        except LatentFitError:
+            pass
+    assert asked == []
