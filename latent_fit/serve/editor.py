@@ -29,9 +29,9 @@ from ..generators.base import Generator
 from ..images import save_png, to_uint8
 from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
-from ..config import EDIT, EDIT_WR, PROJECTION
+from ..config import PROJECTION, SWEEP_WRS, edit_config
 from ..optimize import project
-from ..sweep import SWEEP_WRS, suggest_wr, sweep
+from ..sweep import suggest_wr, sweep
 from .inputs import safe_stem
 from .jobqueue import DeviceQueue, Job
 
@@ -90,7 +90,7 @@ class Editor:
                     wr_units=wr_units)
         self.sweep_wrs = PAGE_WRS[wr_units]
         self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
-        self.edit_config = EDIT.replace(**page)                   # edits from the page's projection
+        self.edit_config = edit_config(**page)                    # edits from the page's projection
         self.queue = DeviceQueue()
         self._pages: OrderedDict[str, Page] = OrderedDict()
         self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
@@ -102,7 +102,7 @@ class Editor:
         return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
                 "space": G.default_space, "steps": self.config.steps, "encoder": self.encoder,
                 "out": str(self.out), "sweep_wrs": list(self.sweep_wrs),
-                "wr_units": self.edit_config.wr_units, "wr": EDIT_WR[self.edit_config.wr_units]}
+                "wr_units": self.edit_config.wr_units, "wr": self.edit_config.wr}
 
     def start_encoder(self, space: str):
         """The encoder for `space`, loaded once (so a bad --encoder fails at start-up)."""
