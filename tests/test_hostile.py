@@ -354,10 +354,12 @@ def test_not_regular_files_and_huge_names(loader, tmp_path):
     os.mkfifo(fifo)
     assert_clean_error(loader("generator", fifo), fifo, "not a regular file")
     assert_clean_error(loader("generator", tmp_path / "gone.pkl"), "gone.pkl", "not found")
-    names = {"x" * 10 ** 6: 1, "\x1b[31mred\nline": 2, ("tuple",): 3}
+    names = {"x" * 10 ** 6: 1, "\x1b[31mred\nline": 2, 3: 3}
     path = write(tmp_path, "keys.pkl", dump(names))
     res = loader("generator", path)
     assert_clean_error(res, path, r"has no network 'G_ema' \(it has: x{40}, \\x1b\[31mred\\nline\)")
+    path = write(tmp_path, "tuple-key.pkl", dump({("tuple",): 3}))
+    assert_clean_error(loader("generator", path), path, "refusing a tuple as a key")
     path = write(tmp_path, "class.pkl", dump({"G_ema": network({}, {}, class_name="C" * 10 ** 6)}))
     assert_clean_error(loader("generator", path), path, "malformed persistent object")
 

@@ -35,9 +35,12 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
                           radial: bool = False) -> torch.Tensor | None:
     """Kaiser-windowed low-pass filter with unit DC gain: separable [numtaps] (a windowed sinc, as
     scipy.signal.firwin designs it) or radially symmetric [numtaps, numtaps] (a windowed jinc).
-    None for one tap (the identity)."""
+    None for one tap (the identity). On the meta device only its shape: a network is first built
+    there, and its filters must have the file's shapes before numpy designs them."""
     if numtaps == 1:
         return None
+    if torch.get_default_device().type == "meta":
+        return torch.empty([numtaps] * (2 if radial else 1))
     window = np.kaiser(numtaps, _kaiser_beta(numtaps, width / (fs / 2)))
     t = np.arange(numtaps) - (numtaps - 1) / 2
     if not radial:
