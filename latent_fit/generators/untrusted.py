@@ -42,7 +42,7 @@ from ..errors import LatentFitError
 
 MAX_OPCODES = 2_000_000      # a 1024 px StyleGAN2 pickle (G, D, G_ema) has about 60,000
 BASE_OBJECTS = 200_000       # objects any file may make; a larger file one more per BYTES_PER_OBJECT
-BYTES_PER_OBJECT = 256
+BYTES_PER_OBJECT = 64
 MAX_KEY_INT = 2 ** 60        # integer keys below it hash to themselves: no collisions
 MAX_DEPTH = 100              # of nested containers and calls; such pickles reach about 35
 MAX_HUGE_INTS = 64           # integers of 2**60 and more (the only ones whose hashes collide at will)
