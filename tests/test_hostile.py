@@ -563,6 +563,13 @@ def overlapping_zip(entries=400, block=1 << 18):
     return bytes(out + cd + eocd), sum(spans)
 
 
+def shared_storage_network(n=2000):
+    """A Generator whose n parameters are one 1 MB tensor: 2 GB of tensors from a 1 MB file."""
+    t = torch.zeros(2 ** 18)
+    params = collections.OrderedDict((f"p{i}", t) for i in range(n))
+    return dump({"G_ema": persistent(dict(_parameters=params, _init_kwargs=TINY), "Generator")})
+
+
 def tensor_with_state(state):
     """A 1 KB float tensor, then BUILD with `state` (Tensor.__setstate__ would call set_(*state))."""
     func, args = torch.zeros(256).__reduce_ex__(2)
@@ -591,9 +598,10 @@ CRAFTED = {   # name: (bytes, what the one line says)
     "complex-keys.pkl": (colliding_complex_keys, "refusing a complex128 as a key"),
     "listed-names.pkl": (listed_non_persistent_names, "malformed parameters, buffers or children"),
     "overlap.pt": (lambda: overlapping_zip()[0], "zip entries .* overlap"),
+    "shared-storage.pkl": (shared_storage_network, "tensors that share their data"),
     "set-tensor.pkl": (lambda: dump({"G_ema": tensor_with_state((torch.zeros(256), 0, (2 ** 28,), (1,)))}),
                        "refusing to set the state of a Tensor"),
-    "many-objects.pkl": (lambda: b"\x80\x02](" + b"N" * 20_000_000 + b"e.",
+    "many-objects.pkl": (lambda: b"\x80\x02](" + b"N" * 48_000_000 + b"e.",
                          r"more than [\d,]+ pickle opcodes, the most a file of its size"),
     "sg3-filter-size.pkl": (lambda: stylegan3_pickle(filter_size=2 ** 20, lrelu_upsampling=2 ** 20),
                             "larger than the file's tensors"),
@@ -639,3 +647,42 @@ def test_a_refused_file_does_not_poison_the_next_load(loader, tmp_path, valid_pi
     assert res["value"][1::2] == ["ok", "ok"], res["value"]
     for path, line in zip(paths[::2], res["value"][::2]):
         assert path.name in line and "refusing to set the state" in line, line
+
+
+def hostile_objects():
+    """Objects built from what the crafted files above combine: views of any size and stride,
+    containers called on them, BUILD states, keys of every hashable kind, modules, and one
+    object shared many times (memo reads)."""
+    storage = lambda n: Call(torch.storage._load_from_bytes, legacy_torch_file(n, b"\x00" * 4 * n))
+    view = st.builds(lambda n, size, stride: Call(torch._utils._rebuild_tensor_v2, storage(n), 0, size, stride,
+                                                  False, collections.OrderedDict()),
+                     st.integers(1, 64), st.lists(st.integers(0, 2 ** 26), max_size=3).map(tuple),
+                     st.lists(st.integers(0, 4), max_size=3).map(tuple))
+    key = st.one_of(st.text(max_size=4), st.integers(-2 ** 62, 2 ** 62), st.tuples(st.integers(), st.integers()),
+                    st.floats(allow_nan=False), st.builds(lambda x: Call(multiarray.scalar, dtype_call("c16"),
+                                                                         np.complex128(x).tobytes()), st.complex_numbers(allow_nan=False)))
+    leaf = st.one_of(view, key, st.none(), st.just(torch.zeros(3)))
+
+    def grow(child):
+        return st.one_of(
+            st.builds(lambda f, x: Call(f, x), st.sampled_from([set, frozenset, collections.OrderedDict]), child),
+            st.builds(lambda k, v: {k: v}, key, child),
+            st.builds(lambda x, n: [x] * n, child, st.integers(1, 64)),
+            st.builds(lambda x, s: tensor_with_state(s), child, st.tuples(child, st.just(0), st.just((2 ** 28,)),
+                                                                          st.just((1,)))),
+            st.builds(lambda x, n: persistent(dict(_modules=collections.OrderedDict((f"c{i}", x) for i in range(n)),
+                                                   _init_kwargs={**TINY, "x": x})), child, st.integers(1, 6)))
+    return st.recursive(leaf, grow, max_leaves=12)
+
+
+def test_fuzzed_hostile_structures(loader, tmp_path):
+    @FAST
+    @given(hostile_objects(), st.booleans())
+    def check(obj, as_generator):
+        top = persistent(dict(_modules=collections.OrderedDict(m=obj), _init_kwargs=TINY), "Generator") \
+            if as_generator else obj
+        path = write(tmp_path, "fuzzed.pkl", dump({"G_ema": top}))
+        res = loader("generator", path, timeout=LIMIT)
+        assert_clean(res, path)
+        assert res["seconds"] < 10, res
+    check()
