@@ -79,6 +79,8 @@ class Budget:
 _IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"}
 _PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET = {"GET", "BINGET", "LONG_BINGET"}
+_LEAVES = {op.name for op in pickletools.opcodes   # push one new object of depth 0 (the common case)
+           if not op.stack_before and len(op.stack_after) == 1 and op.name != "MARK"} - _GET
 
 
 def read_capped(path: Path, limit: int) -> bytes:
@@ -135,6 +137,8 @@ def _walk(ops, limit: int) -> int:
             if arg not in memo:
                 raise LatentFitError(f"memo index {arg} is read before it is written (byte {pos})")
             stack.append(memo[arg])
+        elif name in _LEAVES:
+            stack.append(0)
         elif name == "POP" and marks and marks[-1] == len(stack):
             marks.pop()
         else:
