@@ -221,13 +221,11 @@ def _module_state_dict(obj: _Persistent, budget: Budget, seen: set, prefix: str 
 
 def _plain(x, left: list[int], depth: int = 0):
     """EasyDicts (and the containers holding them) as plain dicts, pickled numpy arrays as
-    arrays; refused past `left[0]` values in all, MAX_INIT_ITEMS per container or 8 levels, so
-    a graph of shared lists is never copied along its many paths."""
+    arrays; refused past `left[0]` values in all or 8 levels, so a graph of shared lists is
+    never copied along its many paths (_check_size then applies the finer limits)."""
     left[0] -= 1
     if depth > 8 or left[0] < 0:
         raise LatentFitError("init_kwargs nested too deeply or too large")
-    if isinstance(x, (dict, list, tuple)) and len(x) > MAX_INIT_ITEMS:
-        raise LatentFitError(f"init_kwargs hold a {type(x).__name__} of {len(x):,} items (at most {MAX_INIT_ITEMS})")
     if isinstance(x, dict):
         return {k: _plain(v, left, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
