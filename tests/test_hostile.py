@@ -626,11 +626,15 @@ def test_crafted_files_are_refused_in_one_line(loader, tmp_path, name):
 
 
 def test_overlapping_zip_entries_multiply_the_file():
-    """The crafted zip is the issue's: zipfile reads its entries back (CRCs right) to over 300x its size."""
+    """The crafted zip is the issue's: Python 3.11's zipfile reads its entries back (CRCs right)
+    to over 300x its size (later patch releases refuse overlapped entries themselves)."""
     data, total = overlapping_zip()
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        assert sum(len(z.read(i)) for i in z.infolist() if "/data/" in i.filename) == total
     assert total > 300 * len(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        try:
+            assert sum(len(z.read(i)) for i in z.infolist() if "/data/" in i.filename) == total
+        except zipfile.BadZipFile as e:
+            assert "verlap" in str(e), e
 
 
 POISON = {   # a refused file that, through the shared stand-ins of earlier versions, broke the next load
