@@ -5,10 +5,12 @@ torch_utils.persistence format: each network is pickled as `_reconstruct_persist
 its class name, module source code and module state (`__dict__`). The official loader executes that
 source; here an Unpickler resolves only an allowlist of globals (see untrusted.py), the
 reconstructor becomes a stand-in that keeps the state, and the weights are gathered from the
-pickled `_parameters`, `_buffers` and `_modules`. rosinality/stylegan2-pytorch checkpoints
-(torch.save with 'g_ema') are read by the same means and renamed onto the official parameter
-names. A network is built only within bounds taken from the file: the size of its tensors, the
-whole numbers of its init_kwargs, and a budget of tensor numbers and layers checked before each
+pickled `_parameters`, `_buffers` and `_modules`, each module once. rosinality/stylegan2-pytorch
+checkpoints (torch.save with 'g_ema') are read by the same means and renamed onto the official
+parameter names. Everything a load makes is charged to one budget set from the file's size, with
+stand-ins made for that load alone (untrusted.Budget). A network is built only within bounds
+taken from the file: the size of its tensors (no more bytes than the file holds), the whole
+numbers of its init_kwargs, and a budget of tensor numbers and layers checked before each
 allocation, so init_kwargs describing terabytes stop at once.
 """
 
