@@ -384,9 +384,12 @@ def rosinality_to_stylegan2(sd: dict, w_avg: torch.Tensor | None = None) -> tupl
     unused = [k for k in rest if not k.endswith(".kernel")]  # rosinality's copies of the blur filter
     if unused:
         raise LatentFitError(f"unexpected tensor {unused[0]!r} for a rosinality stylegan2-pytorch generator")
-    init_kwargs = dict(
-        z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=3,
-        mapping_kwargs=dict(num_layers=n_mlp),
-        synthesis_kwargs=dict(channel_base=out[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
-                              channel_max=out["synthesis.b4.const"].shape[0]))
-    return init_kwargs, out
+    return _rosinality_kwargs(out, z_dim, w_dim, res, n_mlp), out
+
+
+def _rosinality_kwargs(sd: dict, z_dim: int, w_dim: int, res: int, n_mlp: int) -> dict:
+    """NVIDIA's init_kwargs of a converted rosinality generator (channel widths from its convs)."""
+    return dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=3,
+                mapping_kwargs=dict(num_layers=n_mlp),
+                synthesis_kwargs=dict(channel_base=sd[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
+                                      channel_max=sd["synthesis.b4.const"].shape[0]))
