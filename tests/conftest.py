@@ -35,6 +35,19 @@ class Rescaled(Generator):
         return self.G.synthesize(latent / self.a, space, c, noise)
 
 
+def module_tree(state_dict: dict) -> dict:
+    """A state dict's keys as nested dicts of module names, its tensors at the leaves (the shape
+    of a pickled network's module states)."""
+    tree = {}
+    for key, value in state_dict.items():
+        *parts, leaf = key.split(".")
+        node = tree
+        for part in parts:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
 def sample_targets(folder: Path, stems: list[str]) -> Path:
     """`folder` holding copies of samples/targets/<stem>.png."""
     folder.mkdir(parents=True, exist_ok=True)

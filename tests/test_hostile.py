@@ -28,6 +28,8 @@ import latent_fit
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.latents import write_latent_file
 
+from conftest import module_tree
+
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 2
@@ -172,13 +174,6 @@ def dump(obj, protocol=4) -> bytes:
 def network(state_dict, init_kwargs, class_name="Generator"):
     """The pickled form of an official network: nested module states holding its tensors,
     with the numpy scalars and arrays real modules keep."""
-    tree = {}
-    for key, value in state_dict.items():
-        *parts, leaf = key.split(".")
-        node = tree
-        for part in parts:
-            node = node.setdefault(part, {})
-        node[leaf] = value
 
     def module(node, name, kwargs):
         state = dict(_parameters=collections.OrderedDict(), _buffers=collections.OrderedDict(),
@@ -191,7 +186,7 @@ def network(state_dict, init_kwargs, class_name="Generator"):
                 state["_buffers" if k in ("resample_filter", "noise_const", "w_avg") else "_parameters"][k] = v
         meta = dict(type="class", version=6, module_src="", class_name=name, state=state)
         return Call(_reconstruct_persistent_obj, meta)
-    return module(tree, class_name, init_kwargs)
+    return module(module_tree(state_dict), class_name, init_kwargs)
 
 
 def tiny_state_dict(seed=0):
