@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -20,12 +21,18 @@ import torch
 from numpy.lib import format as npformat
 
 from .errors import LatentFitError
+from .fields import parse_json, regular_file
 from .images import assign_stems, find_files
 from .outputs import atomic_write
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 2 ** 28   # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
 REQUIRED = ("latent", "space", "generator")
+TEXT = {"space": 16, "generator": 4096, "generator_sha256": 64, "tuned_sha256": 64}   # key -> most characters
+JSON_KEYS = ("config", "metrics", "record")
+WHOLE = ("class_index", "version")
+MAX_WHOLE = 2 ** 31 - 1
+FINITE = ("latent", "latent_init", "w")   # and noise_<i>: what a generator renders, finite numbers
 
 
 def write_latent_file(path: Path, **arrays) -> None:
@@ -50,28 +57,43 @@ def write_latent_file(path: Path, **arrays) -> None:
 
 
 def read_latent_file(path: str | Path) -> dict:
-    """Read and check a latent file; text entries come back as str, JSON entries as dicts.
-    A damaged or foreign file is one LatentFitError line, in bounded time and memory."""
-    path = Path(path)
+    """Read and check a latent file: every entry latent-fit reads has its type, shape and range
+    checked (see _entry); text entries come back as str, JSON entries as dicts, whole numbers as
+    int. A damaged or foreign file is one LatentFitError line, in bounded time and memory."""
+    path = regular_file(path, "latent file not found")
     data = _read_npz(path)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise LatentFitError(f"{path}: not a latent-fit file (missing key {missing[0]!r})")
-    out = {}
-    for k, v in data.items():
-        if v.dtype.kind == "U":
-            if v.ndim:
-                raise LatentFitError(f"{path}: entry {k!r} is not one text")
-            v = str(v)
-            if k in ("config", "metrics", "record"):
-                try:
-                    v = json.loads(v)
-                except (ValueError, RecursionError):
-                    raise LatentFitError(f"{path}: entry {k!r} is not JSON text") from None
-        out[k] = v
-    if out["latent"].dtype.kind not in "fiu" or not all(isinstance(out[k], str) for k in ("space", "generator")):
-        raise LatentFitError(f"{path}: not a latent-fit file (its latent is not numbers or its space not text)")
-    return out
+    return {k: _entry(f"{path}: entry {k!r}", k, v) for k, v in data.items()}
+
+
+def _entry(what: str, key: str, v: np.ndarray):
+    """One entry of a latent file: TEXT as str (at most its length; tuned_sha256 64 hex digits),
+    JSON_KEYS as dicts (parse_json), WHOLE as int in 0..MAX_WHOLE, the latent, its start, w,
+    noise maps as arrays of finite numbers, the loss history as numbers; other text as str."""
+    if key in WHOLE:
+        if v.ndim or v.dtype.kind not in "iu" or not 0 <= int(v) <= MAX_WHOLE:
+            raise LatentFitError(f"{what} is not one whole number in 0..{MAX_WHOLE}")
+        return int(v)
+    if key in FINITE or key == "loss_history" or key.startswith("noise_"):
+        if v.dtype.kind not in "fiu":
+            raise LatentFitError(f"{what} is not numbers (dtype {v.dtype.str})")
+        if key != "loss_history" and not np.isfinite(v).all():
+            raise LatentFitError(f"{what} holds values that are not finite")
+        return v
+    if key in TEXT or key in JSON_KEYS or v.dtype.kind == "U":
+        if v.dtype.kind != "U" or v.ndim:
+            raise LatentFitError(f"{what} is not one text")
+        text = str(v)
+        if key in JSON_KEYS:
+            return parse_json(text, what)
+        if len(text) > TEXT.get(key, len(text)):
+            raise LatentFitError(f"{what} is longer than {TEXT[key]} characters")
+        if key == "tuned_sha256" and not re.fullmatch("[0-9a-f]{64}", text):
+            raise LatentFitError(f"{what} is not a sha256 (64 hex digits)")
+        return text
+    return v
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -134,6 +156,15 @@ def stored_class(data: dict, class_index: int | None = None) -> int | None:
     return int(data["class_index"])
 
 
+def _file_class(path: Path, data: dict, G, class_index: int | None) -> int | None:
+    """stored_class, where a class stored in the file must be one of G's (an error of that file)."""
+    k = stored_class(data, class_index)
+    if class_index is None and k is not None and G.c_dim and k >= G.c_dim:
+        raise LatentFitError(f"{path}: stored class_index {k}, generator {G.name!r} has {G.c_dim} classes; "
+                             "give --class K")
+    return k
+
+
 def read_latents(specs: list[str], G, space: str | None = None, class_index: int | None = None
                  ) -> tuple[list[str], torch.Tensor | None, str, list[str], list[int | None]]:
     """(stems, latents [N, *shape] or None, space, errors, classes) of the latent files in
@@ -148,9 +179,10 @@ def read_latents(specs: list[str], G, space: str | None = None, class_index: int
             data = read_latent_file(p)
             if space is None:
                 space = data["space"] if data["space"] in G.spaces else G.default_space
-            lats.append(check_compatible(p, data, G.name, G.latent_shape(space), space, G.sha256))
+            lat = check_compatible(p, data, G.name, G.latent_shape(space), space, G.sha256)
+            classes.append(_file_class(p, data, G, class_index))
+            lats.append(lat)
             stems.append(stem)
-            classes.append(stored_class(data, class_index))
         except LatentFitError as e:
             errors.append(str(e))
     space = space or G.default_space
@@ -166,7 +198,8 @@ def read_init(spec: Path, G, space: str, stems: list[str], class_index: int | No
     if not spec.is_dir():
         data = read_latent_file(spec)
         lat = check_compatible(spec, data, G.name, shape, space, G.sha256)
-        return {s: lat for s in stems}, {s: stored_class(data, class_index) for s in stems}, []
+        k = _file_class(spec, data, G, class_index)
+        return {s: lat for s in stems}, {s: k for s in stems}, []
     if stems and not any((spec / f"{s}.npz").exists() for s in stems):
         raise LatentFitError(f"{spec}: no <stem>.npz there matches a target")
     lats, classes, errors = {}, {}, []
@@ -177,7 +210,7 @@ def read_init(spec: Path, G, space: str, stems: list[str], class_index: int | No
                 raise LatentFitError(f"{f}: no start latent for target {s}")
             data = read_latent_file(f)
             lats[s] = check_compatible(f, data, G.name, shape, space, G.sha256)
-            classes[s] = stored_class(data, class_index)
+            classes[s] = _file_class(f, data, G, class_index)
         except LatentFitError as e:
             errors.append(str(e))
     return lats, classes, errors
