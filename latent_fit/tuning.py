@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .errors import ArgumentError, LatentFitError
+from .fields import parse_json, regular_file
 from .generators.base import Generator
 from .images import atomic_write
 from .objective import LPIPS, pixel_mse, psnr, resolve_loss
@@ -329,25 +330,52 @@ def save_tuned(path: str | Path, delta: dict[str, torch.Tensor], G: Generator, s
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def read_tuned(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(Δθ as float32 tensors, metadata with settings and metrics parsed) of a file save_tuned wrote."""
+def read_tuned(path: str | Path, G: Generator | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(Δθ as float32 tensors, metadata with settings and metrics parsed) of a file save_tuned
+    wrote: a regular file, its settings and metrics JSON objects (fields.parse_json), its tensors
+    floats and finite. With G, the file must be tuned from G (same sha256, or same name where G
+    has none) and hold exactly G's tunable weights, shape for shape, checked before any is read."""
     from safetensors import SafetensorError, safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise LatentFitError(f"{path}: tuned-weights file not found")
+    path = regular_file(path, "tuned-weights file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+            meta = _tuned_meta(path, dict(f.metadata() or {}), G)
+            _check_tensors(path, {k: f.get_slice(k) for k in f.keys()}, G)
             delta = {k: f.get_tensor(k).float() for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise LatentFitError(f"{path}: not a .safetensors file ({e})") from None
+    bad = [k for k, d in delta.items() if not torch.isfinite(d).all()]
+    if bad:
+        raise LatentFitError(f"{path}: weight change {bad[0]!r} holds values that are not finite")
+    return delta, meta
+
+
+def _tuned_meta(path: Path, meta: dict[str, str], G: Generator | None) -> dict:
+    """A tuned file's metadata: its FORMAT record and (G given) its generator checked, its
+    settings and metrics parsed."""
     if meta.get("format") != FORMAT:
         raise LatentFitError(f"{path}: not a latent-fit tuned-weights file (no {FORMAT!r} record)")
-    try:
-        meta |= {key: json.loads(meta.get(key, "{}")) for key in ("settings", "metrics")}
-    except ValueError:
-        raise LatentFitError(f"{path}: damaged tuned-weights file (its settings are not JSON)") from None
-    return delta, meta
+    name, sha = meta.get("generator", ""), meta.get("generator_sha256", "")
+    if G is not None and not (sha == G.sha256 if G.sha256 else name == G.name):
+        raise LatentFitError(
+            f"{path}: tuned from generator {name!r} (sha256 {sha[:12] or '-'}), "
+            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
+    return meta | {key: parse_json(meta.get(key, "{}"), f"{path}: {key}") for key in ("settings", "metrics")}
+
+
+def _check_tensors(path: Path, slices: dict, G: Generator | None) -> None:
+    """Refuse tensors that are not floats, or (G given) names or shapes other than G's tunable weights."""
+    for k, sl in slices.items():
+        if sl.get_dtype() not in ("F16", "BF16", "F32", "F64"):
+            raise LatentFitError(f"{path}: weight change {k!r} is {sl.get_dtype()}, not floats")
+    if G is None:
+        return
+    theta0 = tunable(G)
+    bad = sorted(set(slices) ^ set(theta0)) or \
+        [k for k in slices if tuple(slices[k].get_shape()) != tuple(theta0[k].shape)]
+    if bad:
+        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
+                             "load it with the generator it was tuned from")
 
 
 def apply_tuned(G: Generator, path: str | Path) -> Generator:
@@ -364,16 +392,5 @@ def apply_tuned(G: Generator, path: str | Path) -> Generator:
 
 def load_delta(G: Generator, path: str | Path) -> dict[str, torch.Tensor]:
     """The Δθ of a tuned file (float32, on G's device), once checked to be tuned from G and to fit
-    its tunable weights; else one LatentFitError line naming the file."""
-    delta, meta = read_tuned(path)
-    name, sha = meta.get("generator", ""), meta.get("generator_sha256", "")
-    if not (sha == G.sha256 if G.sha256 else name == G.name):
-        raise LatentFitError(
-            f"{path}: tuned from generator {name!r} (sha256 {sha[:12] or '-'}), "
-            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
-    theta0 = tunable(G)
-    bad = sorted(set(delta) ^ set(theta0)) or [k for k in delta if delta[k].shape != theta0[k].shape]
-    if bad:
-        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
-                             "load it with the generator it was tuned from")
-    return {k: d.to(G.device) for k, d in delta.items()}
+    its tunable weights (read_tuned); else one LatentFitError line naming the file."""
+    return {k: d.to(G.device) for k, d in read_tuned(path, G)[0].items()}
