@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LatentFitError
-from .fields import NotJSON, parse_json, regular_file
+from .fields import NotJSON, misfits, parse_json, regular_file
 from .generators.base import Generator
 from .objective import LPIPS, lpips_available, pixel_mse, psnr
 from .outputs import file_sha256
@@ -39,7 +39,6 @@ FORMAT = "latent-fit-encoder/1"
 CARD_TYPES = {"format": str, "generator": str, "generator_sha256": str, "space": str, "architecture": dict}
 MAX_WIDTH = 4096               # channels of a level or of the head in a file (WIDTHS are up to 256, HIDDEN 512)
 MAX_LATENT = 2 ** 24           # elements of a latent (a 1024 px StyleGAN's w+ has 9216)
-FLOATS = ("F16", "BF16", "F32", "F64")   # safetensors dtypes of the weights
 VAL_SEED = 999_999_937         # held-out samples; training seeds are >= 10**10 (see train_seed)
 VAL_SAMPLES = 256
 STAT_SAMPLES = 2000            # prior samples for the output scale
@@ -355,8 +354,7 @@ def _check_shapes(path, arch: dict, slices: dict) -> None:
         parts = dict(zip(("features", "head"), _layers(tuple(arch["widths"]), arch["hidden"], math.prod(shape))))
     want = {f"{part}.{k}": v.shape for part, m in parts.items() for k, v in m.state_dict().items()}
     want |= {"centre": shape, "scale": shape}
-    bad = sorted(set(want) ^ set(slices)) or [k for k in want if slices[k].get_dtype() not in FLOATS
-                                               or tuple(slices[k].get_shape()) != tuple(want[k])]
+    bad = misfits(slices, want)
     if bad:
         raise LatentFitError(f"{path}: tensor {bad[0]!r} does not fit the encoder its architecture describes")
 

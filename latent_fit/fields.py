@@ -1,5 +1,6 @@
 """Checks shared by the readers of latent-fit's own files (latent .npz, direction .npy, tuned and
-encoder .safetensors): regular files only, and JSON text parsed within a size and a nesting depth."""
+encoder .safetensors): regular files only, JSON text parsed within a size and a nesting depth,
+safetensors tensors of the names, shapes and float dtypes a reader expects."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .images import file_problem
 
 MAX_JSON_CHARS = 2 ** 20   # per JSON text: a record, a model card or settings are a few KB
 MAX_JSON_DEPTH = 16        # nested arrays and objects: latent-fit writes at most 3 levels
+FLOATS = ("F16", "BF16", "F32", "F64")   # safetensors dtypes of weights
 
 
 class NotJSON(LatentFitError):
@@ -62,3 +64,12 @@ def _too_deep(value) -> bool:
                 return True
             stack += [(x, depth + 1) for x in (v.values() if isinstance(v, dict) else v)]
     return False
+
+
+def misfits(slices: dict, shapes: dict) -> list[str]:
+    """Sorted names of a safetensors file's tensors (name -> safe_open's get_slice) that are not
+    floats, are missing from or extra to `shapes` (name -> shape), or have another shape there.
+    Only the header is looked at: nothing is read."""
+    return sorted(k for k in set(slices) | set(shapes)
+                  if k not in slices or k not in shapes or slices[k].get_dtype() not in FLOATS
+                  or tuple(slices[k].get_shape()) != tuple(shapes[k]))

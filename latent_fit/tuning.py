@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .errors import ArgumentError, LatentFitError
-from .fields import parse_json, regular_file
+from .fields import FLOATS, misfits, parse_json, regular_file
 from .generators.base import Generator
 from .images import atomic_write
 from .objective import LPIPS, pixel_mse, psnr, resolve_loss
@@ -366,13 +366,9 @@ def _tuned_meta(path: Path, meta: dict[str, str], G: Generator | None) -> dict:
 def _check_tensors(path: Path, slices: dict, G: Generator | None) -> None:
     """Refuse tensors that are not floats, or (G given) names or shapes other than G's tunable weights."""
     for k, sl in slices.items():
-        if sl.get_dtype() not in ("F16", "BF16", "F32", "F64"):
+        if sl.get_dtype() not in FLOATS:
             raise LatentFitError(f"{path}: weight change {k!r} is {sl.get_dtype()}, not floats")
-    if G is None:
-        return
-    theta0 = tunable(G)
-    bad = sorted(set(slices) ^ set(theta0)) or \
-        [k for k in slices if tuple(slices[k].get_shape()) != tuple(theta0[k].shape)]
+    bad = [] if G is None else misfits(slices, {k: v.shape for k, v in tunable(G).items()})
     if bad:
         raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
                              "load it with the generator it was tuned from")
