@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from latent_fit.encoder import FORMAT as ENCODER_FORMAT
 from latent_fit.encoder import Encoder
 from latent_fit.latents import read_latents
+from latent_fit.runs.encoder import read_checkpoint
 from latent_fit.tuning import FORMAT as TUNED_FORMAT
 from latent_fit.tuning import tunable
 from test_hostile import FAST, assert_clean_error, loader  # noqa: F401  (loader: the fixture)
@@ -277,6 +278,23 @@ def test_encoder_files(loader, tmp_path):
         res = run(loader, "project", target, "--encoder", path, "-o", tmp_path / "out", *STEPS)
         assert_lines(res, {path.name: reason})
         assert res["grew_mb"] < 1024, res["grew_mb"]   # nothing of the declared size was allocated
+
+
+SAME = json.dumps({"steps": 2})   # the settings of the run that reads the checkpoint
+
+
+@pytest.mark.parametrize("state, why", [
+    (dict(settings=DEEP), "LatentFitError"), (dict(settings=NESTED), "LatentFitError"),
+    (dict(settings="[]"), "LatentFitError"), (dict(settings=SAME, step="1"), "its step or states are damaged"),
+    (dict(settings=SAME, step=-1), "its step or states are damaged"),
+    (dict(settings=SAME, encoder=[]), "its step or states are damaged")])
+def test_damaged_training_checkpoints_start_over(tmp_path, state, why):
+    """A train-encoder checkpoint is read back by read_checkpoint: a damaged one means starting over."""
+    path = tmp_path / "enc.safetensors.ckpt"
+    torch.save({"step": 1, "encoder": {}, "optimizer": {}} | state, path)
+    said = []
+    assert read_checkpoint(path, SAME, said.append) is None
+    assert said == [f"checkpoint {path} is unreadable ({why}): starting over"]
 
 
 # ---------------------------------------------------------------- the output folder
