@@ -264,7 +264,8 @@ def encoder_cases() -> dict[str, tuple[dict, dict, str]]:
         "foreign": (dict(generator='"other"', generator_sha256=json.dumps("0" * 64)), {},
                     "encoder trained for generator 'other'"),
         "ints": ({}, {"centre": tensors["centre"].int()}, "tensor 'centre' does not fit"),
-        "nan": ({}, {"scale": torch.full_like(tensors["scale"], float("nan"))}, "weights hold values that are not finite"),
+        "nan": ({}, {"scale": torch.full_like(tensors["scale"], float("nan"))},
+                "weights hold values that are not finite"),
     }
 
 
