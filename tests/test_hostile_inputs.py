@@ -1,7 +1,8 @@
 """Hostile per-file inputs of the commands (latent .npz, direction .npy, tuned and encoder
 .safetensors, FIFOs) and a hostile output folder: every case, built here, runs `latent-fit` in a
 child forked from test_hostile's warm loader (a memory cap, a timeout) and ends in one clean error
-line naming the file, while a good file of the same run is still processed."""
+line naming the file, while a good file of the same run is still processed. Two checks of plain
+functions (a stored class, training checkpoints) run in this process."""
 
 import hashlib
 import json
