@@ -18,7 +18,8 @@ from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
 from ..generators.tuned import load_delta
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
-from ..outputs import OutputFolder, Report, Target, by_weights, read_targets, settings_record, tuned_note
+from ..outputs import (OutputFolder, Report, Target, by_weights, claim_outputs, read_targets, settings_record,
+                       tuned_note)
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -38,6 +39,8 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     progress: as for runs.project.project_files. config, changes: as for edit.edit."""
     cfg, folder, rep = edit_config(config, **changes), OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, cfg.space, class_index)
+    kept, clashes = claim_outputs([(t.stem, t.path) for t in targets])
+    targets, rep.errors = [t for t in targets if (t.stem, t.path) in kept], rep.errors + clashes
     cfg = cfg.replace(space=space)
     by_stem = {t.stem: t for t in targets}
     G.class_labels([t.class_index for t in targets], space)   # a missing or wrong class fails before any work
