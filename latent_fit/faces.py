@@ -1,0 +1,445 @@
+"""Whole photos: faces and their landmarks, the generator's own template, alignment and paste-back,
+identity similarity.
+
+Faces are found by dlib (package dlib-bin, Boost licence) with the models that the package
+face-recognition-models (MIT) ships: the MMOD CNN or HOG detector, the 5-point landmark model
+(eye corners and the base of the nose; the 68-point model is not used: its training set excludes
+commercial use) and the 128-D face descriptor. Nothing is downloaded.
+
+Coordinates are continuous pixel coordinates, x right and y down, pixel (i, j) covering
+[i, i+1) x [j, j+1) as in Pillow. Photos are uint8 HWC RGB arrays; crops are float NCHW in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import LatentFitError
+
+LANDMARKS = ("eye 1 outer", "eye 1 inner", "eye 2 outer", "eye 2 inner", "nose base")  # dlib's 5 points
+MIN_FACE = 24          # px: faces whose box side (sqrt of its area) is smaller in the photo are skipped
+WORK_SIDE = 400        # px: the detector sees the photo scaled so that its longer side is this long
+MIN_FOUND = 0.3        # make_template refuses a generator whose samples show a face less often
+TEMPLATE_SAMPLES = 256
+FILL_MODES = ("reflect", "edge", "mean", "constant")
+DEFAULT_FILL = "reflect"
+FEATHER = 0.125        # paste-back: the crop's mask falls from 1 to 0 over this fraction of its side
+INSTALL = "pip install dlib-bin face-recognition-models"
+BUNDLED_TEMPLATES = {  # generator name: (file in weights/, its sha256)
+    "digiface-dcgan64": ("digiface-dcgan64.template.json",
+                         "9ef5cb54b317dabf4c5e570649d2f938c15b5fdcc970f9e5b62f7a8f65644585"),
+}
+MAX_TEMPLATE_BYTES = 1 << 16
+
+
+# --- models ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _models() -> dict:
+    """dlib and its shipped models, loaded once; one line naming the install when missing."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    try:
+        import dlib
+    except ImportError:
+        dlib = None
+    if dlib is None or spec is None:   # located, not imported: its __init__ needs pkg_resources
+        raise LatentFitError(f"face models: dlib or face-recognition-models is not installed; {INSTALL}")
+    where = Path(spec.submodule_search_locations[0]) / "models"
+    try:
+        return {"dlib": dlib, "hog": dlib.get_frontal_face_detector(),
+                "cnn": dlib.cnn_face_detection_model_v1(str(where / "mmod_human_face_detector.dat")),
+                "points": dlib.shape_predictor(str(where / "shape_predictor_5_face_landmarks.dat")),
+                "descriptor": dlib.face_recognition_model_v1(
+                    str(where / "dlib_face_recognition_resnet_model_v1.dat"))}
+    except RuntimeError as e:
+        raise LatentFitError(f"face models in {where}: unreadable ({e}); reinstall face-recognition-models")
+
+
+# --- detection ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Face:
+    """One face in a photo: box (left, top, right, bottom) and landmarks [5, 2] in photo pixels."""
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+
+    @property
+    def size(self) -> float:
+        """Side of the square with the box's area, in photo pixels."""
+        return math.sqrt(max(0.0, (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])))
+
+
+@dataclass(frozen=True)
+class Faces:
+    """The faces found in a photo, largest first, and how many were skipped as smaller than min_size."""
+    faces: list[Face]
+    skipped: int
+
+
+def _check_photo(photo: np.ndarray, what: str = "photo") -> np.ndarray:
+    photo = np.asarray(photo)
+    if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] not in (1, 3) or min(photo.shape[:2]) < 1:
+        raise LatentFitError(f"{what}: need a uint8 HxWx3 (or HxWx1) array, got {photo.dtype} {photo.shape}")
+    return np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
+
+
+def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str = "cnn",
+                 work_side: int = WORK_SIDE) -> Faces:
+    """Faces in a uint8 HWC photo with their 5 landmarks, largest first.
+
+    The detector ("cnn": dlib's MMOD, finds turned faces; "hog": faster, frontal only) sees the
+    photo scaled to `work_side` on its longer side (up for small photos: the generator's 64 px
+    faces are found once upsampled); landmarks are located there too and mapped back. Faces
+    smaller than min_size photo pixels are skipped and counted."""
+    photo = _check_photo(photo)
+    m = _models()
+    if detector not in ("cnn", "hog"):
+        raise LatentFitError(f"detector {detector!r}: choose cnn or hog")
+    s = work_side / max(photo.shape[:2])
+    size = (max(1, round(photo.shape[1] * s)), max(1, round(photo.shape[0] * s)))
+    work = np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC if s > 1 else Image.BOX))
+    sx, sy = size[0] / photo.shape[1], size[1] / photo.shape[0]
+    if detector == "cnn":
+        found = [(d.rect, d.confidence) for d in m["cnn"](work, 0)]
+    else:
+        rects, scores, _ = m["hog"].run(work, 0, 0.0)
+        found = list(zip(rects, scores))
+    faces = []
+    for rect, score in found:
+        pts = m["points"](work, rect)
+        lm = np.array([[p.x + 0.5, p.y + 0.5] for p in pts.parts()]) / (sx, sy)
+        box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], float) / (sx, sy, sx, sy)
+        faces.append(Face(box, lm, float(score)))
+    faces.sort(key=lambda f: -f.size)
+    kept = [f for f in faces if f.size >= min_size]
+    return Faces(kept, len(faces) - len(kept))
+
+
+# --- the template: where the generator puts each landmark -------------------------------------
+
+@dataclass(frozen=True)
+class Template:
+    """Landmarks [5, 2] of the generator's faces in its own pixels (the per-landmark median over
+    its samples), spread [5] (median distance of a sample's landmark to it), radius (95th
+    percentile over samples of the mean landmark distance: the tolerance of is_aligned),
+    found / sampled samples showing a face, and the generator's name and sha256."""
+    landmarks: np.ndarray
+    spread: np.ndarray
+    radius: float
+    resolution: int
+    found: int
+    sampled: int
+    seed: int
+    generator: str
+    generator_sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps({"format": TEMPLATE_FORMAT, "landmark_names": list(LANDMARKS),
+                           "landmarks": np.round(self.landmarks, 4).tolist(),
+                           "spread": np.round(self.spread, 4).tolist(), "radius": round(self.radius, 4),
+                           "resolution": self.resolution, "found": self.found, "sampled": self.sampled,
+                           "seed": self.seed, "generator": self.generator,
+                           "generator_sha256": self.generator_sha256}, indent=1) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        """Of the JSON text (the file's bytes): for records."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+TEMPLATE_FORMAT = "latent-fit-face-template-1"
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """Images [N, C, H, W] in [-1, 1] as uint8 HWC RGB arrays (grayscale repeated)."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    return list(x.permute(0, 2, 3, 1).numpy())
+
+
+def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> np.ndarray:
+    """Landmarks [n, 5, 2] of the largest face in each of n samples of G (NaN where none is
+    found), in G's pixels. Detection by HOG, which is fast and frontal: a template of upright faces."""
+    out = np.full((n, len(LANDMARKS), 2), np.nan)
+    c = G.cycled_labels(n)
+    latents = G.sample(n, seed=seed, c=c)
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            ci = None if c is None else c[i:i + batch]
+            for j, img in enumerate(to_uint8(G.synthesize(latents[i:i + batch], G.default_space, ci))):
+                found = detect_faces(img, min_size=0, detector="hog").faces
+                if found:
+                    out[i + j] = found[0].landmarks
+    return out
+
+
+def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
+    """The template of G from the landmarks of n of its samples; refuses (LatentFitError) a
+    generator whose samples show a face less often than MIN_FOUND."""
+    if n < 8:
+        raise LatentFitError(f"template samples {n}: need at least 8")
+    pts = sample_landmarks(G, n, seed)
+    ok = pts[~np.isnan(pts).any(axis=(1, 2))]
+    if len(ok) < MIN_FOUND * n:
+        raise LatentFitError(f"generator {G.name!r}: a face was found in only {len(ok)} of {n} samples "
+                             f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator")
+    med = np.median(ok, axis=0)
+    dist = np.linalg.norm(ok - med, axis=2)
+    return Template(med, np.median(dist, axis=0), float(np.quantile(dist.mean(1), 0.95)), int(G.resolution),
+                    len(ok), n, seed, G.name, G.sha256)
+
+
+def save_template(template: Template, path: str | Path) -> str:
+    """Write the template's JSON to `path` (atomically); returns its sha256."""
+    from .outputs import atomic_write
+    text = template.to_json()
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return template.sha256
+
+
+def load_template(path: str | Path) -> Template:
+    """A template file, validated (size, format, types, shapes, ranges); one line if it is not one."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise LatentFitError(f"{path}: {path.stat().st_size} bytes, too large for a face template")
+        d = json.loads(path.read_bytes())
+        return _template_from(d)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise LatentFitError(f"{path}: not a readable face template ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise LatentFitError(f"{path}: not a face template ({e})") from None
+
+
+def _template_from(d) -> Template:
+    """The Template of a parsed JSON object; KeyError / TypeError / ValueError naming what is wrong."""
+    if not isinstance(d, dict) or d.get("format") != TEMPLATE_FORMAT:
+        raise ValueError(f"format is not {TEMPLATE_FORMAT}")
+    ints = {k: d[k] for k in ("resolution", "found", "sampled", "seed")}
+    if any(type(v) is not int for v in ints.values()) or not 0 < ints["found"] <= ints["sampled"] \
+            or not 0 < ints["resolution"] <= 8192:
+        raise ValueError("resolution, found, sampled and seed must be integers, 0 < found <= sampled")
+    lm, spread, radius = (_numbers(d[k], shape) for k, shape in
+                          (("landmarks", (len(LANDMARKS), 2)), ("spread", (len(LANDMARKS),)), ("radius", ())))
+    if (lm < 0).any() or (lm > ints["resolution"]).any() or (spread < 0).any() or radius < 0:
+        raise ValueError("landmarks outside the image, or a negative spread")
+    if not all(isinstance(d[k], str) and len(d[k]) <= 256 for k in ("generator", "generator_sha256")):
+        raise ValueError("generator and generator_sha256 must be short strings")
+    return Template(lm, spread, float(radius), ints["resolution"], ints["found"], ints["sampled"],
+                    ints["seed"], d["generator"], d["generator_sha256"])
+
+
+def _numbers(value, shape: tuple) -> np.ndarray:
+    """A JSON list of finite numbers as an array of `shape` (ValueError otherwise)."""
+    a = np.asarray(value)
+    if a.shape != shape or a.dtype.kind not in "iuf" or not np.isfinite(a).all():
+        raise ValueError(f"need finite numbers of shape {list(shape)}, got {str(value)[:40]}")
+    return a.astype(float)
+
+
+def cache_dir() -> Path:
+    """Where templates of generators that ship none are kept: $LATENT_FIT_CACHE/templates, else
+    ~/.cache/latent-fit/templates."""
+    root = os.environ.get("LATENT_FIT_CACHE") or Path.home() / ".cache" / "latent-fit"
+    return Path(root) / "templates"
+
+
+def template_for(G, cache: str | Path | None = None) -> tuple[Template, str | None]:
+    """G's template and a line to show when it had to be made: the shipped file of a bundled
+    generator (checked by sha256), else the cached one (by G.sha256), else made and cached."""
+    from .generators import check_bundled, weights_dir
+    if G.name in BUNDLED_TEMPLATES:
+        file, want = BUNDLED_TEMPLATES[G.name]
+        path = weights_dir() / file
+        check_bundled(path, want)
+        t = load_template(path)
+        if t.generator_sha256 == G.sha256:
+            return t, None
+    folder = Path(cache) if cache is not None else cache_dir()
+    path = folder / f"{G.sha256}.json"
+    if G.sha256 and path.is_file():
+        return load_template(path), None
+    t = make_template(G, n=TEMPLATE_SAMPLES)
+    if not G.sha256:
+        return t, f"made the face template of {G.name!r} from {t.sampled} samples (not cached: no sha256)"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_template(t, path)
+    return t, f"made the face template of {G.name!r} from {t.sampled} samples, cached in {path}"
+
+
+# --- alignment: photo -> crop -------------------------------------------------------------------
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 3x3 similarity (rotation, uniform scale, shift; no reflection) that maps points src
+    [K, 2] onto dst [K, 2] in the least-squares sense (Umeyama 1991)."""
+    ms, md = src.mean(0), dst.mean(0)
+    xs, xd = src - ms, dst - md
+    U, S, Vt = np.linalg.svd(xd.T @ xs / len(src))
+    D = np.diag([1.0, np.sign(np.linalg.det(U) * np.linalg.det(Vt)) or 1.0])
+    R = U @ D @ Vt
+    scale = np.trace(np.diag(S) @ D) / (xs ** 2).sum(1).mean()
+    M = np.eye(3)
+    M[:2, :2], M[:2, 2] = scale * R, md - scale * R @ ms
+    return M
+
+
+def _pad(photo: np.ndarray, pad: int, fill: str) -> np.ndarray:
+    """The photo with `pad` pixels added on each side, filled by `fill` (FILL_MODES)."""
+    width = ((pad, pad), (pad, pad), (0, 0))
+    if fill == "reflect":
+        return np.pad(photo, width, mode="symmetric")
+    if fill == "edge":
+        return np.pad(photo, width, mode="edge")
+    value = photo.reshape(-1, 3).mean(0) if fill == "mean" else np.full(3, 127.5)
+    out = np.empty((photo.shape[0] + 2 * pad, photo.shape[1] + 2 * pad, 3), np.uint8)
+    out[:] = np.round(value).astype(np.uint8)
+    out[pad:pad + photo.shape[0], pad:pad + photo.shape[1]] = photo
+    return out
+
+
+def warp_crop(photo: np.ndarray, M: np.ndarray, size: int, fill: str = DEFAULT_FILL) -> torch.Tensor:
+    """The size x size crop [3, size, size] in [-1, 1] that the photo->crop matrix M sees:
+    resampled bicubically at a supersampled size (at least the photo's own scale), then box-averaged
+    down (antialiased); parts outside the photo filled by `fill` (FILL_MODES)."""
+    if fill not in FILL_MODES:
+        raise LatentFitError(f"fill {fill!r}: choose one of {', '.join(FILL_MODES)}")
+    photo = _check_photo(photo)
+    h, w = photo.shape[:2]
+    ss = int(np.clip(math.ceil(1 / math.sqrt(abs(np.linalg.det(M[:2, :2])))), 2, 32))
+    corners = np.linalg.inv(M) @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]])
+    over = max(0.0, -corners[0].min(), -corners[1].min(), corners[0].max() - w, corners[1].max() - h)
+    pad = math.ceil(over) + 2
+    to_big = np.diag([ss, ss, 1.0]) @ M @ np.array([[1, 0, -pad], [0, 1, -pad], [0, 0, 1]])
+    big = Image.fromarray(_pad(photo, pad, fill)).transform(
+        (size * ss, size * ss), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()), Image.BICUBIC)
+    x = torch.from_numpy(np.array(big.reduce(ss))).permute(2, 0, 1).float()
+    return x / 127.5 - 1
+
+
+def is_aligned(landmarks: np.ndarray, template: Template, tol: float | None = None) -> bool:
+    """Whether landmarks [5, 2] (in an image at the template's resolution) lie where the generator
+    puts them: mean distance to the template's within tol px (default: template.radius, which 95%
+    of the generator's own samples meet)."""
+    d = np.linalg.norm(np.asarray(landmarks, float) - template.landmarks, axis=1).mean()
+    return bool(d <= (template.radius if tol is None else tol))
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """The crops [N, 3, R, R] in [-1, 1] of a photo's faces (largest first), their photo->crop
+    matrices [N, 3, 3], the faces, how many were skipped as small, and whether the photo was
+    already aligned (then its one crop is the photo itself)."""
+    crops: torch.Tensor
+    transforms: np.ndarray
+    faces: list[Face]
+    skipped: int
+    as_is: bool
+
+
+def align_photo(photo: np.ndarray, template: Template, *, fill: str = DEFAULT_FILL,
+                min_size: float = MIN_FACE, detector: str = "cnn") -> Aligned:
+    """Every face of a photo cut out at the template's resolution, its landmarks moved onto the
+    template's. A photo at that resolution whose one face is_aligned is used as it is."""
+    photo = _check_photo(photo)
+    found = detect_faces(photo, min_size=min_size, detector=detector)
+    R = template.resolution
+    if photo.shape[:2] == (R, R) and len(found.faces) == 1 and is_aligned(found.faces[0].landmarks, template):
+        crop = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 127.5 - 1
+        return Aligned(crop[None], np.eye(3)[None], found.faces, found.skipped, True)
+    Ms = [similarity(f.landmarks, template.landmarks) for f in found.faces]
+    crops = [warp_crop(photo, M, R, fill) for M in Ms]
+    return Aligned(torch.stack(crops) if crops else torch.zeros(0, 3, R, R),
+                   np.stack(Ms) if Ms else np.zeros((0, 3, 3)), found.faces, found.skipped, False)
+
+
+# --- paste-back: crop -> photo --------------------------------------------------------------------
+
+def crop_mask(size: int, feather: float = FEATHER) -> np.ndarray:
+    """[size, size] weights of a crop for paste-back: 1 inside, falling linearly to 0 over
+    feather * size pixels at its edges."""
+    x = np.arange(size) + 0.5
+    ramp = np.clip(np.minimum(x, size - x) / max(feather * size, 1e-9), 0, 1)
+    return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
+
+
+def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray,
+               feather: float = FEATHER) -> np.ndarray:
+    """The photo (uint8 HWC, its own size) with each crop [N, C, R, R] in [-1, 1] warped back
+    through the inverse of its photo->crop matrix [N, 3, 3] and blended with crop_mask; pixels
+    where every mask is 0 are the photo's own, unchanged."""
+    photo = _check_photo(photo)
+    out = photo.astype(np.float64)
+    total = np.zeros(photo.shape[:2])
+    for img, M in zip(to_uint8(crops), np.asarray(transforms, float)):
+        R = img.shape[0]
+        box = _footprint(np.linalg.inv(M), R, photo.shape)
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        coeffs = tuple((M @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]]))[:2].ravel())
+        warp = [np.asarray(Image.fromarray(a).transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs, Image.BILINEAR))
+                for a in [crop_mask(R, feather)] + [img[..., k].astype(np.float32) for k in range(3)]]
+        m = warp[0][..., None].astype(np.float64)
+        win = out[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] = win * (1 - m) + np.stack(warp[1:], -1) * m
+        total[y0:y1, x0:x1] += m[..., 0]
+    blended = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return np.where(total[..., None] > 0, blended, photo)
+
+
+def _footprint(inv: np.ndarray, size: int, shape: tuple) -> tuple[int, int, int, int] | None:
+    """The photo-pixel box (x0, y0, x1, y1) covering a size x size crop mapped by inv, clipped
+    to the photo; None when it lies outside."""
+    c = inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]])
+    x0, y0 = max(0, math.floor(c[0].min())), max(0, math.floor(c[1].min()))
+    x1, y1 = min(shape[1], math.ceil(c[0].max())), min(shape[0], math.ceil(c[1].max()))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+# --- identity ---------------------------------------------------------------------------------------
+
+ID_SIDE = 256   # px: images are upsampled to this for the landmarks the descriptor's chips need
+
+
+def face_descriptors(images: torch.Tensor) -> np.ndarray:
+    """dlib's 128-D face descriptor [N, 128] of the largest face of each image [N, C, H, W] in
+    [-1, 1] (NaN rows where no face is found): chips cut by the 5 landmarks, HOG first, MMOD after."""
+    m = _models()
+    out = np.full((len(images), 128), np.nan)
+    for i, img in enumerate(to_uint8(images)):
+        work = np.asarray(Image.fromarray(img).resize((ID_SIDE, ID_SIDE), Image.BICUBIC))
+        found = (detect_faces(work, min_size=0, detector="hog", work_side=ID_SIDE).faces
+                 or detect_faces(work, min_size=0, detector="cnn", work_side=ID_SIDE).faces)
+        if found:
+            f = found[0]
+            rect = m["dlib"].rectangle(*(int(round(v)) for v in f.box - (0, 0, 1, 1)))
+            parts = m["dlib"].points([m["dlib"].point(*(int(v) for v in p)) for p in f.landmarks - 0.5])
+            shape = m["dlib"].full_object_detection(rect, parts)
+            out[i] = np.asarray(m["descriptor"].compute_face_descriptor(work, shape))
+    return out
+
+
+def id_similarity(a_images: torch.Tensor, b_images: torch.Tensor) -> np.ndarray:
+    """Cosine similarity [N] of the face descriptors of a_images[i] and b_images[i] (NaN for a
+    pair where a face is not found; all NaN, with one warning, when the face models cannot load)."""
+    if a_images.shape[0] != b_images.shape[0]:
+        raise LatentFitError(f"id_similarity: {a_images.shape[0]} images against {b_images.shape[0]}")
+    try:
+        a, b = face_descriptors(a_images), face_descriptors(b_images)
+    except LatentFitError as e:
+        warnings.warn(f"identity similarity not measured: {e}", stacklevel=2)
+        return np.full(a_images.shape[0], np.nan)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
