@@ -46,25 +46,36 @@ MAX_TEMPLATE_BYTES = 1 << 16
 
 # --- models ---------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _models() -> dict:
-    """dlib and its shipped models, loaded once; one line naming the install when missing."""
-    spec = importlib.util.find_spec("face_recognition_models")
+MODEL_FILES = {"cnn": "mmod_human_face_detector.dat", "points": "shape_predictor_5_face_landmarks.dat",
+               "descriptor": "dlib_face_recognition_resnet_model_v1.dat"}
+
+
+def _dlib():
+    """The dlib module; one line naming the install when it is missing."""
     try:
         import dlib
     except ImportError:
-        dlib = None
-    if dlib is None or spec is None:   # located, not imported: its __init__ needs pkg_resources
-        raise LatentFitError(f"face models: dlib or face-recognition-models is not installed; {INSTALL}")
-    where = Path(spec.submodule_search_locations[0]) / "models"
+        raise LatentFitError(f"face models: dlib is not installed; {INSTALL}") from None
+    return dlib
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name: str):
+    """One of dlib's face models ("hog", or a key of MODEL_FILES), loaded once, when first needed,
+    from the files that face-recognition-models ships."""
+    dlib = _dlib()
+    if name == "hog":
+        return dlib.get_frontal_face_detector()
+    spec = importlib.util.find_spec("face_recognition_models")   # located, not imported: its
+    if spec is None:                                                 # __init__ needs pkg_resources
+        raise LatentFitError(f"face models: face-recognition-models is not installed; {INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / "models" / MODEL_FILES[name]
+    load = {"cnn": dlib.cnn_face_detection_model_v1, "points": dlib.shape_predictor,
+            "descriptor": dlib.face_recognition_model_v1}[name]
     try:
-        return {"dlib": dlib, "hog": dlib.get_frontal_face_detector(),
-                "cnn": dlib.cnn_face_detection_model_v1(str(where / "mmod_human_face_detector.dat")),
-                "points": dlib.shape_predictor(str(where / "shape_predictor_5_face_landmarks.dat")),
-                "descriptor": dlib.face_recognition_model_v1(
-                    str(where / "dlib_face_recognition_resnet_model_v1.dat"))}
+        return load(str(path))
     except RuntimeError as e:
-        raise LatentFitError(f"face models in {where}: unreadable ({e}); reinstall face-recognition-models")
+        raise LatentFitError(f"{path}: unreadable face model ({e}); reinstall face-recognition-models") from None
 
 
 # --- detection ------------------------------------------------------------------------------
@@ -110,7 +121,6 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
     then missed); landmarks are located there too and mapped back. Faces smaller than min_size
     photo pixels are skipped and counted."""
     photo = _check_photo(photo)
-    m = _models()
     if detector not in DETECTORS:
         raise LatentFitError(f"detector {detector!r}: choose one of {', '.join(DETECTORS)}")
     s = work_side / max(photo.shape[:2])
@@ -119,13 +129,13 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
     sx, sy = size[0] / photo.shape[1], size[1] / photo.shape[0]
     found = []
     if detector != "cnn":
-        rects, scores, _ = m["hog"].run(work, 0, 0.0)
+        rects, scores, _ = _model("hog").run(work, 0, 0.0)
         found = list(zip(rects, scores))
     if detector == "cnn" or (detector == "auto" and not found):
-        found = [(d.rect, d.confidence) for d in m["cnn"](work, 0)]
+        found = [(d.rect, d.confidence) for d in _model("cnn")(work, 0)]
     faces = []
     for rect, score in found:
-        pts = m["points"](work, rect)
+        pts = _model("points")(work, rect)
         lm = np.array([[p.x + 0.5, p.y + 0.5] for p in pts.parts()]) / (sx, sy)
         box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], float) / (sx, sy, sx, sy)
         faces.append(Face(box, lm, float(score)))
@@ -423,17 +433,16 @@ ID_SIDE = 256   # px: images are upsampled to this for the landmarks the descrip
 def face_descriptors(images: torch.Tensor) -> np.ndarray:
     """dlib's 128-D face descriptor [N, 128] of the largest face of each image [N, C, H, W] in
     [-1, 1] (NaN rows where no face is found), on chips cut by its 5 landmarks."""
-    m = _models()
+    dlib, describe = _dlib(), _model("descriptor")
     out = np.full((len(images), 128), np.nan)
     for i, img in enumerate(to_uint8(images)):
         work = np.asarray(Image.fromarray(img).resize((ID_SIDE, ID_SIDE), Image.BICUBIC))
         found = detect_faces(work, min_size=0, work_side=ID_SIDE).faces
         if found:
             f = found[0]
-            rect = m["dlib"].rectangle(*(int(round(v)) for v in f.box - (0, 0, 1, 1)))
-            parts = m["dlib"].points([m["dlib"].point(*(int(v) for v in p)) for p in f.landmarks - 0.5])
-            shape = m["dlib"].full_object_detection(rect, parts)
-            out[i] = np.asarray(m["descriptor"].compute_face_descriptor(work, shape))
+            rect = dlib.rectangle(*(int(round(v)) for v in f.box - (0, 0, 1, 1)))
+            parts = dlib.points([dlib.point(*(int(round(v)) for v in p)) for p in f.landmarks - 0.5])
+            out[i] = np.asarray(describe.compute_face_descriptor(work, dlib.full_object_detection(rect, parts)))
     return out
 
 

@@ -204,9 +204,9 @@ def test_identity_orders_same_person_above_others(aligned, template):
 
 
 def test_identity_is_nan_with_one_warning_without_models(monkeypatch):
-    def missing():
+    def missing(name):
         raise LatentFitError("face models: not installed")
-    monkeypatch.setattr(faces, "_models", missing)
+    monkeypatch.setattr(faces, "_model", missing)
     with pytest.warns(UserWarning, match="not measured") as record:
         s = faces.id_similarity(torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 64))
     assert np.isnan(s).all() and len(record) == 1
