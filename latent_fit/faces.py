@@ -12,6 +12,7 @@ Coordinates are continuous pixel coordinates, x right and y down, pixel (i, j) c
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 from .errors import LatentFitError
+from .images import to_uint8
 
 LANDMARKS = ("eye 1 outer", "eye 1 inner", "eye 2 outer", "eye 2 inner", "nose base")  # dlib's 5 points
 MIN_FACE = 24          # px: faces whose box side (sqrt of its area) is smaller in the photo are skipped
@@ -39,7 +41,7 @@ FEATHER = 0.125        # paste-back: the crop's mask falls from 1 to 0 over this
 INSTALL = "pip install dlib-bin face-recognition-models"
 BUNDLED_TEMPLATES = {  # generator name: (file in weights/, its sha256)
     "digiface-dcgan64": ("digiface-dcgan64.template.json",
-                         "9ef5cb54b317dabf4c5e570649d2f938c15b5fdcc970f9e5b62f7a8f65644585"),
+                         "3f9dac6e342d2083f6f7eff8513326d454665051f6147e6ccf853a5776be1d37"),
 }
 MAX_TEMPLATE_BYTES = 1 << 16
 
@@ -149,10 +151,11 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
 @dataclass(frozen=True)
 class Template:
     """Landmarks [5, 2] of the generator's faces in its own pixels (the per-landmark median over
-    its samples), spread [5] (median distance of a sample's landmark to it), radius (95th
+    its samples), box [4] (the median detector box: left, top, right, bottom), spread [5] (median distance of a sample's landmark to it), radius (95th
     percentile over samples of the mean landmark distance: the tolerance of is_aligned),
     found / sampled samples showing a face, and the generator's name and sha256."""
     landmarks: np.ndarray
+    box: np.ndarray
     spread: np.ndarray
     radius: float
     resolution: int
@@ -164,7 +167,7 @@ class Template:
 
     def to_json(self) -> str:
         return json.dumps({"format": TEMPLATE_FORMAT, "landmark_names": list(LANDMARKS),
-                           "landmarks": np.round(self.landmarks, 4).tolist(),
+                           "landmarks": np.round(self.landmarks, 4).tolist(), "box": np.round(self.box, 4).tolist(),
                            "spread": np.round(self.spread, 4).tolist(), "radius": round(self.radius, 4),
                            "resolution": self.resolution, "found": self.found, "sampled": self.sampled,
                            "seed": self.seed, "generator": self.generator,
@@ -179,17 +182,11 @@ class Template:
 TEMPLATE_FORMAT = "latent-fit-face-template-1"
 
 
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """Images [N, C, H, W] in [-1, 1] as uint8 HWC RGB arrays (grayscale repeated)."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-    return list(x.permute(0, 2, 3, 1).numpy())
-
-
-def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> np.ndarray:
-    """Landmarks [n, 5, 2] of the largest face in each of n samples of G (NaN where none is
-    found), in G's pixels. Detection by HOG, which is fast and frontal: a template of upright faces."""
-    out = np.full((n, len(LANDMARKS), 2), np.nan)
+def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks [n, 5, 2] and boxes [n, 4] of the largest face in each of n samples of G (NaN
+    where none is found), in G's pixels. Detection by HOG, which is fast and frontal: a template of
+    upright faces."""
+    out, boxes = np.full((n, len(LANDMARKS), 2), np.nan), np.full((n, 4), np.nan)
     c = G.cycled_labels(n)
     latents = G.sample(n, seed=seed, c=c)
     with torch.no_grad():
@@ -198,8 +195,8 @@ def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> np.ndarray:
             for j, img in enumerate(to_uint8(G.synthesize(latents[i:i + batch], G.default_space, ci))):
                 found = detect_faces(img, min_size=0, detector="hog").faces
                 if found:
-                    out[i + j] = found[0].landmarks
-    return out
+                    out[i + j], boxes[i + j] = found[0].landmarks, found[0].box
+    return out, boxes
 
 
 def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
@@ -207,15 +204,15 @@ def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
     generator whose samples show a face less often than MIN_FOUND."""
     if n < 8:
         raise LatentFitError(f"template samples {n}: need at least 8")
-    pts = sample_landmarks(G, n, seed)
-    ok = pts[~np.isnan(pts).any(axis=(1, 2))]
+    pts, boxes = sample_landmarks(G, n, seed)
+    ok, boxes = pts[~np.isnan(pts).any(axis=(1, 2))], boxes[~np.isnan(boxes).any(axis=1)]
     if len(ok) < MIN_FOUND * n:
         raise LatentFitError(f"generator {G.name!r}: a face was found in only {len(ok)} of {n} samples "
                              f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator")
     med = np.median(ok, axis=0)
     dist = np.linalg.norm(ok - med, axis=2)
-    return Template(med, np.median(dist, axis=0), float(np.quantile(dist.mean(1), 0.95)), int(G.resolution),
-                    len(ok), n, seed, G.name, G.sha256)
+    return Template(med, np.median(boxes, axis=0), np.median(dist, axis=0), float(np.quantile(dist.mean(1), 0.95)),
+                    int(G.resolution), len(ok), n, seed, G.name, G.sha256)
 
 
 def save_template(template: Template, path: str | Path) -> str:
@@ -248,13 +245,15 @@ def _template_from(d) -> Template:
     if any(type(v) is not int for v in ints.values()) or not 0 < ints["found"] <= ints["sampled"] \
             or not 0 < ints["resolution"] <= 8192:
         raise ValueError("resolution, found, sampled and seed must be integers, 0 < found <= sampled")
-    lm, spread, radius = (_numbers(d[k], shape) for k, shape in
-                          (("landmarks", (len(LANDMARKS), 2)), ("spread", (len(LANDMARKS),)), ("radius", ())))
-    if (lm < 0).any() or (lm > ints["resolution"]).any() or (spread < 0).any() or radius < 0:
-        raise ValueError("landmarks outside the image, or a negative spread")
+    lm, box, spread, radius = (_numbers(d[k], shape) for k, shape in (
+        ("landmarks", (len(LANDMARKS), 2)), ("box", (4,)), ("spread", (len(LANDMARKS),)), ("radius", ())))
+    R = ints["resolution"]
+    if (lm < 0).any() or (lm > R).any() or (spread < 0).any() or radius < 0 or (abs(box) > 2 * R).any() \
+            or box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError("landmarks outside the image, an empty or far box, or a negative spread")
     if not all(isinstance(d[k], str) and len(d[k]) <= 256 for k in ("generator", "generator_sha256")):
         raise ValueError("generator and generator_sha256 must be short strings")
-    return Template(lm, spread, float(radius), ints["resolution"], ints["found"], ints["sampled"],
+    return Template(lm, box, spread, float(radius), ints["resolution"], ints["found"], ints["sampled"],
                     ints["seed"], d["generator"], d["generator_sha256"])
 
 
@@ -330,6 +329,12 @@ def warp_crop(photo: np.ndarray, M: np.ndarray, size: int, fill: str = DEFAULT_F
     """The size x size crop [3, size, size] in [-1, 1] that the photo->crop matrix M sees:
     resampled bicubically at a supersampled size (at least the photo's own scale), then box-averaged
     down (antialiased); parts outside the photo filled by `fill` (FILL_MODES)."""
+    x = torch.from_numpy(_warp(photo, M, size, fill)).permute(2, 0, 1).float()
+    return x / 127.5 - 1
+
+
+def _warp(photo: np.ndarray, M: np.ndarray, size: int, fill: str) -> np.ndarray:
+    """warp_crop as a uint8 HWC array."""
     if fill not in FILL_MODES:
         raise LatentFitError(f"fill {fill!r}: choose one of {', '.join(FILL_MODES)}")
     photo = _check_photo(photo)
@@ -341,8 +346,27 @@ def warp_crop(photo: np.ndarray, M: np.ndarray, size: int, fill: str = DEFAULT_F
     to_big = np.diag([ss, ss, 1.0]) @ M @ np.array([[1, 0, -pad], [0, 1, -pad], [0, 0, 1]])
     big = Image.fromarray(_pad(photo, pad, fill)).transform(
         (size * ss, size * ss), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()), Image.BICUBIC)
-    x = torch.from_numpy(np.array(big.reduce(ss))).permute(2, 0, 1).float()
-    return x / 127.5 - 1
+    return np.array(big.reduce(ss))
+
+
+REFINE_SCALE = 4    # the upright frame of refine_landmarks: the template at 4x its resolution
+REFINE_PASSES = 2
+
+
+def refine_landmarks(photo: np.ndarray, landmarks: np.ndarray, template: Template,
+                     passes: int = REFINE_PASSES) -> np.ndarray:
+    """Landmarks [5, 2] located again in the face's own upright frame: the photo is warped so that
+    the current landmarks fall on the template's (at REFINE_SCALE x its resolution) and the 5-point
+    model runs there on the template's detector box; mapped back. The model then sees the same
+    image whatever the face's turn, size and place (equivariance) and whichever detector found it."""
+    k = REFINE_SCALE
+    rect = _dlib().rectangle(*(int(round(v)) for v in template.box * k - (0, 0, 1, 1)))
+    for _ in range(passes):
+        M = np.diag([k, k, 1.0]) @ similarity(landmarks, template.landmarks)
+        upright = _warp(photo, M, template.resolution * k, "edge")
+        pts = np.array([[p.x + 0.5, p.y + 0.5, 1] for p in _model("points")(upright, rect).parts()])
+        landmarks = (pts @ np.linalg.inv(M).T)[:, :2]
+    return landmarks
 
 
 def is_aligned(landmarks: np.ndarray, template: Template, tol: float | None = None) -> bool:
@@ -367,18 +391,19 @@ class Aligned:
 
 def align_photo(photo: np.ndarray, template: Template, *, fill: str = DEFAULT_FILL,
                 min_size: float = MIN_FACE, detector: str = "auto") -> Aligned:
-    """Every face of a photo cut out at the template's resolution, its landmarks moved onto the
-    template's. A photo at that resolution whose one face is_aligned is used as it is."""
+    """Every face of a photo cut out at the template's resolution, its landmarks (refine_landmarks)
+    moved onto the template's. A photo at that resolution whose one face is_aligned is used as it is."""
     photo = _check_photo(photo)
     found = detect_faces(photo, min_size=min_size, detector=detector)
     R = template.resolution
     if photo.shape[:2] == (R, R) and len(found.faces) == 1 and is_aligned(found.faces[0].landmarks, template):
         crop = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 127.5 - 1
         return Aligned(crop[None], np.eye(3)[None], found.faces, found.skipped, True)
-    Ms = [similarity(f.landmarks, template.landmarks) for f in found.faces]
+    faces = [dataclasses.replace(f, landmarks=refine_landmarks(photo, f.landmarks, template)) for f in found.faces]
+    Ms = [similarity(f.landmarks, template.landmarks) for f in faces]
     crops = [warp_crop(photo, M, R, fill) for M in Ms]
     return Aligned(torch.stack(crops) if crops else torch.zeros(0, 3, R, R),
-                   np.stack(Ms) if Ms else np.zeros((0, 3, 3)), found.faces, found.skipped, False)
+                   np.stack(Ms) if Ms else np.zeros((0, 3, 3)), faces, found.skipped, False)
 
 
 # --- paste-back: crop -> photo --------------------------------------------------------------------
@@ -400,7 +425,7 @@ def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray,
     out = photo.astype(np.float64)
     total = np.zeros(photo.shape[:2])
     for img, M in zip(to_uint8(crops), np.asarray(transforms, float)):
-        R = img.shape[0]
+        img, R = _check_photo(img), img.shape[0]
         box = _footprint(np.linalg.inv(M), R, photo.shape)
         if box is None:
             continue
@@ -436,7 +461,7 @@ def face_descriptors(images: torch.Tensor) -> np.ndarray:
     dlib, describe = _dlib(), _model("descriptor")
     out = np.full((len(images), 128), np.nan)
     for i, img in enumerate(to_uint8(images)):
-        work = np.asarray(Image.fromarray(img).resize((ID_SIDE, ID_SIDE), Image.BICUBIC))
+        work = np.asarray(Image.fromarray(_check_photo(img)).resize((ID_SIDE, ID_SIDE), Image.BICUBIC))
         found = detect_faces(work, min_size=0, work_side=ID_SIDE).faces
         if found:
             f = found[0]

@@ -14,6 +14,7 @@ from PIL import Image
 from latent_fit import faces
 from latent_fit.errors import LatentFitError
 from latent_fit.generators.base import Generator
+from latent_fit.images import to_uint8
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SOURCES = sorted((SAMPLES / "targets").glob("face_*.png")) + [
@@ -106,7 +107,7 @@ def test_an_aligned_generator_sample_is_used_as_is(template):
     img = load(SOURCES[0])
     a = faces.align_photo(img, template)
     assert a.as_is and np.array_equal(a.transforms[0], np.eye(3))
-    assert np.array_equal(faces.to_uint8(a.crops)[0], img)
+    assert np.array_equal(to_uint8(a.crops)[0], img)
     assert faces.is_aligned(a.faces[0].landmarks, template)
     assert not faces.is_aligned(a.faces[0].landmarks + 2 * template.radius, template)
 
@@ -169,7 +170,7 @@ def test_template_file_round_trip_and_validation(template, tmp_path):
     good = json.loads(path.read_text())
     bad = {"not json": "{", "wrong format": {**good, "format": "x"}, "shape": {**good, "landmarks": [[1, 2]]},
            "nan": {**good, "spread": [float("nan")] * 5}, "outside": {**good, "landmarks": [[1e6, 0]] * 5},
-           "types": {**good, "found": "177"}, "counts": {**good, "found": good["sampled"] + 1},
+           "empty box": {**good, "box": [40, 40, 20, 60]}, "types": {**good, "found": "177"}, "counts": {**good, "found": good["sampled"] + 1},
            "missing": {k: v for k, v in good.items() if k != "radius"}, "list": [good]}
     for why, d in bad.items():
         path.write_text(d if isinstance(d, str) else json.dumps(d))
