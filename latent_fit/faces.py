@@ -455,29 +455,36 @@ def _footprint(inv: np.ndarray, size: int, shape: tuple) -> tuple[int, int, int,
 ID_SIDE = 256   # px: images are upsampled to this for the landmarks the descriptor's chips need
 
 
-def face_descriptors(images: torch.Tensor) -> np.ndarray:
+def face_descriptors(images: torch.Tensor, template: Template | None = None) -> np.ndarray:
     """dlib's 128-D face descriptor [N, 128] of the largest face of each image [N, C, H, W] in
-    [-1, 1] (NaN rows where no face is found), on chips cut by its 5 landmarks."""
+    [-1, 1], on chips cut by its 5 landmarks; NaN rows where no face is found. template: the images
+    are crops aligned to it (a projection's crops and results): their landmarks are found from the
+    template's by refine_landmarks, without a detector, so no crop is missed."""
     dlib, describe = _dlib(), _model("descriptor")
     out = np.full((len(images), 128), np.nan)
     for i, img in enumerate(to_uint8(images)):
         work = np.asarray(Image.fromarray(_check_photo(img)).resize((ID_SIDE, ID_SIDE), Image.BICUBIC))
-        found = detect_faces(work, min_size=0, work_side=ID_SIDE).faces
-        if found:
-            f = found[0]
-            rect = dlib.rectangle(*(int(round(v)) for v in f.box - (0, 0, 1, 1)))
-            parts = dlib.points([dlib.point(*(int(round(v)) for v in p)) for p in f.landmarks - 0.5])
-            out[i] = np.asarray(describe.compute_face_descriptor(work, dlib.full_object_detection(rect, parts)))
+        if template is not None:
+            lm = refine_landmarks(work, template.landmarks * ID_SIDE / template.resolution, template)
+        else:
+            found = detect_faces(work, min_size=0, work_side=ID_SIDE).faces
+            if not found:
+                continue
+            lm = found[0].landmarks
+        rect = dlib.rectangle(*(int(v) for v in np.r_[lm.min(0), lm.max(0)]))
+        parts = dlib.points([dlib.point(*(int(round(v)) for v in p)) for p in lm - 0.5])
+        out[i] = np.asarray(describe.compute_face_descriptor(work, dlib.full_object_detection(rect, parts)))
     return out
 
 
-def id_similarity(a_images: torch.Tensor, b_images: torch.Tensor) -> np.ndarray:
+def id_similarity(a_images: torch.Tensor, b_images: torch.Tensor, template: Template | None = None) -> np.ndarray:
     """Cosine similarity [N] of the face descriptors of a_images[i] and b_images[i] (NaN for a
-    pair where a face is not found; all NaN, with one warning, when the face models cannot load)."""
+    pair where a face is not found; all NaN, with one warning, when the face models cannot load).
+    template: all images are crops aligned to it (see face_descriptors)."""
     if a_images.shape[0] != b_images.shape[0]:
         raise LatentFitError(f"id_similarity: {a_images.shape[0]} images against {b_images.shape[0]}")
     try:
-        a, b = face_descriptors(a_images), face_descriptors(b_images)
+        a, b = face_descriptors(a_images, template), face_descriptors(b_images, template)
     except LatentFitError as e:
         warnings.warn(f"identity similarity not measured: {e}", stacklevel=2)
         return np.full(a_images.shape[0], np.nan)

@@ -45,7 +45,7 @@ def main():
             al = faces.align_photo(p, T)
             t_align.append(time.perf_counter() - t0)
             rows[name].append(psnr(base.crops[0], al.crops[0]) if len(al.faces) else float("nan"))
-            same += list(faces.id_similarity(base.crops[:1], al.crops[:1])) if len(al.faces) else []
+            same += list(faces.id_similarity(base.crops[:1], al.crops[:1], T)) if len(al.faces) else []
             t0 = time.perf_counter()
             faces.paste_back(p, al.crops, al.transforms)
             t_paste.append(time.perf_counter() - t0)
@@ -58,10 +58,10 @@ def main():
           f"paste-back: median {np.median(t_paste) * 1000:.0f} ms")
     i, j = np.triu_indices(len(bases), 1)
     b = torch.stack(bases)
-    other = faces.id_similarity(b[i], b[j])
+    other = faces.id_similarity(b[i], b[j], T)
     with torch.no_grad():
         x = G.synthesize(G.sample(32, seed=1))
-    samples = faces.id_similarity(x[:16], x[16:])
+    samples = faces.id_similarity(x[:16], x[16:], T)
     for what, v in (("same face", same), ("different photos", other), ("different generator samples", samples)):
         v = np.asarray(v)
         print(f"id_similarity, {what}: n {np.isfinite(v).sum()} (+{np.isnan(v).sum()} no face), "

@@ -197,11 +197,14 @@ def test_cli_writes_a_template(cli, tmp_path):
     assert t.sampled == 8 and t.sha256 in r.output
 
 
-def test_identity_orders_same_person_above_others(aligned, template):
-    same = faces.id_similarity(aligned["upright"].crops, aligned["rot+20"].crops)
+@pytest.mark.parametrize("given_template", [False, True])
+def test_identity_orders_same_person_above_others(aligned, template, given_template):
+    t = template if given_template else None   # with it, the crops need no detector
+    same = faces.id_similarity(aligned["upright"].crops, aligned["rot+20"].crops, t)
     others = faces.id_similarity(aligned["upright"].crops.expand(3, -1, -1, -1),
-                                 torch.cat([aligned[k].crops for k in ("rot-20", "moved", "scale0.5")]))
+                                 torch.cat([aligned[k].crops for k in ("rot-20", "moved", "scale0.5")]), t)
     assert same[0] > np.nanmax(others)
+    assert np.isfinite(others).all() or not given_template
 
 
 def test_identity_is_nan_with_one_warning_without_models(monkeypatch):
