@@ -36,13 +36,14 @@ WORK_SIDE = 400        # px: the detector sees the photo scaled so that its long
 MIN_FOUND = 0.3        # make_template refuses a generator whose samples show a face less often
 TEMPLATE_SAMPLES = 256
 FILL_MODES = ("reflect", "edge", "mean", "constant")
-DEFAULT_FILL = "edge"         # measured best of FILL_MODES (NOTES-h-faces.md, samples/measure_fill.py)
+DEFAULT_FILL = "edge"  # measured best of FILL_MODES (NOTES-h-faces.md, samples/measure_fill.py)
 FEATHER = 0.125        # paste-back: the crop's mask falls from 1 to 0 over this fraction of its side
 INSTALL = "pip install dlib-bin face-recognition-models"
 BUNDLED_TEMPLATES = {  # generator name: (file in weights/, its sha256)
     "digiface-dcgan64": ("digiface-dcgan64.template.json",
                          "3f9dac6e342d2083f6f7eff8513326d454665051f6147e6ccf853a5776be1d37"),
 }
+TEMPLATE_FORMAT = "latent-fit-face-template-1"
 MAX_TEMPLATE_BYTES = 1 << 16
 
 
@@ -102,10 +103,11 @@ class Faces:
     skipped: int
 
 
-def _check_photo(photo: np.ndarray, what: str = "photo") -> np.ndarray:
+def _check_photo(photo: np.ndarray) -> np.ndarray:
+    """A uint8 HWC RGB array (grayscale repeated), or one line saying what it is instead."""
     photo = np.asarray(photo)
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] not in (1, 3) or min(photo.shape[:2]) < 1:
-        raise LatentFitError(f"{what}: need a uint8 HxWx3 (or HxWx1) array, got {photo.dtype} {photo.shape}")
+        raise LatentFitError(f"photo: need a uint8 HxWx3 (or HxWx1) array, got {photo.dtype} {photo.shape}")
     return np.repeat(photo, 3, axis=2) if photo.shape[2] == 1 else photo
 
 
@@ -151,9 +153,10 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
 @dataclass(frozen=True)
 class Template:
     """Landmarks [5, 2] of the generator's faces in its own pixels (the per-landmark median over
-    its samples), box [4] (the median detector box: left, top, right, bottom), spread [5] (median distance of a sample's landmark to it), radius (95th
-    percentile over samples of the mean landmark distance: the tolerance of is_aligned),
-    found / sampled samples showing a face, and the generator's name and sha256."""
+    its samples), box [4] (the median detector box: left, top, right, bottom), spread [5] (median
+    distance of a sample's landmark to it), radius (95th percentile over samples of the mean
+    landmark distance: the tolerance of is_aligned), found / sampled samples showing a face, the
+    samples' seed, and the generator's name and sha256."""
     landmarks: np.ndarray
     box: np.ndarray
     spread: np.ndarray
@@ -177,9 +180,6 @@ class Template:
     def sha256(self) -> str:
         """Of the JSON text (the file's bytes): for records."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-
-TEMPLATE_FORMAT = "latent-fit-face-template-1"
 
 
 def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -311,18 +311,13 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return M
 
 
-def _pad(photo: np.ndarray, pad: int, fill: str) -> np.ndarray:
-    """The photo with `pad` pixels added on each side, filled by `fill` (FILL_MODES)."""
-    width = ((pad, pad), (pad, pad), (0, 0))
-    if fill == "reflect":
-        return np.pad(photo, width, mode="symmetric")
-    if fill == "edge":
-        return np.pad(photo, width, mode="edge")
-    value = photo.reshape(-1, 3).mean(0) if fill == "mean" else np.full(3, 127.5)
-    out = np.empty((photo.shape[0] + 2 * pad, photo.shape[1] + 2 * pad, 3), np.uint8)
-    out[:] = np.round(value).astype(np.uint8)
-    out[pad:pad + photo.shape[0], pad:pad + photo.shape[1]] = photo
-    return out
+def _pad(part: np.ndarray, width: tuple, fill: str, mean: np.ndarray | None) -> np.ndarray:
+    """A part of a photo padded by width ((top, bottom), (left, right), (0, 0)) pixels, filled by
+    `fill` (FILL_MODES; "mean": the photo's mean colour, given)."""
+    if fill in ("reflect", "edge"):
+        return np.pad(part, width, mode="symmetric" if fill == "reflect" else "edge")
+    value = np.round(mean if fill == "mean" else np.full(3, 127.5)).astype(np.uint8)
+    return np.stack([np.pad(part[..., k], width[:2], constant_values=value[k]) for k in range(3)], -1)
 
 
 def warp_crop(photo: np.ndarray, M: np.ndarray, size: int, fill: str = DEFAULT_FILL) -> torch.Tensor:
@@ -340,11 +335,15 @@ def _warp(photo: np.ndarray, M: np.ndarray, size: int, fill: str) -> np.ndarray:
     photo = _check_photo(photo)
     h, w = photo.shape[:2]
     ss = int(np.clip(math.ceil(1 / math.sqrt(abs(np.linalg.det(M[:2, :2])))), 2, 32))
-    corners = np.linalg.inv(M) @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]])
-    over = max(0.0, -corners[0].min(), -corners[1].min(), corners[0].max() - w, corners[1].max() - h)
-    pad = math.ceil(over) + 2
-    to_big = np.diag([ss, ss, 1.0]) @ M @ np.array([[1, 0, -pad], [0, 1, -pad], [0, 0, 1]])
-    big = Image.fromarray(_pad(photo, pad, fill)).transform(
+    c = _corners(np.linalg.inv(M), size)
+    x0, y0 = math.floor(c[0].min()) - 2, math.floor(c[1].min()) - 2
+    x1, y1 = math.ceil(c[0].max()) + 2, math.ceil(c[1].max()) + 2
+    xa, ya = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)   # the photo's part under the crop
+    xb, yb = max(min(x1, w), xa + 1), max(min(y1, h), ya + 1)  # (one pixel at least), padded
+    width = ((max(0, ya - y0), max(0, y1 - yb)), (max(0, xa - x0), max(0, x1 - xb)), (0, 0))
+    part = _pad(photo[ya:yb, xa:xb], width, fill, photo.reshape(-1, 3).mean(0) if fill == "mean" else None)
+    to_big = np.diag([ss, ss, 1.0]) @ M @ np.array([[1, 0, xa - width[1][0]], [0, 1, ya - width[0][0]], [0, 0, 1]])
+    big = Image.fromarray(part).transform(
         (size * ss, size * ss), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()), Image.BICUBIC)
     return np.array(big.reduce(ss))
 
@@ -441,10 +440,15 @@ def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray,
     return np.where(total[..., None] > 0, blended, photo)
 
 
+def _corners(inv: np.ndarray, size: int) -> np.ndarray:
+    """[2, 4] photo coordinates of the corners of a size x size crop mapped by inv (crop->photo)."""
+    return (inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]]))[:2]
+
+
 def _footprint(inv: np.ndarray, size: int, shape: tuple) -> tuple[int, int, int, int] | None:
     """The photo-pixel box (x0, y0, x1, y1) covering a size x size crop mapped by inv, clipped
     to the photo; None when it lies outside."""
-    c = inv @ np.array([[0, size, 0, size], [0, 0, size, size], [1, 1, 1, 1]])
+    c = _corners(inv, size)
     x0, y0 = max(0, math.floor(c[0].min())), max(0, math.floor(c[1].min()))
     x1, y1 = min(shape[1], math.ceil(c[0].max())), min(shape[0], math.ceil(c[1].max()))
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None

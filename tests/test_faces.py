@@ -214,3 +214,19 @@ def test_identity_is_nan_with_one_warning_without_models(monkeypatch):
     with pytest.warns(UserWarning, match="not measured") as record:
         s = faces.id_similarity(torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 64))
     assert np.isnan(s).all() and len(record) == 1
+
+
+def test_a_crop_depends_only_on_the_photo_under_it():
+    """A crop inside the photo is the same wherever the photo sits on a larger canvas; parts outside
+    the photo are filled from its edge."""
+    rng = np.random.default_rng(2)
+    photo = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    big = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    big[100:190, 150:270] = photo
+    M = faces.similarity(np.array([[30.0, 20], [70, 25], [50, 60]]), np.array([[10.0, 10], [50, 10], [30, 50]]))
+    moved = M @ np.array([[1, 0, -150], [0, 1, -100], [0, 0, 1.0]])
+    assert torch.equal(faces.warp_crop(photo, M, 64), faces.warp_crop(big, moved, 64))
+    edge = faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, "edge")   # 40 px left of it
+    assert torch.equal(edge[:, :, :38], edge[:, :, :1].expand(-1, -1, 38))
+    for fill in faces.FILL_MODES:
+        assert faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, fill).shape == (3, 64, 64)
