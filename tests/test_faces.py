@@ -17,8 +17,8 @@ from latent_fit.generators.base import Generator
 from latent_fit.images import to_uint8
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-SOURCES = sorted((SAMPLES / "targets").glob("face_*.png")) + [
-    SAMPLES / "targets" / "astronaut.png", SAMPLES / "photos" / "grace_hopper.png", SAMPLES / "photos" / "cameraman.png"]
+SOURCES = sorted((SAMPLES / "targets").glob("face_*.png")) + [SAMPLES / "targets" / "astronaut.png"] + [
+    SAMPLES / "photos" / name for name in ("grace_hopper.png", "cameraman.png")]
 
 
 def place(face: np.ndarray, size: tuple[int, int], *, angle: float = 0.0, side: float = 256,
@@ -170,7 +170,8 @@ def test_template_file_round_trip_and_validation(template, tmp_path):
     good = json.loads(path.read_text())
     bad = {"not json": "{", "wrong format": {**good, "format": "x"}, "shape": {**good, "landmarks": [[1, 2]]},
            "nan": {**good, "spread": [float("nan")] * 5}, "outside": {**good, "landmarks": [[1e6, 0]] * 5},
-           "empty box": {**good, "box": [40, 40, 20, 60]}, "types": {**good, "found": "177"}, "counts": {**good, "found": good["sampled"] + 1},
+           "empty box": {**good, "box": [40, 40, 20, 60]}, "types": {**good, "found": "177"},
+           "counts": {**good, "found": good["sampled"] + 1},
            "missing": {k: v for k, v in good.items() if k != "radius"}, "list": [good]}
     for why, d in bad.items():
         path.write_text(d if isinstance(d, str) else json.dumps(d))
@@ -230,3 +231,15 @@ def test_a_crop_depends_only_on_the_photo_under_it():
     assert torch.equal(edge[:, :, :38], edge[:, :, :1].expand(-1, -1, 38))
     for fill in faces.FILL_MODES:
         assert faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, fill).shape == (3, 64, 64)
+
+
+def test_the_whole_sample_photo_goes_in_and_out(template):
+    """samples/photos/grace_hopper_whole.png, uncropped: one face found, cut, pasted back."""
+    photo = load(SAMPLES / "photos" / "grace_hopper_whole.png")
+    a = faces.align_photo(photo, template)
+    assert len(a.faces) == 1 and a.skipped == 0 and not a.as_is and a.crops.shape == (1, 3, 64, 64)
+    out = faces.paste_back(photo, a.crops, a.transforms)
+    changed = (out != photo).any(-1)
+    x0, y0, x1, y1 = a.faces[0].box
+    assert changed.shape == photo.shape[:2] and changed[int(y0):int(y1), int(x0):int(x1)].mean() > 0.5
+    assert not changed[:, :int(x0) - 60].any() and not changed[int(y1) + 80:].any()
