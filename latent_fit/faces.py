@@ -35,13 +35,14 @@ MIN_FACE = 24          # px: faces whose box side (sqrt of its area) is smaller 
 WORK_SIDE = 400        # px: the detector sees the photo scaled so that its longer side is this long
 MIN_FOUND = 0.3        # make_template refuses a generator whose samples show a face less often
 TEMPLATE_SAMPLES = 256
+ALIGNED_QUANTILE = 0.99  # template.radius: this quantile of the samples' mean landmark distance
 FILL_MODES = ("reflect", "edge", "mean", "constant")
 DEFAULT_FILL = "edge"  # measured best of FILL_MODES (NOTES-h-faces.md, samples/measure_fill.py)
 FEATHER = 0.125        # paste-back: the crop's mask falls from 1 to 0 over this fraction of its side
 INSTALL = "pip install dlib-bin face-recognition-models"
 BUNDLED_TEMPLATES = {  # generator name: (file in weights/, its sha256)
     "digiface-dcgan64": ("digiface-dcgan64.template.json",
-                         "3f9dac6e342d2083f6f7eff8513326d454665051f6147e6ccf853a5776be1d37"),
+                         "d998529cd65ffef286d72841d0305c46291e33e887509416f821ebd2b556e7c9"),
 }
 TEMPLATE_FORMAT = "latent-fit-face-template-1"
 MAX_TEMPLATE_BYTES = 1 << 16
@@ -154,7 +155,7 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
 class Template:
     """Landmarks [5, 2] of the generator's faces in its own pixels (the per-landmark median over
     its samples), box [4] (the median detector box: left, top, right, bottom), spread [5] (median
-    distance of a sample's landmark to it), radius (95th percentile over samples of the mean
+    distance of a sample's landmark to it), radius (99th percentile over samples of the mean
     landmark distance: the tolerance of is_aligned), found / sampled samples showing a face, the
     samples' seed, and the generator's name and sha256."""
     landmarks: np.ndarray
@@ -211,8 +212,9 @@ def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
                              f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator")
     med = np.median(ok, axis=0)
     dist = np.linalg.norm(ok - med, axis=2)
-    return Template(med, np.median(boxes, axis=0), np.median(dist, axis=0), float(np.quantile(dist.mean(1), 0.95)),
-                    int(G.resolution), len(ok), n, seed, G.name, G.sha256)
+    radius = float(np.quantile(dist.mean(1), ALIGNED_QUANTILE))
+    return Template(med, np.median(boxes, axis=0), np.median(dist, axis=0), radius, int(G.resolution),
+                    len(ok), n, seed, G.name, G.sha256)
 
 
 def save_template(template: Template, path: str | Path) -> str:
@@ -370,8 +372,8 @@ def refine_landmarks(photo: np.ndarray, landmarks: np.ndarray, template: Templat
 
 def is_aligned(landmarks: np.ndarray, template: Template, tol: float | None = None) -> bool:
     """Whether landmarks [5, 2] (in an image at the template's resolution) lie where the generator
-    puts them: mean distance to the template's within tol px (default: template.radius, which 95%
-    of the generator's own samples meet)."""
+    puts them: mean distance to the template's within tol px (default: template.radius, which 99%
+    of the generator's own samples meet: an image framed as the generator frames its faces)."""
     d = np.linalg.norm(np.asarray(landmarks, float) - template.landmarks, axis=1).mean()
     return bool(d <= (template.radius if tol is None else tol))
 
@@ -380,7 +382,8 @@ def is_aligned(landmarks: np.ndarray, template: Template, tol: float | None = No
 class Aligned:
     """The crops [N, 3, R, R] in [-1, 1] of a photo's faces (largest first), their photo->crop
     matrices [N, 3, 3], the faces, how many were skipped as small, and whether the photo was
-    already aligned (then its one crop is the photo itself)."""
+    used as it is (then its one crop is the photo itself, with the identity matrix, and faces
+    holds the one face found in it or none)."""
     crops: torch.Tensor
     transforms: np.ndarray
     faces: list[Face]
@@ -391,14 +394,16 @@ class Aligned:
 def align_photo(photo: np.ndarray, template: Template, *, fill: str = DEFAULT_FILL,
                 min_size: float = MIN_FACE, detector: str = "auto") -> Aligned:
     """Every face of a photo cut out at the template's resolution, its landmarks (refine_landmarks)
-    moved onto the template's. A photo at that resolution whose one face is_aligned is used as it is."""
+    moved onto the template's. A photo at that resolution is used as it is when its one face
+    is_aligned, or when no face is found in it (as before faces were looked for: the generator's
+    own samples keep their latents)."""
     photo = _check_photo(photo)
     found = detect_faces(photo, min_size=min_size, detector=detector)
-    R = template.resolution
-    if photo.shape[:2] == (R, R) and len(found.faces) == 1 and is_aligned(found.faces[0].landmarks, template):
-        crop = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 127.5 - 1
-        return Aligned(crop[None], np.eye(3)[None], found.faces, found.skipped, True)
     faces = [dataclasses.replace(f, landmarks=refine_landmarks(photo, f.landmarks, template)) for f in found.faces]
+    R = template.resolution
+    if photo.shape[:2] == (R, R) and (not faces or len(faces) == 1 and is_aligned(faces[0].landmarks, template)):
+        crop = torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 127.5 - 1
+        return Aligned(crop[None], np.eye(3)[None], faces, found.skipped, True)
     Ms = [similarity(f.landmarks, template.landmarks) for f in faces]
     crops = [warp_crop(photo, M, R, fill) for M in Ms]
     return Aligned(torch.stack(crops) if crops else torch.zeros(0, 3, R, R),
