@@ -267,14 +267,14 @@ def _numbers(value, shape: tuple) -> np.ndarray:
     return a.astype(float)
 
 
-def cache_dir() -> Path:
+def default_cache_dir() -> Path:
     """Where templates of generators that ship none are kept: $LATENT_FIT_CACHE/templates, else
     ~/.cache/latent-fit/templates."""
     root = os.environ.get("LATENT_FIT_CACHE") or Path.home() / ".cache" / "latent-fit"
     return Path(root) / "templates"
 
 
-def template_for(G, cache: str | Path | None = None) -> tuple[Template, str | None]:
+def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str | None]:
     """G's template and a line to show when it had to be made: the shipped file of a bundled
     generator (checked by sha256), else the cached one (by G.sha256), else made and cached."""
     from .generators import check_bundled, weights_dir
@@ -285,7 +285,7 @@ def template_for(G, cache: str | Path | None = None) -> tuple[Template, str | No
         t = load_template(path)
         if t.generator_sha256 == G.sha256:
             return t, None
-    folder = Path(cache) if cache is not None else cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"{G.sha256}.json"
     if G.sha256 and path.is_file():
         return load_template(path), None

@@ -188,9 +188,10 @@ def test_template_file_round_trip_and_validation(template, tmp_path):
 def test_template_for_other_generators_is_made_once_and_cached(G, tmp_path, monkeypatch):
     monkeypatch.setattr(faces, "TEMPLATE_SAMPLES", 12)
     monkeypatch.setattr(G, "sha256", "other-weights")   # a tuned copy: not the shipped template's generator
-    t, said = faces.template_for(G, tmp_path)
-    assert said and "12 samples" in said and (tmp_path / "other-weights.json").is_file()
-    again, said = faces.template_for(G, tmp_path)
+    monkeypatch.setenv("LATENT_FIT_CACHE", str(tmp_path))
+    t, said = faces.template_for(G)
+    assert said and "12 samples" in said and (tmp_path / "templates" / "other-weights.json").is_file()
+    again, said = faces.template_for(G, cache_dir=tmp_path / "templates")
     assert said is None and again.sha256 == t.sha256
 
 
