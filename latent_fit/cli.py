@@ -258,7 +258,6 @@ def generators():
                    f"sha256 {G.sha256[:12]}")
 
 
-
 @main.command("template")
 @generator_options
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -273,6 +272,7 @@ def template_command(generator, network_key, latent_dim, device, out, samples, s
     sha = save_template(t, out)
     click.echo(f"face template of {G.name!r}: a face in {t.found} of {t.sampled} samples, "
                f"radius {t.radius:.2f} px, sha256 {sha} -> {out}")
+
 
 # --- the shared epilogue and helpers ----------------------------------------------------------
 
