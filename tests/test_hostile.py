@@ -60,7 +60,6 @@ from latent_fit.generators.tuned import read_tuned
 def no_programs(*args, **kwargs):   # a load must start no program (Pillow runs Ghostscript for EPS)
     print("PAYLOAD-RAN: a program was started:", args, flush=True)
     raise OSError("no program may be started here")
-subprocess.Popen = no_programs
 
 def vm(key="VmSize"):
     return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
@@ -102,6 +101,8 @@ for line in sys.stdin:
     if pid == 0:
         fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1), os.dup2(fd, 2)
+        if req["kind"] != "cli":   # a command may run ffmpeg for its videos; a load runs nothing
+            subprocess.Popen = no_programs
         try:
             res = {"outcome": "ok", "value": summary(LOAD[req["kind"]](req["path"], req["options"]))}
         except LatentFitError as e:
