@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
 import re
 import zipfile
 import zlib
@@ -113,7 +114,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise LatentFitError(f"{path}: cannot read the latent file ({e.strerror or e})") from None
     except LatentFitError as e:
         raise LatentFitError(f"{path}: not a latent .npz file ({e})") from None
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, NotImplementedError, RuntimeError,
+            SyntaxError, tokenize.TokenError) as e:   # the last two: a .npy header numpy cannot parse
         raise LatentFitError(f"{path}: not a latent .npz file ({' '.join(str(e).split())})") from None
 
 
