@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from ..config import Config, edit_config
-from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, linear_boundary, mean_difference,
-                    pca_directions, render, render_path)
+from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, interpolate_noise, linear_boundary,
+                    mean_difference, pca_directions, render, render_path)
 from ..errors import ArgumentError, LatentFitError
 from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
 from ..generators.tuned import load_delta
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
-from ..outputs import OutputFolder, Report, Target, by_weights, read_targets, settings_record, tuned_note
+from ..outputs import OutputFolder, Report, Target, by_weights, read_targets, settings_record, target_noise, tuned_note
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -69,7 +69,7 @@ def _edit_chunk(G: Generator, folder: OutputFolder, rep: Report, cfg: Config, ch
     req = torch.stack([requests[s][0] for s in names])
     mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
     c = G.class_labels([t.class_index for t in chunk], cfg.space)
-    res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, progress=progress)
+    res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, noise=_noise(G, chunk), progress=progress)
     req = req.to(res.before)
     painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
     before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
@@ -87,6 +87,12 @@ def _latents(targets: list[Target]) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.latent for t in targets]))
 
 
+def _noise(G: Generator, targets: list[Target], repeat: int = 1) -> list[torch.Tensor] | None:
+    """The targets' noise maps (outputs.target_noise), each row repeated `repeat` times."""
+    maps = target_noise(G, targets)
+    return None if maps is None else [torch.from_numpy(m).repeat_interleave(repeat, 0) for m in maps]
+
+
 def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
     """stem -> what of a masked edit's inputs is that latent's own: its values, its class, its
     request and mask files and its tuned weights (by sha256)."""
@@ -100,7 +106,9 @@ def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
 
     def inputs(stem: str) -> dict:
         t = targets[stem]
+        noise = b"".join(m.tobytes() for m in t.noise or [])
         return {"latent_sha256": hashlib.sha256(t.latent.tobytes()).hexdigest(), "class_index": t.class_index,
+                "noise_sha256": hashlib.sha256(noise).hexdigest() if noise else None,
                 "request": own(request, stem), "mask": own(mask, stem), "tuned": input_sha256(t.weights)}
     return inputs
 
@@ -154,12 +162,13 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
 def _render(G: Generator, targets: list[Target], latents: torch.Tensor, space: str, c: torch.Tensor | None,
             errors: list[str], batch_size: int) -> dict[str, torch.Tensor]:
     """stem -> images [R, C, H, W] of its row of `latents` [N, R, *shape] (c: [N, R, c_dim] or
-    None), rendered with its weights (outputs.by_weights: one batched render per weights)."""
+    None), rendered with its weights and noise maps (outputs.by_weights: one batched render per
+    weights)."""
     row, images = {t.stem: i for i, t in enumerate(targets)}, {}
     for _, _, Gk, chunk in by_weights(G, targets, max(1, len(targets)), errors):
         idx = [row[t.stem] for t in chunk]
         cc = None if c is None else c[idx].flatten(0, 1)
-        out = render(Gk, latents[idx].flatten(0, 1), space, cc, batch_size=batch_size)
+        out = render(Gk, latents[idx].flatten(0, 1), space, cc, batch_size, _noise(Gk, chunk, latents.shape[1]))
         images |= dict(zip([t.stem for t in chunk], out.view(len(chunk), latents.shape[1], *out.shape[1:])))
     return images
 
@@ -209,7 +218,8 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
                       class_index: int | None = None, batch_size: int = 64) -> Report:
     """Interpolate along the path through the latent files (in order), every mode and segment in
     one batched render; a conditional generator in z renders one class (class_index, else the
-    one the files share). Latents made by `project --tune` bring their tuned weights: a segment
+    one the files share). StyleGAN noise maps stored in the files are interpolated by the same
+    rule as the latents (edit.interpolate_noise). Latents made by `project --tune` bring their tuned weights: a segment
     with a tuned end blends the ends' weight changes as it blends the latents (edit.render_path).
     A latent whose tuned weights are missing or do not fit G is an error line and left out of the
     path. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
@@ -227,8 +237,11 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
                              + (f" ({'; '.join(rep.errors)})" if rep.errors else ""))
     lats = _latents(kept)
     path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])   # [M, P, F, *s]
+    ends = _noise(G, kept)
+    noise = None if ends is None else [torch.stack(maps) for maps in zip(
+        *[interpolate_noise([e[:-1] for e in ends], [e[1:] for e in ends], frames, m) for m in modes])]
     c = G.class_vector(_one_class(G, space, kept), space)
-    images = to_uint8(render_path(G, path, deltas, space, c, batch_size).flatten(0, 2))
+    images = to_uint8(render_path(G, path, deltas, space, c, batch_size, noise).flatten(0, 2))
     images = images.reshape(len(modes), len(kept) - 1, frames, *images.shape[1:])
     for mode, segs in zip(modes, images):
         save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")
