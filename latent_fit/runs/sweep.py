@@ -61,17 +61,17 @@ def _open(G: Generator, specs: list[str], out: Path, init, mask, class_index, co
     return folder, rep, loaded
 
 
-def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, starts: dict[str, Target] | None,
+def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, inits: dict[str, Target] | None,
                       errors: list[str], *, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
     """sweep.sweep of every target (from its start, with init), through the weights of its start
     (one batched sweep per weights: G's, or a tuned file's; and with its noise maps; mask, c: per
     target rows or None),
     merged in the order of `stems`; None when no weights fit G."""
-    if starts is None:
+    if inits is None:
         return sweep(G, targets, wrs, stems, mask=mask, c=c, progress=progress(0, 1, stems) if progress else None,
                      **kwargs)
     row, parts = {s: i for i, s in enumerate(stems)}, []
-    for k, n, Gk, chunk in by_weights(G, [starts[s] for s in stems], max(1, len(stems)), errors):
+    for k, n, Gk, chunk in by_weights(G, [inits[s] for s in stems], max(1, len(stems)), errors):
         idx = [row[t.stem] for t in chunk]
 
         def pick(x):
