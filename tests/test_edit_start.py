@@ -78,3 +78,76 @@ def test_stylegan2_edits_render_with_the_stored_noise(cli, tmp_path, two_targets
     strength0, ends = _project_edit_interpolate(cli, tmp_path, two_targets, sg2_pickle, space)
     assert min(strength0 + ends) >= 50, (strength0, ends)
     assert any(k.startswith("noise_") for k in read_latent_file(tmp_path / "p" / "face_00.npz"))
+
+
+def test_a_tuned_stylegan2_projection_is_the_start_too(cli, tmp_path, two_targets, sg2_pickle):
+    strength0, ends = _project_edit_interpolate(cli, tmp_path, two_targets, sg2_pickle, "w",
+                                                "--tune", "--tune-steps", "5")
+    assert (tmp_path / "p" / "face_00.tuned.safetensors").is_file()
+    assert min(strength0 + ends) >= 50, (strength0, ends)
+
+
+def test_a_conditional_module_renders_in_the_stored_class(cli, tmp_path, two_targets):
+    import textwrap
+    from test_modules import MODULES
+    path = tmp_path / "lf_cond_22.py"
+    path.write_text(textwrap.dedent(MODULES))
+    strength0, ends = _project_edit_interpolate(cli, tmp_path, two_targets, f"{path}:cond", None, "--class", "2")
+    assert min(strength0 + ends) >= 50, (strength0, ends)
+
+
+def test_api_edit_holds_the_projection_noise_and_interpolates_it():
+    from latent_fit import edit, project, sweep
+    from latent_fit.edit import interpolate_noise, render
+    from latent_fit.images import to_uint8
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(**SMALL).freeze()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.3)
+        targets = G.synthesize(G.sample(2, seed=1, space="w"), "w").clamp(-1, 1)
+    r = project(G, targets, ["a", "b"], loss="mse", steps=10)
+    assert psnr(to_uint8(render(G, r.latent, "w", noise=r.noise)), to_uint8(r.images)) >= 50
+    assert psnr(to_uint8(render(G, r.latent, "w")), to_uint8(r.images)) < 40   # the noise matters
+    e = edit(G, r.latent, targets.flip(0), names=["a", "b"], noise=r.noise, loss="mse", steps=3)
+    assert psnr(to_uint8(e.before), to_uint8(r.images)) >= 50
+    assert all(torch.equal(a, b) for a, b in zip(e.noise, r.noise))   # held fixed (EDIT: optimize_noise off)
+    sw = sweep(G, targets.flip(0), [1e-3, 1e3], ["a", "b"], init=r.latent, noise=r.noise, loss="mse", steps=2)
+    assert psnr(to_uint8(sw.result.before), to_uint8(r.images.repeat_interleave(2, 0))) >= 50
+    a, b = [m[:1] for m in r.noise], [m[1:] for m in r.noise]
+    for mode in ("linear", "spherical"):
+        path = interpolate_noise(a, b, 5, mode)
+        assert all(torch.equal(p[0, 0], x[0]) for p, x in zip(path, a))
+        assert all((p[0, -1] - x[0]).abs().max() <= 1e-6 for p, x in zip(path, b))
+    mid = [p[0, 2].std() for p in interpolate_noise(a, b, 5, "spherical")]
+    assert min(mid) > 0.9   # a straight line between independent unit maps has std ~0.71 there
+
+
+def test_directions_carry_a_record_of_their_generator_and_space(cli, tmp_path):
+    import json
+    from conftest import SAMPLES
+    lat = sorted((SAMPLES / "latents").glob("*.npz"))
+    d = tmp_path / "d.npy"
+    r = cli("direction", "-o", d, "--positive", lat[0], "--negative", lat[1])
+    assert r.exit_code == 0, r.stderr
+    rec = json.loads((tmp_path / "d.npy.json").read_text())
+    assert (rec["generator"], rec["space"], rec["shape"], rec["made"]["method"]) == ("digiface-dcgan64", "z", [100], "mean")
+    assert len(rec["generator_sha256"]) == 64 and lat[0].stem in rec["made"]["positive"]
+    ok = cli("edit", lat[0], "--direction", d, "--strength", "1", "-o", tmp_path / "ok")
+    assert ok.exit_code == 0 and "warning" not in ok.stderr, ok.stderr
+
+    foreign = rec | {"generator": "ffhq", "generator_sha256": "f" * 64, "space": "w"}
+    (tmp_path / "d.npy.json").write_text(json.dumps(foreign))
+    r = cli("edit", lat[0], "--direction", d, "--strength", "1", "-o", tmp_path / "no")
+    assert r.exit_code == 1 and r.stderr.strip() == (f"error: {d}: direction made for generator 'ffhq' in space "
+                                                     "'w'; this run uses 'digiface-dcgan64' in space 'z'")
+
+    plain = tmp_path / "plain.npy"   # from another tool: used, with one warning
+    np.save(plain, np.eye(100, dtype=np.float32)[3])
+    r = cli("edit", lat[0], "--direction", plain, "--strength", "1", "-o", tmp_path / "plain")
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning")]
+    assert r.exit_code == 0 and len(warnings) == 1 and "has no record" in warnings[0], r.stderr
+    np.save(d, np.eye(100, dtype=np.float32)[4])   # overwritten since its record was written
+    r = cli("edit", lat[0], "--direction", d, "--strength", "1", "-o", tmp_path / "changed")
+    assert r.exit_code == 0 and "does not match its record d.npy.json" in r.stderr, r.stderr

@@ -4,6 +4,8 @@ edit.py, write outputs atomically, report per-input errors."""
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,35 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
     return torch.from_numpy(d[component].astype(np.float32))
 
 
+def direction_record_path(path: Path) -> Path:
+    """The record that travels beside a direction file: <name>.npy.json."""
+    return Path(f"{path}.json")
+
+
+def check_direction(path: Path, G: Generator, space: str) -> None:
+    """A direction made for another generator (sha256, else name) or space is one error line
+    naming both; a direction without a record of its own (from another tool, or changed since)
+    is used for its shape alone, with one warning."""
+    rec_path = direction_record_path(path)
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        rec = None
+    except (OSError, ValueError) as e:
+        raise LatentFitError(f"{rec_path}: not a direction record ({type(e).__name__}); remove it or "
+                             "make the direction again") from None
+    if not isinstance(rec, dict) or rec.get("npy_sha256") != input_sha256(Path(path)):
+        why = "has no record" if rec is None else f"does not match its record {rec_path.name}"
+        warnings.warn(f"{path} {why}: which generator and space it was made for is unknown, only its "
+                      "shape is checked")
+        return
+    sha, name = rec.get("generator_sha256"), rec.get("generator")
+    same = sha == G.sha256 if sha and G.sha256 else name == G.name
+    if not same or rec.get("space") != space:
+        raise LatentFitError(f"{path}: direction made for generator {name!r} in space {rec.get('space')!r}; "
+                             f"this run uses {G.name!r} in space {space!r}")
+
+
 def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
                          strengths: list[float], component: int = 0, space: str | None = None,
                          class_index: int | None = None, batch_size: int = 64) -> Report:
@@ -143,6 +174,7 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
     folder, rep = OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, space, class_index)
     if targets:
+        check_direction(Path(direction), G, space)
         d = read_direction(Path(direction), G.latent_shape(space), component)
         moved = apply_direction(_latents(targets), d, strengths)
         c = G.class_labels([t.class_index for t in targets], space)
@@ -173,28 +205,35 @@ def _render(G: Generator, targets: list[Target], latents: torch.Tensor, space: s
     return images
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _save_direction(path: Path, array: np.ndarray, G: Generator, space: str, made: dict) -> None:
+    """The direction .npy, then its record (direction_record_path): the generator's name and
+    sha256, the space, the shape, how it was `made`, and the .npy's sha256 (a record left beside
+    an .npy that changed since is not taken for its record)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
     atomic_write(path, write)
+    rec = {"generator": G.name, "generator_sha256": G.sha256, "space": space, "shape": list(array.shape),
+           "made": made, "npy_sha256": input_sha256(path)}
+    atomic_write(direction_record_path(path), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
 
 
 def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negative: list[str] = (),
                    method: str = "mean", pca: int | None = None, samples: int = PCA_SAMPLES,
                    space: str | None = None, seed: int = 0, class_index: int | None = None) -> Report:
-    """Find a direction and write it to `out` (.npy): from latent files labelled positive and
-    negative (method mean: normalized difference of means; boundary: linear classifier normal),
-    or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
+    """Find a direction and write it to `out` (.npy, its record beside it: _save_direction): from
+    latent files labelled positive and negative (method mean: normalized difference of means;
+    boundary: linear classifier normal), or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
     conditional generator in z)."""
-    out, rep = Path(out), Report(written=[Path(out)])
+    out, rep = Path(out), Report(written=[Path(out), direction_record_path(out)])
     if (pca is None) == (not positive and not negative):
         raise LatentFitError("give either positive and negative latents or a number of principal directions")
     if pca is not None:
         space = G.check_space(space or G.default_space)
         c = G.class_vector(class_index, space)
         dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed, c=None if c is None else c[None])
-        _save_npy(out, dirs.cpu().numpy())
+        _save_direction(out, dirs.cpu().numpy(), G, space, {"method": "pca", "components": pca, "samples": samples,
+                                                           "seed": seed, "class_index": class_index})
         rep.summary = (f"{pca} principal directions in {space} ({samples} samples), prior std along each: "
                        + ", ".join(f"{v:.3g}" for v in std.tolist()))
         return rep
@@ -207,7 +246,9 @@ def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negativ
     methods = {"mean": mean_difference, "boundary": linear_boundary}
     if method not in methods:
         raise ArgumentError("method", method, "choose mean or boundary")
-    _save_npy(out, methods[method](_latents(pos), _latents(neg)).numpy())
+    made = {"method": method, **{k: {t.stem: input_sha256(t.path) for t in ts} for k, ts in
+                                 (("positive", pos), ("negative", neg))}}
+    _save_direction(out, methods[method](_latents(pos), _latents(neg)).numpy(), G, space, made)
     rep.summary = (f"{method} direction in {space} from {len(pos)} positive and {len(neg)} "
                    "negative latents")
     return rep
