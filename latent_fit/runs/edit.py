@@ -140,10 +140,10 @@ def direction_record_path(path: Path) -> Path:
     return Path(f"{path}.json")
 
 
-def check_direction(path: Path, G: Generator, space: str) -> None:
+def check_direction(path: Path, G: Generator, space: str) -> str | None:
     """A direction made for another generator (sha256, else name) or space is one error line
-    naming both; a direction without a record of its own (from another tool, or changed since)
-    is used for its shape alone, with one warning."""
+    naming both. A direction without a record of its own (from another tool, or changed since)
+    is used for its shape alone: the warning to give once its shape fits (None: it has one)."""
     rec_path = direction_record_path(path)
     try:
         rec = json.loads(rec_path.read_text(encoding="utf-8"))
@@ -154,14 +154,13 @@ def check_direction(path: Path, G: Generator, space: str) -> None:
                              "make the direction again") from None
     if not isinstance(rec, dict) or rec.get("npy_sha256") != input_sha256(Path(path)):
         why = "has no record" if rec is None else f"does not match its record {rec_path.name}"
-        warnings.warn(f"{path} {why}: which generator and space it was made for is unknown, only its "
-                      "shape is checked")
-        return
+        return f"{path} {why}: which generator and space it was made for is unknown, only its shape is checked"
     sha, name = rec.get("generator_sha256"), rec.get("generator")
     same = sha == G.sha256 if sha and G.sha256 else name == G.name
     if not same or rec.get("space") != space:
         raise LatentFitError(f"{path}: direction made for generator {name!r} in space {rec.get('space')!r}; "
                              f"this run uses {G.name!r} in space {space!r}")
+    return None
 
 
 def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
@@ -174,8 +173,10 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
     folder, rep = OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, space, class_index)
     if targets:
-        check_direction(Path(direction), G, space)
+        unrecorded = check_direction(Path(direction), G, space)
         d = read_direction(Path(direction), G.latent_shape(space), component)
+        if unrecorded:
+            warnings.warn(unrecorded)
         moved = apply_direction(_latents(targets), d, strengths)
         c = G.class_labels([t.class_index for t in targets], space)
         c = None if c is None else c[:, None].expand(-1, len(strengths), -1)
