@@ -66,9 +66,10 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     for the reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r
     (sweeps), instead of config.wr. noise: StyleGAN noise maps [N, *noise_shape] per target (as
     Result.noise): the optimized maps start there (config.optimize_noise), else they stay fixed
-    there (default: keyed random starts, or the generator's constant maps). encoder: a learned start (encoder.Encoder) for targets without
-    init: each target starts at E(x) (plus starts - 1 perturbations when spread > 0), and w_r
-    anchors to it. progress: callable(steps_done, best_loss) at every check.
+    there (default: keyed random starts, or the generator's constant maps). encoder: a learned
+    start (encoder.Encoder) for targets without init: each target starts at E(x) (plus starts - 1
+    perturbations when spread > 0), and w_r anchors to it. progress: callable(steps_done,
+    best_loss) at every check.
     """
     t_start = time.perf_counter()
     cfg = projection_config(config, encoded=encoder is not None and init is None, **changes)

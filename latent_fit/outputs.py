@@ -65,6 +65,8 @@ def stored_noise(path: Path, data: dict, shapes: tuple[tuple[int, ...], ...]) ->
         raise LatentFitError(f"{path}: its noise maps ({len(maps)}, of shapes {[list(m.shape) for m in maps]}) "
                              f"do not fit this generator's {len(shapes)} noise inputs "
                              f"{[list(s) for s in shapes]}")
+    if not all(np.isfinite(m).all() for m in maps):
+        raise LatentFitError(f"{path}: its noise maps hold NaN or infinite values")
     return [m.astype(np.float32) for m in maps]
 
 

@@ -151,3 +151,15 @@ def test_directions_carry_a_record_of_their_generator_and_space(cli, tmp_path):
     np.save(d, np.eye(100, dtype=np.float32)[4])   # overwritten since its record was written
     r = cli("edit", lat[0], "--direction", d, "--strength", "1", "-o", tmp_path / "changed")
     assert r.exit_code == 0 and "does not match its record d.npy.json" in r.stderr, r.stderr
+
+
+def test_project_init_starts_from_the_stored_noise_maps(cli, tmp_path, two_targets, sg2_pickle):
+    """project --init with noise optimization off renders with the init file's maps throughout:
+    zero steps give back its PNG."""
+    out = tmp_path / "p"
+    assert cli("project", two_targets, "-o", out, "-g", sg2_pickle, *FAST).exit_code == 0
+    r = cli("project", two_targets, "-o", tmp_path / "again", "-g", sg2_pickle, "--init", out, "--steps", "1",
+            "--lr", "0", "--starts", "1", "--no-noise", "--loss", "mse")
+    assert r.exit_code == 0, r.stderr
+    for s in ("face_00", "astronaut"):
+        assert psnr(Image.open(tmp_path / "again" / f"{s}.png"), Image.open(out / f"{s}.png")) >= 50
