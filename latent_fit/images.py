@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -13,7 +14,10 @@ from .errors import LatentFitError
 from .files import atomic_write, file_problem, find_files
 
 MAX_PIXELS = 2 ** 26   # 67 megapixels (8192 x 8192): larger images are refused before decoding
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "TIFF", "BMP", "GIF", "PPM")   # Pillow's names; JPEG includes MPO
+FORMAT_NAMES = "PNG, JPEG, WebP, AVIF, TIFF, BMP, GIF or PNM"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif",
+                  ".ppm", ".pgm", ".pbm", ".pnm"}
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -31,48 +35,59 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode(path: Path, what: str) -> Image.Image:
-    """The image at `path`, EXIF rotation applied, decoded. Refuses anything but a regular file,
-    and images of more than MAX_PIXELS before decoding them."""
-    problem = file_problem(path)
-    if problem:
-        raise LatentFitError(f"{path}: {problem}")
+def open_image(source: Path | bytes, name: str, what: str = "image") -> Image.Image:
+    """The image in `source` (a file, or a file's bytes) decoded, EXIF rotation applied; `name`
+    names it in errors. Only FORMATS are identified, so nothing runs a program (Pillow hands EPS
+    to Ghostscript); anything but a regular file, and images of more than MAX_PIXELS, are refused
+    before decoding; every decoder failure is one LatentFitError line."""
+    if isinstance(source, Path):
+        problem = file_problem(source)
+        if problem:
+            raise LatentFitError(f"{name}: {problem}")
     try:
-        if path.stat().st_size == 0:
-            raise LatentFitError(f"{path}: empty file")
+        if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
+            raise LatentFitError(f"{name}: empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise LatentFitError(_too_many_pixels(path, f"{img.width}x{img.height}"))
+                    raise LatentFitError(_too_many_pixels(name, f"{img.width}x{img.height}"))
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 return img
+    except LatentFitError:
+        raise
     except FileNotFoundError:
-        raise LatentFitError(f"{path}: file not found") from None
+        raise LatentFitError(f"{name}: file not found") from None
     except UnidentifiedImageError:
-        raise LatentFitError(f"{path}: not an image Pillow can read") from None
+        raise LatentFitError(f"{name}: not an image in a format latent-fit reads ({FORMAT_NAMES})") from None
     except Image.DecompressionBombError:   # Pillow's own check, at twice its warning size
-        raise LatentFitError(_too_many_pixels(path, "over 178 million")) from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        raise LatentFitError(f"{path}: unreadable {what} ({' '.join(str(e).split())})") from None
+        raise LatentFitError(_too_many_pixels(name, "over 178 million")) from None
+    except Exception as e:   # Pillow's decoders fail in many ways on a bad file (struct.error, IndexError, ...)
+        raise LatentFitError(f"{name}: unreadable {what} ({_reason(e)})") from None
 
 
-def _too_many_pixels(path: Path, size: str) -> str:
-    return (f"{path}: {size} pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression "
+def _reason(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _too_many_pixels(name: str, size: str) -> str:
+    return (f"{name}: {size} pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression "
             "bomb?); scale the image down first")
 
 
-def load_image(path: str | Path, resolution: int, background=(255, 255, 255), channels: int = 3) -> torch.Tensor:
-    """Read any image as [channels, resolution, resolution] in [-1, 1]: EXIF rotation applied,
-    alpha composited on `background`, center-cropped to a square and resized (Lanczos);
-    channels 1: converted to gray (ITU-R 601 luma)."""
-    path = Path(path)
-    img = _decode(path, "image")
+def load_image(source: str | Path | bytes, resolution: int, background=(255, 255, 255), channels: int = 3,
+               name: str | None = None) -> torch.Tensor:
+    """Read any image, a file or a file's bytes (named `name` in errors), as [channels,
+    resolution, resolution] in [-1, 1]: EXIF rotation applied, alpha composited on `background`,
+    center-cropped to a square and resized (Lanczos); channels 1: converted to gray (ITU-R 601 luma)."""
+    source = source if isinstance(source, bytes) else Path(source)
+    name = name or ("image bytes" if isinstance(source, bytes) else str(source))
+    img = open_image(source, name)
     try:
         rgb = _to_rgb(img, tuple(background))
-    except (OSError, ValueError) as e:
-        raise LatentFitError(f"{path}: unreadable image ({e})") from None
+    except Exception as e:   # a decoded mode Pillow cannot convert
+        raise LatentFitError(f"{name}: unreadable image ({_reason(e)})") from None
     w, h = rgb.size
     s = min(w, h)
     rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
@@ -87,11 +102,11 @@ def load_image(path: str | Path, resolution: int, background=(255, 255, 255), ch
 def load_mask(path: str | Path, resolution: int) -> torch.Tensor:
     """A grayscale (or alpha) mask as [1, resolution, resolution] in [0, 1]."""
     path = Path(path)
-    img = _decode(path, "mask")
+    img = open_image(path, str(path), "mask")
     try:
         m = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
-    except (OSError, ValueError) as e:
-        raise LatentFitError(f"{path}: unreadable mask ({e})") from None
+    except Exception as e:   # a decoded mode Pillow cannot convert
+        raise LatentFitError(f"{path}: unreadable mask ({_reason(e)})") from None
     if m.size != (resolution, resolution):
         raise LatentFitError(f"{path}: mask is {m.size[0]}x{m.size[1]}, the generator makes "
                              f"{resolution}x{resolution} images")

@@ -66,8 +66,7 @@ def prior_gaussian(G: Generator, space: str, n: int = FIT_SAMPLES) -> tuple[torc
     on its batch); None in z, whose prior is exactly N(0, I)."""
     if G.gaussian_prior(space):
         return None
-    with torch.no_grad():
-        x = G.sample(n, seed=0, space=space, c=G.cycled_labels(n))
+    x = G.prior_samples(space, n)
     x = x.reshape(-1, x.shape[-1]).double()
     mean = x.mean(0)
     cov = torch.cov(x.T)

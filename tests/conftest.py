@@ -1,11 +1,16 @@
 """Shared fixtures and builders: the bundled generator, in-domain targets, folders of sample
-targets, a CLI runner, and the rescaled-generator wrapper (also used by samples/)."""
+targets, a CLI runner, the rescaled-generator wrapper (also used by samples/), small images in
+every format Pillow writes, and a spy that refuses any program started."""
 
+import io
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from latent_fit import load_generator
@@ -28,6 +33,19 @@ class Rescaled(Generator):
 
     def synthesize(self, latent, space="z", c=None, noise=None):
         return self.G.synthesize(latent / self.a, space, c, noise)
+
+
+def module_tree(state_dict: dict) -> dict:
+    """A state dict's keys as nested dicts of module names, its tensors at the leaves (the shape
+    of a pickled network's module states)."""
+    tree = {}
+    for key, value in state_dict.items():
+        *parts, leaf = key.split(".")
+        node = tree
+        for part in parts:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def sample_targets(folder: Path, stems: list[str]) -> Path:
@@ -67,3 +85,37 @@ def one_target(tmp_path):
 @pytest.fixture
 def two_targets(tmp_path):
     return sample_targets(tmp_path / "in", ["face_00", "astronaut"])
+
+
+@pytest.fixture(scope="session")
+def pillow_image():
+    """image(fmt) -> a small noisy image written by Pillow in `fmt` (a name in PIL.Image.SAVE), in
+    the first mode that format takes; None where this Pillow cannot write it (a stub without
+    its handler)."""
+    return _pillow_image
+
+
+@pytest.fixture
+def no_programs(monkeypatch):
+    """A list that records, and refuses, every program started (subprocess, Pillow's Ghostscript)."""
+    from PIL import EpsImagePlugin
+    started = []
+
+    def spy(*args, **kwargs):
+        started.append(args)
+        raise OSError("no program may be started here")
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", spy)
+    return started
+
+
+def _pillow_image(fmt: str) -> bytes | None:
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    for mode in ("RGB", "RGBA", "L", "P", "1"):
+        buf = io.BytesIO()
+        try:
+            rgb.convert(mode).save(buf, fmt)
+        except Exception:   # this mode (or the whole format) cannot be written: try the next
+            continue
+        return buf.getvalue()
+    return None

@@ -64,7 +64,7 @@ def test_bad_inputs_are_reported_and_the_rest_still_runs(cli, two_targets, tmp_p
     joined = "\n".join(errors)
     assert f"{tmp_path / 'missing.jpg'}: file not found" in joined
     assert f"{tmp_path / 'empty'}: folder has no images" in joined
-    assert f"{two_targets / 'notes.png'}: not an image Pillow can read" in joined
+    assert f"{two_targets / 'notes.png'}: not an image in a format latent-fit reads" in joined
     assert f"{two_targets / 'cut.png'}: unreadable image" in joined
     assert (out / "face_00.npz").is_file() and (out / "astronaut.npz").is_file()
     assert "projected 2 target(s), skipped 0 complete, 4 failed" in r.stdout

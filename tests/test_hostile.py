@@ -28,6 +28,8 @@ import latent_fit
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.latents import write_latent_file
 
+from conftest import module_tree
+
 try:
     from numpy._core import multiarray
 except ImportError:  # numpy < 2
@@ -42,18 +44,34 @@ FAST = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 LOADER = r"""
-import json, os, resource, signal, sys, time, traceback
+import json, os, resource, signal, subprocess, sys, time, traceback
 import torch
 torch.set_num_threads(1)
 from latent_fit.errors import LatentFitError
-from latent_fit.generators import load_generator
+from latent_fit.generators import load_generator, pickles  # pickles: imported once, not in every child
 from latent_fit.images import load_image
 from latent_fit.latents import read_latent_file
 
+def no_programs(*args, **kwargs):   # a load must start no program (Pillow runs Ghostscript for EPS)
+    print("PAYLOAD-RAN: a program was started:", args, flush=True)
+    raise OSError("no program may be started here")
+subprocess.Popen = no_programs
+
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.RLIM_INFINITY))
+def load_each(paths, options):   # one after another in one process: a refused file must not poison the next
+    out = []
+    for p in paths:
+        try:
+            load_generator(p, **options)
+            out.append("ok")
+        except LatentFitError as e:
+            out.append(str(e))
+    return out
+
+
 LOAD = {"generator": lambda p, o: load_generator(p, **o), "image": lambda p, o: load_image(p, 64),
-        "latent": lambda p, o: read_latent_file(p)}
+        "latent": lambda p, o: read_latent_file(p), "generators": load_each}
 print("ready", flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -63,8 +81,8 @@ for line in sys.stdin:
         fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1), os.dup2(fd, 2)
         try:
-            LOAD[req["kind"]](req["path"], req["options"])
-            res = {"outcome": "ok"}
+            value = LOAD[req["kind"]](req["path"], req["options"])
+            res = {"outcome": "ok", "value": value if isinstance(value, list) else None}
         except LatentFitError as e:
             res = {"outcome": "error", "message": str(e)}
         except BaseException:
@@ -101,8 +119,9 @@ def loader(tmp_path_factory):
     assert proc.stdout.readline().strip() == "ready"
     work = tmp_path_factory.mktemp("loads")
 
-    def load(kind, path, **options):
-        req = dict(kind=kind, path=os.fsdecode(path), options=options, timeout=TIMEOUT,
+    def load(kind, path, timeout=TIMEOUT, **options):
+        path = [os.fsdecode(p) for p in path] if isinstance(path, list) else os.fsdecode(path)
+        req = dict(kind=kind, path=path, options=options, timeout=timeout,
                    log=str(work / "log"), result=str(work / "result"))
         Path(req["result"]).unlink(missing_ok=True)
         proc.stdin.write(json.dumps(req) + "\n")
@@ -155,13 +174,6 @@ def dump(obj, protocol=4) -> bytes:
 def network(state_dict, init_kwargs, class_name="Generator"):
     """The pickled form of an official network: nested module states holding its tensors,
     with the numpy scalars and arrays real modules keep."""
-    tree = {}
-    for key, value in state_dict.items():
-        *parts, leaf = key.split(".")
-        node = tree
-        for part in parts:
-            node = node.setdefault(part, {})
-        node[leaf] = value
 
     def module(node, name, kwargs):
         state = dict(_parameters=collections.OrderedDict(), _buffers=collections.OrderedDict(),
@@ -174,7 +186,7 @@ def network(state_dict, init_kwargs, class_name="Generator"):
                 state["_buffers" if k in ("resample_filter", "noise_const", "w_avg") else "_parameters"][k] = v
         meta = dict(type="class", version=6, module_src="", class_name=name, state=state)
         return Call(_reconstruct_persistent_obj, meta)
-    return module(tree, class_name, init_kwargs)
+    return module(module_tree(state_dict), class_name, init_kwargs)
 
 
 def tiny_state_dict(seed=0):
@@ -354,10 +366,12 @@ def test_not_regular_files_and_huge_names(loader, tmp_path):
     os.mkfifo(fifo)
     assert_clean_error(loader("generator", fifo), fifo, "not a regular file")
     assert_clean_error(loader("generator", tmp_path / "gone.pkl"), "gone.pkl", "not found")
-    names = {"x" * 10 ** 6: 1, "\x1b[31mred\nline": 2, ("tuple",): 3}
+    names = {"x" * 10 ** 6: 1, "\x1b[31mred\nline": 2, 3: 3}
     path = write(tmp_path, "keys.pkl", dump(names))
     res = loader("generator", path)
     assert_clean_error(res, path, r"has no network 'G_ema' \(it has: x{40}, \\x1b\[31mred\\nline\)")
+    path = write(tmp_path, "tuple-key.pkl", dump({("tuple",): 3}))
+    assert_clean_error(loader("generator", path), path, "refusing a tuple as a key")
     path = write(tmp_path, "class.pkl", dump({"G_ema": network({}, {}, class_name="C" * 10 ** 6)}))
     assert_clean_error(loader("generator", path), path, "malformed persistent object")
 
@@ -384,7 +398,7 @@ def mutate(data: bytes, edits, cut, insert) -> bytes:
 def assert_clean(res, path):
     if res["outcome"] != "ok":
         assert_clean_error(res, path)
-    assert res["seconds"] < TIMEOUT
+    assert res["seconds"] < TIMEOUT and "PAYLOAD-RAN" not in res["output"], res
 
 
 def test_mutated_network_pickles(loader, tmp_path, valid_pickle):
@@ -399,11 +413,16 @@ def test_mutated_network_pickles(loader, tmp_path, valid_pickle):
     check()
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_mutated_images(loader, tmp_path, fmt):
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, fmt)
-    data = buf.getvalue()
+Image.init()
+
+
+@pytest.mark.parametrize("fmt", sorted(Image.SAVE))
+def test_mutated_images(loader, tmp_path, pillow_image, fmt):
+    """Every format Pillow writes, mutated in its headers: the allowlisted ones decode or fail in
+    one line, the others stay unidentified (one line), and no program starts."""
+    data = pillow_image(fmt)
+    if data is None:
+        pytest.skip(f"this Pillow cannot write {fmt}")
 
     @FAST
     @given(mutations(data, list(range(min(len(data), 200)))))   # the headers
@@ -437,4 +456,242 @@ def test_mutated_latent_files(loader, tmp_path):
         else:
             p.write_bytes(mutate(data, *in_zip))
         assert_clean(loader("latent", p), p)
+    check()
+
+
+# ---------------------------------------------------------------- bounded by construction (issue 19)
+
+LIMIT = 15   # seconds per crafted load; each is refused in well under 10 s (the README's promise)
+
+
+def persistent(state, class_name="Module"):
+    """A torch_utils.persistence record of a module with `state` over the empty defaults."""
+    state = {"_parameters": collections.OrderedDict(), "_buffers": collections.OrderedDict(),
+             "_modules": collections.OrderedDict(), "_non_persistent_buffers_set": set(), **state}
+    return Call(_reconstruct_persistent_obj, dict(type="class", version=6, module_src="",
+                                                  class_name=class_name, state=state))
+
+
+def shared_module_tree(fanout=6, depth=15):
+    """A Generator whose children, at every level, are one shared module: 6**15 paths."""
+    node = persistent({})
+    for _ in range(depth):
+        node = persistent(dict(_modules=collections.OrderedDict((f"c{i}", node) for i in range(fanout))))
+    return dump({"G_ema": persistent(dict(_modules=collections.OrderedDict(m=node), _init_kwargs=TINY),
+                                     "Generator")})
+
+
+def shared_list_kwargs(width=40, depth=6):
+    """init_kwargs holding a list of `width` times one list, `depth` levels: 40**6 paths."""
+    graph = [1]
+    for _ in range(depth):
+        graph = [graph] * width
+    return dump({"G_ema": network(tiny_state_dict(), {**TINY, "x": graph})})
+
+
+def colliding_int_tuples(n):
+    """n pairs (a, b) of integers below 2**60 whose tuple hashes (xxHash, CPython 3.8+) are all equal."""
+    m, p1, p2, p5 = 2 ** 64, 11400714785074694791, 14029467366897019727, 2870177450012600261
+    lane = lambda acc, v: (((acc + v * p2) % m << 31 | (acc + v * p2) % m >> 33) % m) * p1 % m
+    target, inverse, out, a = lane(p5, 0), pow(p2, -1, m), [], 0
+    while len(out) < n:
+        b = (target - lane(p5, a)) * inverse % m
+        b = b if b < 2 ** 60 else b - m if b > m - 2 ** 60 else None
+        if b not in (None, -1):
+            out.append((a, b))
+        a += 1
+    return out
+
+
+def dict_opcodes(keys_ops):
+    """A protocol-2 pickle of a dict whose keys are the given opcode runs, each mapped to None."""
+    return b"\x80\x02}(" + b"".join(k + b"N" for k in keys_ops) + b"u."
+
+
+def colliding_tuple_keys(n=20_000):
+    pairs = colliding_int_tuples(n)
+    assert len({hash(p) for p in pairs}) == 1 and max(abs(v) for p in pairs for v in p) < 2 ** 60
+    return dict_opcodes(pickle.dumps(a, 2)[2:-1] + pickle.dumps(b, 2)[2:-1] + b"\x86" for a, b in pairs)
+
+
+def colliding_complex_keys(n=12_000):
+    """numpy complex128 scalars x + iy, x = C - 1000003*y: all hash to C."""
+    values = [np.complex128(complex(2 ** 40 - 1_000_003 * i, i)) for i in range(n)]
+    assert len({hash(v) for v in values}) == 1
+    dt = dtype_call("c16")
+    return dump({Call(multiarray.scalar, dt, v.tobytes()): None for v in values}, 2)
+
+
+def listed_non_persistent_names(n=40_000):
+    """A module of n buffers whose non-persistent names are a list of n items: n * n comparisons."""
+    buffers = collections.OrderedDict((f"b{i}", None) for i in range(n))
+    module = persistent(dict(_buffers=buffers, _non_persistent_buffers_set=["x"] * n, _init_kwargs=TINY),
+                        "Generator")
+    return dump({"G_ema": module})
+
+
+def overlapping_zip(entries=400, block=1 << 18):
+    """A torch.save zip whose storages are `entries` stored entries chained over one block: entry
+    i's data is the local headers of entries i+1... and the block (Python 3.11's zipfile reads it)."""
+    import zlib
+    names = [f"archive/data/{i:05d}" for i in range(entries)]   # 30 + 18 bytes: float-aligned spans
+    spans = [(len(names) - i - 1) * 48 + block for i in range(entries)]
+    marker = {id(m): (m, i) for i, m in enumerate(object() for _ in names)}
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=2)
+    p.persistent_id = lambda o: (("storage", torch.FloatStorage, names[marker[id(o)][1]][13:], "cpu",
+                                  spans[marker[id(o)][1]] // 4) if id(o) in marker else None)
+    p.dump({"g_ema": {f"w{i}": m for m, i in marker.values()}})
+    header = lambda name, crc, size: (b"PK\x03\x04" + (20).to_bytes(2, "little") + bytes(8)
+                                      + crc.to_bytes(4, "little") + size.to_bytes(4, "little") * 2
+                                      + len(name).to_bytes(2, "little") + bytes(2) + name.encode())
+    central = lambda name, crc, size, at: (b"PK\x01\x02" + (20).to_bytes(2, "little") * 2 + bytes(8)
+                                           + crc.to_bytes(4, "little") + size.to_bytes(4, "little") * 2
+                                           + len(name).to_bytes(2, "little") + bytes(8) + bytes(4)
+                                           + at.to_bytes(4, "little") + name.encode())
+    files = {"archive/data.pkl": buf.getvalue(), "archive/version": b"3\n"}
+    out, directory = bytearray(), []
+    for name, raw in files.items():
+        crc = zlib.crc32(raw)
+        directory.append(central(name, crc, len(raw), len(out)))
+        out += header(name, crc, len(raw)) + raw
+    chain, chained = bytearray(block), []
+    for name in reversed(names):   # entry i's data: the headers after its own, then the block
+        crc = zlib.crc32(chain)
+        chained.append(central(name, crc, len(chain), len(out) + 48 * names.index(name)))
+        chain[:0] = header(name, crc, len(chain))
+    out += chain
+    directory += reversed(chained)
+    cd = b"".join(directory)
+    eocd = (b"PK\x05\x06" + bytes(4) + len(directory).to_bytes(2, "little") * 2 + len(cd).to_bytes(4, "little")
+            + len(out).to_bytes(4, "little") + bytes(2))
+    return bytes(out + cd + eocd), sum(spans)
+
+
+def shared_storage_network(n=2000):
+    """A Generator whose n parameters are one 1 MB tensor: 2 GB of tensors from a 1 MB file."""
+    t = torch.zeros(2 ** 18)
+    params = collections.OrderedDict((f"p{i}", t) for i in range(n))
+    return dump({"G_ema": persistent(dict(_parameters=params, _init_kwargs=TINY), "Generator")})
+
+
+def tensor_with_state(state):
+    """A 1 KB float tensor, then BUILD with `state` (Tensor.__setstate__ would call set_(*state))."""
+    func, args = torch.zeros(256).__reduce_ex__(2)
+    return Call(func, *args, state=state)
+
+
+TINY_SG3 = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2),
+                channel_base=256, channel_max=8, num_layers=6)
+
+
+def stylegan3_pickle(**change):
+    from latent_fit.generators.stylegan3 import StyleGAN3Generator
+    torch.manual_seed(0)
+    return dump({"G_ema": network(StyleGAN3Generator(**TINY_SG3).state_dict(), {**TINY_SG3, **change})})
+
+
+CRAFTED = {   # name: (bytes, what the one line says)
+    "set-of-view.pkl": (lambda: dump({"G_ema": Call(set, torch.zeros(1).expand(2 ** 25))}), "exceeds its storage"),
+    "dict-of-view.pkl": (lambda: dump({"G_ema": Call(collections.OrderedDict, torch.zeros(1, 2).expand(2 ** 25, 2))}),
+                         "exceeds its storage"),
+    "set-of-tensor.pkl": (lambda: dump({"G_ema": Call(frozenset, torch.zeros(4))}),
+                          "refusing to build a frozenset from a Tensor"),
+    "shared-modules.pkl": (shared_module_tree, "appears twice in the network"),
+    "shared-kwargs.pkl": (shared_list_kwargs, "init_kwargs nested too deeply or too large"),
+    "tuple-keys.pkl": (colliding_tuple_keys, "refusing a tuple as a key"),
+    "complex-keys.pkl": (colliding_complex_keys, "refusing a complex128 as a key"),
+    "listed-names.pkl": (listed_non_persistent_names, "malformed parameters, buffers or children"),
+    "overlap.pt": (lambda: overlapping_zip()[0], "zip entries .* overlap"),
+    "shared-storage.pkl": (shared_storage_network, "tensors that share their data"),
+    "set-tensor.pkl": (lambda: dump({"G_ema": tensor_with_state((torch.zeros(256), 0, (2 ** 28,), (1,)))}),
+                       "refusing to set the state of a Tensor"),
+    "many-objects.pkl": (lambda: b"\x80\x02](" + b"N" * 48_000_000 + b"e.",
+                         r"more than [\d,]+ pickle opcodes, the most a file of its size"),
+    "sg3-filter-size.pkl": (lambda: stylegan3_pickle(filter_size=2 ** 20, lrelu_upsampling=2 ** 20),
+                            "larger than the file's tensors"),
+    "sg3-radial-huge.pkl": (lambda: stylegan3_pickle(use_radial_filters=True, filter_size=8192),
+                            "larger than the file's tensors"),
+    "sg3-radial.pkl": (lambda: stylegan3_pickle(use_radial_filters=True),
+                       r"weights do not fit a StyleGAN3 generator: .*size mismatch for synthesis.*model is torch.Size\(\[12, 12\]\)"),
+    "sg3-channels.pkl": (lambda: stylegan3_pickle(channel_max=64), "weights do not fit a StyleGAN3 generator"),
+}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED))
+def test_crafted_files_are_refused_in_one_line(loader, tmp_path, name):
+    """Issue 19: object-count blow-ups, hash floods, storage tricks and architecture numbers, each
+    a file of at most a few MB: one line, in well under 10 s, within the memory cap."""
+    make, match = CRAFTED[name]
+    path = write(tmp_path, name, make())
+    assert path.stat().st_size < 50 * 2 ** 20
+    res = loader("generator", path, timeout=LIMIT)
+    assert_clean_error(res, path, match)
+    assert res["seconds"] < 10, res
+
+
+def test_overlapping_zip_entries_multiply_the_file():
+    """The crafted zip is the issue's: Python 3.11's zipfile reads its entries back (CRCs right)
+    to over 300x its size (later patch releases refuse overlapped entries themselves)."""
+    data, total = overlapping_zip()
+    assert total > 300 * len(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        try:
+            assert sum(len(z.read(i)) for i in z.infolist() if "/data/" in i.filename) == total
+        except zipfile.BadZipFile as e:
+            assert "verlap" in str(e), e
+
+
+POISON = {   # a refused file that, through the shared stand-ins of earlier versions, broke the next load
+    "storage-type.pkl": b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeK\x01sb.",
+    "array-class.pkl": b"\x80\x02cnumpy\nndarray\nN}X\x0c\x00\x00\x00__setstate__Ns\x86b.",
+}
+
+
+def test_a_refused_file_does_not_poison_the_next_load(loader, tmp_path, valid_pickle):
+    valid = write(tmp_path, "valid.pkl", valid_pickle)
+    paths = [p for name, data in POISON.items() for p in (write(tmp_path, name, data), valid)]
+    res = loader("generators", paths, timeout=LIMIT)
+    assert res["outcome"] == "ok", res
+    assert res["value"][1::2] == ["ok", "ok"], res["value"]
+    for path, line in zip(paths[::2], res["value"][::2]):
+        assert path.name in line and "refusing to set the state" in line, line
+
+
+def hostile_objects():
+    """Objects built from what the crafted files above combine: views of any size and stride,
+    containers called on them, BUILD states, keys of every hashable kind, modules, and one
+    object shared many times (memo reads)."""
+    storage = lambda n: Call(torch.storage._load_from_bytes, legacy_torch_file(n, b"\x00" * 4 * n))
+    view = st.builds(lambda n, size, stride: Call(torch._utils._rebuild_tensor_v2, storage(n), 0, size, stride,
+                                                  False, collections.OrderedDict()),
+                     st.integers(1, 64), st.lists(st.integers(0, 2 ** 26), max_size=3).map(tuple),
+                     st.lists(st.integers(0, 4), max_size=3).map(tuple))
+    key = st.one_of(st.text(max_size=4), st.integers(-2 ** 62, 2 ** 62), st.tuples(st.integers(), st.integers()),
+                    st.floats(allow_nan=False), st.builds(lambda x: Call(multiarray.scalar, dtype_call("c16"),
+                                                                         np.complex128(x).tobytes()), st.complex_numbers(allow_nan=False)))
+    leaf = st.one_of(view, key, st.none(), st.just(torch.zeros(3)))
+
+    def grow(child):
+        return st.one_of(
+            st.builds(lambda f, x: Call(f, x), st.sampled_from([set, frozenset, collections.OrderedDict]), child),
+            st.builds(lambda k, v: {k: v}, key, child),
+            st.builds(lambda x, n: [x] * n, child, st.integers(1, 64)),
+            st.builds(lambda x, s: tensor_with_state(s), child, st.tuples(child, st.just(0), st.just((2 ** 28,)),
+                                                                          st.just((1,)))),
+            st.builds(lambda x, n: persistent(dict(_modules=collections.OrderedDict((f"c{i}", x) for i in range(n)),
+                                                   _init_kwargs={**TINY, "x": x})), child, st.integers(1, 6)))
+    return st.recursive(leaf, grow, max_leaves=12)
+
+
+def test_fuzzed_hostile_structures(loader, tmp_path):
+    @FAST
+    @given(hostile_objects(), st.booleans())
+    def check(obj, as_generator):
+        top = persistent(dict(_modules=collections.OrderedDict(m=obj), _init_kwargs=TINY), "Generator") \
+            if as_generator else obj
+        path = write(tmp_path, "fuzzed.pkl", dump({"G_ema": top}))
+        res = loader("generator", path, timeout=LIMIT)
+        assert_clean(res, path)
+        assert res["seconds"] < 10, res
     check()

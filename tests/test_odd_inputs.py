@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from latent_fit import LatentFitError, read_latent_file
-from latent_fit.images import MAX_PIXELS
+from latent_fit.images import FORMAT_NAMES, MAX_PIXELS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "2", "--starts", "1", "--loss", "mse"]
@@ -117,3 +117,21 @@ def _npy(array):
     f = io.BytesIO()
     np.save(f, array)
     return f.getvalue()
+
+
+def test_other_formats_get_one_line_each_and_the_good_file_is_projected(cli, tmp_path, pillow_image, no_programs):
+    """EPS (Pillow would run Ghostscript), BLP, DDS and SPIDER under image names: refused
+    unidentified, one line each; the good file in the same batch is projected."""
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(SAMPLES / "targets" / "face_00.png", d)
+    bad = {"poster.png": "EPS", "game.png": "BLP", "texture.jpg": "DDS", "scan.tif": "SPIDER"}
+    for name, fmt in bad.items():
+        (d / name).write_bytes(pillow_image(fmt))
+    r = cli("project", d, "-o", tmp_path / "out", "--steps", "5", "--starts", "1", "--loss", "mse")
+    assert r.exit_code == 1 and "projected 1 target(s)" in r.stdout, r.stdout + r.stderr
+    assert (tmp_path / "out" / "face_00.npz").is_file()
+    lines = error_lines(r)
+    assert sorted(lines) == sorted(f"error: {d / name}: not an image in a format latent-fit reads "
+                                   f"({FORMAT_NAMES})" for name in bad)
+    assert no_programs == []

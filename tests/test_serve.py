@@ -2,14 +2,14 @@
 cancellation of stale runs, the checks on uploads and names, and the --encoder hook."""
 
 import base64
+import contextlib
 import http.client
 import io
 import json
+import socket
 import struct
-import sys
 import threading
 import time
-import types
 import zlib
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from latent_fit import LatentFitError, read_latent_file
+from latent_fit.images import load_image
 from latent_fit.serve import Editor, load_start_encoder, make_server
-from latent_fit.serve.inputs import decode_image, decode_strokes, safe_stem
+from latent_fit.serve.inputs import decode_strokes, safe_stem
 from latent_fit.serve.jobqueue import DeviceQueue
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -57,15 +58,15 @@ def test_stems_never_leave_out():
 
 
 def test_bad_uploads_are_refused_with_one_line():
-    good = decode_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64)
+    """Uploads go through images.load_image, as the CLI's files do."""
+    good = load_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64, name="x.png")
     noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert good.shape == (3, 64, 64) and float(good.max()) <= 1
-    cases = [(b"just text", "not an image"), (_bomb(9000, 7000), "decompression bomb"),
-             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated"),
-             (b"\0" * (26 * 2 ** 20), "larger than the 25 MiB limit")]
+    cases = [(b"just text", "not an image"), (_bomb(9000, 8000), "decompression bomb"),
+             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated")]
     for data, reason in cases:
         with pytest.raises(LatentFitError, match=reason) as e:
-            decode_image(data, 64, "x.png")
+            load_image(data, 64, name="x.png")
         assert str(e.value).startswith("x.png: ") and "\n" not in str(e.value)
 
 
@@ -139,7 +140,13 @@ def test_editor_in_relative_units(G, tmp_path):
 def api(G, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    editor = Editor(G, out, steps=30, starts=2, loss="mse")
+    with _served(Editor(G, out, steps=30, starts=2, loss="mse")) as (call, job, _):
+        yield call, job, out
+
+
+@contextlib.contextmanager
+def _served(editor):
+    """(call, job, port) for the editor served from a thread on a free port."""
     srv = make_server(editor, "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
@@ -162,10 +169,12 @@ def api(G, tmp_path):
             if snap["state"] in ("done", "error", "cancelled"):
                 return snap
             since = snap["version"]
-    yield call, job, out
-    srv.shutdown()
-    editor.queue.close()
-    srv.server_close()
+    try:
+        yield call, job, port
+    finally:
+        srv.shutdown()
+        editor.queue.close()
+        srv.server_close()
 
 
 def test_api_project_edit_save(api):
@@ -216,11 +225,11 @@ def test_api_refuses_what_it_must(api):
 
 # --- --encoder ----------------------------------------------------------------------------------
 
-def test_encoder_none_auto_and_path(G, monkeypatch):
-    monkeypatch.setitem(sys.modules, "latent_fit.encoder", None)    # as where no encoder module exists
-    assert load_start_encoder("none", G, "z") is None and load_start_encoder("auto", G, "z") is None
-    with pytest.raises(LatentFitError, match="no encoder support"):
-        load_start_encoder("enc.pt", G, "z")
+def test_encoder_none_auto_and_path(G, tmp_path):
+    assert load_start_encoder("none", G, "z") is None
+    assert load_start_encoder("auto", G, "z") is not None      # the bundled generator's encoder
+    with pytest.raises(LatentFitError, match="encoder file not found"):
+        load_start_encoder(str(tmp_path / "enc.pt"), G, "z")
 
 
 def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
@@ -230,8 +239,7 @@ def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
     def load_encoder(spec, G_, space=None):
         seen.append((spec, space))
         return lambda x: (seen.append(tuple(x.shape)), z_true[:1].to(x.device))[1]
-    monkeypatch.setitem(sys.modules, "latent_fit.encoder",
-                        types.SimpleNamespace(load_encoder=load_encoder, __name__="latent_fit.encoder"))
+    monkeypatch.setattr("latent_fit.serve.editor.load_encoder", load_encoder)
     editor = Editor(G, tmp_path, encoder="enc.pt", steps=20, loss="mse")
     try:
         snap = _until(editor.queue, editor.submit_projection("p", images[0], "face", None))
@@ -246,11 +254,7 @@ def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
 def test_stylegan_in_w_plus(tmp_path):
     """A StyleGAN network in the page: projection in w+, a painted edit, principal directions,
     a direction move and a save whose file carries NVIDIA's `w` layout."""
-    from latent_fit.generators.stylegan2 import StyleGAN2Generator
-    torch.manual_seed(0)
-    G = StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
-                           mapping_kwargs=dict(num_layers=2),
-                           synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+    G = _tiny_stylegan()
     with torch.no_grad():
         target = G.synthesize(G.sample(1, seed=5, space="w"), "w").clamp(-1, 1)[0]
     editor = Editor(G, tmp_path, steps=30, loss="mse", pca_samples=200)
@@ -269,3 +273,215 @@ def test_stylegan_in_w_plus(tmp_path):
     d = read_latent_file(tmp_path / "sg.npz")
     assert d["space"] == "w+" and d["latent"].shape == (G.num_ws, 32) and d["w"].shape == (1, G.num_ws, 32)
     assert d["config"]["directions"]["PC1"] == 2.0
+
+
+def _tiny_stylegan(img_channels=3):
+    from latent_fit.generators.stylegan2 import StyleGAN2Generator
+    torch.manual_seed(0)
+    return StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=img_channels,
+                              mapping_kwargs=dict(num_layers=2),
+                              synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+
+
+def test_a_grayscale_generator_gets_gray_targets_requests_and_files(tmp_path):
+    """The page prepares uploads as the CLI does (images.load_image with G.img_channels), paints
+    in luma, and saves a mode-L PNG and NVIDIA's `w` layout (G.file_ws)."""
+    G = _tiny_stylegan(img_channels=1)
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[..., 0] = 255                                              # pure red: luma 0.299
+    with _served(Editor(G, tmp_path, steps=5, starts=1, loss="mse")) as (call, job, _):
+        up = job("/api/project?page=g&name=red.png&space=w", _png(rgb), ctype="application/octet-stream")
+        assert up["state"] == "done", up
+        target = Image.open(io.BytesIO(base64.b64decode(up["result"]["target"].split(",")[1])))
+        assert target.mode == "L" and np.asarray(target).mean() == pytest.approx(0.299 * 255, abs=1)
+        assert job("/api/edit", {"page": "g", "wr": 0.01, "request": _strokes(32)})["state"] == "done"
+        status, saved = call("POST", "/api/save", {"page": "g"})
+        assert status == 200, saved
+    assert Image.open(tmp_path / "red.png").mode == "L"
+    d = read_latent_file(tmp_path / "red.npz")
+    assert d["space"] == "w" and d["w"].shape == (1, G.num_ws, 32)
+    request, _ = decode_strokes(_strokes(32), 32, channels=1)
+    assert request.shape == (1, 32, 32)
+    assert float(request[0, 0, 0]) == pytest.approx((0.299 * 120 + 0.587 * 20 + 0.114 * 20) / 127.5 - 1, abs=1e-5)
+
+
+def test_a_direction_file_is_scaled_by_the_generators_prior_std(tmp_path):
+    """Rows of a direction file are one prior std long, measured by G.latent_std_along."""
+    G = _tiny_stylegan()
+    with torch.no_grad():
+        target = G.synthesize(G.sample(1, seed=5, space="w"), "w").clamp(-1, 1)[0]
+    editor = Editor(G, tmp_path, steps=5, starts=1, loss="mse")
+    try:
+        assert _until(editor.queue, editor.submit_projection("p", target, "sg", "w"))["state"] == "done"
+        d = torch.zeros(2, 32)
+        d[0, 0], d[1, 1] = 3.0, -1.0
+        snap = _until(editor.queue, editor.submit_directions("p", d, "axes.npy"))
+        unit = d / d.norm(dim=1, keepdim=True)
+        assert snap["result"]["std"] == [round(float(s), 4) for s in G.latent_std_along(unit, "w")]
+        with editor.queue.lock:
+            rows = editor.page("p").directions
+        assert torch.allclose(rows.norm(dim=1), G.latent_std_along(unit, "w"), rtol=1e-5)
+    finally:
+        editor.queue.close()
+    assert G.latent_std_along(unit, "z").tolist() == [1.0, 1.0]
+
+
+# --- limits: every request answered in one line, the server goes on ---------------------------------
+
+def _raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """Send a hand-made request (its Host filled in) and read the answer until the server closes."""
+    request = head.replace("HOST", f"127.0.0.1:{port}").replace("\n", "\r\n") + "\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(request.encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, answer = data.partition(b"\r\n\r\n")
+    return int(status.split()[1]), json.loads(answer)
+
+
+def test_bodies_without_one_valid_length_are_refused_unread(api, capsys):
+    call, _, _ = api
+    port = _port(call)
+    upload = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
+    body = b"\0" * 4096   # what follows is never read: the answer comes at once, then the server closes
+    for extra in ("Content-Length: -1\n", "", "Transfer-Encoding: chunked\n", "Content-Length: +5\n",
+                  "Content-Length: 5\nContent-Length: 9\n", "Content-Length: 0x10\n"):
+        status, err = _raw(port, upload + extra, body)
+        assert status == 400 and "no valid Content-Length" in err["error"], (extra, err)
+    status, err = _raw(port, upload + f"Content-Length: {40 * 2 ** 20}\n", body)
+    assert status == 400 and "larger than the 25 MiB limit" in err["error"]
+    assert call("GET", "/api/info")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _port(call) -> int:
+    """The port of the `api` fixture's server (its `call` closes over it)."""
+    return dict(zip(call.__code__.co_freevars, (c.cell_contents for c in call.__closure__)))["port"]
+
+
+def test_hostile_requests_get_one_json_line_and_the_server_goes_on(api, pillow_image, capsys):
+    call, job, _ = api
+    assert job("/api/project", {"page": "p", "sample": "face_00"})["state"] == "done"
+    def npy(shape):   # a .npy header declaring `shape` (about 2^40 floats), and 64 bytes of data
+        f = io.BytesIO()
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        return f.getvalue() + b"\0" * 64
+    cases = [
+        ("/api/render", b"[" * 100_000, "application/json; charset=utf-8", "nested too deeply"),
+        ("/api/render", {"page": "p", "strengths": [int("9" * 400)]}, "application/json", "not a number"),
+        ("/api/edit", {"page": "p", "wr": int("9" * 400), "request": _strokes()}, "application/json", "not a number"),
+        ("/api/edit", b'{"page": "p", "wr": 1e999, "request": 1}', "application/json; x", "painted strokes"),
+        ("/api/directions?page=p&name=d.npy", npy((10 ** 10, 100)), "application/octet-stream",
+         "size does not match its shape"),
+        ("/api/directions?page=p&name=d.npy", npy((2 ** 40,)), "application/octet-stream",
+         "latents here need [100]"),
+        ("/api/project?page=p&name=x.png", pillow_image("BLP"), "application/octet-stream",
+         "x.png: not an image in a format latent-fit reads"),
+        ("/api/project?page=p&name=x.png", pillow_image("EPS"), "application/octet-stream",
+         "x.png: not an image in a format latent-fit reads"),
+    ]
+    for path, body, ctype, match in cases:
+        status, err = call("POST", path, body, ctype=ctype)
+        assert status == 400 and match in err["error"] and "\n" not in err["error"], (path, err)
+        assert call("GET", "/api/info")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_bug_is_answered_in_one_line_and_logged(api, monkeypatch, capsys):
+    call, _, _ = api
+    monkeypatch.setattr("latent_fit.serve.server.sample_names", lambda: 1 / 0)
+    status, err = call("POST", "/api/project", {"page": "p", "sample": "face_00"})
+    assert status == 500 and err["error"] == "internal error: ZeroDivisionError: division by zero"
+    assert "Traceback" in capsys.readouterr().err
+    assert call("GET", "/api/info")[0] == 500 and call("GET", "/")[0] == 200
+
+
+def test_save_never_overwrites(api):
+    call, job, out = api
+    assert job("/api/project", {"page": "p", "sample": "face_00"})["state"] == "done"
+    status, first = call("POST", "/api/save", {"page": "p", "stem": "face"})
+    assert status == 200 and first["stem"] == "face" and "note" not in first
+    kept = (out / "face.npz").read_bytes()
+    (out / "face_2.png").write_bytes(b"someone else's")
+    status, again = call("POST", "/api/save", {"page": "p", "stem": "face"})
+    assert status == 200 and again["stem"] == "face_3" and again["files"] == ["face_3.npz", "face_3.png"]
+    assert again["renamed_from"] == "face" and "face.npz or face.png is there already" in again["note"]
+    assert (out / "face.npz").read_bytes() == kept and (out / "face_2.png").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in out.iterdir()) == ["face.npz", "face.png", "face_2.png", "face_3.npz", "face_3.png"]
+
+
+def test_the_queue_is_bounded_per_page_and_in_all():
+    from latent_fit.serve.jobqueue import MAX_QUEUED, MAX_QUEUED_PER_PAGE, QueueFull
+    q = DeviceQueue()
+    release = threading.Event()
+    try:
+        blocker = q.submit("x", "block", lambda job: release.wait(30) and {})
+        while q.wait(blocker.id, 0, 5)["state"] != "running":
+            pass
+        for k in range(MAX_QUEUED_PER_PAGE):
+            q.submit("a", f"kind{k}", lambda job: {})
+        with pytest.raises(QueueFull, match="this page has 4 jobs waiting"):
+            q.submit("a", "another", lambda job: {})
+        q.submit("a", "kind0", lambda job: {})            # a newer request of a kind replaces the stale one
+        for i in range(MAX_QUEUED - MAX_QUEUED_PER_PAGE):
+            q.submit(f"page{i}", "edit", lambda job: {})
+        with pytest.raises(QueueFull, match="16 jobs are waiting"):
+            q.submit("one more page", "edit", lambda job: {})
+    finally:
+        release.set()
+        q.close()
+
+
+def test_a_full_queue_is_a_503(api, monkeypatch):
+    call, _, _ = api
+    monkeypatch.setattr("latent_fit.serve.jobqueue.MAX_QUEUED_PER_PAGE", 0)
+    status, err = call("POST", "/api/project", {"page": "p", "sample": "face_00"})
+    assert status == 503 and "jobs waiting for the device" in err["error"]
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.1", "2130706433", "localhost", "::1", "::ffff:127.0.0.1"])
+def test_every_loopback_spelling_keeps_the_host_check(G, tmp_path, host):
+    editor = Editor(G, tmp_path, steps=5)
+    try:
+        srv = make_server(editor, host, 0)
+    except LatentFitError as e:
+        pytest.skip(f"cannot listen on {host} here: {e}")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    bound, port = srv.server_address[:2]
+    try:
+        assert srv.loopback
+
+        def get(host_header):
+            conn = http.client.HTTPConnection(bound, port, timeout=20)
+            conn.request("GET", "/api/info", headers={"Host": host_header})
+            return conn.getresponse().status
+        assert get("evil.example") == 403 and get(f"evil.example:{port}") == 403     # DNS rebinding
+        shown = f"[{host}]" if ":" in host else host
+        assert get(f"{shown}:{port}") == 200 and get(f"localhost:{port}") == 200
+    finally:
+        srv.shutdown()
+        editor.queue.close()
+        srv.server_close()
+
+
+def test_loopback_addresses():
+    from latent_fit.serve.server import is_loopback
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1%eth0"]))
+
+
+def test_the_favicon_is_served(api):
+    call, _, _ = api
+    status, icon = call("GET", "/favicon.ico")
+    assert status == 200 and Image.open(io.BytesIO(icon)).format == "ICO"
+
+
+def test_a_body_that_stops_coming_is_answered(api, monkeypatch, capsys):
+    call, _, _ = api
+    from latent_fit.serve.server import Handler
+    monkeypatch.setattr(Handler, "timeout", 1)
+    head = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
+    status, err = _raw(_port(call), head + "Content-Length: 1000\n", b"\0" * 10)   # 990 bytes never come
+    assert status == 400 and "the request body did not arrive" in err["error"]
+    assert "Traceback" not in capsys.readouterr().err

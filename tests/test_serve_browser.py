@@ -136,6 +136,12 @@ def test_project_paint_apply_save(page, server, tmp_path):
     assert d["config"]["projection"]["steps"] == 40
     assert Image.open(out / "my_face.png").size == (64, 64)
 
+    _by(page, "save").click()    # again: never over the first file
+    expect(_by(page, "saved")).to_contain_text("saved my_face_2.npz and my_face_2.png")
+    expect(_by(page, "saved")).to_contain_text("my_face.npz or my_face.png is there already: kept")
+    assert _by(page, "stem").input_value() == "my_face"
+    assert np.array_equal(read_latent_file(out / "my_face_2.npz")["latent"], d["latent"])
+
 
 def test_directions_and_sweep(page, tmp_path):
     (tmp_path / "screens").mkdir()
@@ -192,3 +198,29 @@ def test_bad_uploads_get_a_clear_message(page, tmp_path):
     expect(_by(page, "message")).to_contain_text("bomb.png: ")
     expect(_by(page, "message")).to_contain_text("decompression bomb")
     assert _by(page, "apply").is_disabled()
+
+
+def test_the_page_loads_with_no_console_error(browser, server, monkeypatch):
+    """No error in the page's console and no failed request from loading the page to a
+    projection; the favicon, which the browser itself fetches (unseen by Playwright), is served."""
+    handler, answered = server[0].RequestHandlerClass, []
+    send = handler.send_response
+    monkeypatch.setattr(handler, "send_response", lambda self, code, message=None: (
+        answered.append((self.path.split("?")[0], code)), send(self, code, message)))
+    p = browser.new_page()
+    errors = []
+    p.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        p.goto(server[0].url)
+        p.wait_for_selector("body[data-ready='1']")
+        _by(p, "sample").select_option("face_00")
+        expect(_by(p, "projection")).to_have_attribute("src", PNG)
+        for _ in range(50):
+            if ("/favicon.ico", 200) in answered:
+                break
+            p.wait_for_timeout(100)
+        assert ("/favicon.ico", 200) in answered, answered
+        assert errors == [] and all(code < 400 for _, code in answered), (errors, answered)
+    finally:
+        p.close()

@@ -22,6 +22,8 @@ from latent_fit.errors import LatentFitError
 from latent_fit.generators.pickles import load_stylegan, rosinality_to_stylegan2
 from latent_fit.generators.stylegan2 import StyleGAN2Generator, lowpass_filter
 
+from conftest import module_tree
+
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "stylegan2"
 ATOL = 1e-4
 # A tiny conditional generator: clamping active, fp16 option (no effect in fp32), noise everywhere.
@@ -197,13 +199,6 @@ def easydicts(x):
 
 def persistent_network(state_dict, init_kwargs, module_src, class_name="Generator"):
     """The pickled form of an official network: nested module states holding its tensors."""
-    tree = {}
-    for key, value in state_dict.items():
-        *path, leaf = key.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
 
     def module(node, class_name, init_kwargs):
         state = dict(training=False, _parameters=OrderedDict(), _buffers=OrderedDict(), _modules=OrderedDict(),
@@ -218,7 +213,7 @@ def persistent_network(state_dict, init_kwargs, module_src, class_name="Generato
                 state["_parameters"][name] = torch.nn.Parameter(v.clone())
         return Persistent(class_name, state, module_src)
 
-    return module(tree, class_name, init_kwargs)
+    return module(module_tree(state_dict), class_name, init_kwargs)
 
 
 def flat_kwargs(init_kwargs):

@@ -109,9 +109,22 @@ class Generator(nn.Module):
         generator), for scaling the latent noise. Depends on the generator only, never a batch."""
         if self.gaussian_prior(space):
             return 1.0
+        x = self.prior_samples(space)
+        return float((x - x.mean(0)).pow(2).mean().sqrt())
+
+    def latent_std_along(self, directions: torch.Tensor, space: str) -> torch.Tensor:
+        """Std [K] of prior latents in `space` along each unit row of `directions` [K, *shape]:
+        1 in z; in w / w+ measured on the samples latent_std uses."""
+        if self.gaussian_prior(space):
+            return torch.ones(len(directions), device=directions.device)
+        x = self.prior_samples(space)
+        return ((x - x.mean(0)).flatten(1) @ directions.flatten(1).to(x).T).std(0)
+
+    def prior_samples(self, space: str, n: int = 1000) -> torch.Tensor:
+        """n prior latents in `space` from seed 0, all classes of a conditional generator alike:
+        the samples the prior's statistics are measured on."""
         with torch.no_grad():
-            x = self.sample(1000, seed=0, space=space, c=self.cycled_labels(1000))
-            return float((x - x.mean(0)).pow(2).mean().sqrt())
+            return self.sample(n, seed=0, space=space, c=self.cycled_labels(n))
 
     def class_vector(self, class_index: int | None, space: str) -> torch.Tensor | None:
         """The one-hot label [c_dim] of a class index; None if unconditional, or if no class is

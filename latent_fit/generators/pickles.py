@@ -5,10 +5,12 @@ torch_utils.persistence format: each network is pickled as `_reconstruct_persist
 its class name, module source code and module state (`__dict__`). The official loader executes that
 source; here an Unpickler resolves only an allowlist of globals (see untrusted.py), the
 reconstructor becomes a stand-in that keeps the state, and the weights are gathered from the
-pickled `_parameters`, `_buffers` and `_modules`. rosinality/stylegan2-pytorch checkpoints
-(torch.save with 'g_ema') are read by the same means and renamed onto the official parameter
-names. A network is built only within bounds taken from the file: the size of its tensors, the
-whole numbers of its init_kwargs, and a budget of tensor numbers and layers checked before each
+pickled `_parameters`, `_buffers` and `_modules`, each module once. rosinality/stylegan2-pytorch
+checkpoints (torch.save with 'g_ema') are read by the same means and renamed onto the official
+parameter names. Everything a load makes is charged to one budget set from the file's size, with
+stand-ins made for that load alone (untrusted.Budget). A network is built only within bounds
+taken from the file: the size of its tensors (no more bytes than the file holds), the whole
+numbers of its init_kwargs, and a budget of tensor numbers and layers checked before each
 allocation, so init_kwargs describing terabytes stop at once.
 """
 
@@ -27,13 +29,14 @@ from torch.overrides import TorchFunctionMode
 from ..errors import LatentFitError
 from .stylegan2 import StyleGAN2Generator, lowpass_filter
 from .stylegan3 import StyleGAN3Generator
-from .untrusted import (LEGACY_TORCH_MAGIC, NUMPY_GLOBALS, TORCH_GLOBALS, NDArray, Refused, describe, load_storage_bytes,
-                        read_capped, read_torch_file, unpickle)
+from .untrusted import (LEGACY_TORCH_MAGIC, Budget, NDArray, Refused, describe, load_storage_bytes, numpy_globals,
+                        read_capped, read_torch_file, torch_globals, unpickle)
 
 MAX_FILE_BYTES = 8 * 2 ** 30        # read no more of a network file than this
 MAX_NETWORK_NUMBERS = 2 ** 29       # 2 GiB of float32 in the generator's tensors
 MAX_INIT_INT = 2 ** 20              # resolutions, channels, dims and counts in init_kwargs
 MAX_INIT_ITEMS = 64                 # items of a list or dict in init_kwargs
+MAX_INIT_VALUES = 4096              # values in all of init_kwargs (a real one has about 40)
 _GENERATOR_ARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"}
 STYLEGAN3_REPO_CONV_CLAMP = 256   # the default of the stylegan3 repo's StyleGAN2 (stylegan2-ada-pytorch: None)
 
@@ -56,39 +59,52 @@ def _persistent(meta):   # torch_utils.persistence._reconstruct_persistent_obj
 class _EasyDict(dict):
     """Stand-in for dnnlib.EasyDict."""
 
+    takes_pickled_state = True
+
 
 class _Namespace:
     """Stand-in for the argparse.Namespace of rosinality checkpoints: kept, never used."""
 
-
-def _latin1(text, encoding="latin1"):  # _codecs.encode: how protocol-2 pickles store bytes
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError("unexpected string encoding")
-    return text.encode("latin1")
+    takes_pickled_state = True
 
 
-_ALLOWED = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
-    ("torch.storage", "_load_from_bytes"): load_storage_bytes,
-    ("dnnlib.util", "EasyDict"): _EasyDict,
-    **{(m, "set"): set for m in ("builtins", "__builtin__")},   # __builtin__: protocol 2
-    **{(m, "frozenset"): frozenset for m in ("builtins", "__builtin__")},
-    **{(m, "slice"): slice for m in ("builtins", "__builtin__")},
-    ("_codecs", "encode"): _latin1,
-    **TORCH_GLOBALS,
-    **NUMPY_GLOBALS,
-}
-_CHECKPOINT_GLOBALS = {**TORCH_GLOBALS, ("argparse", "Namespace"): _Namespace}
+def _network_globals(budget: Budget) -> dict:
+    """The globals a network pickle may name, with stand-ins made for this load alone."""
+    def latin1(text, encoding="latin1"):   # _codecs.encode: how protocol-2 pickles store bytes
+        if not isinstance(text, str) or encoding != "latin1":
+            raise pickle.UnpicklingError("unexpected string encoding")
+        budget.spend_bytes(len(text))
+        return text.encode("latin1")
+
+    def storage(data):   # torch.storage._load_from_bytes
+        if not isinstance(data, bytes):
+            raise pickle.UnpicklingError("malformed tensor storage")
+        return load_storage_bytes(data, budget)
+    return {
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
+        ("torch.storage", "_load_from_bytes"): storage,
+        ("dnnlib.util", "EasyDict"): type("EasyDict", (_EasyDict,), {}),
+        **{(m, t.__name__): t for m in ("builtins", "__builtin__") for t in (set, frozenset, slice)},
+        ("_codecs", "encode"): latin1,
+        **torch_globals(),
+        **numpy_globals(budget),
+    }
 
 
-def _find_class(module: str, name: str):
-    """Resolves only the globals of `_ALLOWED`; anything else ends the load."""
-    if (module, name) in _ALLOWED:
-        return _ALLOWED[module, name]
-    if module.startswith("dnnlib.tflib"):
-        raise Refused("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of "
-                             "stylegan2-ada-pytorch first")
-    raise Refused(f"refusing to load global '{module[:60]}.{name[:60]}' (not a network-pickle type)")
+def _checkpoint_globals() -> dict:
+    return {**torch_globals(), ("argparse", "Namespace"): type("Namespace", (_Namespace,), {})}
+
+
+def _finder(globals_: dict):
+    """find_class(module, name) resolving only the globals of `globals_`; anything else ends the load."""
+    def find_class(module: str, name: str):
+        if (module, name) in globals_:
+            return globals_[module, name]
+        if module.startswith("dnnlib.tflib"):
+            raise Refused("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of "
+                          "stylegan2-ada-pytorch first")
+        raise Refused(f"refusing to load global '{module[:60]}.{name[:60]}' (not a network-pickle type)")
+    return find_class
 
 
 def load_stylegan(path: str | Path, network_key: str = "G_ema") -> StyleGAN2Generator:
@@ -98,8 +114,9 @@ def load_stylegan(path: str | Path, network_key: str = "G_ema") -> StyleGAN2Gene
     path = Path(path)
     try:
         data = read_capped(path, MAX_FILE_BYTES)
-        init_kwargs, state_dict, untracked_w_avg = _read_generator(data, network_key)
+        init_kwargs, state_dict, untracked_w_avg = _read_generator(data, network_key, Budget(len(data)))
         cls = StyleGAN3Generator if _is_stylegan3(state_dict) else StyleGAN2Generator
+        _check_size(init_kwargs, state_dict, len(data))
         G = _build(cls, init_kwargs, state_dict, name=path.stem, sha256=hashlib.sha256(data).hexdigest())
         if untracked_w_avg:
             _estimate_w_avg(G)
@@ -124,24 +141,25 @@ def _estimate_w_avg(G: StyleGAN2Generator, n: int = 10_000) -> None:
         G.mapping.w_avg.copy_(total / n)
 
 
-def _read_generator(data: bytes, network_key: str) -> tuple[dict, dict, bool]:
-    """(init_kwargs, state_dict, whether w_avg is missing) of the generator in a file's bytes."""
+def _read_generator(data: bytes, network_key: str, budget: Budget) -> tuple[dict, dict, bool]:
+    """(init_kwargs, state_dict, whether w_avg is missing) of the generator in a file's bytes,
+    everything it makes charged to `budget`."""
     if data[:4] == b"PK\x03\x04":  # torch.save zip file
-        return _rosinality_generator(read_torch_file(data, _CHECKPOINT_GLOBALS), network_key)
+        return _rosinality_generator(read_torch_file(data, _checkpoint_globals(), budget), network_key)
     try:
-        obj = unpickle(data, _find_class)[0]
+        obj = unpickle(data, _finder(_network_globals(budget)), budget=budget)[0]
     except Refused:
         raise
     except LatentFitError as e:
         raise LatentFitError(f"not a network pickle or torch checkpoint ({e})") from None
     if type(obj) is int and obj == LEGACY_TORCH_MAGIC:
-        return _rosinality_generator(read_torch_file(data, _CHECKPOINT_GLOBALS), network_key)
+        return _rosinality_generator(read_torch_file(data, _checkpoint_globals(), budget), network_key)
     if not isinstance(obj, dict):
         raise LatentFitError(f"not a network pickle (it holds a {type(obj).__name__}, not a dict of networks)")
-    return (*_pickled_generator(obj, network_key), False)
+    return (*_pickled_generator(obj, network_key, budget), False)
 
 
-def _pickled_generator(networks: dict, key: str) -> tuple[dict, dict]:
+def _pickled_generator(networks: dict, key: str, budget: Budget) -> tuple[dict, dict]:
     if key not in networks:
         names = ", ".join(str(k)[:40] for k in list(networks)[:10] if isinstance(k, str))
         raise LatentFitError(f"has no network {key!r} (it has: {names})")
@@ -150,10 +168,10 @@ def _pickled_generator(networks: dict, key: str) -> tuple[dict, dict]:
         raise LatentFitError(f"{key!r} is not a network")
     if net.class_name != "Generator":
         raise LatentFitError(f"network {key!r} is a {net.class_name}, not a generator; use G_ema or G")
-    state_dict = _module_state_dict(net)
+    state_dict = _module_state_dict(net, budget, set())
     if net.state.get("_init_args"):
         raise LatentFitError("the generator was built with positional arguments; expected keyword arguments")
-    init_kwargs = _plain(net.state.get("_init_kwargs", {}))
+    init_kwargs = _plain(net.state.get("_init_kwargs", {}), [MAX_INIT_VALUES])
     if not _is_stylegan3(state_dict) and _by_stylegan3_repo(init_kwargs, net.module_src):
         init_kwargs = {"conv_clamp": STYLEGAN3_REPO_CONV_CLAMP, **init_kwargs}   # unless the pickle sets it
     return init_kwargs, state_dict
@@ -173,47 +191,62 @@ def _by_stylegan3_repo(init_kwargs: dict, module_src: str) -> bool:
     return bool(set(init_kwargs) - _GENERATOR_ARGS) or "fused_modconv_default" in module_src
 
 
-def _module_state_dict(obj: _Persistent, prefix: str = "") -> dict[str, torch.Tensor]:
-    """What module.state_dict() gives, from the pickled state of a module and its children."""
+def _module_state_dict(obj: _Persistent, budget: Budget, seen: set, prefix: str = "") -> dict[str, torch.Tensor]:
+    """What module.state_dict() gives, from the pickled state of a module and its children:
+    each module visited once (a module met twice is refused), each tensor charged to `budget`."""
     if prefix.count(".") > 16:
         raise LatentFitError(f"modules nested too deeply at {prefix[:60]!r}")
+    if id(obj) in seen:
+        raise LatentFitError(f"module {prefix[:60]!r} appears twice in the network (a shared module)")
+    seen.add(id(obj))
     state = obj.state
-    skip = state.get("_non_persistent_buffers_set") or ()
-    tensors = {**(state.get("_parameters") or {}),
-               **{k: v for k, v in (state.get("_buffers") or {}).items() if k not in skip}}
+    parameters, buffers, modules = (state.get(k) or {} for k in ("_parameters", "_buffers", "_modules"))
+    skip = state.get("_non_persistent_buffers_set") or set()
+    if not (isinstance(parameters, dict) and isinstance(buffers, dict) and isinstance(modules, dict)
+            and isinstance(skip, (set, frozenset))):
+        raise LatentFitError(f"module {prefix[:60]!r} has malformed parameters, buffers or children")
+    budget.spend(1 + len(parameters) + len(buffers) + len(modules))
     out = {}
-    for k, v in tensors.items():
+    for k, v in [*parameters.items(), *((k, v) for k, v in buffers.items() if k not in skip)]:
         if v is not None:
             if not (isinstance(k, str) and isinstance(v, torch.Tensor)):
                 raise LatentFitError(f"{prefix}{str(k)[:40]} is not a tensor")
             out[prefix + k] = v
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in modules.items():
         if child is None:
             continue
         if not (isinstance(name, str) and isinstance(child, _Persistent)):
             raise LatentFitError(f"module {prefix}{str(name)[:40]!r} is not a network module")
-        out.update(_module_state_dict(child, f"{prefix}{name}."))
+        out.update(_module_state_dict(child, budget, seen, f"{prefix}{name}."))
     return out
 
 
-def _plain(x, depth: int = 0):
-    """EasyDicts (and the containers holding them) as plain dicts, pickled numpy arrays as arrays."""
-    if depth > 8:
-        raise LatentFitError("init_kwargs nested too deeply")
+def _plain(x, left: list[int], depth: int = 0):
+    """EasyDicts (and the containers holding them) as plain dicts, pickled numpy arrays as
+    arrays; refused past `left[0]` values in all or 8 levels, so a graph of shared lists is
+    never copied along its many paths (_check_size then applies the finer limits)."""
+    left[0] -= 1
+    if depth > 8 or left[0] < 0:
+        raise LatentFitError("init_kwargs nested too deeply or too large")
     if isinstance(x, dict):
-        return {k: _plain(v, depth + 1) for k, v in x.items()}
+        return {k: _plain(v, left, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v, depth + 1) for v in x)
+        return type(x)(_plain(v, left, depth + 1) for v in x)
     return x.array if isinstance(x, NDArray) else x
 
 
-def _check_size(init_kwargs: dict, state_dict: dict) -> None:
+def _check_size(init_kwargs: dict, state_dict: dict, file_bytes: int) -> None:
     """Refuse a network too large to build, before anything is built: by the total size of the
-    file's tensors and by every whole number in init_kwargs."""
+    file's tensors (each number backed by its own bytes of the file) and by every whole number
+    in init_kwargs."""
     total = sum(t.numel() for t in state_dict.values())
     if total > MAX_NETWORK_NUMBERS:
         raise LatentFitError(f"its tensors hold {total:,} numbers, more than the {MAX_NETWORK_NUMBERS:,} "
                              "latent-fit loads")
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    if nbytes > file_bytes + 2 ** 20:   # a rosinality file gains a few filters and w_avg
+        raise LatentFitError(f"its tensors hold {nbytes:,} bytes, more than the {file_bytes:,} of the file "
+                             "(tensors that share their data)")
 
     def check(x, where, depth=0):
         if depth > 4 or (isinstance(x, (list, tuple, dict)) and len(x) > MAX_INIT_ITEMS):
@@ -258,8 +291,9 @@ _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.randn, tor
 
 def _build(cls, init_kwargs: dict, state_dict: dict, name: str, sha256: str):
     """cls.from_state_dict(init_kwargs, state_dict), built within a budget checked before each
-    allocation: about twice the file's numbers, and a few layers per tensor of the file."""
-    _check_size(init_kwargs, state_dict)
+    allocation: about twice the file's numbers, and a few layers per tensor of the file. (No
+    filter is designed from init_kwargs: StyleGAN3's are allocated through that budget and filled
+    from the file, so a huge or radial filter size is refused before numpy sees it.)"""
     registrations, limit = [0], 4 * len(state_dict) + 64
 
     def count(*_):   # a network with far more layers than the file has weights: stop early
@@ -350,9 +384,12 @@ def rosinality_to_stylegan2(sd: dict, w_avg: torch.Tensor | None = None) -> tupl
     unused = [k for k in rest if not k.endswith(".kernel")]  # rosinality's copies of the blur filter
     if unused:
         raise LatentFitError(f"unexpected tensor {unused[0]!r} for a rosinality stylegan2-pytorch generator")
-    init_kwargs = dict(
-        z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=3,
-        mapping_kwargs=dict(num_layers=n_mlp),
-        synthesis_kwargs=dict(channel_base=out[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
-                              channel_max=out["synthesis.b4.const"].shape[0]))
-    return init_kwargs, out
+    return _rosinality_kwargs(out, z_dim, w_dim, res, n_mlp), out
+
+
+def _rosinality_kwargs(sd: dict, z_dim: int, w_dim: int, res: int, n_mlp: int) -> dict:
+    """NVIDIA's init_kwargs of a converted rosinality generator (channel widths from its convs)."""
+    return dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=3,
+                mapping_kwargs=dict(num_layers=n_mlp),
+                synthesis_kwargs=dict(channel_base=sd[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
+                                      channel_max=sd["synthesis.b4.const"].shape[0]))

@@ -311,6 +311,7 @@ class StyleGAN2Generator(Generator):
         mapping_kwargs = {**self.mapping_defaults, **_effective(mapping_kwargs or {})}
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mapping_kwargs)
         self.z_dim, self.c_dim, self.w_dim, self.resolution = z_dim, c_dim, w_dim, img_resolution
+        self.img_channels = img_channels
         self.noise_shapes = self.synthesis.noise_shapes
 
     @classmethod

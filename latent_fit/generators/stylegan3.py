@@ -11,6 +11,7 @@ layer's cutoff and stopband. Everything runs in fp32 and per sample.
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .stylegan2 import FullyConnected, StyleGAN2Generator, _bias_act, _modulated_conv2d
+
+_LOADING = contextvars.ContextVar("stylegan3_loading", default=False)   # see design_lowpass_filter
 
 
 def _kaiser_beta(numtaps: int, width: float) -> float:
@@ -35,9 +38,13 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
                           radial: bool = False) -> torch.Tensor | None:
     """Kaiser-windowed low-pass filter with unit DC gain: separable [numtaps] (a windowed sinc, as
     scipy.signal.firwin designs it) or radially symmetric [numtaps, numtaps] (a windowed jinc).
-    None for one tap (the identity)."""
+    None for one tap (the identity). While a network file is loaded, an empty tensor of that
+    shape: the file's own filters fill it, and its size is checked (a torch allocation) before
+    numpy would design a filter of any size the file's init_kwargs ask for."""
     if numtaps == 1:
         return None
+    if _LOADING.get():
+        return torch.empty([numtaps] * (2 if radial else 1))
     window = np.kaiser(numtaps, _kaiser_beta(numtaps, width / (fs / 2)))
     t = np.arange(numtaps) - (numtaps - 1) / 2
     if not radial:
@@ -245,3 +252,13 @@ class StyleGAN3Generator(StyleGAN2Generator):
     family = "StyleGAN3"
     synthesis_network = SynthesisNetwork
     mapping_defaults = {"num_layers": 2}
+
+    @classmethod
+    def from_state_dict(cls, init_kwargs: dict, state_dict: dict, name: str = "",
+                        sha256: str = "") -> StyleGAN3Generator:
+        """StyleGAN2's, with the filters taken from the state dict instead of designed."""
+        token = _LOADING.set(True)
+        try:
+            return super().from_state_dict(init_kwargs, state_dict, name=name, sha256=sha256)
+        finally:
+            _LOADING.reset(token)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
+import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,13 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..edit import edit, pca_directions, render
+from ..edit import PCA_SAMPLES, edit, pca_directions, render
+from ..encoder import load_encoder
 from ..errors import LatentFitError
 from ..generators.base import Generator
 from ..images import save_png, to_uint8
 from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
-from ..config import EDIT, EDIT_WR, PROJECTION
+from ..config import PROJECTION, SWEEP_WRS, edit_config
 from ..optimize import project
 from ..sweep import suggest_wr, sweep
 from .inputs import safe_stem
@@ -35,34 +39,20 @@ from .jobqueue import DeviceQueue, Job
 
 MAX_PAGES = 16                                 # pages whose state is kept (least recently used dropped)
 DIRECTIONS = 5                                 # principal directions offered as sliders
-PCA_SAMPLES = 2000
-SWEEP_WRS = {"raw": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),   # the page's w_r range per wr_units, log-spaced
-             "relative": (1e-2, 1e-1, 1.0, 10.0, 100.0)}
+PAGE_WRS = {u: tuple(w for w in wrs if w > 0) for u, wrs in SWEEP_WRS.items()}   # the page's log-scale w_r range
 CHECK_EVERY = 10                               # steps between progress reports (and cancel checks)
 
 
 def load_start_encoder(spec: str | None, G: Generator, space: str):
     """The learned start of --encoder (none | auto | PATH) for `space`: an Encoder mapping images
-    [N, 3, H, W] to latents [N, *shape], or None for the loop's own starts. `auto` is none
-    where latent_fit.encoder does not exist."""
-    if spec in (None, "", "none"):
-        return None
-    try:
-        from ..encoder import load_encoder
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__.rsplit('.', 1)[0]}.encoder":
-            raise
-        if spec == "auto":
-            return None
-        raise LatentFitError(f"--encoder {spec}: this latent-fit has no encoder support; "
-                             "use --encoder none") from None
-    return load_encoder(spec, G, space=space)
+    [N, C, H, W] to latents [N, *shape], or None for the loop's own starts."""
+    return None if spec in (None, "") else load_encoder(spec, G, space=space)
 
 
 def data_url(image: np.ndarray) -> str:
-    """An [H, W, 3] uint8 image as a PNG data URL."""
+    """An [H, W, 3] (RGB) or [H, W, 1] (gray) uint8 image as a PNG data URL."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -72,7 +62,7 @@ class Page:
 
     space: str
     stem: str
-    target: torch.Tensor                      # [3, H, W]
+    target: torch.Tensor                      # [C, H, W] (C = G.img_channels)
     projection: torch.Tensor                  # P [*shape]
     record: dict                              # what made P: config, loss_history, metrics, steps, seconds
     class_index: int | None = None            # a conditional generator's class (None: unconditional)
@@ -81,7 +71,7 @@ class Page:
     directions: torch.Tensor | None = None    # [K, *shape], each row one prior std long
     direction_names: list[str] = field(default_factory=list)
     strengths: list[float] = field(default_factory=list)
-    image: torch.Tensor | None = None         # G(current) [3, H, W]
+    image: torch.Tensor | None = None         # G(current) [C, H, W]
 
     def current(self) -> torch.Tensor:
         base = self.projection if self.edited is None else self.edited
@@ -106,20 +96,21 @@ class Editor:
         self.G, self.out, self.encoder, self.pca_samples = G, Path(out), encoder, pca_samples
         page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False,
                     wr_units=wr_units)
-        self.sweep_wrs = SWEEP_WRS[wr_units]
+        self.sweep_wrs = PAGE_WRS[wr_units]
         self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
-        self.edit_config = EDIT.replace(**page)                   # edits from the page's projection
+        self.edit_config = edit_config(**page)                    # edits from the page's projection
         self.queue = DeviceQueue()
         self._pages: OrderedDict[str, Page] = OrderedDict()
         self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
         self._pca: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (space, class) -> PCA
+        self._save_lock = threading.Lock()          # a name is chosen and written by one save at a time
 
     def info(self) -> dict:
         G = self.G
         return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
                 "space": G.default_space, "classes": G.c_dim, "steps": self.config.steps, "encoder": self.encoder,
                 "out": str(self.out), "sweep_wrs": list(self.sweep_wrs),
-                "wr_units": self.edit_config.wr_units, "wr": EDIT_WR[self.edit_config.wr_units]}
+                "wr_units": self.edit_config.wr_units, "wr": self.edit_config.wr}
 
     def start_encoder(self, space: str):
         """The encoder for `space`, loaded once (so a bad --encoder fails at start-up)."""
@@ -151,7 +142,7 @@ class Editor:
 
     def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None,
                           class_index: int | None = None) -> Job:
-        """Project `target` [3, H, W] (in class `class_index` of a conditional generator, which
+        """Project `target` [C, H, W] (in class `class_index` of a conditional generator, which
         it needs); a new projection makes all of the page's work stale."""
         space = self.G.check_space(space or self.G.default_space)
         if self.G.c_dim and class_index is None:
@@ -246,9 +237,7 @@ class Editor:
             raise LatentFitError(f"direction file: rows of shape {list(dirs.shape[1:])}; the {space} "
                                  f"space needs {list(self.G.latent_shape(space))}")
         unit = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (dirs.ndim - 1))
-        lat = self.G.sample(1000, seed=0, space=space, c=self.G.cycled_labels(1000))
-        std = ((lat - lat.mean(0)).flatten(1) @ unit.flatten(1).T).std(0)
-        return unit, std
+        return unit, self.G.latent_std_along(unit, space)
 
     def submit_sweep(self, page_id: str, request: tuple[torch.Tensor, torch.Tensor] | None) -> Job:
         """Fidelity against ||dz|| over the page's w_r range for this page's image, in one batched run: an
@@ -276,10 +265,23 @@ class Editor:
 
     def save(self, page_id: str, stem: str | None = None) -> dict:
         """Write OUT/<stem>.npz (the current latent; latent_init = the projection's) and
-        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`."""
+        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`. Never over a file: where
+        either exists they go to the first free <stem>_2, <stem>_3, ..., and the answer says so."""
         with self.queue.lock:
             page = self.page(page_id)
-        stem = safe_stem(stem or page.stem)
+        asked = safe_stem(stem or page.stem)
+        with self._save_lock:
+            stem = free_stem(self.out, asked)
+            self._write(page, stem)
+        answer = {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
+                  "saved_at": time.strftime("%H:%M:%S")}
+        if stem != asked:
+            answer |= {"renamed_from": asked, "note": f"{asked}.npz or {asked}.png is there already: "
+                                                      f"kept, and saved as {stem}"}
+        return answer
+
+    def _write(self, page: Page, stem: str) -> None:
+        """OUT/<stem>.png and OUT/<stem>.npz of the page's current latent."""
         G, latent = self.G, page.current()
         image = page.image if page.image is not None else render(G, latent[None], page.space, page.label(G))[0].cpu()
         mse = pixel_mse(image[None], page.target[None])
@@ -290,13 +292,17 @@ class Editor:
         config = {"made_by": "latent-fit serve", "projection": page.record["config"],
                   "edit": page.edit_record and page.edit_record["config"],
                   "directions": dict(zip(page.direction_names, page.strengths)) or None}
-        extra = {}
-        if page.space in ("w", "w+"):
-            extra["w"] = latent[None, None].expand(1, G.num_ws, -1) if page.space == "w" else latent[None]
         save_png(to_uint8(image[None])[0], self.out / f"{stem}.png")
         write_latent_file(self.out / f"{stem}.npz", latent=latent, latent_init=page.projection,
                           space=page.space, generator=G.name, generator_sha256=G.sha256,
                           loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
-                          config=config, metrics=metrics, class_index=page.class_index, **extra)
-        return {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
-                "saved_at": time.strftime("%H:%M:%S")}
+                          config=config, metrics=metrics, w=G.file_ws(latent, page.space),
+                          class_index=page.class_index)
+
+
+def free_stem(folder: Path, stem: str) -> str:
+    """`stem`, or the first of stem_2, stem_3, ... for which folder holds neither a .npz nor a .png."""
+    for k in itertools.count(1):
+        name = stem if k == 1 else f"{stem}_{k}"
+        if not any(os.path.lexists(folder / f"{name}{ext}") for ext in (".npz", ".png")):
+            return name

@@ -1,24 +1,24 @@
-"""What the browser sends, checked and turned into tensors: uploaded images, painted strokes,
-direction files and file names. Nothing from the client is ever used as a path."""
+"""What the browser sends, checked and turned into tensors: painted strokes, direction files and
+file names (uploaded images go through images.load_image, as the CLI's files do). Nothing from
+the client is ever used as a path."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import math
 import re
-import warnings
 
 import numpy as np
+import numpy.lib.format as npformat
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import LatentFitError
-from ..images import _to_rgb
+from ..images import open_image
 
 MAX_UPLOAD_BYTES = 25 * 2 ** 20   # an upload larger than this is refused before it is read
-MAX_PIXELS = 50_000_000           # larger images are refused unread (decompression bombs)
 MAX_STROKE_SIZE = 4096            # the painted canvas is at most this many pixels a side
 MAX_DIRECTIONS = 16               # sliders shown for a direction file of [K, *shape]
 _STEM = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -34,46 +34,10 @@ def safe_stem(name: str | None, default: str = "image") -> str:
     return stem or default
 
 
-def _open(data: bytes, what: str) -> Image.Image:
-    """A loaded Pillow image from bytes, refusing oversized ones before decoding them."""
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise LatentFitError(f"{what}: {len(data) / 2 ** 20:.1f} MiB, larger than the "
-                             f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB limit; upload a smaller image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise LatentFitError(f"{what}: {w}x{h} pixels is more than the {MAX_PIXELS // 10 ** 6} "
-                                     "million allowed (a decompression bomb?); upload a smaller image")
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            return img
-    except UnidentifiedImageError:
-        raise LatentFitError(f"{what}: not an image (PNG, JPEG, WebP, BMP, TIFF or GIF)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise LatentFitError(f"{what}: too many pixels (a decompression bomb?); upload a smaller image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise LatentFitError(f"{what}: unreadable or truncated image ({e})") from None
-
-
-def decode_image(data: bytes, resolution: int, what: str = "upload") -> torch.Tensor:
-    """An uploaded image as a projection target [3, resolution, resolution] in [-1, 1], prepared
-    as the CLI prepares files: EXIF rotation, alpha on white, center crop, Lanczos resize."""
-    rgb = _to_rgb(_open(data, what), (255, 255, 255))
-    w, h = rgb.size
-    s = min(w, h)
-    rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != resolution:
-        rgb = rgb.resize((resolution, resolution), Image.LANCZOS)
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32).copy()).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def decode_strokes(data_url: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_strokes(data_url: str, resolution: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """The painted layer (a PNG data URL of RGBA strokes on transparency) as the edit request
-    [3, R, R] in [-1, 1] and its footprint, the mask [1, R, R] in [0, 1] (alpha, area-resized
-    with premultiplied colours)."""
+    [channels, R, R] in [-1, 1] (channels 1: ITU-R 601 luma, as images.load_image) and its
+    footprint, the mask [1, R, R] in [0, 1] (alpha, area-resized with premultiplied colours)."""
     head, _, b64 = str(data_url).partition(",")
     if head != "data:image/png;base64":
         raise LatentFitError("painted strokes: expected a PNG data URL from the canvas")
@@ -81,7 +45,7 @@ def decode_strokes(data_url: str, resolution: int) -> tuple[torch.Tensor, torch.
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise LatentFitError("painted strokes: not valid base64") from None
-    img = _open(raw, "painted strokes")
+    img = open_image(raw, "painted strokes")
     if max(img.size) > MAX_STROKE_SIZE or img.size[0] != img.size[1]:
         raise LatentFitError(f"painted strokes: a square canvas of at most {MAX_STROKE_SIZE} px expected, "
                              f"got {img.size[0]}x{img.size[1]}")
@@ -95,25 +59,36 @@ def decode_strokes(data_url: str, resolution: int) -> tuple[torch.Tensor, torch.
     if float(alpha.max()) < 1e-3:
         raise LatentFitError("painted strokes: nothing painted; paint on the image first")
     rgb = (rgba[0, :3] / alpha.clamp_min(1 / 255)).clamp(0, 1)
+    if channels == 1:
+        rgb = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
     return rgb * 2 - 1, alpha
 
 
 def decode_direction(data: bytes, shape: tuple[int, ...], what: str = "direction file") -> torch.Tensor:
     """A .npy direction of shape [*shape] or [K, *shape] as K rows [K, *shape] (at most
-    MAX_DIRECTIONS), never unpickling."""
+    MAX_DIRECTIONS). The header is checked against `shape` and the bytes present before any
+    array is made; nothing is unpickled."""
     if len(data) > MAX_UPLOAD_BYTES:
         raise LatentFitError(f"{what}: larger than the {MAX_UPLOAD_BYTES // 2 ** 20} MiB limit")
+    f = io.BytesIO(data)
     try:
-        d = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise LatentFitError(f"{what}: not a .npy array ({e})") from None
-    if not isinstance(d, np.ndarray) or d.dtype.kind not in "fiu":
+        header = {(1, 0): npformat.read_array_header_1_0,
+                  (2, 0): npformat.read_array_header_2_0}.get(npformat.read_magic(f))
+        if header is None:
+            raise ValueError("unknown .npy version")
+        found, fortran, dtype = header(f)
+    except (ValueError, SyntaxError, TypeError, EOFError) as e:
+        raise LatentFitError(f"{what}: not a .npy array ({' '.join(str(e).split())[:120]})") from None
+    if dtype.kind not in "fiu" or dtype.hasobject:
         raise LatentFitError(f"{what}: not a numeric .npy array")
-    if tuple(d.shape) == shape:
-        d = d[None]
-    if tuple(d.shape[1:]) != shape or d.shape[0] < 1:
-        raise LatentFitError(f"{what}: shape {list(d.shape)}; latents here need {list(shape)} or "
+    if tuple(found) == shape:
+        found = (1, *found)
+    if tuple(found[1:]) != shape or found[0] < 1:
+        raise LatentFitError(f"{what}: shape {list(found)}; latents here need {list(shape)} or "
                              f"[K, {', '.join(map(str, shape))}]")
+    if math.prod(found) * dtype.itemsize != len(data) - f.tell():
+        raise LatentFitError(f"{what}: its size does not match its shape {list(found)} (truncated?)")
+    d = np.frombuffer(data, dtype, offset=f.tell()).reshape(found, order="F" if fortran else "C")
     d = torch.from_numpy(d[:MAX_DIRECTIONS].astype(np.float32))
     if not torch.isfinite(d).all() or bool((d.flatten(1).norm(dim=1) == 0).any()):
         raise LatentFitError(f"{what}: a direction is zero or not finite")

@@ -14,7 +14,13 @@ from typing import Callable
 from ..devices import is_oom
 from ..errors import LatentFitError
 
-KEEP_JOBS = 256   # finished jobs kept for their pages to read back
+KEEP_JOBS = 256            # finished jobs kept for their pages to read back
+MAX_QUEUED = 16            # jobs waiting for the device, all pages together
+MAX_QUEUED_PER_PAGE = 4    # jobs waiting for the device from one page
+
+
+class QueueFull(LatentFitError):
+    """Too many jobs wait for the device (from the page, or in all): the request is refused."""
 
 
 class Cancelled(Exception):
@@ -81,10 +87,12 @@ class DeviceQueue:
     def submit(self, page: str, kind: str, run: Callable[[Job], dict], total: int = 0,
                supersedes: tuple[str, ...] = ()) -> Job:
         """Queue a job; the page's queued or running jobs of this kind or of `supersedes` are
-        cancelled first (a running one stops at its next progress check)."""
+        cancelled first (a running one stops at its next progress check). Raises QueueFull, and
+        cancels nothing, when MAX_QUEUED_PER_PAGE or MAX_QUEUED jobs would still be waiting."""
         job = Job(page=page, kind=kind, run=run, total=total, queue=self)
         with self.lock:
             stale = {kind, *supersedes}
+            self._check_room(page, [j for j in self._pending if not (j.page == page and j.kind in stale)])
             for old in [*self._pending, *([self._running] if self._running else [])]:
                 if old.page == page and old.kind in stale:
                     self._cancel(old)
@@ -95,6 +103,15 @@ class DeviceQueue:
                 self._jobs.popitem(last=False)
             self.lock.notify_all()
         return job
+
+    def _check_room(self, page: str, left: list[Job]) -> None:
+        """Refuse a job when `left` (the jobs that would still wait) is at a limit."""
+        if len(left) >= MAX_QUEUED:
+            raise QueueFull(f"{len(left)} jobs are waiting for the device (at most {MAX_QUEUED}); "
+                            "try again when some are done")
+        if sum(j.page == page for j in left) >= MAX_QUEUED_PER_PAGE:
+            raise QueueFull(f"this page has {MAX_QUEUED_PER_PAGE} jobs waiting for the device; "
+                            "try again when one is done")
 
     def wait(self, job_id: str, since: int = -1, timeout: float = 10.0) -> dict | None:
         """The job's state once its version passes `since` (or after `timeout` s); None if unknown."""

@@ -18,22 +18,26 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import sys
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import LatentFitError
-from ..images import IMAGE_SUFFIXES
+from ..errors import LatentFitError, one_line
+from ..images import IMAGE_SUFFIXES, load_image
 from .editor import Editor
-from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_image, decode_strokes, safe_stem
+from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes, safe_stem
+from .jobqueue import QueueFull
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-                "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+                "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+                "/favicon.ico": ("favicon.ico", "image/x-icon")}
 BODY_TYPES = ("application/json", "application/octet-stream")
 MAX_JSON_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 4096   # a painted canvas comes as base64
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -57,13 +61,12 @@ def sample_names() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def is_loopback(address: str) -> bool:
+    """Whether a bound socket's numeric address is loopback (127.0.0.0/8, ::1, ::ffff:127.x.y.z).
+    Asking the socket, not the --host spelling, covers 127.1, 0x7f.1, localhost and the rest."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -74,6 +77,7 @@ class Handler(BaseHTTPRequestHandler):
     hosts: set[str] | None
     server_version = "latent-fit"
     protocol_version = "HTTP/1.1"
+    timeout = 60                         # seconds a connection may stall (a body sent slowly, an idle keep-alive)
 
     def log_message(self, fmt, *args):   # quiet: the page shows what happens
         pass
@@ -116,22 +120,32 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def _body(self, ctype: str, limit: int) -> bytes:
+        """The request body, of at most `limit` bytes: refused unread without one valid
+        Content-Length (a chunked body, -1, two lengths), and never read past that length."""
         if self.headers.get("Content-Type", "").split(";")[0].strip() != ctype:
             raise LatentFitError(f"expected a {ctype} request body")
-        try:
-            n = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise LatentFitError("the request has no Content-Length") from None
+        lengths = self.headers.get_all("Content-Length") or []
+        if "Transfer-Encoding" in self.headers or len(lengths) != 1 or not re.fullmatch(r"\d{1,18}", lengths[0]):
+            raise LatentFitError("the request has no valid Content-Length; send the body with its length")
+        n = int(lengths[0])
         if n > limit:
             raise LatentFitError(f"upload of {n / 2 ** 20:.1f} MiB is larger than the "
                                  f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB limit; use a smaller file")
-        return self.rfile.read(n)
+        try:
+            data = self.rfile.read(n)
+        except OSError as e:   # the client stalled past `timeout`, or went away
+            raise LatentFitError(f"the request body did not arrive ({e})") from None
+        if len(data) != n:
+            raise LatentFitError(f"the request body ended after {len(data)} of {n} bytes")
+        return data
 
     def _args(self) -> dict:
         """The JSON object of the body, or the query string for binary uploads."""
         if self.headers.get("Content-Type", "").startswith("application/json"):
             try:
                 obj = json.loads(self._body("application/json", MAX_JSON_BYTES) or b"{}")
+            except RecursionError:
+                raise LatentFitError("the request body is nested too deeply") from None
             except ValueError:
                 raise LatentFitError("the request body is not valid JSON") from None
             if not isinstance(obj, dict):
@@ -142,6 +156,25 @@ class Handler(BaseHTTPRequestHandler):
     # --- routes ------------------------------------------------------------------------------
 
     def do_GET(self):
+        self._answer(self._get)
+
+    def do_POST(self):
+        self._answer(self._post)
+
+    def _answer(self, handle) -> None:
+        """Run `handle` so that every request is answered in one JSON line: a user's mistake 400,
+        a full queue 503, a bug 500 (its traceback logged)."""
+        try:
+            handle()
+        except QueueFull as e:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(e))
+        except LatentFitError as e:
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, one_line(f"internal error: {type(e).__name__}: {e}"))
+
+    def _get(self) -> None:
         if not self._trusted():
             return
         url = urlsplit(self.path)
@@ -160,18 +193,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(snap) if snap else self._error(404, "no such job (the server may have restarted)")
         self._error(404, f"{url.path}: not found")
 
-    def do_POST(self):
+    def _post(self) -> None:
         if not self._trusted():
             return
         route = getattr(self, "_post_" + urlsplit(self.path).path.removeprefix("/api/"), None)
         if route is None or not urlsplit(self.path).path.startswith("/api/"):
             return self._error(404, f"{urlsplit(self.path).path}: not found")
-        try:
-            if self.headers.get("Content-Type", "").split(";")[0].strip() not in BODY_TYPES:
-                raise LatentFitError(f"send {' or '.join(BODY_TYPES)}")   # a plain web form cannot
-            self._json(route())
-        except LatentFitError as e:
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
+        if self.headers.get("Content-Type", "").split(";")[0].strip() not in BODY_TYPES:
+            raise LatentFitError(f"send {' or '.join(BODY_TYPES)}")   # a plain web form cannot
+        self._json(route())
 
     def _page_id(self, args: dict) -> str:
         page = str(args.get("page", ""))
@@ -181,22 +211,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post_project(self) -> dict:
         args = self._args()
-        page, ed = self._page_id(args), self.editor
+        page, G = self._page_id(args), self.editor.G
         if "sample" in args:
             path = sample_names().get(str(args["sample"]))
             if path is None:
                 raise LatentFitError(f"sample {args['sample']!r}: not one of the bundled samples")
-            target, stem = decode_image(path.read_bytes(), ed.G.resolution, path.name), path.stem
+            target, stem = load_image(path, G.resolution, channels=G.img_channels, name=path.name), path.stem
         else:
             name = str(args.get("name", "upload"))[:200]
             data = self._body("application/octet-stream", MAX_UPLOAD_BYTES)
-            target, stem = decode_image(data, ed.G.resolution, name), safe_stem(name)
-        job = ed.submit_projection(page, target, stem, args.get("space") or None, _class(args.get("class")))
+            target, stem = load_image(data, G.resolution, channels=G.img_channels, name=name), safe_stem(name)
+        job = self.editor.submit_projection(page, target, stem, args.get("space") or None, _class(args.get("class")))
         return {"job": job.id}
 
     def _post_edit(self) -> dict:
         args = self._args()
-        request, mask = decode_strokes(args.get("request", ""), self.editor.G.resolution)
+        G = self.editor.G
+        request, mask = decode_strokes(args.get("request", ""), G.resolution, G.img_channels)
         return {"job": self.editor.submit_edit(self._page_id(args), request, mask, _number(args.get("wr"))).id}
 
     def _post_render(self) -> dict:
@@ -217,7 +248,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post_sweep(self) -> dict:
         args = self._args()
-        request = decode_strokes(args["request"], self.editor.G.resolution) if args.get("request") else None
+        G = self.editor.G
+        request = decode_strokes(args["request"], G.resolution, G.img_channels) if args.get("request") else None
         return {"job": self.editor.submit_sweep(self._page_id(args), request).id}
 
     def _post_save(self) -> dict:
@@ -240,16 +272,17 @@ def _class(value) -> int | None:
 def _number(value) -> float:
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise LatentFitError(f"{value!r}: not a number") from None
+    except (TypeError, ValueError, OverflowError):   # OverflowError: an integer of 400 digits
+        raise LatentFitError(f"{one_line(repr(value), 60)}: not a number that fits a float") from None
     if x != x or x in (float("inf"), float("-inf")):
-        raise LatentFitError(f"{value!r}: not a finite number")
+        raise LatentFitError(f"{one_line(repr(value), 60)}: not a finite number")
     return x
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     url: str
+    loopback: bool                       # bound to a loopback address: the Host check is on
 
 
 class _Server6(_Server):
@@ -265,10 +298,12 @@ def make_server(editor: Editor, host: str = "127.0.0.1", port: int = 8000) -> _S
     except OSError as e:
         raise LatentFitError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
                              "pick another --port (0: any free one)") from None
-    port = server.server_address[1]
+    bound, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
-    if is_loopback(host):
-        server.RequestHandlerClass.hosts = {f"{h}:{port}" for h in (shown, "localhost", "127.0.0.1", "[::1]")}
+    server.loopback = is_loopback(bound)
+    if server.loopback:
+        names = (shown, f"[{bound}]" if ":" in bound else bound, "localhost", "127.0.0.1", "[::1]")
+        server.RequestHandlerClass.hosts = {f"{h}:{port}" for h in names}
     server.url = f"http://{shown}:{port}/"
     return server
 
@@ -276,7 +311,7 @@ def make_server(editor: Editor, host: str = "127.0.0.1", port: int = 8000) -> _S
 def serve(editor: Editor, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the page until interrupted; prints its URL, and warns when not bound to loopback."""
     server = make_server(editor, host, port)
-    if not is_loopback(host):
+    if not server.loopback:
         print(f"warning: listening on {host}, not on loopback: anyone who can reach this machine can "
               f"use the editor and write into {editor.out}", file=sys.stderr, flush=True)
     print(f"latent-fit serve: {server.url}  (generator {editor.G.name}, saving into {editor.out}; "

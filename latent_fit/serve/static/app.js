@@ -348,8 +348,9 @@
   $("save").addEventListener("click", async () => {
     try {
       const r = await post("/api/save", {page: PAGE, stem: $("stem").value});
-      $("stem").value = r.stem;
-      $("saved").textContent = `saved ${r.files.join(" and ")} in ${r.out} at ${r.saved_at}`;
+      $("stem").value = r.renamed_from || r.stem;
+      $("saved").textContent = `saved ${r.files.join(" and ")} in ${r.out} at ${r.saved_at}` +
+        (r.note ? ` (${r.note})` : "");
       say(`Saved ${r.stem}.`);
     } catch (e) {
       say(e.message, true);
