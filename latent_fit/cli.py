@@ -255,6 +255,22 @@ def generators():
                    f"sha256 {G.sha256[:12]}")
 
 
+@main.command("template")
+@generator_options
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The template file to write (JSON).")
+@click.option("--samples", default=256, show_default=True, help="Generator samples to find landmarks on.")
+@click.option("--seed", default=0, show_default=True, help="Seed of those samples.")
+def template_command(generator, network_key, latent_dim, device, out, samples, seed):
+    """Measure where the generator puts the face landmarks (its face template, for aligning photos)."""
+    from .faces import make_template, save_template
+    G = open_generator(generator, network_key, latent_dim, device)
+    t = make_template(G, n=samples, seed=seed)
+    sha = save_template(t, out)
+    click.echo(f"face template of {G.name!r}: a face in {t.found} of {t.sampled} samples, "
+               f"radius {t.radius:.2f} px, sha256 {sha} -> {out}")
+
+
 # --- the shared epilogue and helpers ----------------------------------------------------------
 
 def _finish(rep: Report, t0: float, out, who: str = "") -> None:

@@ -94,7 +94,8 @@ TUNE_SWEEP_REGS = (0.0, 1e-4, 1e-3, 1e-2)
 def check_weights(values, arg: str = "wr") -> np.ndarray:
     """The values of a weight (w_r, tune_reg; a number, a grid or per-sample [N]), named `arg`,
     as float64 [W]; one ArgumentError line unless one or more, finite and >= 0."""
-    w = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).reshape(-1)
+    w = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                   dtype=np.float64).reshape(-1)
     if len(w) == 0 or not np.isfinite(w).all() or (w < 0).any():
         raise ArgumentError(arg, ",".join(f"{v:g}" for v in w[:8]), f"give one or more finite values, {arg} >= 0")
     return w

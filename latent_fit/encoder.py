@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import LatentFitError
+from .fields import NotJSON, misfits, parse_json, regular_file
 from .generators.base import Generator
 from .objective import LPIPS, lpips_available, pixel_mse, psnr
 from .files import atomic_write, file_sha256
@@ -35,6 +36,9 @@ ENCODER_RES = 64               # E sees every image at this size
 WIDTHS = (32, 64, 128, 256)    # channels of the four stride-2 levels (64 -> 4 px)
 HIDDEN = 512                   # width of the MLP head
 FORMAT = "latent-fit-encoder/1"
+CARD_TYPES = {"format": str, "generator": str, "generator_sha256": str, "space": str, "architecture": dict}
+MAX_WIDTH = 4096               # channels of a level or of the head in a file (WIDTHS are up to 256, HIDDEN 512)
+MAX_LATENT = 2 ** 24           # elements of a latent (a 1024 px StyleGAN's w+ has 9216)
 VAL_SEED = 999_999_937         # held-out samples; training seeds are >= 10**10 (see train_seed)
 VAL_SAMPLES = 256
 STAT_SAMPLES = 2000            # prior samples for the output scale
@@ -54,15 +58,7 @@ class Encoder(nn.Module):
         self.widths, self.hidden = tuple(widths), hidden
         self.info: dict = {}   # the model card, when loaded from a file
         self.sha256 = ""       # of that file
-        layers: list[nn.Module] = []
-        c = 3
-        for w in widths:
-            layers += [nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2)]
-            c = w
-        side = ENCODER_RES >> len(widths)
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2),
-                                  nn.Linear(hidden, math.prod(self.latent_shape)))
+        self.features, self.head = _layers(self.widths, hidden, math.prod(self.latent_shape))
         for m in self.modules():   # He init for LeakyReLU: signals keep their scale through the depth
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
@@ -92,6 +88,19 @@ class Encoder(nn.Module):
     def architecture(self) -> dict:
         return {"input": ENCODER_RES, "widths": list(self.widths), "hidden": self.hidden,
                 "latent_shape": list(self.latent_shape)}
+
+
+def _layers(widths: tuple[int, ...], hidden: int, n_out: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """An encoder's (features, head), in torch's default init: a level of [4x4 stride-2 conv +
+    LeakyReLU, 3x3 conv + LeakyReLU] per width, flattened, then the MLP to n_out numbers."""
+    layers: list[nn.Module] = []
+    c = 3
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2)]
+        c = w
+    side = ENCODER_RES >> len(widths)
+    return (nn.Sequential(*layers, nn.Flatten()),
+            nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out)))
 
 
 def new_encoder(G: Generator, space: str) -> Encoder:
@@ -282,19 +291,25 @@ def save_encoder(E: Encoder, path, G: Generator, card: dict, fp16: bool = True) 
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def read_encoder(path) -> Encoder:
-    """An encoder from a file written by save_encoder (its card in `.info`), on the CPU."""
+def read_encoder(path, G: Generator | None = None, space: str | None = None) -> Encoder:
+    """An encoder from a file written by save_encoder (its card in `.info`), on the CPU. Before
+    any tensor is read or a real module built, the card's fields are checked (read_card), its
+    architecture against the shapes of the file's tensors (_check_shapes) and, with G, the
+    generator and space it was made for (check_fits)."""
     from safetensors import SafetensorError, safe_open
+    path = regular_file(path, "encoder file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            info = read_card(path, f.metadata() or {})
+            arch = info["architecture"]
+            _check_shapes(path, arch, {k: f.get_slice(k) for k in f.keys()})
+            if G is not None:
+                check_fits(info, G, space, path)
             tensors = {k: f.get_tensor(k).float() for k in f.keys()}
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise LatentFitError(f"{path}: not a readable safetensors encoder ({' '.join(str(e).split())[:150]})") from None
-    info = {k: _json_or_text(v) for k, v in meta.items()}
-    if info.get("format") != FORMAT:
-        raise LatentFitError(f"{path}: not a latent-fit encoder (format {info.get('format')!r}, want {FORMAT!r})")
-    arch = info["architecture"]
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise LatentFitError(f"{path}: encoder weights hold values that are not finite")
     E = Encoder(info["space"], tuple(arch["latent_shape"]), tensors["centre"], tensors["scale"],
                 tuple(arch["widths"]), arch["hidden"])
     E.load_state_dict(tensors)
@@ -302,10 +317,51 @@ def read_encoder(path) -> Encoder:
     return E.eval().requires_grad_(False)
 
 
-def _json_or_text(value: str):
+def read_card(path, meta: dict[str, str]) -> dict:
+    """The model card of an encoder file: every value JSON (fields.parse_json; plain text
+    allowed), the fields of CARD_TYPES of their types, the architecture's numbers in range."""
+    info = {k: _json_or_text(v, f"{path}: {k}") for k, v in meta.items()}
+    if info.get("format") != FORMAT:
+        raise LatentFitError(f"{path}: not a latent-fit encoder (format {info.get('format')!r}, want {FORMAT!r})")
+    for key, kind in CARD_TYPES.items():
+        if not isinstance(info.get(key), kind):
+            what = "missing" if key not in info else f"not a {kind.__name__}"
+            raise LatentFitError(f"{path}: the encoder's {key!r} is {what}")
+    if not _architecture_in_range(info["architecture"]):
+        raise LatentFitError(f"{path}: encoder architecture out of range: {json.dumps(info['architecture'])[:120]}")
+    return info
+
+
+def _architecture_in_range(arch: dict) -> bool:
+    """Whether an architecture record has 1 to 6 levels (64 px down to 1) of 1..MAX_WIDTH channels,
+    a head of 1..MAX_WIDTH and a latent shape of 1 to 3 sizes, at most MAX_LATENT elements."""
+    widths, hidden, shape = arch.get("widths"), arch.get("hidden"), arch.get("latent_shape")
+
+    def whole(x, top: int) -> bool:
+        return type(x) is int and 1 <= x <= top
+    return (isinstance(widths, list) and 1 <= len(widths) < ENCODER_RES.bit_length()
+            and all(whole(w, MAX_WIDTH) for w in widths) and whole(hidden, MAX_WIDTH)
+            and isinstance(shape, list) and 1 <= len(shape) <= 3 and all(whole(n, MAX_LATENT) for n in shape)
+            and math.prod(shape) <= MAX_LATENT and arch.get("input", ENCODER_RES) == ENCODER_RES)
+
+
+def _check_shapes(path, arch: dict, slices: dict) -> None:
+    """Refuse a file whose tensors (names, shapes, float dtypes) are not those of the encoder its
+    architecture describes; the shapes come from its layers built on the meta device (no memory used)."""
+    shape = (1, *arch["latent_shape"])
+    with torch.device("meta"):
+        parts = dict(zip(("features", "head"), _layers(tuple(arch["widths"]), arch["hidden"], math.prod(shape))))
+    want = {f"{part}.{k}": v.shape for part, m in parts.items() for k, v in m.state_dict().items()}
+    want |= {"centre": shape, "scale": shape}
+    bad = misfits(slices, want)
+    if bad:
+        raise LatentFitError(f"{path}: tensor {bad[0]!r} does not fit the encoder its architecture describes")
+
+
+def _json_or_text(value: str, what: str):
     try:
-        return json.loads(value)
-    except ValueError:   # a plain string
+        return parse_json(value, what, object)
+    except NotJSON:   # a plain string
         return value
 
 
@@ -318,16 +374,17 @@ def bundled_encoder_path(G: Generator):
     return weights_dir() / BUNDLED_ENCODERS[G.name][0]
 
 
-def check_fits(E: Encoder, G: Generator, space: str | None, what) -> None:
-    """Refuse (one line) an encoder made for another generator or another space."""
-    made_for, name = E.info.get("generator_sha256", ""), E.info.get("generator", "")
+def check_fits(info: dict, G: Generator, space: str | None, what) -> None:
+    """Refuse (one line) an encoder card made for another generator, latent shape or space."""
+    made_for, name = info.get("generator_sha256", ""), info.get("generator", "")
     same = made_for == G.sha256 if made_for and G.sha256 else name == G.name
-    if not same or tuple(G.latent_shape(E.space)) != E.latent_shape:
+    shape = info["architecture"]["latent_shape"]
+    if not same or info["space"] not in G.spaces or list(G.latent_shape(info["space"])) != shape:
         raise LatentFitError(f"{what}: encoder trained for generator {name!r} (sha256 {made_for[:12] or '?'}…), "
                              f"not {G.name!r} ({G.sha256[:12] or '?'}…); train one with train-encoder")
-    if space is not None and space != E.space:
-        raise LatentFitError(f"{what}: encoder predicts {E.space} latents, not {space}; "
-                             f"use --space {E.space} or an encoder trained with --space {space}")
+    if space is not None and space != info["space"]:
+        raise LatentFitError(f"{what}: encoder predicts {info['space']} latents, not {space}; "
+                             f"use --space {info['space']} or an encoder trained with --space {space}")
 
 
 def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None:
@@ -335,7 +392,6 @@ def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None
     when G is the bundled generator, else None) or "none" (None). Refuses (one line) an encoder
     made for another generator (by sha256) or another space, and a bundled file whose sha256
     is not the one recorded here."""
-    from pathlib import Path
     spec = str(spec)
     if spec == "none":
         return None
@@ -346,10 +402,7 @@ def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None
         from .generators import check_bundled
         check_bundled(path, BUNDLED_ENCODERS[G.name][1], " (or use --encoder none)")
     else:
-        path = Path(spec)
-        if not path.is_file():
-            raise LatentFitError(f"{spec}: encoder file not found (or give --encoder auto or none)")
-    E = read_encoder(path)
-    check_fits(E, G, space, path)
+        path = regular_file(spec, "encoder file not found (or give --encoder auto or none)")
+    E = read_encoder(path, G, space)
     E.sha256 = file_sha256(path)
     return E.to(G.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,11 +20,17 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from .errors import LatentFitError
+from .fields import parse_json, regular_file
 from .files import atomic_write
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 2 ** 28   # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
 REQUIRED = ("latent", "space", "generator")
+TEXT = {"space": 16, "generator": 4096, "generator_sha256": 64, "tuned_sha256": 64}   # key -> most characters
+JSON_KEYS = ("config", "metrics", "record")
+WHOLE = ("class_index", "version")
+MAX_WHOLE = 2 ** 31 - 1
+FINITE = ("latent", "latent_init", "w")   # and noise_<i>: what a generator renders, finite numbers
 
 
 def write_latent_file(path: Path, **arrays) -> None:
@@ -48,28 +55,43 @@ def write_latent_file(path: Path, **arrays) -> None:
 
 
 def read_latent_file(path: str | Path) -> dict:
-    """Read and check a latent file; text entries come back as str, JSON entries as dicts.
-    A damaged or foreign file is one LatentFitError line, in bounded time and memory."""
-    path = Path(path)
+    """Read and check a latent file: every entry latent-fit reads has its type, shape and range
+    checked (see _entry); text entries come back as str, JSON entries as dicts, whole numbers as
+    int. A damaged or foreign file is one LatentFitError line, in bounded time and memory."""
+    path = regular_file(path, "latent file not found")
     data = _read_npz(path)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise LatentFitError(f"{path}: not a latent-fit file (missing key {missing[0]!r})")
-    out = {}
-    for k, v in data.items():
-        if v.dtype.kind == "U":
-            if v.ndim:
-                raise LatentFitError(f"{path}: entry {k!r} is not one text")
-            v = str(v)
-            if k in ("config", "metrics", "record"):
-                try:
-                    v = json.loads(v)
-                except (ValueError, RecursionError):
-                    raise LatentFitError(f"{path}: entry {k!r} is not JSON text") from None
-        out[k] = v
-    if out["latent"].dtype.kind not in "fiu" or not all(isinstance(out[k], str) for k in ("space", "generator")):
-        raise LatentFitError(f"{path}: not a latent-fit file (its latent is not numbers or its space not text)")
-    return out
+    return {k: _entry(f"{path}: entry {k!r}", k, v) for k, v in data.items()}
+
+
+def _entry(what: str, key: str, v: np.ndarray):
+    """One entry of a latent file: TEXT as str (at most its length; tuned_sha256 64 hex digits),
+    JSON_KEYS as dicts (parse_json), WHOLE as int in 0..MAX_WHOLE, the latent, its start, w,
+    noise maps as arrays of finite numbers, the loss history as numbers; other text as str."""
+    if key in WHOLE:
+        if v.ndim or v.dtype.kind not in "iu" or not 0 <= int(v) <= MAX_WHOLE:
+            raise LatentFitError(f"{what} is not one whole number in 0..{MAX_WHOLE}")
+        return int(v)
+    if key in FINITE or key == "loss_history" or key.startswith("noise_"):
+        if v.dtype.kind not in "fiu":
+            raise LatentFitError(f"{what} is not numbers (dtype {v.dtype.str})")
+        if key != "loss_history" and not np.isfinite(v).all():
+            raise LatentFitError(f"{what} holds values that are not finite")
+        return v
+    if key in TEXT or key in JSON_KEYS or v.dtype.kind == "U":
+        if v.dtype.kind != "U" or v.ndim:
+            raise LatentFitError(f"{what} is not one text")
+        text = str(v)
+        if key in JSON_KEYS:
+            return parse_json(text, what)
+        if len(text) > TEXT.get(key, len(text)):
+            raise LatentFitError(f"{what} is longer than {TEXT[key]} characters")
+        if key == "tuned_sha256" and not re.fullmatch("[0-9a-f]{64}", text):
+            raise LatentFitError(f"{what} is not a sha256 (64 hex digits)")
+        return text
+    return v
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -130,3 +152,12 @@ def stored_class(data: dict, class_index: int | None = None) -> int | None:
     if class_index is not None or "class_index" not in data:
         return class_index
     return int(data["class_index"])
+
+
+def file_class(path: Path, data: dict, G, class_index: int | None) -> int | None:
+    """stored_class, where a class stored in the file must be one of G's (an error of that file)."""
+    k = stored_class(data, class_index)
+    if class_index is None and k is not None and G.c_dim and k >= G.c_dim:
+        raise LatentFitError(f"{path}: stored class_index {k}, generator {G.name!r} has {G.c_dim} classes; "
+                             "give --class K")
+    return k

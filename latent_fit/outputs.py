@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import LatentFitError
 from .files import assign_stems, atomic_write, file_sha256, find_files, input_sha256, remove_stale_temps
-from .latents import check_compatible, read_latent_file, stored_class, write_latent_file
+from .latents import check_compatible, file_class, read_latent_file, write_latent_file
 
 # A target's files: <stem><suffix>. The .npz is written last and marks the target complete.
 SUFFIXES = {"latent": ".npz", "image": ".png", "compare": "_compare.png", "video": ".mp4", "gif": ".gif",
@@ -157,7 +157,7 @@ class OutputFolder:
         path = path or self.file(stem)
         data = read_latent_file(path)
         latent = check_compatible(path, data, G.name, G.latent_shape(space), space, G.sha256)
-        return Target(stem, path, data, latent, stored_class(data, class_index),
+        return Target(stem, path, data, latent, file_class(path, data, G, class_index),
                       self.weights(stem, data) if weights else None, stored_noise(path, data, G.noise_shapes))
 
     def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:

@@ -1,24 +1,32 @@
 """OUT/index.html: a static page of a run's outputs that opens from disk without a server.
 
 It reads only what the run left in OUT (metrics.json or sweep.csv, and the PNGs) and refers to
-the images by relative links, so the folder can be moved or zipped whole.
+the images by relative links, so the folder can be moved or zipped whole. Whatever else lies in
+OUT is read with the guards of inputs: regular files only (a FIFO never blocks), tables within
+MAX_TABLE_BYTES, images only within images.MAX_PIXELS, by their header.
 """
 
 from __future__ import annotations
 
 import csv
 import html
-import json
+import io
 import math
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 from PIL import Image
 
+from .errors import LatentFitError
+from .fields import parse_json
 from .files import atomic_write
+from .generators.untrusted import read_capped
+from .images import MAX_PIXELS
 
 KINDS = ("project", "edit", "sweep")
 ROW_HEIGHT = 192   # pixels a target's comparison strip is shown at
+MAX_TABLE_BYTES = 2 ** 26   # of metrics.json or sweep.csv (about 100 bytes a row)
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -80,27 +88,43 @@ def _table(rows: list[dict]) -> str:
 
 
 def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
-    """<img> of out/name scaled to `height` (never above its width at 4x), or "" if it is missing."""
+    """<img> of out/name scaled to `height` (never above its width at 4x), or "" unless it is a
+    regular file whose header Pillow reads and whose size is within images.MAX_PIXELS (the guards
+    of inputs: a FIFO is never opened, a decompression bomb never decoded, here or in a browser)."""
+    path = out / name
+    if not path.is_file():   # follows symlinks, opens nothing
+        return ""
     try:
-        with Image.open(out / name) as im:
-            w, h = im.size
-    except OSError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return ""
+    if not 0 < w * h <= MAX_PIXELS:
         return ""
     scale = min(height / h, 4.0) if h < height else 1.0
     return (f'<img src="{quote(name, errors="surrogateescape")}" width="{round(w * scale)}" height="{round(h * scale)}" '
             f'alt="{html.escape(name)}">')
 
 
+def _text(path: Path) -> str:
+    """The text of a regular file of at most MAX_TABLE_BYTES ("" for anything else)."""
+    try:
+        return read_capped(path, MAX_TABLE_BYTES).decode("utf-8", "surrogateescape")
+    except (LatentFitError, OSError):
+        return ""
+
+
 def _read_rows(out: Path, kind: str) -> list[dict]:
     if kind == "sweep":
         try:
-            with open(out / "sweep.csv", newline="") as f:
-                return list(csv.DictReader(f))
-        except OSError:
+            return list(csv.DictReader(io.StringIO(_text(out / "sweep.csv"), newline="")))
+        except csv.Error:   # e.g. a field over csv's size limit
             return []
     try:
-        rows = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
+        rows = parse_json(_text(out / "metrics.json"), "metrics.json", list, MAX_TABLE_BYTES)
+    except LatentFitError:
         return []
     return [r for r in rows if isinstance(r, dict) and "target" in r]
 

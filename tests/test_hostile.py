@@ -1,7 +1,8 @@
 """Hostile network files, images and latent files: every load runs nothing from the file and ends
 in one clean LatentFitError line naming it (or a successful load), under a memory cap and a
 timeout. Each load runs in a child forked from one warm loader process (importing torch once
-keeps the file fast); a crash, a traceback or a timeout fails the test."""
+keeps the file fast); a crash, a traceback or a timeout fails the test. The loader also reads
+direction, tuned and encoder files and runs whole commands (test_hostile_inputs.py)."""
 
 import collections
 import io
@@ -47,18 +48,36 @@ LOADER = r"""
 import json, os, resource, signal, subprocess, sys, time, traceback
 import torch
 torch.set_num_threads(1)
+from latent_fit.cli import main
+from latent_fit.encoder import read_encoder
 from latent_fit.errors import LatentFitError
 from latent_fit.generators import load_generator, pickles  # pickles: imported once, not in every child
 from latent_fit.images import load_image
 from latent_fit.latents import read_latent_file
+from latent_fit.runs.edit import read_direction
+from latent_fit.generators.tuned import read_tuned
 
 def no_programs(*args, **kwargs):   # a load must start no program (Pillow runs Ghostscript for EPS)
     print("PAYLOAD-RAN: a program was started:", args, flush=True)
     raise OSError("no program may be started here")
 subprocess.Popen = no_programs
 
-vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
-resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.RLIM_INFINITY))
+def vm(key="VmSize"):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+
+def cli(args):   # `latent-fit ARGS`: its exit status
+    try:
+        main(args, prog_name="latent-fit")
+    except SystemExit as e:
+        return e.code
+    return 0
+
+def summary(value):   # what a load returned, as JSON: the types of a dict's values, a number or a list
+    value = value[1] if isinstance(value, tuple) else value
+    if isinstance(value, dict):
+        return {str(k): type(v).__name__ for k, v in value.items()}
+    return value if isinstance(value, (int, list, type(None))) else type(value).__name__
+
 def load_each(paths, options):   # one after another in one process: a refused file must not poison the next
     out = []
     for p in paths:
@@ -69,9 +88,12 @@ def load_each(paths, options):   # one after another in one process: a refused f
             out.append(str(e))
     return out
 
-
+START = vm()
+resource.setrlimit(resource.RLIMIT_AS, (START + int(sys.argv[1]), resource.RLIM_INFINITY))
 LOAD = {"generator": lambda p, o: load_generator(p, **o), "image": lambda p, o: load_image(p, 64),
-        "latent": lambda p, o: read_latent_file(p), "generators": load_each}
+        "latent": lambda p, o: read_latent_file(p), "direction": lambda p, o: read_direction(p, tuple(o["shape"])),
+        "tuned": lambda p, o: read_tuned(p), "encoder": lambda p, o: read_encoder(p),
+        "cli": lambda p, o: cli([str(a) for a in o["args"]]), "generators": load_each}
 print("ready", flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -81,12 +103,13 @@ for line in sys.stdin:
         fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1), os.dup2(fd, 2)
         try:
-            value = LOAD[req["kind"]](req["path"], req["options"])
-            res = {"outcome": "ok", "value": value if isinstance(value, list) else None}
+            res = {"outcome": "ok", "value": summary(LOAD[req["kind"]](req["path"], req["options"]))}
         except LatentFitError as e:
             res = {"outcome": "error", "message": str(e)}
         except BaseException:
             res = {"outcome": "crash", "message": traceback.format_exc()}
+        sys.stdout.flush(), sys.stderr.flush()
+        res["grew_mb"] = (vm("VmPeak") - START) / 2 ** 20
         with open(req["result"], "w") as f:
             json.dump(res, f)
         os._exit(0)
@@ -103,17 +126,18 @@ for line in sys.stdin:
         except (OSError, ValueError):
             res = {"outcome": "died (signal or exit before reporting)"}
     res["seconds"] = time.monotonic() - t0
-    res["output"] = open(req["log"], errors="replace").read()[-2000:]
+    res["output"] = open(req["log"], errors="replace").read()[-6000:]
     print(json.dumps(res), flush=True)
 """
 
 
 @pytest.fixture(scope="module")
 def loader(tmp_path_factory):
-    """load(kind, path, **options) -> {outcome, message, output, seconds}, in a forked child."""
+    """load(kind, path, timeout, **options) -> {outcome, value or message, output, seconds, grew_mb},
+    in a forked child; kind "cli" runs `latent-fit` with options["args"] (value: its exit status)."""
     root = str(Path(latent_fit.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     proc = subprocess.Popen([sys.executable, "-c", LOADER, str(MEMORY_CAP)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "ready"

@@ -15,11 +15,13 @@ from ..config import Config, edit_config
 from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, interpolate_noise, linear_boundary,
                     mean_difference, pca_directions, render, render_path)
 from ..errors import ArgumentError, LatentFitError
+from ..fields import regular_file
 from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
 from ..generators.tuned import load_delta
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
-from ..outputs import OutputFolder, Report, Target, by_weights, read_targets, settings_record, target_noise, tuned_note
+from ..outputs import (OutputFolder, Report, Target, by_weights, claim_outputs, read_targets, settings_record,
+                       target_noise, tuned_note)
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -39,6 +41,8 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     progress: as for runs.project.project_files. config, changes: as for edit.edit."""
     cfg, folder, rep = edit_config(config, **changes), OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, cfg.space, class_index)
+    kept, clashes = claim_outputs([(t.stem, t.path) for t in targets])
+    targets, rep.errors = [t for t in targets if (t.stem, t.path) in kept], rep.errors + clashes
     cfg = cfg.replace(space=space)
     by_stem = {t.stem: t for t in targets}
     G.class_labels([t.class_index for t in targets], space)   # a missing or wrong class fails before any work
@@ -116,23 +120,30 @@ def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
 
 
 def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> torch.Tensor:
-    """A direction [*shape] from an .npy of shape [*shape] or [K, *shape] (its row `component`).
-    The file is mapped, not read: a header that declares more data than the file holds is refused
-    before anything is allocated, and only the row used is read."""
+    """A direction [*shape] from an .npy of shape [*shape] or [K, *shape] (its row `component`):
+    a regular file of plain numbers (no text, structured or complex dtypes), finite. The file is
+    mapped, not read: a header that declares more data than the file holds is refused before
+    anything is allocated, and only the row used is read."""
+    path = regular_file(path, "direction file not found")
     try:
         d = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise LatentFitError(f"{path}: direction file not found") from None
     except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
         raise LatentFitError(f"{path}: not a .npy direction ({type(e).__name__}: {e})") from None
-    if d.shape == shape:
-        return torch.from_numpy(d.astype(np.float32))
-    if d.shape[1:] != shape:
-        raise LatentFitError(f"{path}: direction of shape {list(d.shape)}; latents of shape {list(shape)} "
-                             f"need {list(shape)} or [K, {', '.join(map(str, shape))}]")
-    if not 0 <= component < d.shape[0]:
-        raise ArgumentError("component", component, f"out of range, {path} holds {d.shape[0]} directions")
-    return torch.from_numpy(d[component].astype(np.float32))
+    if not isinstance(d, np.ndarray):
+        raise LatentFitError(f"{path}: not a .npy direction (an .npz archive)")
+    if d.dtype.kind not in "fiu":
+        raise LatentFitError(f"{path}: not a direction of numbers (dtype {d.dtype.str})")
+    if d.shape != shape:
+        if d.shape[1:] != shape:
+            raise LatentFitError(f"{path}: direction of shape {list(d.shape)}; latents of shape {list(shape)} "
+                                 f"need {list(shape)} or [K, {', '.join(map(str, shape))}]")
+        if not 0 <= component < d.shape[0]:
+            raise ArgumentError("component", component, f"out of range, {path} holds {d.shape[0]} directions")
+        d = d[component]
+    d = torch.from_numpy(np.array(d, dtype=np.float32))
+    if not torch.isfinite(d).all():
+        raise LatentFitError(f"{path}: direction holds values that are not finite")
+    return d
 
 
 def direction_record_path(path: Path) -> Path:

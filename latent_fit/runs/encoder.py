@@ -12,6 +12,7 @@ import torch
 from ..encoder import (VAL_SAMPLES, VAL_SEED, Encoder, make_settings, save_encoder, settings_json, train_encoder,
                       validation_psnr)
 from ..errors import LatentFitError
+from ..fields import parse_json
 from ..generators.base import Generator
 from ..images import find_images, load_image
 from ..files import atomic_write
@@ -24,18 +25,25 @@ def checkpoint_path(out: Path) -> Path:
 
 
 def read_checkpoint(path: Path, settings: str, say) -> dict | None:
-    """The checkpoint's state when it was made with the same settings, else None (saying why)."""
+    """The checkpoint's state when it was made with the same settings, else None (saying why).
+    Its settings must be a JSON object (fields.parse_json), its step a whole number >= 0, its
+    encoder and optimizer states dicts."""
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        old = parse_json(state.get("settings", "{}"), f"{path}: settings")
     except Exception as e:   # any unreadable file: start over rather than fail
         say(f"checkpoint {path} is unreadable ({type(e).__name__}): starting over")
         return None
-    old, new = json.loads(state.get("settings", "{}")), json.loads(settings)
+    new = json.loads(settings)
     diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in sorted(new) if old.get(k) != new[k]]
     if diff:
         say(f"checkpoint {path} was made with other settings ({', '.join(diff)}): starting over")
+        return None
+    if type(state.get("step")) is not int or state["step"] < 0 or \
+            not all(isinstance(state.get(k), dict) for k in ("encoder", "optimizer")):
+        say(f"checkpoint {path} is unreadable (its step or states are damaged): starting over")
         return None
     say(f"resuming from {path} at step {state['step']}/{new['steps']}")
     return state
