@@ -77,7 +77,15 @@ def test_stylegan2_edits_render_with_the_stored_noise(cli, tmp_path, two_targets
     from latent_fit import read_latent_file
     strength0, ends = _project_edit_interpolate(cli, tmp_path, two_targets, sg2_pickle, space)
     assert min(strength0 + ends) >= 50, (strength0, ends)
-    assert any(k.startswith("noise_") for k in read_latent_file(tmp_path / "p" / "face_00.npz"))
+    a = tmp_path / "p" / "face_00.npz"
+    r = cli("edit", a, "-g", sg2_pickle, "--target", two_targets / "astronaut.png", "--steps", "2", "--loss", "mse",
+            "-o", tmp_path / "painted")
+    assert r.exit_code == 0, r.stderr
+    before = tile(tmp_path / "painted" / "face_00_compare.png", 0, 0, 32)   # before | request | after
+    assert psnr(before, Image.open(tmp_path / "p" / "face_00.png")) >= 50
+    projected, edited = read_latent_file(a), read_latent_file(tmp_path / "painted" / "face_00.npz")
+    noise = [k for k in projected if k.startswith("noise_")]
+    assert noise and all(np.array_equal(projected[k], edited[k]) for k in noise)   # held at the projection's
 
 
 def test_a_tuned_stylegan2_projection_is_the_start_too(cli, tmp_path, two_targets, sg2_pickle):
