@@ -1,7 +1,7 @@
 """latent-fit: project images into a pretrained generator's latent space and edit them there."""
 
-from .edit import (EditResult, apply_direction, edit, interpolate, linear_boundary, mean_difference,
-                   pca_directions, render)
+from .edit import (EditResult, apply_direction, edit, interpolate, interpolate_noise, linear_boundary,
+                   mean_difference, pca_directions, render)
 from .config import EDIT, ENCODED, PROJECTION, Config
 from .encoder import Encoder, load_encoder, train_encoder
 from .errors import LatentFitError
@@ -13,5 +13,5 @@ from .sweep import SweepResult, realism, suggest_wr, sweep
 
 __all__ = ["LatentFitError", "load_generator", "Encoder", "load_encoder", "train_encoder", "project", "Config", "PROJECTION", "ENCODED", "EDIT", "Objective", "Result",
            "read_latent_file", "write_latent_file",
-           "edit", "EditResult", "render", "apply_direction", "interpolate", "mean_difference",
+           "edit", "EditResult", "render", "apply_direction", "interpolate", "interpolate_noise", "mean_difference",
            "linear_boundary", "pca_directions", "sweep", "SweepResult", "suggest_wr", "realism"]

@@ -17,7 +17,7 @@ from .config import Config, edit_config
 from .errors import ArgumentError, LatentFitError
 from .generators.base import Generator
 from .objective import pixel_mse
-from .optimize import Result, project
+from .optimize import Result, given_noise, project
 
 PCA_SAMPLES = 2000
 PCA_FEATURE_SIZE = 16   # in z, PCA runs on the generated images downsampled to this many pixels
@@ -31,15 +31,19 @@ class EditResult(Result):
 
 
 def render(G: Generator, latents: torch.Tensor, space: str | None = None,
-           c: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
-    """G(latents) in [-1, 1], without gradients, in chunks of batch_size."""
+           c: torch.Tensor | None = None, batch_size: int = 64,
+           noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """G(latents) in [-1, 1], without gradients, in chunks of batch_size. noise: StyleGAN noise
+    maps [N, *noise_shape] per noise input, one row per latent (None: the constant maps)."""
     space = G.check_space(space or G.default_space)
     latents = latents.to(G.device, torch.float32)
+    noise = given_noise(G, noise, latents.shape[0])
     out = []
     with torch.no_grad():
         for i in range(0, latents.shape[0], batch_size):
             cc = None if c is None else c[i:i + batch_size].to(G.device)
-            out.append(G.synthesize(latents[i:i + batch_size], space, cc).clamp(-1, 1))
+            nz = None if noise is None else [m[i:i + batch_size] for m in noise]
+            out.append(G.synthesize(latents[i:i + batch_size], space, cc, nz).clamp(-1, 1))
     if not out:
         return torch.empty(0, G.img_channels, G.resolution, G.resolution, device=G.device)
     return torch.cat(out)
@@ -60,10 +64,14 @@ def edit_metrics(before: torch.Tensor, after: torch.Tensor, request: torch.Tenso
 
 def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None = None,
          names: list[str] | None = None, *, config: Config | None = None, c: torch.Tensor | None = None,
-         wr: float | torch.Tensor | None = None, progress=None, **changes) -> EditResult:
+         wr: float | torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, progress=None,
+         **changes) -> EditResult:
     """Edit latents [N, *shape] so that G matches `request` [N, C, H, W] where `mask`
     [N, 1, H, W] (soft, in [0, 1]; None: the whole image) is set, while
     wr * ||z - z0||^2 (a sum over the latent's elements) keeps z near its start z0 = latents.
+    noise: the latents' StyleGAN noise maps (as their projection's Result.noise): the "before"
+    images and the edit render with them (held fixed unless config.optimize_noise), so that the
+    edit starts from the projection itself; None: the generator's constant maps.
 
     config: config.edit_config's unless given (EDIT, with the edit w_r of its units; changes: its
     fields to replace); wr: scalar or [N], instead of config.wr. Larger wr: smaller ||dz|| and less change outside the mask; tiny wr:
@@ -74,8 +82,9 @@ def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch
     if mask is not None:
         mask = mask.to(G.device, torch.float32)
     request = request.to(G.device, torch.float32)
-    res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, progress=progress)
-    before = render(G, res.latent_init, res.space, c)
+    res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, noise=noise,
+                  progress=progress)
+    before = render(G, res.latent_init, res.space, c, noise=noise)
     res.metrics |= edit_metrics(before, res.images, request, mask)
     return EditResult(**vars(res), before=before)
 
@@ -201,24 +210,39 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "line
     return out.to(a.dtype).view(a.shape[0], frames, *a.shape[1:])
 
 
+def interpolate_noise(a: list[torch.Tensor] | None, b: list[torch.Tensor] | None, frames: int,
+                      mode: str = "linear") -> list[torch.Tensor] | None:
+    """Noise maps along the path from maps a (per noise input, [P, *noise_shape]) to b, by the
+    latents' rule (`interpolate`, each map a flattened vector; spherical keeps their variance near
+    1 where a straight line between independent maps halves it): [P, frames, *noise_shape] each.
+    None (the constant maps) where either end has none."""
+    if a is None or b is None:
+        return None
+    return [interpolate(ma, mb, frames, mode) for ma, mb in zip(a, b)]
+
+
 def render_path(G: Generator, path: torch.Tensor, deltas: list[dict | None], space: str,
-                c: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
+                c: torch.Tensor | None = None, batch_size: int = 64,
+                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Images [M, P, F, C, H, W] of interpolation paths [M, P, F, *shape] through P + 1 latents
     (segment p from latent p to latent p + 1), whose tuned weight changes are deltas[p] (None:
-    G's own); c: one label [c_dim] or None. Without tuned ends, one batched render; a segment
-    with a tuned end blends the ends' weight changes along with the latents
+    G's own); c: one label [c_dim] or None; noise: the paths' noise maps [M, P, F, *noise_shape]
+    per noise input (interpolate_noise; None: the constant maps). Without tuned ends, one batched
+    render; a segment with a tuned end blends the ends' weight changes along with the latents
     (tuning.render_blended), so every end is its own tuned reconstruction."""
     from .tuning import render_blended
     m, p, f = path.shape[:3]
     if not any(d is not None for d in deltas):
         cc = None if c is None else c.expand(m * p * f, -1)
-        return render(G, path.flatten(0, 2), space, cc, batch_size=batch_size).unflatten(0, (m, p, f))
+        nz = None if noise is None else [x.flatten(0, 2) for x in noise]
+        return render(G, path.flatten(0, 2), space, cc, batch_size, nz).unflatten(0, (m, p, f))
     t = torch.linspace(0, 1, f)
     cc = None if c is None else c.expand(f, -1)
 
     def segment(i: int, j: int) -> torch.Tensor:
         a, b = deltas[j], deltas[j + 1]
+        nz = None if noise is None else [x[i, j] for x in noise]
         if a is None and b is None:
-            return render(G, path[i, j], space, cc, batch_size=batch_size)
-        return render_blended(G, a, b, t, path[i, j], space, cc)
+            return render(G, path[i, j], space, cc, batch_size, nz)
+        return render_blended(G, a, b, t, path[i, j], space, cc, noise=nz)
     return torch.stack([segment(i, j) for i in range(m) for j in range(p)]).unflatten(0, (m, p))

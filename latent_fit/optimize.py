@@ -55,7 +55,8 @@ class Result:
 def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
             config: Config | None = None, init: torch.Tensor | None = None,
             mask: torch.Tensor | None = None, c: torch.Tensor | None = None,
-            wr: float | torch.Tensor | None = None, encoder=None, progress=None, **changes) -> Result:
+            wr: float | torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, encoder=None,
+            progress=None, **changes) -> Result:
     """Find latents whose images reconstruct `targets` ([N, C, H, W] in [-1, 1]).
 
     names: one per target; the random starts derive from (seed, name), not from the position.
@@ -63,9 +64,12 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
     else PROJECTION); changes: Config fields that replace its values, for API callers.
     init: [N, *latent_shape] starts (then one start each). mask: [N, 1, H, W] weights in [0, 1]
     for the reconstruction terms. c: [N, c_dim] class labels. wr: scalar or [N] per-sample w_r
-    (sweeps), instead of config.wr. encoder: a learned start (encoder.Encoder) for targets without
-    init: each target starts at E(x) (plus starts - 1 perturbations when spread > 0), and w_r
-    anchors to it. progress: callable(steps_done, best_loss) at every check.
+    (sweeps), instead of config.wr. noise: StyleGAN noise maps [N, *noise_shape] per target (as
+    Result.noise): the optimized maps start there (config.optimize_noise), else they stay fixed
+    there (default: keyed random starts, or the generator's constant maps). encoder: a learned
+    start (encoder.Encoder) for targets without init: each target starts at E(x) (plus starts - 1
+    perturbations when spread > 0), and w_r anchors to it. progress: callable(steps_done,
+    best_loss) at every check.
     """
     t_start = time.perf_counter()
     cfg = projection_config(config, encoded=encoder is not None and init is None, **changes)
@@ -73,7 +77,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
         cfg = cfg.replace(space=encoder.space) if cfg.space is None else cfg
         init = encoder.start(G, targets, cfg.space)
     with plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
-        run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr)
+        run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr, noise=noise)
         loss = None
         for step in range(cfg.steps):
             if not len(run.pool):
@@ -94,7 +98,7 @@ def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None,
 
 def one_step(G: Generator, targets: torch.Tensor, *, config: Config, c: torch.Tensor | None = None) -> None:
     """Start the loop on `targets` and run its first step, nothing else (memory probes)."""
-    _Run(G, config, targets, None, init=None, mask=None, c=c, wr=None).step(0)
+    _Run(G, config, targets, None, init=None, mask=None, c=c, wr=None, noise=None).step(0)
 
 
 @contextlib.contextmanager
@@ -133,7 +137,7 @@ def rows_of(x, n: int, device, what: str) -> torch.Tensor | None:
 class _Run:
     """One batched optimization: the candidates, their optimizer, and what each target keeps."""
 
-    def __init__(self, G: Generator, cfg: Config, targets, names, *, init, mask, c, wr):
+    def __init__(self, G: Generator, cfg: Config, targets, names, *, init, mask, c, wr, noise):
         self.G, self.cfg = G, cfg
         self.space = space = G.check_space(cfg.space or G.default_space)
         self.shape = G.latent_shape(space)
@@ -153,6 +157,7 @@ class _Run:
         self.lr = cfg.lr if cfg.lr is not None else G.default_lr(space)
         self.noise_std = cfg.latent_noise * G.latent_std(space)
         self.noise_shapes = G.noise_shapes if cfg.optimize_noise else ()
+        self.given_noise = given_noise(G, noise, n)
         self.objective = Objective.from_config(cfg, noise=bool(self.noise_shapes), device=dev)
         self.pool = self._start(rows_of(self.wr_in, n, dev, "wr"), rows_of(init, n, dev, "init"))
         self.adam = RowAdam(self.pool.variables)
@@ -198,11 +203,19 @@ class _Run:
                 z0 = G.mean_latent(self.space, None if c is None else c[:1]).expand(n * k, *self.shape).clone()
         factor = self._wr_factor(z0, c, owner) if self.cfg.wr_units == "relative" else None
         return Candidates(latent=z0.clone() if latent is None else latent, latent_init=z0, owner=owner, keys=keys,
-                          noise=[keyed_normal(keys, 1 + i, s) for i, s in enumerate(self.noise_shapes)],
+                          noise=self._noise_starts(keys, owner),
                           targets=self.targets[owner], wr=wr[owner] * (1 if factor is None else factor),
                           wr_factor=factor,
                           mask=None if self.mask is None else self.mask[owner], c=c,
                           best=torch.full((n * k,), math.inf, device=dev), since=torch.zeros(n * k, device=dev))
+
+    def _noise_starts(self, keys: torch.Tensor, owner: torch.Tensor) -> list[torch.Tensor]:
+        """The optimized noise maps' starts: the given maps, else keyed random ones."""
+        if not self.noise_shapes:
+            return []
+        if self.given_noise is not None:
+            return [m[owner].clone() for m in self.given_noise]
+        return [keyed_normal(keys, 1 + i, s) for i, s in enumerate(self.noise_shapes)]
 
     def _wr_factor(self, z0: torch.Tensor, c: torch.Tensor | None, owner: torch.Tensor) -> torch.Tensor:
         """wr_factor at each candidate's start; the probes are keyed by its target's name."""
@@ -222,7 +235,8 @@ class _Run:
         z, noise = variables[0], variables[1:]
         ns = self.noise_std * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2 if cfg.latent_noise_ramp > 0 else 0.0
         zz = z + ns * keyed_normal(pool.keys, _NOISE_COUNTER + step, self.shape) if ns > 0 else z
-        images = self.G.synthesize(zz, self.space, pool.c, noise or None)
+        fixed = None if self.given_noise is None else [m[pool.owner] for m in self.given_noise]
+        images = self.G.synthesize(zz, self.space, pool.c, noise or fixed)
         loss = self.objective(Inputs(images=images, targets=pool.targets, dz=z - pool.latent_init,
                                      wr=pool.wr, mask=pool.mask, noise=noise))
         grads = torch.autograd.grad(loss.sum(), variables)
@@ -289,7 +303,8 @@ class _Run:
         """Each running target's best candidate, rendered and measured by the same objective."""
         if len(self.pool):
             self._keep(_best_rows(loss, self.k), self.cfg.steps)
-        latent, latent_init, noise = self.kept["latent"], self.kept["latent_init"], self.kept["noise"] or None
+        latent, latent_init = self.kept["latent"], self.kept["latent_init"]
+        noise = self.kept["noise"] or self.given_noise
         with torch.no_grad():
             images = self.G.synthesize(latent, self.space, self.c, noise).clamp(-1, 1)
             measured = self.objective.metrics(Inputs(images=images, targets=self.targets, mask=self.mask,
@@ -326,6 +341,17 @@ class _Run:
             out["jacobian_norm"] = jacobian_norm(self.G, latent, self.space, self.c, noise=noise,
                                                  **est).double().cpu().numpy()
         return out
+
+
+def given_noise(G: Generator, noise: list[torch.Tensor] | None, n: int) -> list[torch.Tensor] | None:
+    """Noise maps [n, *noise_shape] per noise input of G, as float32 on G's device; None stays None."""
+    if noise is None or not (noise or G.noise_shapes):
+        return None
+    want = [(n, *s) for s in G.noise_shapes]
+    if [tuple(m.shape) for m in noise] != want:
+        raise LatentFitError(f"noise maps of shapes {[list(m.shape) for m in noise]}; generator {G.name!r} "
+                             f"needs {[list(s) for s in want]}")
+    return [m.to(G.device, torch.float32) for m in noise]
 
 
 def _renormalized(m: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,24 @@ class Target:
     latent: np.ndarray        # checked to fit the generator and space it was read for
     class_index: int | None   # its class (a given --class overrides the file's)
     weights: Path | None      # its tuned weights (project --tune); None: the generator's own
+    noise: list[np.ndarray] | None = None   # its StyleGAN noise maps [*noise_shape] each; None: constant ones
+
+
+def stored_noise(path: Path, data: dict, shapes: tuple[tuple[int, ...], ...]) -> list[np.ndarray] | None:
+    """A latent file's noise maps (noise_0, noise_1, ...) if it holds any, checked to be one of
+    each `shapes` (the generator's noise_shapes); None if it holds none (constant noise)."""
+    found = sorted((k for k in data if k.startswith("noise_")), key=lambda k: (len(k), k))
+    if not found:
+        return None
+    maps = [np.asarray(data[k]) for k in found]
+    if found != [f"noise_{i}" for i in range(len(shapes))] or \
+            [m.shape for m in maps] != [tuple(s) for s in shapes] or any(m.dtype.kind != "f" for m in maps):
+        raise LatentFitError(f"{path}: its noise maps ({len(maps)}, of shapes {[list(m.shape) for m in maps]}) "
+                             f"do not fit this generator's {len(shapes)} noise inputs "
+                             f"{[list(s) for s in shapes]}")
+    if not all(np.isfinite(m).all() for m in maps):
+        raise LatentFitError(f"{path}: its noise maps hold NaN or infinite values")
+    return [m.astype(np.float32) for m in maps]
 
 
 def settings_record(G, config, **inputs) -> dict:
@@ -134,13 +152,13 @@ class OutputFolder:
     def read_target(self, stem: str, G, space: str, class_index: int | None = None, path: Path | None = None,
                     weights: bool = True) -> Target:
         """Target `stem` of this folder (its latent file: `path`, default <stem>.npz), checked to
-        fit G in `space`; without `weights` its tuned weights are not looked for. One error line
-        if it does not fit."""
+        fit G in `space`, with the noise maps it renders with; without `weights` its tuned weights
+        are not looked for. One error line if it does not fit."""
         path = path or self.file(stem)
         data = read_latent_file(path)
         latent = check_compatible(path, data, G.name, G.latent_shape(space), space, G.sha256)
         return Target(stem, path, data, latent, file_class(path, data, G, class_index),
-                      self.weights(stem, data) if weights else None)
+                      self.weights(stem, data) if weights else None, stored_noise(path, data, G.noise_shapes))
 
     def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
         """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when
@@ -322,6 +340,16 @@ def read_starts(spec: Path, G, space: str, stems: list[str], class_index: int | 
         except LatentFitError as e:
             errors.append(str(e))
     return starts, errors
+
+
+def target_noise(G, targets: list[Target]) -> list[np.ndarray] | None:
+    """The targets' noise maps stacked per noise input of G ([N, *noise_shape] each; a target
+    without stored maps gets G's constant ones), so each renders as its projection did; None
+    when none has any."""
+    if all(t.noise is None for t in targets):
+        return None
+    const = [m.detach().cpu().numpy() for m in G.const_noise()]
+    return [np.stack([const[i] if t.noise is None else t.noise[i] for t in targets]) for i in range(len(const))]
 
 
 def by_weights(G, targets: list[Target], batch_size: int, errors: list[str]):

@@ -96,7 +96,8 @@ def realism(G: Generator, latents: torch.Tensor, space: str | None = None) -> di
 
 def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None = None, *,
           config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-          c: torch.Tensor | None = None, encoder=None, progress=None, **changes) -> SweepResult:
+          c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, encoder=None, progress=None,
+          **changes) -> SweepResult:
     """Project (or, with init, edit) every target [T, C, H, W] at every w_r (default: the
     SWEEP_WRS grid of the config's wr_units) in ONE batched run of T * W independent samples.
 
@@ -106,7 +107,8 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None
     each one's own start, so the curves may wiggle: starts=1, init_mode='mean' or init give all
     w_r of a target one shared start. mask [T, 1, H, W] limits the targets (mse, psnr and lpips
     are measured inside it). With init [T, *shape] (an edit sweep) the EDIT config applies and
-    EDIT_COLUMNS are added. config: config.sweep_config's by default; changes: its fields to replace.
+    EDIT_COLUMNS are added; noise: the init latents' StyleGAN noise maps (edit.edit). config:
+    config.sweep_config's by default; changes: its fields to replace.
     """
     cfg = sweep_config(config, init=init is not None, encoded=encoder is not None, **changes)
     wr = check_weights(SWEEP_WRS[cfg.wr_units] if wrs is None else wrs)
@@ -122,7 +124,8 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None
     rows = dict(names=[n for n in names for _ in range(w)], c=rep(c), progress=progress, config=cfg,
                 wr=torch.from_numpy(np.tile(wr, t)).float())
     if init is not None:   # an edit sweep: edit() adds the edit metrics
-        res = edit(G, rep(init), rep(targets), rep(mask), **rows)
+        res = edit(G, rep(init), rep(targets), rep(mask), noise=None if noise is None else [rep(m) for m in noise],
+                   **rows)
     else:
         res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)

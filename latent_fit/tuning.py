@@ -209,10 +209,11 @@ def with_tuning(res: Result, tuned: TuneResult) -> Result:
 
 def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_b: dict[str, torch.Tensor] | None,
                    t: torch.Tensor, latents: torch.Tensor, space: str, c: torch.Tensor | None = None,
-                   chunk: int = 8) -> torch.Tensor:
+                   chunk: int = 8, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Frames [F, C, H, W] between two tuned targets: latents[i] ([F, *shape]) rendered with
     θ0 + (1 − t[i])·Δa + t[i]·Δb (Δ None: untuned), so the ends are both targets' own
-    reconstructions. c: [F, c_dim]. Weights are built `chunk` frames at a time."""
+    reconstructions. c: [F, c_dim]; noise: maps [F, *noise_shape] per noise input (None: the
+    constant maps). Weights are built `chunk` frames at a time."""
     zero = {k: torch.zeros_like(v) for k, v in G.tunable().items()}
     a, b = delta_a or zero, delta_b or zero
     t = t.to(G.device, torch.float32)
@@ -223,7 +224,8 @@ def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_
             d = {k: (1 - ti).view(-1, *[1] * a[k].ndim) * a[k].to(ti) + ti.view(-1, *[1] * a[k].ndim) * b[k].to(ti)
                  for k in zero}
             cc = None if c is None else c[i:i + chunk, None].to(G.device)
-            out.append(render_tuned(G, d, latents[i:i + chunk, None].to(G.device), space, cc)[:, 0].clamp(-1, 1))
+            nz = None if noise is None else [m[i:i + chunk, None].to(G.device, torch.float32) for m in noise]
+            out.append(render_tuned(G, d, latents[i:i + chunk, None].to(G.device), space, cc, nz)[:, 0].clamp(-1, 1))
     return torch.cat(out)
 
 

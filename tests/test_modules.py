@@ -118,7 +118,13 @@ def test_a_conditional_module_projects_per_class_and_later_commands_read_the_cla
 
     # a class given by --class (here with --num-classes for a module without c_dim)
     r = cli("direction", "-g", f"{modules}:unlabelled", "--num-classes", 4, "--pca", 2, "--samples", 50,
-            "--class", 1, "-o", tmp_path / "d.npy")
+            "--class", 1, "-o", tmp_path / "u.npy")
+    assert r.exit_code == 0, r.stderr
+    r = cli("edit", tmp_path / "c3" / "t.npz", "-g", spec, "-o", tmp_path / "moved", "--direction",
+            tmp_path / "u.npy", "--strength", "0", "--class", 1)   # its record names another generator
+    assert r.exit_code == 1 and r.stderr.strip().endswith("made for generator 'unlabelled' in space 'z'; "
+                                                          "this run uses 'cond' in space 'z'")
+    r = cli("direction", "-g", spec, "--pca", 2, "--samples", 50, "--class", 1, "-o", tmp_path / "d.npy")
     assert r.exit_code == 0, r.stderr
     r = cli("edit", tmp_path / "c3" / "t.npz", "-g", spec, "-o", tmp_path / "moved", "--direction",
             tmp_path / "d.npy", "--strength", "0", "--class", 1)

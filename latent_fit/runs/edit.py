@@ -4,14 +4,16 @@ edit.py, write outputs atomically, report per-input errors."""
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import Config, edit_config
-from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, linear_boundary, mean_difference,
-                    pca_directions, render, render_path)
+from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, interpolate_noise, linear_boundary,
+                    mean_difference, pca_directions, render, render_path)
 from ..errors import ArgumentError, LatentFitError
 from ..fields import regular_file
 from ..files import atomic_write, input_sha256
@@ -19,7 +21,7 @@ from ..generators.base import Generator
 from ..generators.tuned import load_delta
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
 from ..outputs import (OutputFolder, Report, Target, by_weights, claim_outputs, read_targets, settings_record,
-                       tuned_note)
+                       target_noise, tuned_note)
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -73,7 +75,7 @@ def _edit_chunk(G: Generator, folder: OutputFolder, rep: Report, cfg: Config, ch
     req = torch.stack([requests[s][0] for s in names])
     mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
     c = G.class_labels([t.class_index for t in chunk], cfg.space)
-    res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, progress=progress)
+    res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, noise=_noise(G, chunk), progress=progress)
     req = req.to(res.before)
     painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
     before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
@@ -91,6 +93,12 @@ def _latents(targets: list[Target]) -> torch.Tensor:
     return torch.from_numpy(np.stack([t.latent for t in targets]))
 
 
+def _noise(G: Generator, targets: list[Target], repeat: int = 1) -> list[torch.Tensor] | None:
+    """The targets' noise maps (outputs.target_noise), each row repeated `repeat` times."""
+    maps = target_noise(G, targets)
+    return None if maps is None else [torch.from_numpy(m).repeat_interleave(repeat, 0) for m in maps]
+
+
 def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
     """stem -> what of a masked edit's inputs is that latent's own: its values, its class, its
     request and mask files and its tuned weights (by sha256)."""
@@ -104,7 +112,9 @@ def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
 
     def inputs(stem: str) -> dict:
         t = targets[stem]
+        noise = b"".join(m.tobytes() for m in t.noise or [])
         return {"latent_sha256": hashlib.sha256(t.latent.tobytes()).hexdigest(), "class_index": t.class_index,
+                "noise_sha256": hashlib.sha256(noise).hexdigest() if noise else None,
                 "request": own(request, stem), "mask": own(mask, stem), "tuned": input_sha256(t.weights)}
     return inputs
 
@@ -136,6 +146,34 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
     return d
 
 
+def direction_record_path(path: Path) -> Path:
+    """The record that travels beside a direction file: <name>.npy.json."""
+    return Path(f"{path}.json")
+
+
+def check_direction(path: Path, G: Generator, space: str) -> str | None:
+    """A direction made for another generator (sha256, else name) or space is one error line
+    naming both. A direction without a record of its own (from another tool, or changed since)
+    is used for its shape alone: the warning to give once its shape fits (None: it has one)."""
+    rec_path = direction_record_path(path)
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        rec = None
+    except (OSError, ValueError) as e:
+        raise LatentFitError(f"{rec_path}: not a direction record ({type(e).__name__}); remove it or "
+                             "make the direction again") from None
+    if not isinstance(rec, dict) or rec.get("npy_sha256") != input_sha256(Path(path)):
+        why = "has no record" if rec is None else f"does not match its record {rec_path.name}"
+        return f"{path} {why}: which generator and space it was made for is unknown, only its shape is checked"
+    sha, name = rec.get("generator_sha256"), rec.get("generator")
+    same = sha == G.sha256 if sha and G.sha256 else name == G.name
+    if not same or rec.get("space") != space:
+        raise LatentFitError(f"{path}: direction made for generator {name!r} in space {rec.get('space')!r}; "
+                             f"this run uses {G.name!r} in space {space!r}")
+    return None
+
+
 def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
                          strengths: list[float], component: int = 0, space: str | None = None,
                          class_index: int | None = None, batch_size: int = 64) -> Report:
@@ -146,7 +184,10 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
     folder, rep = OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, space, class_index)
     if targets:
+        unrecorded = check_direction(Path(direction), G, space)
         d = read_direction(Path(direction), G.latent_shape(space), component)
+        if unrecorded:
+            warnings.warn(unrecorded)
         moved = apply_direction(_latents(targets), d, strengths)
         c = G.class_labels([t.class_index for t in targets], space)
         c = None if c is None else c[:, None].expand(-1, len(strengths), -1)
@@ -165,38 +206,46 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
 def _render(G: Generator, targets: list[Target], latents: torch.Tensor, space: str, c: torch.Tensor | None,
             errors: list[str], batch_size: int) -> dict[str, torch.Tensor]:
     """stem -> images [R, C, H, W] of its row of `latents` [N, R, *shape] (c: [N, R, c_dim] or
-    None), rendered with its weights (outputs.by_weights: one batched render per weights)."""
+    None), rendered with its weights and noise maps (outputs.by_weights: one batched render per
+    weights)."""
     row, images = {t.stem: i for i, t in enumerate(targets)}, {}
     for _, _, Gk, chunk in by_weights(G, targets, max(1, len(targets)), errors):
         idx = [row[t.stem] for t in chunk]
         cc = None if c is None else c[idx].flatten(0, 1)
-        out = render(Gk, latents[idx].flatten(0, 1), space, cc, batch_size=batch_size)
+        out = render(Gk, latents[idx].flatten(0, 1), space, cc, batch_size, _noise(Gk, chunk, latents.shape[1]))
         images |= dict(zip([t.stem for t in chunk], out.view(len(chunk), latents.shape[1], *out.shape[1:])))
     return images
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def _save_direction(path: Path, array: np.ndarray, G: Generator, space: str, made: dict) -> None:
+    """The direction .npy, then its record (direction_record_path): the generator's name and
+    sha256, the space, the shape, how it was `made`, and the .npy's sha256 (a record left beside
+    an .npy that changed since is not taken for its record)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
     atomic_write(path, write)
+    rec = {"generator": G.name, "generator_sha256": G.sha256, "space": space, "shape": list(array.shape),
+           "made": made, "npy_sha256": input_sha256(path)}
+    atomic_write(direction_record_path(path), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
 
 
 def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negative: list[str] = (),
                    method: str = "mean", pca: int | None = None, samples: int = PCA_SAMPLES,
                    space: str | None = None, seed: int = 0, class_index: int | None = None) -> Report:
-    """Find a direction and write it to `out` (.npy): from latent files labelled positive and
-    negative (method mean: normalized difference of means; boundary: linear classifier normal),
-    or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
+    """Find a direction and write it to `out` (.npy, its record beside it: _save_direction): from
+    latent files labelled positive and negative (method mean: normalized difference of means;
+    boundary: linear classifier normal), or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
     conditional generator in z)."""
-    out, rep = Path(out), Report(written=[Path(out)])
+    out, rep = Path(out), Report(written=[Path(out), direction_record_path(out)])
     if (pca is None) == (not positive and not negative):
         raise LatentFitError("give either positive and negative latents or a number of principal directions")
     if pca is not None:
         space = G.check_space(space or G.default_space)
         c = G.class_vector(class_index, space)
         dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed, c=None if c is None else c[None])
-        _save_npy(out, dirs.cpu().numpy())
+        _save_direction(out, dirs.cpu().numpy(), G, space, {"method": "pca", "components": pca, "samples": samples,
+                                                           "seed": seed, "class_index": class_index})
         rep.summary = (f"{pca} principal directions in {space} ({samples} samples), prior std along each: "
                        + ", ".join(f"{v:.3g}" for v in std.tolist()))
         return rep
@@ -209,7 +258,9 @@ def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negativ
     methods = {"mean": mean_difference, "boundary": linear_boundary}
     if method not in methods:
         raise ArgumentError("method", method, "choose mean or boundary")
-    _save_npy(out, methods[method](_latents(pos), _latents(neg)).numpy())
+    made = {"method": method, **{k: {t.stem: input_sha256(t.path) for t in ts} for k, ts in
+                                 (("positive", pos), ("negative", neg))}}
+    _save_direction(out, methods[method](_latents(pos), _latents(neg)).numpy(), G, space, made)
     rep.summary = (f"{method} direction in {space} from {len(pos)} positive and {len(neg)} "
                    "negative latents")
     return rep
@@ -220,7 +271,8 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
                       class_index: int | None = None, batch_size: int = 64) -> Report:
     """Interpolate along the path through the latent files (in order), every mode and segment in
     one batched render; a conditional generator in z renders one class (class_index, else the
-    one the files share). Latents made by `project --tune` bring their tuned weights: a segment
+    one the files share). StyleGAN noise maps stored in the files are interpolated by the same
+    rule as the latents (edit.interpolate_noise). Latents made by `project --tune` bring their tuned weights: a segment
     with a tuned end blends the ends' weight changes as it blends the latents (edit.render_path).
     A latent whose tuned weights are missing or do not fit G is an error line and left out of the
     path. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
@@ -238,8 +290,11 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
                              + (f" ({'; '.join(rep.errors)})" if rep.errors else ""))
     lats = _latents(kept)
     path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])   # [M, P, F, *s]
+    ends = _noise(G, kept)
+    noise = None if ends is None else [torch.stack(maps) for maps in zip(
+        *[interpolate_noise([e[:-1] for e in ends], [e[1:] for e in ends], frames, m) for m in modes])]
     c = G.class_vector(_one_class(G, space, kept), space)
-    images = to_uint8(render_path(G, path, deltas, space, c, batch_size).flatten(0, 2))
+    images = to_uint8(render_path(G, path, deltas, space, c, batch_size, noise).flatten(0, 2))
     images = images.reshape(len(modes), len(kept) - 1, frames, *images.shape[1:])
     for mode, segs in zip(modes, images):
         save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")

@@ -18,7 +18,7 @@ from ..files import assign_stems, input_sha256
 from ..images import find_images, load_image
 from ..objective import require_lpips
 from ..optimize import Result, project
-from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record
+from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record, target_noise
 from ..report import write_report
 from ..tuning import TUNE_COLUMNS, tune_projection, tuning_bytes
 
@@ -48,13 +48,14 @@ class _Chunks:
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
-    def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None) -> None:
+    def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None,
+            noise: list[torch.Tensor] | None = None) -> None:
         c = self.G.class_labels([self.classes[s] for s in stems], self.cfg.space or self.G.default_space)
         left = math.ceil((self.n_todo - self.finished) / self.batch_size)
         cb = self.progress(self.calls, self.calls + left, stems) if self.progress else None
         self.calls += 1
         try:
-            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c,
+            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c, noise=noise,
                           encoder=self.encoder, progress=cb)
             tres = None
             if self.tuning is not None:   # progress counts on after the projection's steps
@@ -65,7 +66,7 @@ class _Chunks:
                 raise
             res = None   # retry outside the handler, so the failed attempt's tensors are freed
         if res is None:
-            return self._split(stems, paths, batch, init)
+            return self._split(stems, paths, batch, init, noise)
         for i, stem in enumerate(stems):
             k = None if c is None else self.classes[stem]
             self.folder.write_target(self.rep, stem, lambda: self._write(res, tres, i, batch[i], k))
@@ -77,7 +78,7 @@ class _Chunks:
         self.folder.write_projection(self.G, res, i, target, res.seconds / len(res.names), self.records[res.names[i]],
                                      class_index=class_index, tuned_sha256=sha)
 
-    def _split(self, stems, paths, batch, init) -> None:
+    def _split(self, stems, paths, batch, init, noise) -> None:
         if self.G.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(stems) == 1:
@@ -88,7 +89,8 @@ class _Chunks:
         h = len(stems) // 2
         self.batch_size = min(self.batch_size, h)
         for part in (slice(0, h), slice(h, None)):
-            self.run(stems[part], paths[part], batch[part], None if init is None else init[part])
+            self.run(stems[part], paths[part], batch[part], None if init is None else init[part],
+                     None if noise is None else [m[part] for m in noise])
 
 
 def project_files(G: Generator, specs: list[str], out: Path, config: Config | None = None, *,
@@ -103,7 +105,8 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config | No
     moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
     of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
     every rank is done; other sharded runs leave that to OutputFolder(out).write_metrics(METRIC_COLUMNS).
-    init: a start .npz for every target or a folder of <stem>.npz. class_index: the class of a
+    init: a start .npz for every target or a folder of <stem>.npz (its StyleGAN noise maps start
+    the optimized ones, or stay fixed with optimize_noise off). class_index: the class of a
     conditional generator (default: each init file's own). encoder: a learned start for targets
     without init (see optimize.project). tuning: also tune G around each latent (tuning.tune_projection; images
     and metrics are then the tuned G's). changes: Config fields. progress: callable(chunk_index,
@@ -188,9 +191,12 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], starts: dict | None) 
             except LatentFitError as e:
                 chunks.rep.errors.append(str(e))
         chunks.finished += len(chunk) - len(stems)
-        if stems:
-            chunks.run(stems, paths, torch.stack(images),
-                       torch.from_numpy(np.stack([starts[s].latent for s in stems])) if starts else None)
+        if stems and starts:   # the start's noise maps start the optimized ones
+            noise = target_noise(G, [starts[s] for s in stems])
+            chunks.run(stems, paths, torch.stack(images), torch.from_numpy(np.stack([starts[s].latent for s in stems])),
+                       None if noise is None else [torch.from_numpy(m) for m in noise])
+        elif stems:
+            chunks.run(stems, paths, torch.stack(images), None)
 
 
 def _summary(rep: Report) -> str:

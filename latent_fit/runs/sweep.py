@@ -15,7 +15,7 @@ from ..files import assign_stems, atomic_write
 from ..figures import sweep_figure, sweep_grid, tune_sweep_figure, tune_sweep_grid
 from ..generators.base import Generator
 from ..images import find_images, load_image, load_mask, load_request, save_png, stack_masks
-from ..outputs import OutputFolder, Report, Target, by_weights, read_starts, tuned_note, write_csv
+from ..outputs import OutputFolder, Report, Target, by_weights, read_starts, target_noise, tuned_note, write_csv
 from ..report import write_report
 from ..sweep import (COLUMNS, EDIT_COLUMNS, LOCALITY_FLOOR_DB, TUNE_SWEEP_COLUMNS, SweepResult, concat_sweeps,
                      suggest_tune_reg, suggest_wr, sweep, tune_sweep)
@@ -64,7 +64,8 @@ def _open(G: Generator, specs: list[str], out: Path, init, mask, class_index, co
 def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, inits: dict[str, Target] | None,
                       errors: list[str], *, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
     """sweep.sweep of every target (from its start, with init), through the weights of its start
-    (one batched sweep per weights: G's, or a tuned file's; mask, c: per target rows or None),
+    (one batched sweep per weights: G's, or a tuned file's; and with its noise maps; mask, c: per
+    target rows or None),
     merged in the order of `stems`; None when no weights fit G."""
     if inits is None:
         return sweep(G, targets, wrs, stems, mask=mask, c=c, progress=progress(0, 1, stems) if progress else None,
@@ -75,8 +76,9 @@ def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs
 
         def pick(x):
             return None if x is None else x[idx]
-        names = [t.stem for t in chunk]
+        names, noise = [t.stem for t in chunk], target_noise(Gk, chunk)
         parts.append(sweep(Gk, targets[idx], wrs, names, init=torch.from_numpy(np.stack([t.latent for t in chunk])),
+                           noise=None if noise is None else [torch.from_numpy(m) for m in noise],
                            mask=pick(mask), c=pick(c), progress=progress(k, n, names) if progress else None, **kwargs))
     done = {s for p in parts for s in p.names}
     return concat_sweeps(parts, [s for s in stems if s in done]) if parts else None

@@ -2,7 +2,9 @@
 (projection, painted edits, direction moves, w_r sweeps), all run through one DeviceQueue.
 
 Latents of a page: P, the projection; E, the last painted edit (from P); and direction offsets
-D = sum_k s_k * std_k * d_k. The current latent, shown and saved, is (E or P) + D.
+D = sum_k s_k * std_k * d_k. The current latent, shown and saved, is (E or P) + D. A conditional
+generator's page works in one class, picked before the projection; every rendering uses it (and
+the projection's noise maps, which the page holds fixed at the constant ones).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Page:
     target: torch.Tensor                      # [C, H, W] (C = G.img_channels)
     projection: torch.Tensor                  # P [*shape]
     record: dict                              # what made P: config, loss_history, metrics, steps, seconds
+    class_index: int | None = None            # a conditional generator's class (None: unconditional)
     edited: torch.Tensor | None = None        # E [*shape]
     edit_record: dict | None = None
     directions: torch.Tensor | None = None    # [K, *shape], each row one prior std long
@@ -76,6 +79,11 @@ class Page:
             return base
         s = torch.tensor(self.strengths, dtype=torch.float32).view(-1, *[1] * base.ndim)
         return base + (s * self.directions).sum(0)
+
+    def label(self, G: Generator) -> torch.Tensor | None:
+        """The page's class as a one-hot row [1, c_dim]; None for an unconditional generator."""
+        c = G.class_vector(self.class_index, self.space)
+        return None if c is None else c[None]
 
 
 class Editor:
@@ -94,13 +102,13 @@ class Editor:
         self.queue = DeviceQueue()
         self._pages: OrderedDict[str, Page] = OrderedDict()
         self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
-        self._pca: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pca: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (space, class) -> PCA
         self._save_lock = threading.Lock()          # a name is chosen and written by one save at a time
 
     def info(self) -> dict:
         G = self.G
         return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
-                "space": G.default_space, "steps": self.config.steps, "encoder": self.encoder,
+                "space": G.default_space, "classes": G.c_dim, "steps": self.config.steps, "encoder": self.encoder,
                 "out": str(self.out), "sweep_wrs": list(self.sweep_wrs),
                 "wr_units": self.edit_config.wr_units, "wr": self.edit_config.wr}
 
@@ -132,22 +140,28 @@ class Editor:
 
     # --- device work ---------------------------------------------------------------------------
 
-    def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None) -> Job:
-        """Project `target` [C, H, W]; a new projection makes all of the page's work stale."""
+    def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None,
+                          class_index: int | None = None) -> Job:
+        """Project `target` [C, H, W] (in class `class_index` of a conditional generator, which
+        it needs); a new projection makes all of the page's work stale."""
         space = self.G.check_space(space or self.G.default_space)
+        if self.G.c_dim and class_index is None:
+            raise LatentFitError(f"generator {self.G.name!r} is conditional: pick a class 0..{self.G.c_dim - 1}")
+        self.G.class_vector(class_index, space)   # a wrong class is refused before any work
 
         def run(job: Job) -> dict:
             x = target[None].to(self.G.device)
             encoder = self.start_encoder(space)
             init = None if encoder is None else encoder(x)   # the one place a projection starts
+            page = Page(space=space, stem=stem, target=target.cpu(), projection=torch.empty(0), record={},
+                        class_index=class_index if self.G.c_dim else None)
             res = project(self.G, x, [stem], config=self.config.replace(space=space), init=init,
-                          progress=job.progress)
-            record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
-                      "seconds": res.seconds, "terms": "+".join(res.terms)}
-            page = Page(space=space, stem=stem, target=target.cpu(), projection=res.latent[0].cpu(),
-                        record=record, image=res.images[0].cpu())
+                          c=page.label(self.G), progress=job.progress)
+            page.record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
+                           "seconds": res.seconds, "terms": "+".join(res.terms)}
+            page.projection, page.image = res.latent[0].cpu(), res.images[0].cpu()
             job.commit(lambda: self._set_page(page_id, page))
-            return {"stem": stem, "space": space, "target": data_url(to_uint8(x)[0]),
+            return {"stem": stem, "space": space, "class": page.class_index, "target": data_url(to_uint8(x)[0]),
                     "projection": data_url(to_uint8(res.images)[0]),
                     "psnr": float(res.metrics["psnr"][0]), "seconds": round(res.seconds, 2)}
         return self.queue.submit(page_id, "project", run, total=self.config.steps,
@@ -162,7 +176,7 @@ class Editor:
             with self.queue.lock:
                 page = self.page(page_id)
             res = edit(self.G, page.projection[None], request[None], mask[None], [page.stem], wr=float(wr),
-                       config=self.edit_config.replace(space=page.space), progress=job.progress)
+                       c=page.label(self.G), config=self.edit_config.replace(space=page.space), progress=job.progress)
             metrics = {k: float(res.metrics[k][0]) for k in
                        ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr", "wr_effective")}
             record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
@@ -189,7 +203,7 @@ class Editor:
     def _show(self, job: Job, page_id: str, page: Page, **changes) -> dict:
         """Render the page's current latent with `changes` applied, and commit them together."""
         new = Page(**vars(page) | changes)
-        image = render(self.G, new.current()[None], new.space)[0].cpu()
+        image = render(self.G, new.current()[None], new.space, new.label(self.G))[0].cpu()
         new.image = image
         job.commit(lambda: self._set_page(page_id, new))   # jobs run one at a time: `page` is current
         return {"result": data_url(to_uint8(image[None])[0])}
@@ -201,10 +215,11 @@ class Editor:
             with self.queue.lock:
                 page = self.page(page_id)
             if loaded is None:
-                if page.space not in self._pca:
-                    self._pca[page.space] = pca_directions(self.G, DIRECTIONS, space=page.space,
-                                                            n=self.pca_samples)
-                dirs, std = self._pca[page.space]
+                key = (page.space, page.class_index)
+                if key not in self._pca:
+                    self._pca[key] = pca_directions(self.G, DIRECTIONS, space=page.space, n=self.pca_samples,
+                                                    c=page.label(self.G))
+                dirs, std = self._pca[key]
                 names = [f"PC{k + 1}" for k in range(len(dirs))]
             else:
                 dirs, std = self._prior_std(loaded.to(self.G.device), page.space)
@@ -233,10 +248,10 @@ class Editor:
                 page = self.page(page_id)
             if request is None:
                 sw = sweep(self.G, page.target[None], self.sweep_wrs, [page.stem], progress=job.progress,
-                           config=self.config.replace(space=page.space, starts=1))
+                           c=page.label(self.G), config=self.config.replace(space=page.space, starts=1))
             else:
                 sw = sweep(self.G, request[0][None], self.sweep_wrs, [page.stem], init=page.projection[None],
-                           mask=request[1][None], progress=job.progress,
+                           mask=request[1][None], c=page.label(self.G), progress=job.progress,
                            config=self.edit_config.replace(space=page.space))
             best, reason = suggest_wr(sw)
             keys = ("psnr", "dz_norm", "realism", "prior_nll")
@@ -268,7 +283,7 @@ class Editor:
     def _write(self, page: Page, stem: str) -> None:
         """OUT/<stem>.png and OUT/<stem>.npz of the page's current latent."""
         G, latent = self.G, page.current()
-        image = page.image if page.image is not None else render(G, latent[None], page.space)[0].cpu()
+        image = page.image if page.image is not None else render(G, latent[None], page.space, page.label(G))[0].cpu()
         mse = pixel_mse(image[None], page.target[None])
         rec = page.edit_record or page.record
         metrics = {"mse": float(mse[0]), "psnr": float(psnr(mse)[0]), "lpips": math.nan,
@@ -281,7 +296,8 @@ class Editor:
         write_latent_file(self.out / f"{stem}.npz", latent=latent, latent_init=page.projection,
                           space=page.space, generator=G.name, generator_sha256=G.sha256,
                           loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
-                          config=config, metrics=metrics, w=G.file_ws(latent, page.space))
+                          config=config, metrics=metrics, w=G.file_ws(latent, page.space),
+                          class_index=page.class_index)
 
 
 def free_stem(folder: Path, stem: str) -> str:

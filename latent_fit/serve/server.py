@@ -4,8 +4,8 @@ page, and a small JSON API whose device work goes through the Editor's queue.
 API (every POST answers JSON; errors are {"error": one line}):
   GET  /api/info                           the generator, its spaces, the samples, settings
   GET  /api/job?id=J&since=V               the job's state once its version passes V (long poll)
-  POST /api/project?page=&space=&name=     body: the image file (application/octet-stream)
-  POST /api/project   JSON {page, space, sample}       a bundled sample instead
+  POST /api/project?page=&space=&class=&name=   body: the image file (application/octet-stream)
+  POST /api/project   JSON {page, space, class, sample}  a bundled sample instead (class: conditional only)
   POST /api/edit      JSON {page, wr, request}         request: the painted layer as a PNG data URL
   POST /api/render    JSON {page, strengths}
   POST /api/directions JSON {page} (principal directions) or ?page=&name= with a .npy body
@@ -221,7 +221,8 @@ class Handler(BaseHTTPRequestHandler):
             name = str(args.get("name", "upload"))[:200]
             data = self._body("application/octet-stream", MAX_UPLOAD_BYTES)
             target, stem = load_image(data, G.resolution, channels=G.img_channels, name=name), safe_stem(name)
-        return {"job": self.editor.submit_projection(page, target, stem, args.get("space") or None).id}
+        job = self.editor.submit_projection(page, target, stem, args.get("space") or None, _class(args.get("class")))
+        return {"job": job.id}
 
     def _post_edit(self) -> dict:
         args = self._args()
@@ -257,6 +258,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.editor.save(self._page_id(args), args.get("stem") or None)
         except OSError as e:
             raise LatentFitError(f"{self.editor.out}: could not save ({e.strerror or e})") from None
+
+
+def _class(value) -> int | None:
+    """A class index sent by the page (None: none sent)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not str(value).isascii() or not str(value).isdigit() or len(str(value)) > 6:
+        raise LatentFitError(f"class {str(value)[:20]!r}: give a whole number")
+    return int(value)
 
 
 def _number(value) -> float:

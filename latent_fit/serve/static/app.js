@@ -79,17 +79,18 @@
   // --- projection --------------------------------------------------------------------------
   async function project(src) {
     let path = "/api/project", body, type = null;
-    const space = $("space").value;
+    const space = $("space").value, cls = $("class").value;
     if (src.file) {
       if (src.file.size > MAX_UPLOAD) {
         say(`${src.file.name}: ${(src.file.size / 2 ** 20).toFixed(1)} MiB is larger than the 25 MiB limit; use a smaller image`, true);
         return;
       }
-      path += `?page=${PAGE}&space=${encodeURIComponent(space)}&name=${encodeURIComponent(src.file.name)}`;
+      path += `?page=${PAGE}&space=${encodeURIComponent(space)}&class=${encodeURIComponent(cls)}` +
+        `&name=${encodeURIComponent(src.file.name)}`;
       body = src.file;
       type = "application/octet-stream";
     } else {
-      body = {page: PAGE, space, sample: src.sample};
+      body = {page: PAGE, space, class: cls, sample: src.sample};
     }
     const reset = () => {   // the server took the new image: everything from the old one goes
       source = src;
@@ -110,7 +111,8 @@
       $("target").src = r.target;
       $("projection").src = r.projection;
       $("paint-under").src = r.projection;
-      $("projection-info").textContent = `PSNR ${r.psnr.toFixed(1)} dB · ${r.seconds} s · space ${r.space}`;
+      $("projection-info").textContent = `PSNR ${r.psnr.toFixed(1)} dB · ${r.seconds} s · space ${r.space}` +
+        (r.class === null ? "" : ` · class ${r.class}`);
       $("stem").value = r.stem;
       projected = true;
       enable(true);
@@ -126,6 +128,7 @@
   });
   $("sample").addEventListener("change", (e) => { if (e.target.value) project({sample: e.target.value}); });
   $("space").addEventListener("change", () => { if (source) project(source); });
+  $("class").addEventListener("change", () => { if (source) project(source); });   // the class is the projection's
 
   // --- painting ----------------------------------------------------------------------------
   let drawing = false, last = null;
@@ -359,6 +362,8 @@
     $("generator").textContent = `${info.generator} · ${info.resolution}px · ${info.steps} steps`;
     info.spaces.forEach((s) => $("space").append(new Option(s, s, s === info.space, s === info.space)));
     info.samples.forEach((s) => $("sample").append(new Option(s, s)));
+    for (let k = 0; k < info.classes; k++) $("class").append(new Option(String(k), String(k)));
+    $("class-picker").hidden = !info.classes;
     wrUnits = info.wr_units;
     wrRange = [info.sweep_wrs[0], info.sweep_wrs[info.sweep_wrs.length - 1]];
     Object.assign($("wr-slider"), {min: Math.log10(wrRange[0]), max: Math.log10(wrRange[1])});
