@@ -17,10 +17,11 @@ from .generators.base import Generator
 from .objective import Inputs, Objective
 from .optimize import project
 
-BENCH_BATCH_SIZES = {"cpu": (1, 8, 64), "cuda": (1, 64, 1024, 4096)}   # defaults per device type
+BENCH_BATCH_SIZES = {"cpu": (1, 8, 64), "cuda": (1, 64, 1024, 4096)}  # defaults per device type
 
 
 # --- bench ----------------------------------------------------------------------------------
+
 
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
@@ -56,15 +57,21 @@ class _Timer:
         with torch.no_grad():
             z = G.sample(n, seed=123, space=cfg.space, c=self.c)
             self.targets = G.synthesize(z, cfg.space, self.c).float().clamp(-1, 1)
-        self.objective = Objective.build(loss, reg=None, device=G.device)   # the loop's reconstruction terms
+        self.objective = Objective.build(loss, reg=None, device=G.device)  # the loop's reconstruction terms
 
     def loop(self, b: int, first: int = 0, **over) -> tuple[float, float]:
         """(wall time of one project call on b targets from `first` on, its step time)."""
         rows = slice(first, first + b)
         marks = []
         t0 = time.perf_counter()
-        project(self.G, self.targets[rows], self.names[rows], c=None if self.c is None else self.c[rows],
-                config=self.cfg.replace(**over), progress=lambda s, _: marks.append((s, time.perf_counter())))
+        project(
+            self.G,
+            self.targets[rows],
+            self.names[rows],
+            c=None if self.c is None else self.c[rows],
+            config=self.cfg.replace(**over),
+            progress=lambda s, _: marks.append((s, time.perf_counter())),
+        )
         return time.perf_counter() - t0, _fastest(marks)
 
     def bare(self, b: int) -> float:
@@ -81,11 +88,19 @@ class _Timer:
             lv = self.objective(Inputs(images=img, targets=self.targets[:b], dz=z, wr=z.new_zeros(b)))
             torch.autograd.grad(lv.sum(), [z])
         _sync(G.device)
-        return _fastest(marks[1:] + [(steps, time.perf_counter())])   # the first interval warms up
+        return _fastest(marks[1:] + [(steps, time.perf_counter())])  # the first interval warms up
 
 
-def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
-          space: str | None = None, repeats: int = 2, seq_targets: int = 4) -> dict:
+def bench(
+    G: Generator,
+    *,
+    batch_sizes=None,
+    steps: int = 20,
+    loss: str = "mse",
+    space: str | None = None,
+    repeats: int = 2,
+    seq_targets: int = 4,
+) -> dict:
     """Time the batched loop at each batch size against projecting `seq_targets` targets one
     after another (batch 1), at the same steps and loss, and against a bare forward+backward of
     generator and loss. Every time is the best of `repeats` (the least disturbed by other load);
@@ -102,54 +117,83 @@ def bench(G: Generator, *, batch_sizes=None, steps: int = 20, loss: str = "mse",
     if steps < 2 or repeats < 1 or seq_targets < 1 or not batch_sizes or min(batch_sizes) < 1:
         raise LatentFitError("bench needs steps >= 2, repeats >= 1 and batch sizes >= 1")
     space = G.check_space(space or G.default_space)
-    cfg = Config(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False, patience=steps + 1,
-                 jacobian_metrics=False,
-                 check_every=1 if dev.type == "cpu" else max(1, steps // 2)).validate()
+    every = 1 if dev.type == "cpu" else max(1, steps // 2)
+    cfg = PROJECTION.replace(steps=steps, starts=1, loss=loss, space=space, optimize_noise=False, patience=steps + 1)
+    cfg = cfg.replace(jacobian_metrics=False, check_every=every)
     per_sample, fit = memory_fit(G, cfg)
     too_big = sorted(b for b in set(batch_sizes) if b > fit)
     batch_sizes = sorted(b for b in set(batch_sizes) if b <= fit) or [1]
     timer = _Timer(G, cfg, max(max(batch_sizes), seq_targets), loss)
-    for b in batch_sizes:   # warm-up: allocator, kernels, compilation
+    for b in batch_sizes:  # warm-up: allocator, kernels, compilation
         timer.loop(b, steps=2, check_every=1)
+    seq, best = _best_times(timer, batch_sizes, repeats, seq_targets, steps)
+    rows = [_row(b, *best[b], seq, steps) for b in batch_sizes]
+    top = rows[-1]
+    return {
+        "generator": G.name,
+        "device": describe_device(dev),
+        "steps": steps,
+        "loss": loss,
+        "space": space,
+        "batch": top["batch"],
+        "speedup_batched_vs_sequential": top["speedup"],
+        "loop_overhead": top["loop_overhead"],
+        "images_per_second": top["images_per_second"],
+        "sequential_ms_per_image_step": 1e3 * seq,
+        "rows": rows,
+        "memory_per_sample_mb": per_sample / 2**20,
+        "memory_measured": "cuda peak" if dev.type == "cuda" else "estimate (autograd saved tensors x2)",
+        "max_batch": fit,
+        "batch_sizes_too_big": too_big,
+        "repeats": repeats,
+        "torch": torch.__version__,
+    }
+
+
+def _best_times(timer: _Timer, batch_sizes: list[int], repeats: int, seq_targets: int, steps: int):
+    """(seconds per image-step of seq_targets targets one after another, batch size -> [total,
+    loop step, bare step] seconds), each the best of `repeats`."""
     seq = math.inf
-    best = {b: [math.inf] * 3 for b in batch_sizes}   # total, loop step, bare step
+    best = {b: [math.inf] * 3 for b in batch_sizes}
     for _ in range(repeats):
         seq = min(seq, sum(timer.loop(1, i)[0] for i in range(seq_targets)) / (seq_targets * steps))
         for b in batch_sizes:
             total, step = timer.loop(b)
             best[b] = [min(best[b][0], total), min(best[b][1], step), min(best[b][2], timer.bare(b))]
-    rows = [_row(b, *best[b], seq, steps) for b in batch_sizes]
-    top = rows[-1]
-    return {"generator": G.name, "device": describe_device(dev), "steps": steps, "loss": loss,
-            "space": space, "batch": top["batch"],
-            "speedup_batched_vs_sequential": top["speedup"], "loop_overhead": top["loop_overhead"],
-            "images_per_second": top["images_per_second"],
-            "sequential_ms_per_image_step": 1e3 * seq, "rows": rows,
-            "memory_per_sample_mb": per_sample / 2 ** 20,
-            "memory_measured": "cuda peak" if dev.type == "cuda" else "estimate (autograd saved tensors x2)",
-            "max_batch": fit, "batch_sizes_too_big": too_big, "repeats": repeats, "torch": torch.__version__}
+    return seq, best
 
 
 def _row(b: int, total: float, step: float, bare_s: float, seq: float, steps: int) -> dict:
     per = total / (b * steps)
-    return {"batch": b, "ms_per_image_step": 1e3 * per, "images_per_second": 1 / per,
-            "loop_step_ms": 1e3 * step, "bare_step_ms": 1e3 * bare_s,
-            "loop_overhead": 1 - bare_s / step, "speedup": seq / per}
+    return {
+        "batch": b,
+        "ms_per_image_step": 1e3 * per,
+        "images_per_second": 1 / per,
+        "loop_step_ms": 1e3 * step,
+        "bare_step_ms": 1e3 * bare_s,
+        "loop_overhead": 1 - bare_s / step,
+        "speedup": seq / per,
+    }
 
 
 def format_table(r: dict) -> str:
     """The bench result as a few lines of text."""
-    lines = [f"{r['generator']} on {r['device']}: {r['steps']} steps, loss {r['loss']}, best of {r['repeats']}",
-             f"sequential (batch 1, one target after another): {r['sequential_ms_per_image_step']:.2f} ms "
-             "per image-step",
-             f"{'batch':>6} {'ms/img-step':>12} {'img-steps/s':>12} {'loop ms/step':>13} "
-             f"{'bare ms/step':>13} {'overhead':>9} {'speedup':>8}"]
+    lines = [
+        f"{r['generator']} on {r['device']}: {r['steps']} steps, loss {r['loss']}, best of {r['repeats']}",
+        f"sequential (batch 1, one target after another): {r['sequential_ms_per_image_step']:.2f} ms per image-step",
+        f"{'batch':>6} {'ms/img-step':>12} {'img-steps/s':>12} {'loop ms/step':>13} "
+        f"{'bare ms/step':>13} {'overhead':>9} {'speedup':>8}",
+    ]
     for row in r["rows"]:
-        lines.append(f"{row['batch']:>6} {row['ms_per_image_step']:>12.3f} {row['images_per_second']:>12.1f} "
-                     f"{row['loop_step_ms']:>13.2f} {row['bare_step_ms']:>13.2f} "
-                     f"{row['loop_overhead']:>9.3f} {row['speedup']:>7.2f}x")
-    lines.append(f"memory per sample: {r['memory_per_sample_mb']:.2f} MiB ({r['memory_measured']}); "
-                 f"largest batch that fits: {r['max_batch']}")
+        lines.append(
+            f"{row['batch']:>6} {row['ms_per_image_step']:>12.3f} {row['images_per_second']:>12.1f} "
+            f"{row['loop_step_ms']:>13.2f} {row['bare_step_ms']:>13.2f} "
+            f"{row['loop_overhead']:>9.3f} {row['speedup']:>7.2f}x"
+        )
+    lines.append(
+        f"memory per sample: {r['memory_per_sample_mb']:.2f} MiB ({r['memory_measured']}); "
+        f"largest batch that fits: {r['max_batch']}"
+    )
     if r["batch_sizes_too_big"]:
         lines.append(f"left out, too big for the device: {', '.join(map(str, r['batch_sizes_too_big']))}")
     return "\n".join(lines)
@@ -157,8 +201,8 @@ def format_table(r: dict) -> str:
 
 # --- time to quality ------------------------------------------------------------------------
 
-PEER = PROJECTION.replace(starts=1, lr=0.1, patience=10 ** 9)   # NVIDIA's projector: one start, 1000 steps
-QUALITY_SEED = 2024   # targets G(z*) from seeds the tests do not use
+PEER = PROJECTION.replace(starts=1, lr=0.1, patience=10**9)  # NVIDIA's projector: one start, 1000 steps
+QUALITY_SEED = 2024  # targets G(z*) from seeds the tests do not use
 
 
 def time_to_quality(G: Generator, encoder=None, *, n: int = 8, loss: str = "mse") -> list[dict]:
@@ -170,22 +214,39 @@ def time_to_quality(G: Generator, encoder=None, *, n: int = 8, loss: str = "mse"
     with torch.no_grad():
         targets = G.synthesize(G.sample(n, seed=QUALITY_SEED, space=space, c=c), space, c).clamp(-1, 1)
     names = [f"q{i}" for i in range(n)]
-    runs = [("latent-fit defaults" + (" (encoder)" if encoder is not None else ""),
-             projection_config(encoded=encoder is not None), encoder),
-            ("NVIDIA schedule (1 start x 1000 steps)", PEER, None)]
+    runs = [
+        (
+            "latent-fit defaults" + (" (encoder)" if encoder is not None else ""),
+            projection_config(encoded=encoder is not None),
+            encoder,
+        ),
+        ("NVIDIA schedule (1 start x 1000 steps)", PEER, None),
+    ]
     rows = []
     for label, cfg, E in runs:
         t0 = time.perf_counter()
         res = project(G, targets, names, config=cfg.replace(loss=loss, space=space), c=c, encoder=E)
         p = res.metrics["psnr"]
-        rows.append({"run": label, "seconds": time.perf_counter() - t0, "median_psnr": float(np.median(p)),
-                     "worst_psnr": float(p.min()), "candidate_steps_per_target": float(res.metrics["sample_steps"].mean())})
+        rows.append(
+            {
+                "run": label,
+                "seconds": time.perf_counter() - t0,
+                "median_psnr": float(np.median(p)),
+                "worst_psnr": float(p.min()),
+                "candidate_steps_per_target": float(res.metrics["sample_steps"].mean()),
+            }
+        )
     return rows
 
 
 def format_quality(rows: list[dict], n: int) -> str:
-    lines = [f"time to quality on {n} generated targets:",
-             f"{'run':<42} {'seconds':>8} {'median dB':>10} {'worst dB':>9} {'cand-steps':>11}"]
-    lines += [f"{r['run']:<42} {r['seconds']:>8.1f} {r['median_psnr']:>10.1f} {r['worst_psnr']:>9.1f} "
-              f"{r['candidate_steps_per_target']:>11.0f}" for r in rows]
+    lines = [
+        f"time to quality on {n} generated targets:",
+        f"{'run':<42} {'seconds':>8} {'median dB':>10} {'worst dB':>9} {'cand-steps':>11}",
+    ]
+    lines += [
+        f"{r['run']:<42} {r['seconds']:>8.1f} {r['median_psnr']:>10.1f} {r['worst_psnr']:>9.1f} "
+        f"{r['candidate_steps_per_target']:>11.0f}"
+        for r in rows
+    ]
     return "\n".join(lines)

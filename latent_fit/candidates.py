@@ -24,18 +24,18 @@ def _take(value, rows: torch.Tensor):
 class Candidates:
     """Per-row tensors; `select(rows)` keeps those rows of every one of them."""
 
-    latent: torch.Tensor            # [R, *latent_shape] being optimized
-    latent_init: torch.Tensor       # [R, *latent_shape] its start z0
-    noise: list[torch.Tensor]       # StyleGAN noise maps being optimized, [R, *shape] each
-    owner: torch.Tensor             # [R] index of the target
-    keys: torch.Tensor              # [R] random-number keys (seed, name, start)
-    targets: torch.Tensor           # [R, C, H, W]
-    wr: torch.Tensor                # [R] w_r the loop uses (raw: as given; relative: times wr_factor)
+    latent: torch.Tensor  # [R, *latent_shape] being optimized
+    latent_init: torch.Tensor  # [R, *latent_shape] its start z0
+    noise: list[torch.Tensor]  # StyleGAN noise maps being optimized, [R, *shape] each
+    owner: torch.Tensor  # [R] index of the target
+    keys: torch.Tensor  # [R] random-number keys (seed, name, start)
+    targets: torch.Tensor  # [R, C, H, W]
+    wr: torch.Tensor  # [R] w_r the loop uses (raw: as given; relative: times wr_factor)
     wr_factor: torch.Tensor | None  # [R] jacobian.wr_factor at latent_init (relative units only)
-    mask: torch.Tensor | None       # [R, 1, H, W]
-    c: torch.Tensor | None          # [R, c_dim] class labels
-    best: torch.Tensor              # [R] lowest loss seen since the last rung (early stop)
-    since: torch.Tensor             # [R] steps since that loss improved
+    mask: torch.Tensor | None  # [R, 1, H, W]
+    c: torch.Tensor | None  # [R, c_dim] class labels
+    best: torch.Tensor  # [R] lowest loss seen since the last rung (early stop)
+    since: torch.Tensor  # [R] steps since that loss improved
 
     def __len__(self) -> int:
         return self.latent.shape[0]
@@ -48,7 +48,7 @@ class Candidates:
     def set_variables(self, values: list[torch.Tensor]) -> None:
         self.latent, self.noise = values[0], list(values[1:])
 
-    def select(self, rows: torch.Tensor) -> "Candidates":
+    def select(self, rows: torch.Tensor) -> Candidates:
         return Candidates(**{f.name: _take(getattr(self, f.name), rows) for f in dataclasses.fields(self)})
 
 
@@ -75,7 +75,7 @@ class RowAdam:
         for x, g, m, v in zip(variables, grads, self.m, self.v):
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            upd = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
+            upd = (m / (1 - b1**self.t)) / ((v / (1 - b2**self.t)).sqrt() + self.eps)
             out.append(x.detach() - lr * upd)
         return out
 

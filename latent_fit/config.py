@@ -13,47 +13,51 @@ import torch
 
 from .errors import ArgumentError, LatentFitError
 
-CHOICES = {"reg": ("l2", "l1"), "init_mode": (None, "random", "mean"),
-           "loss": ("auto", "mse", "lpips", "mse+lpips"), "wr_units": ("raw", "relative")}
+CHOICES = {
+    "reg": ("l2", "l1"),
+    "init_mode": (None, "random", "mean"),
+    "loss": ("auto", "mse", "lpips", "mse+lpips"),
+    "wr_units": ("raw", "relative"),
+}
 
 
 @dataclass(frozen=True)
 class Config:
     """See the README for what each field does; per-sample w_r is a tensor argument of the loop."""
 
-    space: str | None = None          # latent space; None: the generator's default (z for DCGAN, w for StyleGAN)
-    steps: int = 1000                 # optimization steps
-    lr: float | None = None           # Adam learning rate; None: the space's default (Generator.default_lr)
-    lr_rampup: float = 0.05           # fraction of steps of linear warm-up
-    lr_rampdown: float = 0.25         # fraction of steps of cosine ramp-down at the end
-    latent_noise: float = 0.05        # initial latent noise, times the latent's per-element std
-    latent_noise_ramp: float = 0.75   # fraction of steps over which that noise decays to 0
-    wr: float = 0.0                   # weight of the Euclidean norm term wr * ||z - z0||^2 (a sum)
-    wr_units: str = "raw"             # raw: wr as given; relative: wr times the generator's local
-                                      # ||J(z0)||_F^2 / (d P) at each start (jacobian.wr_factor)
-    reg: str = "l2"                   # l2: sum of squares; l1: sum of absolute values (sparser dz)
-    loss: str = "auto"                # auto | mse | lpips | mse+lpips (auto: mse+lpips if LPIPS is on disk)
-    lpips_weight: float = 1.0         # weight of LPIPS next to pixel MSE
-    init_mode: str | None = None      # random | mean; None: the space's default (Generator.default_init_mode)
-    starts: int = 16                  # candidates per target: random starts, or a given start and
-                                      # starts - 1 perturbations of it when spread > 0
-    spread: float = 0.0               # perturbations of a given start (init, encoder), in latent stds
-    prune_every: float = 0.15         # fraction of steps between successive-halving rungs
-    prune_factor: int = 2             # each rung keeps 1/prune_factor of each target's candidates
-    sphere: bool = False              # Gaussian prior only: keep ||z|| = sqrt(dim), its typical radius
-    optimize_noise: bool = True       # StyleGAN: optimize the noise maps too
-    noise_weight: float = 1e5         # StyleGAN noise-map regularization weight
-    patience: int = 100               # early stop: steps without a `tol` relative improvement
+    space: str | None = None  # latent space; None: the generator's default (z for DCGAN, w for StyleGAN)
+    steps: int = 1000  # optimization steps
+    lr: float | None = None  # Adam learning rate; None: the space's default (Generator.default_lr)
+    lr_rampup: float = 0.05  # fraction of steps of linear warm-up
+    lr_rampdown: float = 0.25  # fraction of steps of cosine ramp-down at the end
+    latent_noise: float = 0.05  # initial latent noise, times the latent's per-element std
+    latent_noise_ramp: float = 0.75  # fraction of steps over which that noise decays to 0
+    wr: float = 0.0  # weight of the Euclidean norm term wr * ||z - z0||^2 (a sum)
+    wr_units: str = "raw"  # raw: wr as given; relative: wr times the generator's local
+    # ||J(z0)||_F^2 / (d P) at each start (jacobian.wr_factor)
+    reg: str = "l2"  # l2: sum of squares; l1: sum of absolute values (sparser dz)
+    loss: str = "auto"  # auto | mse | lpips | mse+lpips (auto: mse+lpips if LPIPS is on disk)
+    lpips_weight: float = 1.0  # weight of LPIPS next to pixel MSE
+    init_mode: str | None = None  # random | mean; None: the space's default (Generator.default_init_mode)
+    starts: int = 16  # candidates per target: random starts, or a given start and
+    # starts - 1 perturbations of it when spread > 0
+    spread: float = 0.0  # perturbations of a given start (init, encoder), in latent stds
+    prune_every: float = 0.15  # fraction of steps between successive-halving rungs
+    prune_factor: int = 2  # each rung keeps 1/prune_factor of each target's candidates
+    sphere: bool = False  # Gaussian prior only: keep ||z|| = sqrt(dim), its typical radius
+    optimize_noise: bool = True  # StyleGAN: optimize the noise maps too
+    noise_weight: float = 1e5  # StyleGAN noise-map regularization weight
+    patience: int = 100  # early stop: steps without a `tol` relative improvement
     tol: float = 1e-3
-    check_every: int = 25             # steps between reads of the loss (the only host syncs)
-    exact: bool = False               # CPU: convolutions whose per-sample rounding does not depend on
-                                      # the batch size (bit-identical DCGAN latents; slower at large batches)
-    save_video: bool = False          # keep a frame of every check (for <stem>.mp4)
-    jacobian_metrics: bool = True     # finish: wr_factor (raw units) and jacobian_norm of every target,
-                                      # 64 VJPs each (bench turns it off to time the loop alone)
+    check_every: int = 25  # steps between reads of the loss (the only host syncs)
+    exact: bool = False  # CPU: convolutions whose per-sample rounding does not depend on
+    # the batch size (bit-identical DCGAN latents; slower at large batches)
+    save_video: bool = False  # keep a frame of every check (for <stem>.mp4)
+    jacobian_metrics: bool = True  # finish: wr_factor (raw units) and jacobian_norm of every target,
+    # 64 VJPs each (bench turns it off to time the loop alone)
     seed: int = 0
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for name in ("steps", "starts", "check_every"):
             if getattr(self, name) < 1:
                 raise ArgumentError(name, getattr(self, name), "must be >= 1")
@@ -64,20 +68,18 @@ class Config:
             raise ArgumentError("spread", self.spread, "must be >= 0")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ArgumentError(name, getattr(self, name),
-                                    "choose " + " or ".join(str(a) for a in allowed if a))
+                raise ArgumentError(name, getattr(self, name), "choose " + " or ".join(str(a) for a in allowed if a))
         return self
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         """A copy with `changes` (Config fields; None values are left out), validated."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validate()
 
 
-PROJECTION = Config()   # from random starts (z) or the mean (w, w+): no encoder
+PROJECTION = Config()  # from random starts (z) or the mean (w, w+): no encoder
 # From a learned encoder's guess E(x): one start, NVIDIA's lr, no latent noise and no early stop
 # (measured on held-out targets: perturbed extra starts never won, noise and early stop cost dB).
-ENCODED = dataclasses.replace(PROJECTION, steps=1000, starts=1, spread=0.5, lr=0.1, latent_noise=0.0,
-                              patience=10 ** 9)
+ENCODED = dataclasses.replace(PROJECTION, steps=1000, starts=1, spread=0.5, lr=0.1, latent_noise=0.0, patience=10**9)
 # Edits start from a projected latent: one start, no latent noise (it would move z0 before the
 # request does), the noise maps held fixed (else they, not the latent, would paint the request),
 # and fewer steps. w_r = 1e-2 balances the request against staying near z0 for the bundled DCGAN's
@@ -94,8 +96,7 @@ TUNE_SWEEP_REGS = (0.0, 1e-4, 1e-3, 1e-2)
 def check_weights(values, arg: str = "wr") -> np.ndarray:
     """The values of a weight (w_r, tune_reg; a number, a grid or per-sample [N]), named `arg`,
     as float64 [W]; one ArgumentError line unless one or more, finite and >= 0."""
-    w = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
-                   dtype=np.float64).reshape(-1)
+    w = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64).reshape(-1)
     if len(w) == 0 or not np.isfinite(w).all() or (w < 0).any():
         raise ArgumentError(arg, ",".join(f"{v:g}" for v in w[:8]), f"give one or more finite values, {arg} >= 0")
     return w
@@ -126,9 +127,12 @@ def tune_sweep_wr(wrs, init=None, mask=None) -> float | None:
     if init is not None or mask is not None:
         raise LatentFitError("--tune-reg sweeps projections of TARGETS: it takes no --init or --mask")
     if wrs is not None and len(wrs) > 1:
-        raise LatentFitError("--wr and --tune-reg cannot both be grids: a sweep varies one weight; give --wr "
-                             "one value (the pivot's w_r) with --tune-reg")
+        raise LatentFitError(
+            "--wr and --tune-reg cannot both be grids: a sweep varies one weight; give --wr "
+            "one value (the pivot's w_r) with --tune-reg"
+        )
     return None if wrs is None else float(wrs[0])
+
 
 @dataclass(frozen=True)
 class Tuning:
@@ -137,10 +141,10 @@ class Tuning:
     exact come from the Config. tune_reg and tune_locality may be [N] tensors (sweeps' grids).
     Validated when made."""
 
-    tune_steps: int = 300          # Adam steps on the weights
-    tune_lr: float = 3e-4          # their learning rate
-    tune_reg: float = 1e-3         # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
-    tune_locality: float = 2.0     # weight of the locality term (prior samples keep their images)
+    tune_steps: int = 300  # Adam steps on the weights
+    tune_lr: float = 3e-4  # their learning rate
+    tune_reg: float = 1e-3  # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
+    tune_locality: float = 2.0  # weight of the locality term (prior samples keep their images)
 
     def __post_init__(self):
         for name, ok, need in (("tune_steps", self.tune_steps >= 1, ">= 1"), ("tune_lr", self.tune_lr > 0, "> 0")):
@@ -149,14 +153,15 @@ class Tuning:
         for name in ("tune_reg", "tune_locality"):
             check_weights(getattr(self, name), name)
 
-    def replace(self, **changes) -> "Tuning":
+    def replace(self, **changes) -> Tuning:
         """A copy with `changes` (None values are left out), validated."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @staticmethod
-    def record(tuning: "Tuning | None") -> dict:
+    def record(tuning: Tuning | None) -> dict:
         """The record entries of a target: these settings, or all None without tuning (so a
         rerun with or without --tune differs from the other, and older records match the latter)."""
         fields = [f.name for f in dataclasses.fields(Tuning)]
         return {"tune": None if tuning is None else True} | {
-            k: None if tuning is None else getattr(tuning, k) for k in fields}
+            k: None if tuning is None else getattr(tuning, k) for k in fields
+        }

@@ -13,14 +13,15 @@ from .config import Config
 from .errors import ArgumentError
 from .generators.base import Generator
 
-CUDA_MEMORY_FRACTION = 0.9   # share of the free GPU memory a chunk may fill
-CPU_MEMORY_FRACTION = 0.5    # share of the available RAM (the CPU figure is an estimate)
+CUDA_MEMORY_FRACTION = 0.9  # share of the free GPU memory a chunk may fill
+CPU_MEMORY_FRACTION = 0.5  # share of the available RAM (the CPU figure is an estimate)
 PRECISIONS = ("fp32", "bf16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
-def accelerate(G: Generator, *, precision: str = "fp32", channels_last: bool = False,
-               compile: str = "off") -> Generator:
+def accelerate(
+    G: Generator, *, precision: str = "fp32", channels_last: bool = False, compile: str = "off"
+) -> Generator:
     """Switch G's synthesis to a faster path, in place; returns G.
 
     precision bf16: synthesis under autocast (images come back float32; latents, loss and Adam
@@ -43,16 +44,19 @@ def accelerate(G: Generator, *, precision: str = "fp32", channels_last: bool = F
     def synthesize(*args, **kwargs):
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return synth(*args, **kwargs).float()
+
     G.synthesize = synthesize
     return G
 
 
 # --- memory ---------------------------------------------------------------------------------
 
+
 def is_oom(e: BaseException) -> bool:
     """Whether `e` says the device ran out of memory (CUDA, or a failed CPU allocation)."""
     return isinstance(e, torch.cuda.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "not enough memory" in str(e)))
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "not enough memory" in str(e))
+    )
 
 
 def free_memory(device: torch.device) -> int:
@@ -81,7 +85,8 @@ def step_memory(G: Generator, n_targets: int, config: Config) -> int:
     targets = torch.zeros(n_targets, G.img_channels, G.resolution, G.resolution, device=dev)
     c = G.cycled_labels(n_targets)
     from .optimize import one_step
-    cfg = config.replace(wr_units="raw")   # relative units' estimate at the start is not a step
+
+    cfg = config.replace(wr_units="raw")  # relative units' estimate at the start is not a step
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         base = torch.cuda.memory_allocated(dev)
@@ -94,6 +99,7 @@ def step_memory(G: Generator, n_targets: int, config: Config) -> int:
         s = t.untyped_storage()
         saved[s.data_ptr()] = s.nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         one_step(G, targets, c=c, config=cfg)
     return 2 * sum(saved.values())
@@ -105,7 +111,7 @@ def memory_fit(G: Generator, config: Config, budget: int | None = None) -> tuple
     (0, 1) when even the probe runs out of memory."""
     try:
         m1, m3 = step_memory(G, 1, config), step_memory(G, 3, config)
-    except RuntimeError as e:   # torch.cuda.OutOfMemoryError included
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError included
         if not is_oom(e):
             raise
         return 0, 1
@@ -121,10 +127,10 @@ def keep_freed_memory() -> bool:
     of a batched tuning went there). The process keeps its peak memory. True where it applied."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):   # not glibc
+    except (OSError, AttributeError):  # not glibc
         return False
     m_trim_threshold, m_mmap_max = -1, -4
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def default_device(device: str) -> str:

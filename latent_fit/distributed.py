@@ -17,7 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-WAIT_TIMEOUT = timedelta(days=7)   # how long a finished rank waits for the others
+WAIT_TIMEOUT = timedelta(days=7)  # how long a finished rank waits for the others
 _wait_group = None
 
 
@@ -28,7 +28,7 @@ class Shard:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Shard":
+    def from_env(cls) -> Shard:
         """The shard torchrun assigned to this process (rank 0 of 1 outside torchrun)."""
         env = os.environ
         return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
@@ -50,8 +50,9 @@ def process_group(shard: Shard, device: torch.device | str):
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=shard.rank,
-                            world_size=shard.world, timeout=WAIT_TIMEOUT)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", rank=shard.rank, world_size=shard.world, timeout=WAIT_TIMEOUT
+    )
     _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     try:
         yield

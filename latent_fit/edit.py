@@ -20,7 +20,7 @@ from .objective import pixel_mse
 from .optimize import Result, given_noise, project
 
 PCA_SAMPLES = 2000
-PCA_FEATURE_SIZE = 16   # in z, PCA runs on the generated images downsampled to this many pixels
+PCA_FEATURE_SIZE = 16  # in z, PCA runs on the generated images downsampled to this many pixels
 
 
 @dataclass
@@ -30,9 +30,14 @@ class EditResult(Result):
     before: torch.Tensor | None = field(default=None, repr=False)
 
 
-def render(G: Generator, latents: torch.Tensor, space: str | None = None,
-           c: torch.Tensor | None = None, batch_size: int = 64,
-           noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+def render(
+    G: Generator,
+    latents: torch.Tensor,
+    space: str | None = None,
+    c: torch.Tensor | None = None,
+    batch_size: int = 64,
+    noise: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """G(latents) in [-1, 1], without gradients, in chunks of batch_size. noise: StyleGAN noise
     maps [N, *noise_shape] per noise input, one row per latent (None: the constant maps)."""
     space = G.check_space(space or G.default_space)
@@ -41,31 +46,44 @@ def render(G: Generator, latents: torch.Tensor, space: str | None = None,
     out = []
     with torch.no_grad():
         for i in range(0, latents.shape[0], batch_size):
-            cc = None if c is None else c[i:i + batch_size].to(G.device)
-            nz = None if noise is None else [m[i:i + batch_size] for m in noise]
-            out.append(G.synthesize(latents[i:i + batch_size], space, cc, nz).clamp(-1, 1))
+            cc = None if c is None else c[i : i + batch_size].to(G.device)
+            nz = None if noise is None else [m[i : i + batch_size] for m in noise]
+            out.append(G.synthesize(latents[i : i + batch_size], space, cc, nz).clamp(-1, 1))
     if not out:
         return torch.empty(0, G.img_channels, G.resolution, G.resolution, device=G.device)
     return torch.cat(out)
 
 
-def edit_metrics(before: torch.Tensor, after: torch.Tensor, request: torch.Tensor,
-                 mask: torch.Tensor | None) -> dict[str, np.ndarray]:
+def edit_metrics(
+    before: torch.Tensor, after: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None
+) -> dict[str, np.ndarray]:
     """Per sample: the error against the request inside the mask before and after the edit, and
     the change outside the mask (NaN where the mask covers everything). Pixel MSE, [-1, 1] scale."""
     inside = mask if mask is not None else torch.ones_like(before[:, :1])
     outside = 1 - inside
     change = pixel_mse(after, before, outside)
     change[outside.flatten(1).sum(1) == 0] = math.nan
-    return {"mask_mse_before": pixel_mse(before, request, inside).cpu().numpy(),
-            "mask_mse_after": pixel_mse(after, request, inside).cpu().numpy(),
-            "outside_change": change.cpu().numpy()}
+    return {
+        "mask_mse_before": pixel_mse(before, request, inside).cpu().numpy(),
+        "mask_mse_after": pixel_mse(after, request, inside).cpu().numpy(),
+        "outside_change": change.cpu().numpy(),
+    }
 
 
-def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch.Tensor | None = None,
-         names: list[str] | None = None, *, config: Config | None = None, c: torch.Tensor | None = None,
-         wr: float | torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, progress=None,
-         **changes) -> EditResult:
+def edit(
+    G: Generator,
+    latents: torch.Tensor,
+    request: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    names: list[str] | None = None,
+    *,
+    config: Config | None = None,
+    c: torch.Tensor | None = None,
+    wr: float | torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+    progress=None,
+    **changes,
+) -> EditResult:
     """Edit latents [N, *shape] so that G matches `request` [N, C, H, W] where `mask`
     [N, 1, H, W] (soft, in [0, 1]; None: the whole image) is set, while
     wr * ||z - z0||^2 (a sum over the latent's elements) keeps z near its start z0 = latents.
@@ -82,14 +100,14 @@ def edit(G: Generator, latents: torch.Tensor, request: torch.Tensor, mask: torch
     if mask is not None:
         mask = mask.to(G.device, torch.float32)
     request = request.to(G.device, torch.float32)
-    res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, noise=noise,
-                  progress=progress)
+    res = project(G, request, names, config=cfg, init=latents, mask=mask, c=c, wr=wr, noise=noise, progress=progress)
     before = render(G, res.latent_init, res.space, c, noise=noise)
     res.metrics |= edit_metrics(before, res.images, request, mask)
     return EditResult(**vars(res), before=before)
 
 
 # --- directions ------------------------------------------------------------------------------
+
 
 def unit(v: torch.Tensor) -> torch.Tensor:
     """v scaled to norm 1 over all its elements."""
@@ -104,8 +122,9 @@ def mean_difference(positive: torch.Tensor, negative: torch.Tensor) -> torch.Ten
     return unit(positive.double().mean(0) - negative.double().mean(0)).float()
 
 
-def linear_boundary(positive: torch.Tensor, negative: torch.Tensor, *, l2: float = 0.1,
-                    max_iter: int = 500) -> torch.Tensor:
+def linear_boundary(
+    positive: torch.Tensor, negative: torch.Tensor, *, l2: float = 0.1, max_iter: int = 500
+) -> torch.Tensor:
     """Unit normal of a linear boundary between two sets of latents, pointing to `positive`
     (as InterFaceGAN, with L2-regularized logistic regression, both classes weighted equally).
     Unlike the mean difference it accounts for correlated latents; larger l2 pulls it toward
@@ -123,6 +142,7 @@ def linear_boundary(positive: torch.Tensor, negative: torch.Tensor, *, l2: float
         loss = (weight * F.softplus(-y * (x @ w[:-1] + w[-1]))).sum() + 0.5 * l2 * w[:-1].pow(2).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     return unit(w.detach()[:-1]).float().view(shape)
 
@@ -134,9 +154,16 @@ def _fix_signs(directions: torch.Tensor) -> torch.Tensor:
     return directions * torch.sign(top).view(-1, *[1] * (directions.ndim - 1))
 
 
-def pca_directions(G: Generator, k: int, *, space: str | None = None, n: int = PCA_SAMPLES,
-                   c: torch.Tensor | None = None, seed: int = 0,
-                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_directions(
+    G: Generator,
+    k: int,
+    *,
+    space: str | None = None,
+    n: int = PCA_SAMPLES,
+    c: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K principal directions of the generator (GANSpace-like): unit rows [k, *shape] and the prior
     latents' standard deviation along each [k].
 
@@ -153,13 +180,22 @@ def pca_directions(G: Generator, k: int, *, space: str | None = None, n: int = P
     flat = lat.flatten(1).double()
     if G.gaussian_prior(space):
         size = min(PCA_FEATURE_SIZE, G.resolution)
-        feats = torch.cat([F.adaptive_avg_pool2d(render(G, lat[i:i + batch_size], space,
-                                                        None if cc is None else cc[i:i + batch_size]), size)
-                           for i in range(0, n, batch_size)]).flatten(1).double()
+        feats = (
+            torch.cat(
+                [
+                    F.adaptive_avg_pool2d(
+                        render(G, lat[i : i + batch_size], space, None if cc is None else cc[i : i + batch_size]), size
+                    )
+                    for i in range(0, n, batch_size)
+                ]
+            )
+            .flatten(1)
+            .double()
+        )
         feats = feats - feats.mean(0)
-        vecs = torch.linalg.eigh(feats.T @ feats).eigenvectors.flip(1)[:, :k]   # top-k, descending
-        coords = feats @ vecs                                                      # [n, k]
-        dirs = coords.T @ (flat - flat.mean(0))                                    # regress z on them
+        vecs = torch.linalg.eigh(feats.T @ feats).eigenvectors.flip(1)[:, :k]  # top-k, descending
+        coords = feats @ vecs  # [n, k]
+        dirs = coords.T @ (flat - flat.mean(0))  # regress z on them
         dirs = dirs / dirs.norm(dim=1, keepdim=True)
     else:
         centered = flat - flat.mean(0)
@@ -169,18 +205,21 @@ def pca_directions(G: Generator, k: int, *, space: str | None = None, n: int = P
     return dirs.float().view(k, *lat.shape[1:]).to(G.device), std.float()
 
 
-def apply_direction(latents: torch.Tensor, direction: torch.Tensor,
-                    strengths: torch.Tensor | list[float]) -> torch.Tensor:
+def apply_direction(
+    latents: torch.Tensor, direction: torch.Tensor, strengths: torch.Tensor | list[float]
+) -> torch.Tensor:
     """latents [N, *shape] moved by each strength along `direction` [*shape]: [N, S, *shape]."""
     s = torch.as_tensor(strengths, dtype=latents.dtype, device=latents.device)
     d = direction.to(latents.device, latents.dtype)
     if d.shape != latents.shape[1:]:
-        raise LatentFitError(f"direction of shape {list(d.shape)} does not fit latents of shape "
-                             f"{list(latents.shape[1:])}")
+        raise LatentFitError(
+            f"direction of shape {list(d.shape)} does not fit latents of shape {list(latents.shape[1:])}"
+        )
     return latents[:, None] + s.view(1, -1, *[1] * d.ndim) * d
 
 
 # --- interpolation ---------------------------------------------------------------------------
+
 
 def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "linear") -> torch.Tensor:
     """`frames` latents from a [P, *shape] to b [P, *shape] (both ends included): [P, frames, *shape].
@@ -200,7 +239,7 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "line
         ua, ub = fa / na.clamp_min(1e-12), fb / nb.clamp_min(1e-12)
         omega = (ua * ub).sum(2, keepdim=True).clamp(-1, 1).acos()
         so = omega.sin()
-        small = so < 1e-6      # (anti)parallel: the great circle is not unique; use the chord
+        small = so < 1e-6  # (anti)parallel: the great circle is not unique; use the chord
         wa = torch.where(small, 1 - t, ((1 - t) * omega).sin() / so.clamp_min(1e-12))
         wb = torch.where(small, t, (t * omega).sin() / so.clamp_min(1e-12))
         direction = wa * ua + wb * ub
@@ -210,8 +249,9 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int, mode: str = "line
     return out.to(a.dtype).view(a.shape[0], frames, *a.shape[1:])
 
 
-def interpolate_noise(a: list[torch.Tensor] | None, b: list[torch.Tensor] | None, frames: int,
-                      mode: str = "linear") -> list[torch.Tensor] | None:
+def interpolate_noise(
+    a: list[torch.Tensor] | None, b: list[torch.Tensor] | None, frames: int, mode: str = "linear"
+) -> list[torch.Tensor] | None:
     """Noise maps along the path from maps a (per noise input, [P, *noise_shape]) to b, by the
     latents' rule (`interpolate`, each map a flattened vector; spherical keeps their variance near
     1 where a straight line between independent maps halves it): [P, frames, *noise_shape] each.
@@ -221,9 +261,15 @@ def interpolate_noise(a: list[torch.Tensor] | None, b: list[torch.Tensor] | None
     return [interpolate(ma, mb, frames, mode) for ma, mb in zip(a, b)]
 
 
-def render_path(G: Generator, path: torch.Tensor, deltas: list[dict | None], space: str,
-                c: torch.Tensor | None = None, batch_size: int = 64,
-                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+def render_path(
+    G: Generator,
+    path: torch.Tensor,
+    deltas: list[dict | None],
+    space: str,
+    c: torch.Tensor | None = None,
+    batch_size: int = 64,
+    noise: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Images [M, P, F, C, H, W] of interpolation paths [M, P, F, *shape] through P + 1 latents
     (segment p from latent p to latent p + 1), whose tuned weight changes are deltas[p] (None:
     G's own); c: one label [c_dim] or None; noise: the paths' noise maps [M, P, F, *noise_shape]
@@ -231,6 +277,7 @@ def render_path(G: Generator, path: torch.Tensor, deltas: list[dict | None], spa
     render; a segment with a tuned end blends the ends' weight changes along with the latents
     (tuning.render_blended), so every end is its own tuned reconstruction."""
     from .tuning import render_blended
+
     m, p, f = path.shape[:3]
     if not any(d is not None for d in deltas):
         cc = None if c is None else c.expand(m * p * f, -1)
@@ -245,4 +292,5 @@ def render_path(G: Generator, path: torch.Tensor, deltas: list[dict | None], spa
         if a is None and b is None:
             return render(G, path[i, j], space, cc, batch_size, nz)
         return render_blended(G, a, b, t, path[i, j], space, cc, noise=nz)
+
     return torch.stack([segment(i, j) for i in range(m) for j in range(p)]).unflatten(0, (m, p))

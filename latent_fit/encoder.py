@@ -28,43 +28,52 @@ from torch import nn
 
 from .errors import LatentFitError
 from .fields import NotJSON, misfits, parse_json, regular_file
+from .files import atomic_write, file_sha256
 from .generators.base import Generator
 from .objective import LPIPS, lpips_available, pixel_mse, psnr
-from .files import atomic_write, file_sha256
 
-ENCODER_RES = 64               # E sees every image at this size
-WIDTHS = (32, 64, 128, 256)    # channels of the four stride-2 levels (64 -> 4 px)
-HIDDEN = 512                   # width of the MLP head
+ENCODER_RES = 64  # E sees every image at this size
+WIDTHS = (32, 64, 128, 256)  # channels of the four stride-2 levels (64 -> 4 px)
+HIDDEN = 512  # width of the MLP head
 FORMAT = "latent-fit-encoder/1"
 CARD_TYPES = {"format": str, "generator": str, "generator_sha256": str, "space": str, "architecture": dict}
-MAX_WIDTH = 4096               # channels of a level or of the head in a file (WIDTHS are up to 256, HIDDEN 512)
-MAX_LATENT = 2 ** 24           # elements of a latent (a 1024 px StyleGAN's w+ has 9216)
-VAL_SEED = 999_999_937         # held-out samples; training seeds are >= 10**10 (see train_seed)
+MAX_WIDTH = 4096  # channels of a level or of the head in a file (WIDTHS are up to 256, HIDDEN 512)
+MAX_LATENT = 2**24  # elements of a latent (a 1024 px StyleGAN's w+ has 9216)
+VAL_SEED = 999_999_937  # held-out samples; training seeds are >= 10**10 (see train_seed)
 VAL_SAMPLES = 256
-STAT_SAMPLES = 2000            # prior samples for the output scale
-BUNDLED_ENCODERS = {   # generator name -> (file in weights/, sha256)
-    "digiface-dcgan64": ("digiface-dcgan64-encoder.safetensors",
-                         "d8183e762c386f82c9998cfcc626648373be6a9c6722027f73c65735be08c82c"),
+STAT_SAMPLES = 2000  # prior samples for the output scale
+BUNDLED_ENCODERS = {  # generator name -> (file in weights/, sha256)
+    "digiface-dcgan64": (
+        "digiface-dcgan64-encoder.safetensors",
+        "d8183e762c386f82c9998cfcc626648373be6a9c6722027f73c65735be08c82c",
+    ),
 }
 
 
 class Encoder(nn.Module):
     """Image [N, C, H, W] in [-1, 1] -> latent [N, *latent_shape] in `space`."""
 
-    def __init__(self, space: str, latent_shape: tuple[int, ...], centre: torch.Tensor,
-                 scale: torch.Tensor, widths: tuple[int, ...] = WIDTHS, hidden: int = HIDDEN):
+    def __init__(
+        self,
+        space: str,
+        latent_shape: tuple[int, ...],
+        centre: torch.Tensor,
+        scale: torch.Tensor,
+        widths: tuple[int, ...] = WIDTHS,
+        hidden: int = HIDDEN,
+    ):
         super().__init__()
         self.space, self.latent_shape = space, tuple(latent_shape)
         self.widths, self.hidden = tuple(widths), hidden
-        self.info: dict = {}   # the model card, when loaded from a file
-        self.sha256 = ""       # of that file
+        self.info: dict = {}  # the model card, when loaded from a file
+        self.sha256 = ""  # of that file
         self.features, self.head = _layers(self.widths, hidden, math.prod(self.latent_shape))
-        for m in self.modules():   # He init for LeakyReLU: signals keep their scale through the depth
+        for m in self.modules():  # He init for LeakyReLU: signals keep their scale through the depth
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
                 nn.init.zeros_(m.bias)
         with torch.no_grad():
-            self.head[-1].weight.mul_(0.1)   # start near the centre
+            self.head[-1].weight.mul_(0.1)  # start near the centre
         self.register_buffer("centre", centre.reshape(1, *self.latent_shape).float().clone())
         self.register_buffer("scale", scale.reshape(1, *self.latent_shape).float().clone())
 
@@ -72,8 +81,12 @@ class Encoder(nn.Module):
         x = images
         if x.shape[-1] != ENCODER_RES or x.shape[-2] != ENCODER_RES:
             mode = "area" if x.shape[-1] > ENCODER_RES else "bilinear"
-            x = F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode=mode,
-                              **({"align_corners": False} if mode == "bilinear" else {}))
+            x = F.interpolate(
+                x,
+                size=(ENCODER_RES, ENCODER_RES),
+                mode=mode,
+                **({"align_corners": False} if mode == "bilinear" else {}),
+            )
         out = self.head(self.features(x)).float().view(-1, *self.latent_shape)
         return self.centre + self.scale * out
 
@@ -81,13 +94,19 @@ class Encoder(nn.Module):
     def start(self, G: Generator, targets: torch.Tensor, space: str) -> torch.Tensor:
         """E(x) for targets [N, C, H, W]: the loop's given starts (one per target, per sample)."""
         if space != self.space:
-            raise LatentFitError(f"the encoder predicts {self.space} latents, not {space}; "
-                                 f"use space {self.space} or an encoder trained for {space}")
+            raise LatentFitError(
+                f"the encoder predicts {self.space} latents, not {space}; "
+                f"use space {self.space} or an encoder trained for {space}"
+            )
         return self(targets.to(G.device, torch.float32))
 
     def architecture(self) -> dict:
-        return {"input": ENCODER_RES, "widths": list(self.widths), "hidden": self.hidden,
-                "latent_shape": list(self.latent_shape)}
+        return {
+            "input": ENCODER_RES,
+            "widths": list(self.widths),
+            "hidden": self.hidden,
+            "latent_shape": list(self.latent_shape),
+        }
 
 
 def _layers(widths: tuple[int, ...], hidden: int, n_out: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -99,8 +118,10 @@ def _layers(widths: tuple[int, ...], hidden: int, n_out: int) -> tuple[nn.Sequen
         layers += [nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2)]
         c = w
     side = ENCODER_RES >> len(widths)
-    return (nn.Sequential(*layers, nn.Flatten()),
-            nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out)))
+    return (
+        nn.Sequential(*layers, nn.Flatten()),
+        nn.Sequential(nn.Linear(c * side * side, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out)),
+    )
 
 
 def new_encoder(G: Generator, space: str) -> Encoder:
@@ -119,6 +140,7 @@ def new_encoder(G: Generator, space: str) -> Encoder:
 
 # --- training -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that changes what training learns (a checkpoint resumes only when these match)."""
@@ -127,42 +149,53 @@ class TrainSettings:
     steps: int = 20000
     batch_size: int = 32
     lr: float = 5e-4
-    warmup: int = 200               # steps of linear warm-up; then a cosine decay to 0
+    warmup: int = 200  # steps of linear warm-up; then a cosine decay to 0
     latent_weight: float = 1.0
     pixel_weight: float = 10.0
-    lpips_weight: float = 0.0       # > 0 only when LPIPS weights are on disk (see train_encoder)
-    image_batch: int = 0            # real images per step (0: none)
+    lpips_weight: float = 0.0  # > 0 only when LPIPS weights are on disk (see train_encoder)
+    image_batch: int = 0  # real images per step (0: none)
     seed: int = 0
-    generator: str = ""             # the generator's sha256 (its name when unknown)
-    images: str = ""                # sha256 of the real images ("" when none)
+    generator: str = ""  # the generator's sha256 (its name when unknown)
+    images: str = ""  # sha256 of the real images ("" when none)
 
-    def validate(self) -> "TrainSettings":
+    def validate(self) -> TrainSettings:
         if self.steps < 1 or self.batch_size < 1:
             raise LatentFitError(f"--steps {self.steps} / --batch-size {self.batch_size}: give whole numbers >= 1")
         return self
 
 
-def make_settings(G: Generator, *, space: str | None = None, steps: int, batch_size: int,
-                  images: torch.Tensor | None = None, **options) -> TrainSettings:
+def make_settings(
+    G: Generator,
+    *,
+    space: str | None = None,
+    steps: int,
+    batch_size: int,
+    images: torch.Tensor | None = None,
+    **options,
+) -> TrainSettings:
     """The TrainSettings of a run; LPIPS joins (weight 1) when its weights are on disk, real
     images come a quarter batch per step."""
     import hashlib
+
     space = G.check_space(space or G.default_space)
     options.setdefault("lpips_weight", 1.0 if lpips_available() else 0.0)
     if images is not None:
         if G.c_dim and space == "z":
-            raise LatentFitError(f"--images: generator {G.name!r} is conditional and real images have no "
-                                 "class; train in w or w+ (--space w)")
+            raise LatentFitError(
+                f"--images: generator {G.name!r} is conditional and real images have no "
+                "class; train in w or w+ (--space w)"
+            )
         options.setdefault("image_batch", max(1, batch_size // 4))
         options["images"] = hashlib.sha256(images.float().cpu().numpy().tobytes()).hexdigest()
-    return TrainSettings(space=space, steps=steps, batch_size=batch_size,
-                         generator=G.sha256 or G.name, **options).validate()
+    return TrainSettings(
+        space=space, steps=steps, batch_size=batch_size, generator=G.sha256 or G.name, **options
+    ).validate()
 
 
 def train_seed(seed: int, step: int) -> int:
     """The seed of step `step`'s prior samples: disjoint from VAL_SEED, a function of (seed, step)
     only, so a resumed run sees exactly the samples an uninterrupted one would."""
-    return (seed + 1) * 10 ** 10 + step
+    return (seed + 1) * 10**10 + step
 
 
 def prior_batch(G: Generator, n: int, seed: int, space: str):
@@ -176,18 +209,31 @@ def prior_batch(G: Generator, n: int, seed: int, space: str):
         return G.synthesize(lat, space, c).float().clamp(-1, 1), lat, c
 
 
-def encoder_losses(E: Encoder, G: Generator, images: torch.Tensor, latents: torch.Tensor | None,
-                   c: torch.Tensor | None, s: TrainSettings, lpips_net=None) -> dict[str, torch.Tensor]:
+def encoder_losses(
+    E: Encoder,
+    G: Generator,
+    images: torch.Tensor,
+    latents: torch.Tensor | None,
+    c: torch.Tensor | None,
+    s: TrainSettings,
+    lpips_net=None,
+) -> dict[str, torch.Tensor]:
     """Per-sample terms [N] of the training loss (latent is 0 where no latent is known)."""
     pred = E(images)
     recon = G.synthesize(pred, E.space, c).float()
     terms = {"pixel": pixel_mse(recon, images)}
-    terms["latent"] = (((pred - latents) / E.scale) ** 2).flatten(1).mean(1) if latents is not None \
+    terms["latent"] = (
+        (((pred - latents) / E.scale) ** 2).flatten(1).mean(1)
+        if latents is not None
         else torch.zeros_like(terms["pixel"])
+    )
     if lpips_net is not None:
         terms["lpips"] = lpips_net(recon, images)
-    terms["total"] = s.latent_weight * terms["latent"] + s.pixel_weight * terms["pixel"] \
+    terms["total"] = (
+        s.latent_weight * terms["latent"]
+        + s.pixel_weight * terms["pixel"]
         + (s.lpips_weight * terms["lpips"] if lpips_net is not None else 0)
+    )
     return terms
 
 
@@ -196,11 +242,21 @@ def _lr_at(s: TrainSettings, step: int) -> float:
     return s.lr * warm * 0.5 * (1 + math.cos(math.pi * step / s.steps))
 
 
-def train_encoder(G: Generator, *, space: str | None = None, steps: int = TrainSettings.steps,
-                  batch_size: int = TrainSettings.batch_size,
-                  images: torch.Tensor | None = None, state: dict | None = None, precision: str = "fp32",
-                  compile: bool = False, progress=None, checkpoint=None, checkpoint_every: float = 300.0,
-                  **options) -> Encoder:
+def train_encoder(
+    G: Generator,
+    *,
+    space: str | None = None,
+    steps: int = TrainSettings.steps,
+    batch_size: int = TrainSettings.batch_size,
+    images: torch.Tensor | None = None,
+    state: dict | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    progress=None,
+    checkpoint=None,
+    checkpoint_every: float = 300.0,
+    **options,
+) -> Encoder:
     """Train an encoder for G (on G's device) and return it in eval mode.
 
     images: optional real images [M, 3, R, R] in [-1, 1], trained with the reconstruction terms.
@@ -210,9 +266,7 @@ def train_encoder(G: Generator, *, space: str | None = None, steps: int = TrainS
     precision bf16 / compile: autocast and torch.compile of the encoder (for GPUs).
     """
     s = make_settings(G, space=space, steps=steps, batch_size=batch_size, images=images, **options)
-    space = s.space
-    n_img = s.image_batch
-    E = new_encoder(G, space)
+    E = new_encoder(G, s.space)
     opt = torch.optim.Adam(E.parameters(), lr=s.lr)
     start = 0
     if state is not None:
@@ -223,23 +277,16 @@ def train_encoder(G: Generator, *, space: str | None = None, steps: int = TrainS
     fwd = torch.compile(E) if compile else E
     autocast = torch.autocast(G.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def snapshot(step):   # a copy: training goes on changing the live tensors
-        return copy.deepcopy({"settings": settings_json(s), "step": step, "encoder": E.state_dict(),
-                              "optimizer": opt.state_dict()})
+    def snapshot(step):  # a copy: training goes on changing the live tensors
+        return copy.deepcopy(
+            {"settings": settings_json(s), "step": step, "encoder": E.state_dict(), "optimizer": opt.state_dict()}
+        )
 
     last_save = time.monotonic()
     E.train()
     for step in range(start, s.steps):
-        x, lat, c = prior_batch(G, s.batch_size, train_seed(s.seed, step), space)
         with autocast:
-            terms = encoder_losses(fwd, G, x, lat, c, s, lpips_net)
-            loss = terms["total"].sum()
-            if n_img:
-                gen = torch.Generator().manual_seed(train_seed(s.seed, step) ^ 0x1A6E)
-                pick = torch.randint(len(images), (n_img,), generator=gen)
-                real = encoder_losses(fwd, G, images[pick].to(G.device), None, None, s, lpips_net)
-                loss = loss + real["total"].sum()
-                terms["real_pixel"] = real["pixel"]
+            loss, terms = _step_losses(fwd, G, s, step, images, lpips_net)
         for g in opt.param_groups:
             g["lr"] = _lr_at(s, step)
         opt.zero_grad(set_to_none=True)
@@ -256,6 +303,21 @@ def train_encoder(G: Generator, *, space: str | None = None, steps: int = TrainS
     return E.eval().requires_grad_(False)
 
 
+def _step_losses(fwd, G: Generator, s: TrainSettings, step: int, images: torch.Tensor | None, lpips_net):
+    """(summed loss, terms) of training step `step`: a batch of prior samples keyed by the step,
+    plus s.image_batch of the real `images` when given (their pixel term as real_pixel)."""
+    x, lat, c = prior_batch(G, s.batch_size, train_seed(s.seed, step), s.space)
+    terms = encoder_losses(fwd, G, x, lat, c, s, lpips_net)
+    loss = terms["total"].sum()
+    if s.image_batch:
+        gen = torch.Generator().manual_seed(train_seed(s.seed, step) ^ 0x1A6E)
+        pick = torch.randint(len(images), (s.image_batch,), generator=gen)
+        real = encoder_losses(fwd, G, images[pick].to(G.device), None, None, s, lpips_net)
+        loss = loss + real["total"].sum()
+        terms["real_pixel"] = real["pixel"]
+    return loss, terms
+
+
 def settings_json(s: TrainSettings) -> str:
     return json.dumps(dataclasses.asdict(s), sort_keys=True)
 
@@ -266,15 +328,15 @@ def validation_psnr(E: Encoder, G: Generator, n: int = VAL_SAMPLES, chunk: int =
     out = []
     x_all, _, c_all = prior_batch(G, n, VAL_SEED, E.space)
     for i in range(0, n, chunk):
-        x = x_all[i:i + chunk]
-        c = None if c_all is None else c_all[i:i + chunk]
+        x = x_all[i : i + chunk]
+        c = None if c_all is None else c_all[i : i + chunk]
         rec = G.synthesize(E(x), E.space, c).float().clamp(-1, 1)
         out.append(psnr(pixel_mse(rec, x)))
     return torch.cat(out).cpu()
 
 
-
 # --- files ----------------------------------------------------------------------------------
+
 
 def save_encoder(E: Encoder, path, G: Generator, card: dict, fp16: bool = True) -> None:
     """Write E as safetensors (weights in fp16 when `fp16`; centre and scale fp32) with the model
@@ -283,11 +345,18 @@ def save_encoder(E: Encoder, path, G: Generator, card: dict, fp16: bool = True) 
 
     from safetensors.torch import save_file
 
-    tensors = {k: (v.half() if fp16 and k not in ("centre", "scale") else v.float()).contiguous().cpu()
-               for k, v in E.state_dict().items()}
-    meta = {"format": FORMAT, "generator": G.name, "generator_sha256": G.sha256, "space": E.space,
-            "architecture": E.architecture()} | card
-    header = {k: json.dumps(v) for k, v in meta.items()}   # every value JSON, strings too
+    tensors = {
+        k: (v.half() if fp16 and k not in ("centre", "scale") else v.float()).contiguous().cpu()
+        for k, v in E.state_dict().items()
+    }
+    meta = {
+        "format": FORMAT,
+        "generator": G.name,
+        "generator_sha256": G.sha256,
+        "space": E.space,
+        "architecture": E.architecture(),
+    } | card
+    header = {k: json.dumps(v) for k, v in meta.items()}  # every value JSON, strings too
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
@@ -297,6 +366,7 @@ def read_encoder(path, G: Generator | None = None, space: str | None = None) -> 
     architecture against the shapes of the file's tensors (_check_shapes) and, with G, the
     generator and space it was made for (check_fits)."""
     from safetensors import SafetensorError, safe_open
+
     path = regular_file(path, "encoder file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -310,8 +380,14 @@ def read_encoder(path, G: Generator | None = None, space: str | None = None) -> 
         raise LatentFitError(f"{path}: not a readable safetensors encoder ({' '.join(str(e).split())[:150]})") from None
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise LatentFitError(f"{path}: encoder weights hold values that are not finite")
-    E = Encoder(info["space"], tuple(arch["latent_shape"]), tensors["centre"], tensors["scale"],
-                tuple(arch["widths"]), arch["hidden"])
+    E = Encoder(
+        info["space"],
+        tuple(arch["latent_shape"]),
+        tensors["centre"],
+        tensors["scale"],
+        tuple(arch["widths"]),
+        arch["hidden"],
+    )
     E.load_state_dict(tensors)
     E.info = info
     return E.eval().requires_grad_(False)
@@ -339,10 +415,18 @@ def _architecture_in_range(arch: dict) -> bool:
 
     def whole(x, top: int) -> bool:
         return type(x) is int and 1 <= x <= top
-    return (isinstance(widths, list) and 1 <= len(widths) < ENCODER_RES.bit_length()
-            and all(whole(w, MAX_WIDTH) for w in widths) and whole(hidden, MAX_WIDTH)
-            and isinstance(shape, list) and 1 <= len(shape) <= 3 and all(whole(n, MAX_LATENT) for n in shape)
-            and math.prod(shape) <= MAX_LATENT and arch.get("input", ENCODER_RES) == ENCODER_RES)
+
+    return (
+        isinstance(widths, list)
+        and 1 <= len(widths) < ENCODER_RES.bit_length()
+        and all(whole(w, MAX_WIDTH) for w in widths)
+        and whole(hidden, MAX_WIDTH)
+        and isinstance(shape, list)
+        and 1 <= len(shape) <= 3
+        and all(whole(n, MAX_LATENT) for n in shape)
+        and math.prod(shape) <= MAX_LATENT
+        and arch.get("input", ENCODER_RES) == ENCODER_RES
+    )
 
 
 def _check_shapes(path, arch: dict, slices: dict) -> None:
@@ -361,7 +445,7 @@ def _check_shapes(path, arch: dict, slices: dict) -> None:
 def _json_or_text(value: str, what: str):
     try:
         return parse_json(value, what, object)
-    except NotJSON:   # a plain string
+    except NotJSON:  # a plain string
         return value
 
 
@@ -369,6 +453,7 @@ def bundled_encoder_path(G: Generator):
     """The weights/ file of the bundled encoder for G: None unless G is a bundled generator
     (same name and sha256) that has one."""
     from .generators import BUNDLED, dcgan, weights_dir
+
     if G.name not in BUNDLED or G.name not in BUNDLED_ENCODERS or G.sha256 != dcgan.SHA256:
         return None
     return weights_dir() / BUNDLED_ENCODERS[G.name][0]
@@ -380,11 +465,15 @@ def check_fits(info: dict, G: Generator, space: str | None, what) -> None:
     same = made_for == G.sha256 if made_for and G.sha256 else name == G.name
     shape = info["architecture"]["latent_shape"]
     if not same or info["space"] not in G.spaces or list(G.latent_shape(info["space"])) != shape:
-        raise LatentFitError(f"{what}: encoder trained for generator {name!r} (sha256 {made_for[:12] or '?'}…), "
-                             f"not {G.name!r} ({G.sha256[:12] or '?'}…); train one with train-encoder")
+        raise LatentFitError(
+            f"{what}: encoder trained for generator {name!r} (sha256 {made_for[:12] or '?'}…), "
+            f"not {G.name!r} ({G.sha256[:12] or '?'}…); train one with train-encoder"
+        )
     if space is not None and space != info["space"]:
-        raise LatentFitError(f"{what}: encoder predicts {info['space']} latents, not {space}; "
-                             f"use --space {info['space']} or an encoder trained with --space {space}")
+        raise LatentFitError(
+            f"{what}: encoder predicts {info['space']} latents, not {space}; "
+            f"use --space {info['space']} or an encoder trained with --space {space}"
+        )
 
 
 def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None:
@@ -400,6 +489,7 @@ def load_encoder(spec, G: Generator, space: str | None = None) -> Encoder | None
         if path is None:
             return None
         from .generators import check_bundled
+
         check_bundled(path, BUNDLED_ENCODERS[G.name][1], " (or use --encoder none)")
     else:
         path = regular_file(spec, "encoder file not found (or give --encoder auto or none)")

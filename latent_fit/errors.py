@@ -7,13 +7,13 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """`text` as one printable line of fewer than `limit` characters: line breaks, control
     characters and the undecodable bytes of file names escaped, the middle cut out when too long."""
     if len(text) > 4 * limit:
-        text = text[:2 * limit] + "…" + text[-limit:]
+        text = text[: 2 * limit] + "…" + text[-limit:]
     text = "".join(c if c.isprintable() else _escape(c) for c in text)
-    return text if len(text) < limit else text[:limit - 81] + "…" + text[-79:]
+    return text if len(text) < limit else text[: limit - 81] + "…" + text[-79:]
 
 
 def _escape(c: str) -> str:
-    if "\udc80" <= c <= "\udcff":   # a byte of a file name that is not UTF-8 (os.fsdecode)
+    if "\udc80" <= c <= "\udcff":  # a byte of a file name that is not UTF-8 (os.fsdecode)
         return f"\\x{ord(c) - 0xDC00:02x}"
     return c.encode("unicode_escape").decode("ascii")
 

@@ -31,18 +31,20 @@ from .errors import LatentFitError
 from .images import to_uint8
 
 LANDMARKS = ("eye 1 outer", "eye 1 inner", "eye 2 outer", "eye 2 inner", "nose base")  # dlib's 5 points
-MIN_FACE = 24          # px: faces whose box side (sqrt of its area) is smaller in the photo are skipped
-WORK_SIDE = 400        # px: the detector sees the photo scaled so that its longer side is this long
-MIN_FOUND = 0.3        # make_template refuses a generator whose samples show a face less often
+MIN_FACE = 24  # px: faces whose box side (sqrt of its area) is smaller in the photo are skipped
+WORK_SIDE = 400  # px: the detector sees the photo scaled so that its longer side is this long
+MIN_FOUND = 0.3  # make_template refuses a generator whose samples show a face less often
 TEMPLATE_SAMPLES = 256
 ALIGNED_QUANTILE = 0.99  # template.radius: this quantile of the samples' mean landmark distance
 FILL_MODES = ("reflect", "edge", "mean", "constant")
 DEFAULT_FILL = "edge"  # measured best of FILL_MODES (NOTES-h-faces.md, samples/measure_fill.py)
-FEATHER = 0.125        # paste-back: the crop's mask falls from 1 to 0 over this fraction of its side
+FEATHER = 0.125  # paste-back: the crop's mask falls from 1 to 0 over this fraction of its side
 INSTALL = "pip install dlib-bin face-recognition-models"
 BUNDLED_TEMPLATES = {  # generator name: (file in weights/, its sha256)
-    "digiface-dcgan64": ("digiface-dcgan64.template.json",
-                         "d998529cd65ffef286d72841d0305c46291e33e887509416f821ebd2b556e7c9"),
+    "digiface-dcgan64": (
+        "digiface-dcgan64.template.json",
+        "d998529cd65ffef286d72841d0305c46291e33e887509416f821ebd2b556e7c9",
+    ),
 }
 TEMPLATE_FORMAT = "latent-fit-face-template-1"
 MAX_TEMPLATE_BYTES = 1 << 16
@@ -50,8 +52,11 @@ MAX_TEMPLATE_BYTES = 1 << 16
 
 # --- models ---------------------------------------------------------------------------------
 
-MODEL_FILES = {"cnn": "mmod_human_face_detector.dat", "points": "shape_predictor_5_face_landmarks.dat",
-               "descriptor": "dlib_face_recognition_resnet_model_v1.dat"}
+MODEL_FILES = {
+    "cnn": "mmod_human_face_detector.dat",
+    "points": "shape_predictor_5_face_landmarks.dat",
+    "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
+}
 
 
 def _dlib():
@@ -63,19 +68,22 @@ def _dlib():
     return dlib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str):
     """One of dlib's face models ("hog", or a key of MODEL_FILES), loaded once, when first needed,
     from the files that face-recognition-models ships."""
     dlib = _dlib()
     if name == "hog":
         return dlib.get_frontal_face_detector()
-    spec = importlib.util.find_spec("face_recognition_models")   # located, not imported: its
-    if spec is None:                                                 # __init__ needs pkg_resources
+    spec = importlib.util.find_spec("face_recognition_models")  # located, not imported: its
+    if spec is None:  # __init__ needs pkg_resources
         raise LatentFitError(f"face models: face-recognition-models is not installed; {INSTALL}")
     path = Path(spec.submodule_search_locations[0]) / "models" / MODEL_FILES[name]
-    load = {"cnn": dlib.cnn_face_detection_model_v1, "points": dlib.shape_predictor,
-            "descriptor": dlib.face_recognition_model_v1}[name]
+    load = {
+        "cnn": dlib.cnn_face_detection_model_v1,
+        "points": dlib.shape_predictor,
+        "descriptor": dlib.face_recognition_model_v1,
+    }[name]
     try:
         return load(str(path))
     except RuntimeError as e:
@@ -84,9 +92,11 @@ def _model(name: str):
 
 # --- detection ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Face:
     """One face in a photo: box (left, top, right, bottom) and landmarks [5, 2] in photo pixels."""
+
     box: np.ndarray
     landmarks: np.ndarray
     score: float
@@ -100,6 +110,7 @@ class Face:
 @dataclass(frozen=True)
 class Faces:
     """The faces found in a photo, largest first, and how many were skipped as smaller than min_size."""
+
     faces: list[Face]
     skipped: int
 
@@ -115,8 +126,9 @@ def _check_photo(photo: np.ndarray) -> np.ndarray:
 DETECTORS = ("auto", "hog", "cnn")
 
 
-def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str = "auto",
-                 work_side: int = WORK_SIDE) -> Faces:
+def detect_faces(
+    photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str = "auto", work_side: int = WORK_SIDE
+) -> Faces:
     """Faces in a uint8 HWC photo with their 5 landmarks, largest first.
 
     The detector ("hog": dlib's HOG, fast, upright frontal faces; "cnn": its MMOD network, finds
@@ -151,6 +163,7 @@ def detect_faces(photo: np.ndarray, *, min_size: float = MIN_FACE, detector: str
 
 # --- the template: where the generator puts each landmark -------------------------------------
 
+
 @dataclass(frozen=True)
 class Template:
     """Landmarks [5, 2] of the generator's faces in its own pixels (the per-landmark median over
@@ -158,6 +171,7 @@ class Template:
     distance of a sample's landmark to it), radius (99th percentile over samples of the mean
     landmark distance: the tolerance of is_aligned), found / sampled samples showing a face, the
     samples' seed, and the generator's name and sha256."""
+
     landmarks: np.ndarray
     box: np.ndarray
     spread: np.ndarray
@@ -170,12 +184,26 @@ class Template:
     generator_sha256: str
 
     def to_json(self) -> str:
-        return json.dumps({"format": TEMPLATE_FORMAT, "landmark_names": list(LANDMARKS),
-                           "landmarks": np.round(self.landmarks, 4).tolist(), "box": np.round(self.box, 4).tolist(),
-                           "spread": np.round(self.spread, 4).tolist(), "radius": round(self.radius, 4),
-                           "resolution": self.resolution, "found": self.found, "sampled": self.sampled,
-                           "seed": self.seed, "generator": self.generator,
-                           "generator_sha256": self.generator_sha256}, indent=1) + "\n"
+        return (
+            json.dumps(
+                {
+                    "format": TEMPLATE_FORMAT,
+                    "landmark_names": list(LANDMARKS),
+                    "landmarks": np.round(self.landmarks, 4).tolist(),
+                    "box": np.round(self.box, 4).tolist(),
+                    "spread": np.round(self.spread, 4).tolist(),
+                    "radius": round(self.radius, 4),
+                    "resolution": self.resolution,
+                    "found": self.found,
+                    "sampled": self.sampled,
+                    "seed": self.seed,
+                    "generator": self.generator,
+                    "generator_sha256": self.generator_sha256,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
     @property
     def sha256(self) -> str:
@@ -192,8 +220,8 @@ def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> tuple[np.ndarray,
     latents = G.sample(n, seed=seed, c=c)
     with torch.no_grad():
         for i in range(0, n, batch):
-            ci = None if c is None else c[i:i + batch]
-            for j, img in enumerate(to_uint8(G.synthesize(latents[i:i + batch], G.default_space, ci))):
+            ci = None if c is None else c[i : i + batch]
+            for j, img in enumerate(to_uint8(G.synthesize(latents[i : i + batch], G.default_space, ci))):
                 found = detect_faces(img, min_size=0, detector="hog").faces
                 if found:
                     out[i + j], boxes[i + j] = found[0].landmarks, found[0].box
@@ -208,18 +236,31 @@ def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
     pts, boxes = sample_landmarks(G, n, seed)
     ok, boxes = pts[~np.isnan(pts).any(axis=(1, 2))], boxes[~np.isnan(boxes).any(axis=1)]
     if len(ok) < MIN_FOUND * n:
-        raise LatentFitError(f"generator {G.name!r}: a face was found in only {len(ok)} of {n} samples "
-                             f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator")
+        raise LatentFitError(
+            f"generator {G.name!r}: a face was found in only {len(ok)} of {n} samples "
+            f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator"
+        )
     med = np.median(ok, axis=0)
     dist = np.linalg.norm(ok - med, axis=2)
     radius = float(np.quantile(dist.mean(1), ALIGNED_QUANTILE))
-    return Template(med, np.median(boxes, axis=0), np.median(dist, axis=0), radius, int(G.resolution),
-                    len(ok), n, seed, G.name, G.sha256)
+    return Template(
+        med,
+        np.median(boxes, axis=0),
+        np.median(dist, axis=0),
+        radius,
+        int(G.resolution),
+        len(ok),
+        n,
+        seed,
+        G.name,
+        G.sha256,
+    )
 
 
 def save_template(template: Template, path: str | Path) -> str:
     """Write the template's JSON to `path` (atomically); returns its sha256."""
     from .outputs import atomic_write
+
     text = template.to_json()
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
     return template.sha256
@@ -244,19 +285,46 @@ def _template_from(d) -> Template:
     if not isinstance(d, dict) or d.get("format") != TEMPLATE_FORMAT:
         raise ValueError(f"format is not {TEMPLATE_FORMAT}")
     ints = {k: d[k] for k in ("resolution", "found", "sampled", "seed")}
-    if any(type(v) is not int for v in ints.values()) or not 0 < ints["found"] <= ints["sampled"] \
-            or not 0 < ints["resolution"] <= 8192:
+    if (
+        any(type(v) is not int for v in ints.values())
+        or not 0 < ints["found"] <= ints["sampled"]
+        or not 0 < ints["resolution"] <= 8192
+    ):
         raise ValueError("resolution, found, sampled and seed must be integers, 0 < found <= sampled")
-    lm, box, spread, radius = (_numbers(d[k], shape) for k, shape in (
-        ("landmarks", (len(LANDMARKS), 2)), ("box", (4,)), ("spread", (len(LANDMARKS),)), ("radius", ())))
+    lm, box, spread, radius = (
+        _numbers(d[k], shape)
+        for k, shape in (
+            ("landmarks", (len(LANDMARKS), 2)),
+            ("box", (4,)),
+            ("spread", (len(LANDMARKS),)),
+            ("radius", ()),
+        )
+    )
     R = ints["resolution"]
-    if (lm < 0).any() or (lm > R).any() or (spread < 0).any() or radius < 0 or (abs(box) > 2 * R).any() \
-            or box[2] <= box[0] or box[3] <= box[1]:
+    if (
+        (lm < 0).any()
+        or (lm > R).any()
+        or (spread < 0).any()
+        or radius < 0
+        or (abs(box) > 2 * R).any()
+        or box[2] <= box[0]
+        or box[3] <= box[1]
+    ):
         raise ValueError("landmarks outside the image, an empty or far box, or a negative spread")
     if not all(isinstance(d[k], str) and len(d[k]) <= 256 for k in ("generator", "generator_sha256")):
         raise ValueError("generator and generator_sha256 must be short strings")
-    return Template(lm, box, spread, float(radius), ints["resolution"], ints["found"], ints["sampled"],
-                    ints["seed"], d["generator"], d["generator_sha256"])
+    return Template(
+        lm,
+        box,
+        spread,
+        float(radius),
+        ints["resolution"],
+        ints["found"],
+        ints["sampled"],
+        ints["seed"],
+        d["generator"],
+        d["generator_sha256"],
+    )
 
 
 def _numbers(value, shape: tuple) -> np.ndarray:
@@ -278,6 +346,7 @@ def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str 
     """G's template and a line to show when it had to be made: the shipped file of a bundled
     generator (checked by sha256), else the cached one (by G.sha256), else made and cached."""
     from .generators import check_bundled, weights_dir
+
     if G.name in BUNDLED_TEMPLATES:
         file, want = BUNDLED_TEMPLATES[G.name]
         path = weights_dir() / file
@@ -299,6 +368,7 @@ def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str 
 
 # --- alignment: photo -> crop -------------------------------------------------------------------
 
+
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 3x3 similarity (rotation, uniform scale, shift; no reflection) that maps points src
     [K, 2] onto dst [K, 2] in the least-squares sense (Umeyama 1991)."""
@@ -307,7 +377,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     U, S, Vt = np.linalg.svd(xd.T @ xs / len(src))
     D = np.diag([1.0, np.sign(np.linalg.det(U) * np.linalg.det(Vt)) or 1.0])
     R = U @ D @ Vt
-    scale = np.trace(np.diag(S) @ D) / (xs ** 2).sum(1).mean()
+    scale = np.trace(np.diag(S) @ D) / (xs**2).sum(1).mean()
     M = np.eye(3)
     M[:2, :2], M[:2, 2] = scale * R, md - scale * R @ ms
     return M
@@ -340,22 +410,24 @@ def _warp(photo: np.ndarray, M: np.ndarray, size: int, fill: str) -> np.ndarray:
     c = _corners(np.linalg.inv(M), size)
     x0, y0 = math.floor(c[0].min()) - 2, math.floor(c[1].min()) - 2
     x1, y1 = math.ceil(c[0].max()) + 2, math.ceil(c[1].max()) + 2
-    xa, ya = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)   # the photo's part under the crop
+    xa, ya = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)  # the photo's part under the crop
     xb, yb = max(min(x1, w), xa + 1), max(min(y1, h), ya + 1)  # (one pixel at least), padded
     width = ((max(0, ya - y0), max(0, y1 - yb)), (max(0, xa - x0), max(0, x1 - xb)), (0, 0))
     part = _pad(photo[ya:yb, xa:xb], width, fill, photo.reshape(-1, 3).mean(0) if fill == "mean" else None)
     to_big = np.diag([ss, ss, 1.0]) @ M @ np.array([[1, 0, xa - width[1][0]], [0, 1, ya - width[0][0]], [0, 0, 1]])
     big = Image.fromarray(part).transform(
-        (size * ss, size * ss), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()), Image.BICUBIC)
+        (size * ss, size * ss), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()), Image.BICUBIC
+    )
     return np.array(big.reduce(ss))
 
 
-REFINE_SCALE = 4    # the upright frame of refine_landmarks: the template at 4x its resolution
+REFINE_SCALE = 4  # the upright frame of refine_landmarks: the template at 4x its resolution
 REFINE_PASSES = 2
 
 
-def refine_landmarks(photo: np.ndarray, landmarks: np.ndarray, template: Template,
-                     passes: int = REFINE_PASSES) -> np.ndarray:
+def refine_landmarks(
+    photo: np.ndarray, landmarks: np.ndarray, template: Template, passes: int = REFINE_PASSES
+) -> np.ndarray:
     """Landmarks [5, 2] located again in the face's own upright frame: the photo is warped so that
     the current landmarks fall on the template's (at REFINE_SCALE x its resolution) and the 5-point
     model runs there on the template's detector box; mapped back. The model then sees the same
@@ -384,6 +456,7 @@ class Aligned:
     matrices [N, 3, 3], the faces, how many were skipped as small, and whether the photo was
     used as it is (then its one crop is the photo itself, with the identity matrix, and faces
     holds the one face found in it or none)."""
+
     crops: torch.Tensor
     transforms: np.ndarray
     faces: list[Face]
@@ -391,8 +464,14 @@ class Aligned:
     as_is: bool
 
 
-def align_photo(photo: np.ndarray, template: Template, *, fill: str = DEFAULT_FILL,
-                min_size: float = MIN_FACE, detector: str = "auto") -> Aligned:
+def align_photo(
+    photo: np.ndarray,
+    template: Template,
+    *,
+    fill: str = DEFAULT_FILL,
+    min_size: float = MIN_FACE,
+    detector: str = "auto",
+) -> Aligned:
     """Every face of a photo cut out at the template's resolution, its landmarks (refine_landmarks)
     moved onto the template's. A photo at that resolution is used as it is when its one face
     is_aligned, or when no face is found in it (as before faces were looked for: the generator's
@@ -406,11 +485,17 @@ def align_photo(photo: np.ndarray, template: Template, *, fill: str = DEFAULT_FI
         return Aligned(crop[None], np.eye(3)[None], faces, found.skipped, True)
     Ms = [similarity(f.landmarks, template.landmarks) for f in faces]
     crops = [warp_crop(photo, M, R, fill) for M in Ms]
-    return Aligned(torch.stack(crops) if crops else torch.zeros(0, 3, R, R),
-                   np.stack(Ms) if Ms else np.zeros((0, 3, 3)), faces, found.skipped, False)
+    return Aligned(
+        torch.stack(crops) if crops else torch.zeros(0, 3, R, R),
+        np.stack(Ms) if Ms else np.zeros((0, 3, 3)),
+        faces,
+        found.skipped,
+        False,
+    )
 
 
 # --- paste-back: crop -> photo --------------------------------------------------------------------
+
 
 def crop_mask(size: int, feather: float = FEATHER) -> np.ndarray:
     """[size, size] weights of a crop for paste-back: 1 inside, falling linearly to 0 over
@@ -420,8 +505,7 @@ def crop_mask(size: int, feather: float = FEATHER) -> np.ndarray:
     return np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
 
 
-def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray,
-               feather: float = FEATHER) -> np.ndarray:
+def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray, feather: float = FEATHER) -> np.ndarray:
     """The photo (uint8 HWC, its own size) with each crop [N, C, R, R] in [-1, 1] warped back
     through the inverse of its photo->crop matrix [N, 3, 3] and blended with crop_mask; pixels
     where every mask is 0 are the photo's own, unchanged."""
@@ -435,8 +519,10 @@ def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray,
             continue
         x0, y0, x1, y1 = box
         coeffs = tuple((M @ np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1]]))[:2].ravel())
-        warp = [np.asarray(Image.fromarray(a).transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs, Image.BILINEAR))
-                for a in [crop_mask(R, feather)] + [img[..., k].astype(np.float32) for k in range(3)]]
+        warp = [
+            np.asarray(Image.fromarray(a).transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs, Image.BILINEAR))
+            for a in [crop_mask(R, feather)] + [img[..., k].astype(np.float32) for k in range(3)]
+        ]
         m = warp[0][..., None].astype(np.float64)
         win = out[y0:y1, x0:x1]
         out[y0:y1, x0:x1] = win * (1 - m) + np.stack(warp[1:], -1) * m
@@ -461,7 +547,7 @@ def _footprint(inv: np.ndarray, size: int, shape: tuple) -> tuple[int, int, int,
 
 # --- identity ---------------------------------------------------------------------------------------
 
-ID_SIDE = 256   # px: images are upsampled to this for the landmarks the descriptor's chips need
+ID_SIDE = 256  # px: images are upsampled to this for the landmarks the descriptor's chips need
 
 
 def face_descriptors(images: torch.Tensor, template: Template | None = None) -> np.ndarray:

@@ -10,9 +10,9 @@ from pathlib import Path
 from .errors import LatentFitError
 from .files import file_problem
 
-MAX_JSON_CHARS = 2 ** 20   # per JSON text: a record, a model card or settings are a few KB
-MAX_JSON_DEPTH = 16        # nested arrays and objects: latent-fit writes at most 3 levels
-FLOATS = ("F16", "BF16", "F32", "F64")   # safetensors dtypes of weights
+MAX_JSON_CHARS = 2**20  # per JSON text: a record, a model card or settings are a few KB
+MAX_JSON_DEPTH = 16  # nested arrays and objects: latent-fit writes at most 3 levels
+FLOATS = ("F16", "BF16", "F32", "F64")  # safetensors dtypes of weights
 
 
 class NotJSON(LatentFitError):
@@ -43,7 +43,7 @@ def parse_json(text, what: str, kind: type = dict, max_chars: int = MAX_JSON_CHA
     deep = LatentFitError(f"{what}: JSON nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         value = json.loads(text)
-    except RecursionError:   # the C parser stops at the interpreter's recursion limit
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
         raise deep from None
     except ValueError as e:
         raise NotJSON(f"{what}: not JSON text ({' '.join(str(e).split())})") from None
@@ -70,6 +70,11 @@ def misfits(slices: dict, shapes: dict) -> list[str]:
     """Sorted names of a safetensors file's tensors (name -> safe_open's get_slice) that are not
     floats, are missing from or extra to `shapes` (name -> shape), or have another shape there.
     Only the header is looked at: nothing is read."""
-    return sorted(k for k in set(slices) | set(shapes)
-                  if k not in slices or k not in shapes or slices[k].get_dtype() not in FLOATS
-                  or tuple(slices[k].get_shape()) != tuple(shapes[k]))
+    return sorted(
+        k
+        for k in set(slices) | set(shapes)
+        if k not in slices
+        or k not in shapes
+        or slices[k].get_dtype() not in FLOATS
+        or tuple(slices[k].get_shape()) != tuple(shapes[k])
+    )

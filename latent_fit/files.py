@@ -69,7 +69,8 @@ def file_problem(path: Path) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(
-        stat.S_IFMT(mode), "a device") + ", not a file"
+        stat.S_IFMT(mode), "a device"
+    ) + ", not a file"
 
 
 def find_files(specs: list[str], suffixes: set[str], what: str) -> tuple[list[Path], list[str]]:
@@ -96,8 +97,7 @@ def find_files(specs: list[str], suffixes: set[str], what: str) -> tuple[list[Pa
         elif p.exists() or p.is_symlink():
             add([p])
         elif any(ch in spec for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(spec, recursive=True)
-                           if Path(q).suffix.lower() in suffixes)
+            found = sorted(Path(q) for q in glob.glob(spec, recursive=True) if Path(q).suffix.lower() in suffixes)
             if not found:
                 errors.append(f"{spec}: pattern matches no {what}")
             add(found)

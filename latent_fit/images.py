@@ -13,11 +13,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import LatentFitError
 from .files import atomic_write, file_problem, find_files
 
-MAX_PIXELS = 2 ** 26   # 67 megapixels (8192 x 8192): larger images are refused before decoding
-FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "TIFF", "BMP", "GIF", "PPM")   # Pillow's names; JPEG includes MPO
+MAX_PIXELS = 2**26  # 67 megapixels (8192 x 8192): larger images are refused before decoding
+FORMATS = ("PNG", "JPEG", "WEBP", "AVIF", "TIFF", "BMP", "GIF", "PPM")  # Pillow's names; JPEG includes MPO
 FORMAT_NAMES = "PNG, JPEG, WebP, AVIF, TIFF, BMP, GIF or PNM"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif",
-                  ".ppm", ".pgm", ".pbm", ".pnm"}
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".avif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+}
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -61,9 +74,9 @@ def open_image(source: Path | bytes, name: str, what: str = "image") -> Image.Im
         raise LatentFitError(f"{name}: file not found") from None
     except UnidentifiedImageError:
         raise LatentFitError(f"{name}: not an image in a format latent-fit reads ({FORMAT_NAMES})") from None
-    except Image.DecompressionBombError:   # Pillow's own check, at twice its warning size
+    except Image.DecompressionBombError:  # Pillow's own check, at twice its warning size
         raise LatentFitError(_too_many_pixels(name, "over 178 million")) from None
-    except Exception as e:   # Pillow's decoders fail in many ways on a bad file (struct.error, IndexError, ...)
+    except Exception as e:  # Pillow's decoders fail in many ways on a bad file (struct.error, IndexError, ...)
         raise LatentFitError(f"{name}: unreadable {what} ({_reason(e)})") from None
 
 
@@ -72,12 +85,15 @@ def _reason(e: Exception) -> str:
 
 
 def _too_many_pixels(name: str, size: str) -> str:
-    return (f"{name}: {size} pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression "
-            "bomb?); scale the image down first")
+    return (
+        f"{name}: {size} pixels, more than latent-fit's limit of {MAX_PIXELS:,} (a decompression "
+        "bomb?); scale the image down first"
+    )
 
 
-def load_image(source: str | Path | bytes, resolution: int, background=(255, 255, 255), channels: int = 3,
-               name: str | None = None) -> torch.Tensor:
+def load_image(
+    source: str | Path | bytes, resolution: int, background=(255, 255, 255), channels: int = 3, name: str | None = None
+) -> torch.Tensor:
     """Read any image, a file or a file's bytes (named `name` in errors), as [channels,
     resolution, resolution] in [-1, 1]: EXIF rotation applied, alpha composited on `background`,
     center-cropped to a square and resized (Lanczos); channels 1: converted to gray (ITU-R 601 luma)."""
@@ -86,7 +102,7 @@ def load_image(source: str | Path | bytes, resolution: int, background=(255, 255
     img = open_image(source, name)
     try:
         rgb = _to_rgb(img, tuple(background))
-    except Exception as e:   # a decoded mode Pillow cannot convert
+    except Exception as e:  # a decoded mode Pillow cannot convert
         raise LatentFitError(f"{name}: unreadable image ({_reason(e)})") from None
     w, h = rgb.size
     s = min(w, h)
@@ -105,11 +121,12 @@ def load_mask(path: str | Path, resolution: int) -> torch.Tensor:
     img = open_image(path, str(path), "mask")
     try:
         m = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
-    except Exception as e:   # a decoded mode Pillow cannot convert
+    except Exception as e:  # a decoded mode Pillow cannot convert
         raise LatentFitError(f"{path}: unreadable mask ({_reason(e)})") from None
     if m.size != (resolution, resolution):
-        raise LatentFitError(f"{path}: mask is {m.size[0]}x{m.size[1]}, the generator makes "
-                             f"{resolution}x{resolution} images")
+        raise LatentFitError(
+            f"{path}: mask is {m.size[0]}x{m.size[1]}, the generator makes {resolution}x{resolution} images"
+        )
     return torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None]
 
 
@@ -132,7 +149,7 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     out = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, ch), 255, np.uint8)
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
-            out[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = im
+            out[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = im
     return out
 
 
@@ -156,18 +173,24 @@ def save_video(frames: np.ndarray, path: Path, fps: int = 12) -> Path:
     except ImportError:
         gif = path.with_suffix(".gif")
         ims = [Image.fromarray(f) for f in frames]
-        atomic_write(gif, lambda tmp: ims[0].save(tmp, format="GIF", save_all=True,
-                                                  append_images=ims[1:], duration=1000 // fps, loop=0))
+        atomic_write(
+            gif,
+            lambda tmp: ims[0].save(
+                tmp, format="GIF", save_all=True, append_images=ims[1:], duration=1000 // fps, loop=0
+            ),
+        )
         return gif
     mp4 = path.with_suffix(".mp4")
 
     def write(tmp):
-        writer = imageio_ffmpeg.write_frames(tmp, (frames.shape[2], frames.shape[1]), fps=fps,
-                                             codec="libx264", quality=8, macro_block_size=1)
+        writer = imageio_ffmpeg.write_frames(
+            tmp, (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", quality=8, macro_block_size=1
+        )
         writer.send(None)
         for f in frames:
             writer.send(np.ascontiguousarray(f))
         writer.close()
+
     atomic_write(mp4, write)
     return mp4
 
@@ -223,5 +246,3 @@ def stem_file(folder: Path, stem: str) -> Path:
 def find_images(specs: list[str]) -> tuple[list[Path], list[str]]:
     """Expand files, folders (their images, sorted) and globs. Returns (paths, errors)."""
     return find_files(specs, IMAGE_SUFFIXES, "images")
-
-

@@ -25,19 +25,26 @@ from .errors import LatentFitError
 from .generators.base import Generator
 from .rng import keyed_normal, name_key
 
-PROJECTIONS = 32            # probes per sample: one estimate's relative spread is ~10 % (README, Choosing w_r)
-NORM_SAMPLES = 128         # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
-PRIOR_PROJECTIONS = 4       # ... each estimated with this many probes (the median averages)
-CHUNK_ROWS = 64             # sample x probe rows per backward pass (CPU: larger runs slower per row)
-_PROBE_COUNTER = 1 << 24    # keyed_normal counters of the probes (far from the loop's)
-_medians_by_weights: dict[tuple[str, str, str], float] = {}       # (name, sha256, space)
-_medians_by_object: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # weights unknown
+PROJECTIONS = 32  # probes per sample: one estimate's relative spread is ~10 % (README, Choosing w_r)
+NORM_SAMPLES = 128  # prior latents whose median ||J||_F^2 jacobian_norm is relative to,
+PRIOR_PROJECTIONS = 4  # ... each estimated with this many probes (the median averages)
+CHUNK_ROWS = 64  # sample x probe rows per backward pass (CPU: larger runs slower per row)
+_PROBE_COUNTER = 1 << 24  # keyed_normal counters of the probes (far from the loop's)
+_medians_by_weights: dict[tuple[str, str, str], float] = {}  # (name, sha256, space)
+_medians_by_object: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # weights unknown
 
 
-def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
-                     c: torch.Tensor | None = None, *, names: list[str] | None = None, seed: int = 0,
-                     noise: list[torch.Tensor] | None = None,
-                     projections: int = PROJECTIONS) -> torch.Tensor:
+def jacobian_sq_norm(
+    G: Generator,
+    latents: torch.Tensor,
+    space: str | None = None,
+    c: torch.Tensor | None = None,
+    *,
+    names: list[str] | None = None,
+    seed: int = 0,
+    noise: list[torch.Tensor] | None = None,
+    projections: int = PROJECTIONS,
+) -> torch.Tensor:
     """Hutchinson estimate of ||dG/dlatent||_F^2 for each of latents [N, *shape], as float32 [N].
 
     names key the probes (default: the row numbers); c [N, c_dim] labels (z of a conditional G);
@@ -47,36 +54,40 @@ def jacobian_sq_norm(G: Generator, latents: torch.Tensor, space: str | None = No
     n = latents.shape[0]
     names = list(names) if names is not None else [str(i) for i in range(n)]
     if len(names) != n or projections < 1:
-        raise LatentFitError(f"jacobian estimate: {len(names)} names for {n} latents, "
-                             f"{projections} projections (need one name per latent and >= 1)")
+        raise LatentFitError(
+            f"jacobian estimate: {len(names)} names for {n} latents, "
+            f"{projections} projections (need one name per latent and >= 1)"
+        )
     keys = torch.tensor([name_key(seed, s) for s in names], device=G.device)
     image = (3, G.resolution, G.resolution)
-    per = max(1, CHUNK_ROWS // projections)   # samples per backward pass
+    per = max(1, CHUNK_ROWS // projections)  # samples per backward pass
     out = []
     for i in range(0, n, per):
         sl = slice(i, i + per)
 
-        def rows(x):   # this chunk's rows, each repeated once per probe
+        def rows(x):  # this chunk's rows, each repeated once per probe
             return None if x is None else x[sl].to(G.device).repeat_interleave(projections, 0)
+
         m = len(keys[sl])
         u = torch.stack([keyed_normal(keys[sl], _PROBE_COUNTER + k, image) for k in range(projections)], 1)
         x = rows(latents.detach().float())
         with torch.enable_grad():
             x.requires_grad_(True)
             y = G.synthesize(x, space, rows(c), None if noise is None else [rows(nm) for nm in noise])
-            g, = torch.autograd.grad((y * u.view(m * projections, *image)).sum(), x)
+            (g,) = torch.autograd.grad((y * u.view(m * projections, *image)).sum(), x)
         out.append(g.flatten(1).pow(2).sum(1).view(m, projections).mean(1))
     return torch.cat(out) if out else torch.zeros(0, device=G.device)
 
 
-def wr_factor(G: Generator, latents: torch.Tensor, space: str | None = None,
-              c: torch.Tensor | None = None, **estimate) -> torch.Tensor:
+def wr_factor(
+    G: Generator, latents: torch.Tensor, space: str | None = None, c: torch.Tensor | None = None, **estimate
+) -> torch.Tensor:
     """||J||_F^2 / (d P) per latent [N]: the MSE one unit of ||dz||^2 costs on average there,
     i.e. the raw w_r that relative w_r = 1 stands for (Config.wr_units). estimate:
     jacobian_sq_norm's keywords."""
     space = G.check_space(space or G.default_space)
     d = math.prod(G.latent_shape(space))
-    return jacobian_sq_norm(G, latents, space, c, **estimate) / (d * 3 * G.resolution ** 2)
+    return jacobian_sq_norm(G, latents, space, c, **estimate) / (d * 3 * G.resolution**2)
 
 
 def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
@@ -89,20 +100,24 @@ def prior_sq_norm_median(G: Generator, space: str | None = None) -> float:
         c = G.cycled_labels(NORM_SAMPLES)
         with torch.no_grad():
             x = G.sample(NORM_SAMPLES, seed=0, space=space, c=c)
-        sq = jacobian_sq_norm(G, x, space, c, names=[f"prior{i}" for i in range(NORM_SAMPLES)],
-                              projections=PRIOR_PROJECTIONS)
+        sq = jacobian_sq_norm(
+            G, x, space, c, names=[f"prior{i}" for i in range(NORM_SAMPLES)], projections=PRIOR_PROJECTIONS
+        )
         cache[key] = float(sq.median())
     return cache[key]
 
 
-def jacobian_norm(G: Generator, latents: torch.Tensor, space: str | None = None,
-                  c: torch.Tensor | None = None, **estimate) -> torch.Tensor:
+def jacobian_norm(
+    G: Generator, latents: torch.Tensor, space: str | None = None, c: torch.Tensor | None = None, **estimate
+) -> torch.Tensor:
     """||J||_F at each latent [N] relative to its median over prior latents: 1 is typical; well
     above the prior's own range, G changes abnormally fast there (a sign of an unrealistic
     latent); well below, G is flat there."""
     space = G.check_space(space or G.default_space)
     med = prior_sq_norm_median(G, space)
     if not med > 0:
-        raise LatentFitError(f"generator {G.name!r}: the image does not change with the latent at "
-                             f"typical {space} latents (median ||J||_F^2 = {med:g})")
+        raise LatentFitError(
+            f"generator {G.name!r}: the image does not change with the latent at "
+            f"typical {space} latents (median ||J||_F^2 = {med:g})"
+        )
     return (jacobian_sq_norm(G, latents, space, c, **estimate) / med).sqrt()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import tokenize
 import re
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,13 +25,13 @@ from .fields import parse_json, regular_file
 from .files import atomic_write
 
 FORMAT_VERSION = 1
-MAX_FILE_BYTES = 2 ** 28   # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
+MAX_FILE_BYTES = 2**28  # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
 REQUIRED = ("latent", "space", "generator")
-TEXT = {"space": 16, "generator": 4096, "generator_sha256": 64, "tuned_sha256": 64}   # key -> most characters
+TEXT = {"space": 16, "generator": 4096, "generator_sha256": 64, "tuned_sha256": 64}  # key -> most characters
 JSON_KEYS = ("config", "metrics", "record")
 WHOLE = ("class_index", "version")
-MAX_WHOLE = 2 ** 31 - 1
-FINITE = ("latent", "latent_init", "w")   # and noise_<i>: what a generator renders, finite numbers
+MAX_WHOLE = 2**31 - 1
+FINITE = ("latent", "latent_init", "w")  # and noise_<i>: what a generator renders, finite numbers
 
 
 def write_latent_file(path: Path, **arrays) -> None:
@@ -52,6 +52,7 @@ def write_latent_file(path: Path, **arrays) -> None:
         buf = io.BytesIO()
         np.savez(buf, **data)
         Path(tmp).write_bytes(buf.getvalue())
+
     atomic_write(Path(path), write)
 
 
@@ -99,6 +100,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz without pickles, read within MAX_FILE_BYTES: each array's declared
     size is checked against the bytes present before anything is made of it."""
     from .generators.untrusted import read_capped
+
     try:
         raw = read_capped(path, MAX_FILE_BYTES)
         if not zipfile.is_zipfile(io.BytesIO(raw)):
@@ -114,8 +116,16 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise LatentFitError(f"{path}: cannot read the latent file ({e.strerror or e})") from None
     except LatentFitError as e:
         raise LatentFitError(f"{path}: not a latent .npz file ({e})") from None
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, NotImplementedError, RuntimeError,
-            SyntaxError, tokenize.TokenError) as e:   # the last two: a .npy header numpy cannot parse
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        SyntaxError,
+        tokenize.TokenError,
+    ) as e:  # the last two: a .npy header numpy cannot parse
         raise LatentFitError(f"{path}: not a latent .npz file ({' '.join(str(e).split())})") from None
 
 
@@ -131,20 +141,28 @@ def _npy(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype, math.prod(shape), f.tell()).reshape(shape, order="F" if fortran else "C").copy()
 
 
-def check_compatible(path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str,
-                     generator_sha256: str | None = None) -> np.ndarray:
+def check_compatible(
+    path: Path, data: dict, generator_name: str, latent_shape: tuple, space: str, generator_sha256: str | None = None
+) -> np.ndarray:
     """The latent of `data` if it fits the generator and space, else a LatentFitError. With
     generator_sha256 the file must also come from this generator (same sha256 or name)."""
-    if generator_sha256 is not None and data["generator"] != generator_name and \
-            not (generator_sha256 and str(data.get("generator_sha256", "")) == generator_sha256):
-        raise LatentFitError(f"{path}: latent made by generator {data['generator']!r}, this run uses "
-                             f"{generator_name!r}; project the image with {generator_name!r} first")
+    if (
+        generator_sha256 is not None
+        and data["generator"] != generator_name
+        and not (generator_sha256 and str(data.get("generator_sha256", "")) == generator_sha256)
+    ):
+        raise LatentFitError(
+            f"{path}: latent made by generator {data['generator']!r}, this run uses "
+            f"{generator_name!r}; project the image with {generator_name!r} first"
+        )
     if data["space"] != space:
         raise LatentFitError(f"{path}: latent is in space {data['space']!r}, this run uses {space!r}")
     lat = np.asarray(data["latent"], dtype=np.float32)
     if tuple(lat.shape) != tuple(latent_shape):
-        raise LatentFitError(f"{path}: latent of shape {list(lat.shape)} made by {data['generator']!r}; "
-                             f"{generator_name!r} needs {list(latent_shape)} in space {space!r}")
+        raise LatentFitError(
+            f"{path}: latent of shape {list(lat.shape)} made by {data['generator']!r}; "
+            f"{generator_name!r} needs {list(latent_shape)} in space {space!r}"
+        )
     return lat
 
 
@@ -160,6 +178,7 @@ def file_class(path: Path, data: dict, G, class_index: int | None) -> int | None
     """stored_class, where a class stored in the file must be one of G's (an error of that file)."""
     k = stored_class(data, class_index)
     if class_index is None and k is not None and G.c_dim and k >= G.c_dim:
-        raise LatentFitError(f"{path}: stored class_index {k}, generator {G.name!r} has {G.c_dim} classes; "
-                             "give --class K")
+        raise LatentFitError(
+            f"{path}: stored class_index {k}, generator {G.name!r} has {G.c_dim} classes; give --class K"
+        )
     return k

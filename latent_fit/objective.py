@@ -9,16 +9,16 @@ import contextlib
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ArgumentError, LatentFitError
 
-LPIPS_MAX_SIZE = 256   # LPIPS sees images resized to at most this many pixels (as the peers)
+LPIPS_MAX_SIZE = 256  # LPIPS sees images resized to at most this many pixels (as the peers)
 
 
 def pixel_mse(images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,8 +52,7 @@ def noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
     total = 0
     for n in noises:
         while True:
-            total = total + (n * n.roll(1, dims=3)).mean((1, 2, 3)) ** 2 \
-                          + (n * n.roll(1, dims=2)).mean((1, 2, 3)) ** 2
+            total = total + (n * n.roll(1, dims=3)).mean((1, 2, 3)) ** 2 + (n * n.roll(1, dims=2)).mean((1, 2, 3)) ** 2
             if n.shape[2] <= 8:
                 break
             n = F.avg_pool2d(n, 2)
@@ -86,7 +85,8 @@ def require_lpips() -> None:
     if not lpips_available():
         raise LatentFitError(
             f"LPIPS needs the VGG16 ImageNet weights at {vgg_weights_path()} and this machine has none; "
-            "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse")
+            "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse"
+        )
 
 
 class LPIPS(torch.nn.Module):
@@ -98,13 +98,14 @@ class LPIPS(torch.nn.Module):
         super().__init__()
         require_lpips()
         import lpips
+
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             self.net = lpips.LPIPS(net="vgg", verbose=False)
         self.net.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:   # grayscale: VGG sees the gray repeated in R, G and B
+        if images.shape[1] == 1:  # grayscale: VGG sees the gray repeated in R, G and B
             images, targets = images.expand(-1, 3, -1, -1), targets.expand(-1, 3, -1, -1)
         if images.shape[-1] > LPIPS_MAX_SIZE:
             images = F.interpolate(images, size=LPIPS_MAX_SIZE, mode="area")
@@ -118,9 +119,11 @@ def resolve_loss(loss: str) -> tuple[bool, bool]:
     if loss == "auto":
         if lpips_available():
             return True, True
-        warnings.warn(f"LPIPS weights not found at {vgg_weights_path()}: using the pixel loss only "
-                      "(the metrics record this). Put vgg16-397923af.pth there to add LPIPS.",
-                      stacklevel=3)
+        warnings.warn(
+            f"LPIPS weights not found at {vgg_weights_path()}: using the pixel loss only "
+            "(the metrics record this). Put vgg16-397923af.pth there to add LPIPS.",
+            stacklevel=3,
+        )
         return True, False
     table = {"mse": (True, False), "lpips": (False, True), "mse+lpips": (True, True)}
     if loss not in table:
@@ -132,12 +135,12 @@ def resolve_loss(loss: str) -> tuple[bool, bool]:
 class Inputs:
     """What the terms look at, one row per sample."""
 
-    images: torch.Tensor                  # [N, C, H, W] G(latent)
-    targets: torch.Tensor                 # [N, C, H, W]
-    dz: torch.Tensor | None = None        # [N, *latent_shape] latent - latent_init
-    wr: torch.Tensor | None = None        # [N] per-sample w_r
-    mask: torch.Tensor | None = None      # [N, 1, H, W] in [0, 1]: where the reconstruction counts
-    noise: list[torch.Tensor] = field(default_factory=list)   # StyleGAN noise maps being optimized
+    images: torch.Tensor  # [N, C, H, W] G(latent)
+    targets: torch.Tensor  # [N, C, H, W]
+    dz: torch.Tensor | None = None  # [N, *latent_shape] latent - latent_init
+    wr: torch.Tensor | None = None  # [N] per-sample w_r
+    mask: torch.Tensor | None = None  # [N, 1, H, W] in [0, 1]: where the reconstruction counts
+    noise: list[torch.Tensor] = field(default_factory=list)  # StyleGAN noise maps being optimized
     # pivotal tuning (tuning.tune): the weight changes, their per-sample weights, and the tuned
     # generator's images of fixed prior samples [N, K, C, H, W] beside the original's [N * K, C, H, W]
     delta: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -161,9 +164,17 @@ class Objective:
         self.terms = terms
 
     @classmethod
-    def build(cls, loss: str = "auto", *, lpips_weight: float = 1.0, reg: str | None = "l2",
-              noise_weight: float = 0.0, tuning: bool = False, locality: bool = False,
-              device: torch.device | str = "cpu") -> "Objective":
+    def build(
+        cls,
+        loss: str = "auto",
+        *,
+        lpips_weight: float = 1.0,
+        reg: str | None = "l2",
+        noise_weight: float = 0.0,
+        tuning: bool = False,
+        locality: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> Objective:
         """Pixel MSE and/or LPIPS (`loss`); w_r * reg(dz) (reg None: left out); with
         noise_weight > 0 the StyleGAN noise-map regularizer; with `tuning` the weight L2
         tune_reg * ΣΔθ², and with `locality` tune_locality * locality_mse."""
@@ -175,7 +186,7 @@ class Objective:
             net = LPIPS().to(device)
             terms["lpips"] = (lpips_weight, lambda x: net(x.composite(), x.targets))
         if reg is not None:
-            latent_reg(torch.zeros(1, 1), reg)   # validates `reg`
+            latent_reg(torch.zeros(1, 1), reg)  # validates `reg`
             terms[f"wr*{reg}"] = (1.0, lambda x: x.wr * latent_reg(x.dz, reg))
         if noise_weight > 0:
             terms["noise"] = (noise_weight, lambda x: noise_reg(x.noise))
@@ -186,13 +197,26 @@ class Objective:
         return cls(terms)
 
     @classmethod
-    def from_config(cls, cfg, *, noise: bool = False, tuning: bool = False, locality: bool = False,
-                    device: torch.device | str = "cpu") -> "Objective":
+    def from_config(
+        cls,
+        cfg,
+        *,
+        noise: bool = False,
+        tuning: bool = False,
+        locality: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> Objective:
         """The Objective a Config names: its loss and LPIPS weight, its w_r term (not while
         tuning, which holds the latent), and the noise, weight L2 and locality terms asked for."""
-        return cls.build(cfg.loss, lpips_weight=cfg.lpips_weight, reg=None if tuning else cfg.reg,
-                         noise_weight=cfg.noise_weight if noise else 0.0, tuning=tuning, locality=locality,
-                         device=device)
+        return cls.build(
+            cfg.loss,
+            lpips_weight=cfg.lpips_weight,
+            reg=None if tuning else cfg.reg,
+            noise_weight=cfg.noise_weight if noise else 0.0,
+            tuning=tuning,
+            locality=locality,
+            device=device,
+        )
 
     @property
     def names(self) -> list[str]:

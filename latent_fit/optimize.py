@@ -27,7 +27,7 @@ from .jacobian import jacobian_norm, wr_factor
 from .objective import Inputs, Objective
 from .rng import keyed_normal, name_key
 
-_NOISE_COUNTER = 1 << 20   # keyed_normal counters: 0 starts, 1..L noise maps, this + step for latent noise
+_NOISE_COUNTER = 1 << 20  # keyed_normal counters: 0 starts, 1..L noise maps, this + step for latent noise
 
 
 @dataclass
@@ -36,27 +36,37 @@ class Result:
 
     names: list[str]
     space: str
-    latent: torch.Tensor                 # [N, *latent_shape] final latents
-    latent_init: torch.Tensor            # [N, *latent_shape] their starts z0
-    images: torch.Tensor                 # [N, C, H, W] G(latent) in [-1, 1]
-    noise: list[torch.Tensor] | None     # optimized StyleGAN noise maps, [N, 1, h, w] each
-    loss_history: np.ndarray             # [N, checks] best total loss at every check; nan after an early stop
-    steps: np.ndarray                    # [N] steps run by the kept candidate
-    metrics: dict[str, np.ndarray]       # [N] each: mse, psnr, lpips (nan if unused; in the mask),
-                                         # dz_norm, sample_steps (candidate-steps spent on the target),
-                                         # wr (as given), wr_factor (at the start), wr_effective (the
-                                         # raw w_r used), jacobian_norm (at the latent; jacobian.py)
-    terms: list[str]                     # loss terms that were used
-    config: dict                         # the Config used, as a dict
-    seconds: float                       # wall time of the whole batch
+    latent: torch.Tensor  # [N, *latent_shape] final latents
+    latent_init: torch.Tensor  # [N, *latent_shape] their starts z0
+    images: torch.Tensor  # [N, C, H, W] G(latent) in [-1, 1]
+    noise: list[torch.Tensor] | None  # optimized StyleGAN noise maps, [N, 1, h, w] each
+    loss_history: np.ndarray  # [N, checks] best total loss at every check; nan after an early stop
+    steps: np.ndarray  # [N] steps run by the kept candidate
+    metrics: dict[str, np.ndarray]  # [N] each: mse, psnr, lpips (nan if unused; in the mask),
+    # dz_norm, sample_steps (candidate-steps spent on the target),
+    # wr (as given), wr_factor (at the start), wr_effective (the
+    # raw w_r used), jacobian_norm (at the latent; jacobian.py)
+    terms: list[str]  # loss terms that were used
+    config: dict  # the Config used, as a dict
+    seconds: float  # wall time of the whole batch
     frames: np.ndarray | None = field(default=None, repr=False)  # [checks+1, N, H, W, C] uint8
 
 
-def project(G: Generator, targets: torch.Tensor, names: list[str] | None = None, *,
-            config: Config | None = None, init: torch.Tensor | None = None,
-            mask: torch.Tensor | None = None, c: torch.Tensor | None = None,
-            wr: float | torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, encoder=None,
-            progress=None, **changes) -> Result:
+def project(
+    G: Generator,
+    targets: torch.Tensor,
+    names: list[str] | None = None,
+    *,
+    config: Config | None = None,
+    init: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+    wr: float | torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+    encoder=None,
+    progress=None,
+    **changes,
+) -> Result:
     """Find latents whose images reconstruct `targets` ([N, C, H, W] in [-1, 1]).
 
     names: one per target; the random starts derive from (seed, name), not from the position.
@@ -161,12 +171,14 @@ class _Run:
         self.objective = Objective.from_config(cfg, noise=bool(self.noise_shapes), device=dev)
         self.pool = self._start(rows_of(self.wr_in, n, dev, "wr"), rows_of(init, n, dev, "init"))
         self.adam = RowAdam(self.pool.variables)
-        self.kept = {"latent": torch.empty(n, *self.shape, device=dev),
-                     "latent_init": torch.empty(n, *self.shape, device=dev),
-                     "wr_factor": torch.empty(n, device=dev),
-                     "noise": [torch.empty(n, *s, device=dev) for s in self.noise_shapes]}
+        self.kept = {
+            "latent": torch.empty(n, *self.shape, device=dev),
+            "latent_init": torch.empty(n, *self.shape, device=dev),
+            "wr_factor": torch.empty(n, device=dev),
+            "noise": [torch.empty(n, *s, device=dev) for s in self.noise_shapes],
+        }
         self.steps_run = np.full(n, cfg.steps)
-        self.spent = torch.zeros(n, device=dev)   # candidate-steps per target
+        self.spent = torch.zeros(n, device=dev)  # candidate-steps per target
         self.history: list[np.ndarray] = []
         self.frames = [] if cfg.save_video else None
         self.next_rung = max(1, round(cfg.prune_every * cfg.steps)) if self.k > 1 else math.inf
@@ -177,8 +189,10 @@ class _Run:
         if tuple(targets.shape[1:]) != want:
             raise LatentFitError(f"targets must be [N, {', '.join(map(str, want))}], got {list(targets.shape)}")
         if init is not None and tuple(init.shape[1:]) != self.shape:
-            raise LatentFitError(f"init latents have shape {list(init.shape[1:])}, the {self.space} space "
-                                 f"of {G.name!r} needs {list(self.shape)}")
+            raise LatentFitError(
+                f"init latents have shape {list(init.shape[1:])}, the {self.space} space "
+                f"of {G.name!r} needs {list(self.shape)}"
+            )
 
     def _start(self, wr: torch.Tensor, init: torch.Tensor | None) -> Candidates:
         """k candidates per target, rows grouped by target: the given start (its k - 1 others
@@ -187,8 +201,7 @@ class _Run:
         units each candidate's w_r is multiplied by wr_factor at its own z0."""
         G, n, k, dev = self.G, self.n, self.k, self.G.device
         owner = torch.arange(n, device=dev).repeat_interleave(k)
-        keys = torch.tensor([name_key(self.cfg.seed, self.names[i], j) for i in range(n) for j in range(k)],
-                            device=dev)
+        keys = torch.tensor([name_key(self.cfg.seed, self.names[i], j) for i in range(n) for j in range(k)], device=dev)
         c = None if self.c is None else self.c[owner]
         latent = None
         with torch.no_grad():
@@ -202,12 +215,20 @@ class _Run:
             else:
                 z0 = G.mean_latent(self.space, None if c is None else c[:1]).expand(n * k, *self.shape).clone()
         factor = self._wr_factor(z0, c, owner) if self.cfg.wr_units == "relative" else None
-        return Candidates(latent=z0.clone() if latent is None else latent, latent_init=z0, owner=owner, keys=keys,
-                          noise=self._noise_starts(keys, owner),
-                          targets=self.targets[owner], wr=wr[owner] * (1 if factor is None else factor),
-                          wr_factor=factor,
-                          mask=None if self.mask is None else self.mask[owner], c=c,
-                          best=torch.full((n * k,), math.inf, device=dev), since=torch.zeros(n * k, device=dev))
+        return Candidates(
+            latent=z0.clone() if latent is None else latent,
+            latent_init=z0,
+            owner=owner,
+            keys=keys,
+            noise=self._noise_starts(keys, owner),
+            targets=self.targets[owner],
+            wr=wr[owner] * (1 if factor is None else factor),
+            wr_factor=factor,
+            mask=None if self.mask is None else self.mask[owner],
+            c=c,
+            best=torch.full((n * k,), math.inf, device=dev),
+            since=torch.zeros(n * k, device=dev),
+        )
 
     def _noise_starts(self, keys: torch.Tensor, owner: torch.Tensor) -> list[torch.Tensor]:
         """The optimized noise maps' starts: the given maps, else keyed random ones."""
@@ -223,9 +244,12 @@ class _Run:
         factor = wr_factor(self.G, z0, self.space, c, names=names, seed=self.cfg.seed)
         flat = sorted({names[i] for i in torch.nonzero(factor <= 0).flatten().tolist()})
         if flat:
-            warnings.warn(f"wr_units relative: the image does not change with the latent at the start of "
-                          f"{', '.join(flat[:3])}{' …' if len(flat) > 3 else ''}, so w_r has no effect there "
-                          "(give other starts or raw units)")
+            warnings.warn(
+                f"wr_units relative: the image does not change with the latent at the start of "
+                f"{', '.join(flat[:3])}{' …' if len(flat) > 3 else ''}, so w_r has no effect there "
+                "(give other starts or raw units)",
+                stacklevel=2,
+            )
         return factor
 
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,8 +261,11 @@ class _Run:
         zz = z + ns * keyed_normal(pool.keys, _NOISE_COUNTER + step, self.shape) if ns > 0 else z
         fixed = None if self.given_noise is None else [m[pool.owner] for m in self.given_noise]
         images = self.G.synthesize(zz, self.space, pool.c, noise or fixed)
-        loss = self.objective(Inputs(images=images, targets=pool.targets, dz=z - pool.latent_init,
-                                     wr=pool.wr, mask=pool.mask, noise=noise))
+        loss = self.objective(
+            Inputs(
+                images=images, targets=pool.targets, dz=z - pool.latent_init, wr=pool.wr, mask=pool.mask, noise=noise
+            )
+        )
         grads = torch.autograd.grad(loss.sum(), variables)
         self.spent.index_add_(0, pool.owner, torch.ones_like(loss))
         pool.set_variables(self.adam.step(variables, grads, lr_at(cfg, self.lr, t)))
@@ -251,11 +278,15 @@ class _Run:
     def check(self, step: int, loss: torch.Tensor, images: torch.Tensor, progress) -> None:
         """Record each target's best loss (the only host sync), a video frame, and report."""
         best = torch.full((self.n,), math.nan, device=loss.device).scatter_reduce(
-            0, self.pool.owner, loss, "amin", include_self=False)
+            0, self.pool.owner, loss, "amin", include_self=False
+        )
         self.history.append(best.cpu().numpy())
         if self.frames is not None:
-            frame = self.frames[-1].copy() if self.frames else \
-                np.zeros((self.n, self.G.resolution, self.G.resolution, self.G.img_channels), np.uint8)
+            frame = (
+                self.frames[-1].copy()
+                if self.frames
+                else np.zeros((self.n, self.G.resolution, self.G.resolution, self.G.img_channels), np.uint8)
+            )
             rows = _best_rows(loss, self.k)
             frame[self.pool.owner[rows].cpu().numpy()] = to_uint8(images[rows])
             self.frames.append(frame)
@@ -307,8 +338,15 @@ class _Run:
         noise = self.kept["noise"] or self.given_noise
         with torch.no_grad():
             images = self.G.synthesize(latent, self.space, self.c, noise).clamp(-1, 1)
-            measured = self.objective.metrics(Inputs(images=images, targets=self.targets, mask=self.mask,
-                                                     dz=latent - latent_init, wr=latent.new_zeros(self.n)))
+            measured = self.objective.metrics(
+                Inputs(
+                    images=images,
+                    targets=self.targets,
+                    mask=self.mask,
+                    dz=latent - latent_init,
+                    wr=latent.new_zeros(self.n),
+                )
+            )
             measured["dz_norm"] = (latent - latent_init).flatten(1).norm(dim=1)
             measured["sample_steps"] = self.spent
         if self.frames is not None:
@@ -316,14 +354,28 @@ class _Run:
         hist = np.stack(self.history, 1) if self.history else np.zeros((self.n, 0))
         wr = self.wr_in if isinstance(self.wr_in, (int, float)) else torch.as_tensor(self.wr_in).tolist()
         metrics = {k: v.cpu().numpy() for k, v in measured.items()} | self._unit_metrics(wr, latent, latent_init, noise)
-        conf = dataclasses.asdict(self.cfg) | {"space": self.space, "lr": self.lr, "init_mode": self.mode,
-                                               "starts": self.starts, "wr": wr}
-        return Result(names=self.names, space=self.space, latent=latent, latent_init=latent_init,
-                      images=images, noise=noise, loss_history=hist.astype(np.float32), steps=self.steps_run,
-                      metrics=metrics,
-                      terms=self.objective.names, config=conf, seconds=time.perf_counter() - t_start,
-                      frames=np.stack(self.frames) if self.frames else None)
-
+        conf = dataclasses.asdict(self.cfg) | {
+            "space": self.space,
+            "lr": self.lr,
+            "init_mode": self.mode,
+            "starts": self.starts,
+            "wr": wr,
+        }
+        return Result(
+            names=self.names,
+            space=self.space,
+            latent=latent,
+            latent_init=latent_init,
+            images=images,
+            noise=noise,
+            loss_history=hist.astype(np.float32),
+            steps=self.steps_run,
+            metrics=metrics,
+            terms=self.objective.names,
+            config=conf,
+            seconds=time.perf_counter() - t_start,
+            frames=np.stack(self.frames) if self.frames else None,
+        )
 
     def _unit_metrics(self, wr, latent, latent_init, noise) -> dict[str, np.ndarray]:
         """Per target, float64: wr as given, wr_effective (the raw w_r of its loop), and unless
@@ -338,8 +390,9 @@ class _Run:
             out["wr_factor"] = factor.double().cpu().numpy()
             out["wr_effective"] = wr * out["wr_factor"] if relative else wr
         if measure:
-            out["jacobian_norm"] = jacobian_norm(self.G, latent, self.space, self.c, noise=noise,
-                                                 **est).double().cpu().numpy()
+            out["jacobian_norm"] = (
+                jacobian_norm(self.G, latent, self.space, self.c, noise=noise, **est).double().cpu().numpy()
+            )
         return out
 
 
@@ -349,8 +402,10 @@ def given_noise(G: Generator, noise: list[torch.Tensor] | None, n: int) -> list[
         return None
     want = [(n, *s) for s in G.noise_shapes]
     if [tuple(m.shape) for m in noise] != want:
-        raise LatentFitError(f"noise maps of shapes {[list(m.shape) for m in noise]}; generator {G.name!r} "
-                             f"needs {[list(s) for s in want]}")
+        raise LatentFitError(
+            f"noise maps of shapes {[list(m.shape) for m in noise]}; generator {G.name!r} "
+            f"needs {[list(s) for s in want]}"
+        )
     return [m.to(G.device, torch.float32) for m in noise]
 
 

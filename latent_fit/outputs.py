@@ -21,8 +21,14 @@ from .files import assign_stems, atomic_write, file_sha256, find_files, input_sh
 from .latents import check_compatible, file_class, read_latent_file, write_latent_file
 
 # A target's files: <stem><suffix>. The .npz is written last and marks the target complete.
-SUFFIXES = {"latent": ".npz", "image": ".png", "compare": "_compare.png", "video": ".mp4", "gif": ".gif",
-            "tuned": ".tuned.safetensors"}
+SUFFIXES = {
+    "latent": ".npz",
+    "image": ".png",
+    "compare": "_compare.png",
+    "video": ".mp4",
+    "gif": ".gif",
+    "tuned": ".tuned.safetensors",
+}
 TABLES = ("metrics.csv", "metrics.json")
 
 
@@ -30,14 +36,14 @@ TABLES = ("metrics.csv", "metrics.json")
 class Report:
     """What a runner did: the CLI prints `errors` one per line, then `summary`, and exits 1 on errors."""
 
-    done: list[str] = field(default_factory=list)      # stems done now
-    skipped: list[str] = field(default_factory=list)   # complete from an earlier run
-    errors: list[str] = field(default_factory=list)    # one line each: "<input>: <reason>"
+    done: list[str] = field(default_factory=list)  # stems done now
+    skipped: list[str] = field(default_factory=list)  # complete from an earlier run
+    errors: list[str] = field(default_factory=list)  # one line each: "<input>: <reason>"
     written: list[Path] = field(default_factory=list)  # files written that are not per target
     metrics: list[dict] = field(default_factory=list)  # rows of the metrics table (all complete targets)
-    summary: str = ""                                  # one line for the user
-    notes: list[str] = field(default_factory=list)     # lines printed before the summary (what is redone, why)
-    interrupted: bool = False                          # stopped by Ctrl-C; a rerun finishes the job
+    summary: str = ""  # one line for the user
+    notes: list[str] = field(default_factory=list)  # lines printed before the summary (what is redone, why)
+    interrupted: bool = False  # stopped by Ctrl-C; a rerun finishes the job
 
 
 @dataclass
@@ -45,12 +51,12 @@ class Target:
     """One target read back from its latent file: what renders it again."""
 
     stem: str
-    path: Path                # its .npz
-    data: dict                # read_latent_file's entries (latent, space, record, metrics, ...)
-    latent: np.ndarray        # checked to fit the generator and space it was read for
-    class_index: int | None   # its class (a given --class overrides the file's)
-    weights: Path | None      # its tuned weights (project --tune); None: the generator's own
-    noise: list[np.ndarray] | None = None   # its StyleGAN noise maps [*noise_shape] each; None: constant ones
+    path: Path  # its .npz
+    data: dict  # read_latent_file's entries (latent, space, record, metrics, ...)
+    latent: np.ndarray  # checked to fit the generator and space it was read for
+    class_index: int | None  # its class (a given --class overrides the file's)
+    weights: Path | None  # its tuned weights (project --tune); None: the generator's own
+    noise: list[np.ndarray] | None = None  # its StyleGAN noise maps [*noise_shape] each; None: constant ones
 
 
 def stored_noise(path: Path, data: dict, shapes: tuple[tuple[int, ...], ...]) -> list[np.ndarray] | None:
@@ -60,11 +66,16 @@ def stored_noise(path: Path, data: dict, shapes: tuple[tuple[int, ...], ...]) ->
     if not found:
         return None
     maps = [np.asarray(data[k]) for k in found]
-    if found != [f"noise_{i}" for i in range(len(shapes))] or \
-            [m.shape for m in maps] != [tuple(s) for s in shapes] or any(m.dtype.kind != "f" for m in maps):
-        raise LatentFitError(f"{path}: its noise maps ({len(maps)}, of shapes {[list(m.shape) for m in maps]}) "
-                             f"do not fit this generator's {len(shapes)} noise inputs "
-                             f"{[list(s) for s in shapes]}")
+    if (
+        found != [f"noise_{i}" for i in range(len(shapes))]
+        or [m.shape for m in maps] != [tuple(s) for s in shapes]
+        or any(m.dtype.kind != "f" for m in maps)
+    ):
+        raise LatentFitError(
+            f"{path}: its noise maps ({len(maps)}, of shapes {[list(m.shape) for m in maps]}) "
+            f"do not fit this generator's {len(shapes)} noise inputs "
+            f"{[list(s) for s in shapes]}"
+        )
     if not all(np.isfinite(m).all() for m in maps):
         raise LatentFitError(f"{path}: its noise maps hold NaN or infinite values")
     return [m.astype(np.float32) for m in maps]
@@ -108,10 +119,10 @@ class OutputFolder:
         """The files a target's outputs may have in the folder."""
         return [f"{stem}{suffix}" for suffix in SUFFIXES.values()]
 
-    def check_writable(self) -> "OutputFolder":
+    def check_writable(self) -> OutputFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.path):   # nameless or unique: safe beside other ranks
+            with tempfile.TemporaryFile(dir=self.path):  # nameless or unique: safe beside other ranks
                 pass
         except OSError as e:
             raise LatentFitError(f"{self.path}: output folder is not writable ({e.strerror or e})") from None
@@ -145,20 +156,30 @@ class OutputFolder:
             return None
         f = self.file(stem, "tuned")
         if input_sha256(f) != sha:
-            raise LatentFitError(f"{f}: the tuned weights {stem}.npz was made with are "
-                                 f"{'changed' if f.exists() else 'missing'}; rerun project --tune for it")
+            raise LatentFitError(
+                f"{f}: the tuned weights {stem}.npz was made with are "
+                f"{'changed' if f.exists() else 'missing'}; rerun project --tune for it"
+            )
         return f
 
-    def read_target(self, stem: str, G, space: str, class_index: int | None = None, path: Path | None = None,
-                    weights: bool = True) -> Target:
+    def read_target(
+        self, stem: str, G, space: str, class_index: int | None = None, path: Path | None = None, weights: bool = True
+    ) -> Target:
         """Target `stem` of this folder (its latent file: `path`, default <stem>.npz), checked to
         fit G in `space`, with the noise maps it renders with; without `weights` its tuned weights
         are not looked for. One error line if it does not fit."""
         path = path or self.file(stem)
         data = read_latent_file(path)
         latent = check_compatible(path, data, G.name, G.latent_shape(space), space, G.sha256)
-        return Target(stem, path, data, latent, file_class(path, data, G, class_index),
-                      self.weights(stem, data) if weights else None, stored_noise(path, data, G.noise_shapes))
+        return Target(
+            stem,
+            path,
+            data,
+            latent,
+            file_class(path, data, G, class_index),
+            self.weights(stem, data) if weights else None,
+            stored_noise(path, data, G.noise_shapes),
+        )
 
     def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
         """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when
@@ -185,40 +206,73 @@ class OutputFolder:
         except OSError as e:
             rep.errors.append(f"{self.path / stem}: could not write outputs ({e.strerror or e})")
 
-    def write_projection(self, G, res, i: int, target, seconds: float, record: dict, panels: list | None = None,
-                         class_index: int | None = None, tuned_sha256: str | None = None) -> None:
+    def write_projection(
+        self,
+        G,
+        res,
+        i: int,
+        target,
+        seconds: float,
+        record: dict,
+        panels: list | None = None,
+        class_index: int | None = None,
+        tuned_sha256: str | None = None,
+    ) -> None:
         """Row i of a projection or edit `res`: PNG, comparison strip (`panels`, default target |
         result | difference), the video when frames were kept, then the .npz last (it marks
         completion, and holds the `record` of what made it, `class_index` when a class was used
         and `tuned_sha256`, the sha256 of the tuned weights written before, which render it;
         without one, a tuned file left from an earlier run is removed)."""
-        from .images import difference as diff_image, grid, save_png, save_video, to_uint8
+        from .images import difference as diff_image
+        from .images import grid, save_png, save_video, to_uint8
+
         stem = res.names[i]
-        proj, tgt = to_uint8(res.images[i:i + 1])[0], to_uint8(target[None])[0]
+        proj, tgt = to_uint8(res.images[i : i + 1])[0], to_uint8(target[None])[0]
         save_png(proj, self.file(stem, "image"))
         save_png(grid([panels or [tgt, proj, diff_image(tgt, proj)]]), self.file(stem, "compare"))
         if res.frames is not None:
             frames = res.frames[:, i]
             save_video(np.concatenate([np.broadcast_to(tgt, frames.shape), frames], axis=2), self.path / stem)
         metrics = {k: float(v[i]) for k, v in res.metrics.items()}
-        metrics |= {"steps": int(res.steps[i]), "seconds": seconds, "terms": "+".join(res.terms),
-                    "wr_units": res.config["wr_units"]}
+        metrics |= {
+            "steps": int(res.steps[i]),
+            "seconds": seconds,
+            "terms": "+".join(res.terms),
+            "wr_units": res.config["wr_units"],
+        }
         history = res.loss_history[i]
         if tuned_sha256 is None:
             self.file(stem, "tuned").unlink(missing_ok=True)
-        write_latent_file(self.file(stem), record=record, latent=res.latent[i], latent_init=res.latent_init[i],
-                          space=res.space, generator=G.name, generator_sha256=G.sha256,
-                          loss_history=history[~np.isnan(history)], config=res.config, metrics=metrics,
-                          w=G.file_ws(res.latent[i], res.space), class_index=class_index, tuned_sha256=tuned_sha256,
-                          **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])})
+        write_latent_file(
+            self.file(stem),
+            record=record,
+            latent=res.latent[i],
+            latent_init=res.latent_init[i],
+            space=res.space,
+            generator=G.name,
+            generator_sha256=G.sha256,
+            loss_history=history[~np.isnan(history)],
+            config=res.config,
+            metrics=metrics,
+            w=G.file_ws(res.latent[i], res.space),
+            class_index=class_index,
+            tuned_sha256=tuned_sha256,
+            **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])},
+        )
 
     def write_tuned(self, G, tres, i: int) -> str:
         """Target i's tuned weights (Δθ in fp16, atomically); its sha256, which the target's .npz
         records (written after it: the .npz marks completion)."""
         from .generators.tuned import save_tuned
+
         path = self.file(tres.names[i], "tuned")
-        save_tuned(path, {k: d[i] for k, d in tres.delta.items()}, G, tres.settings,
-                   {k: float(v[i]) for k, v in tres.metrics.items()})
+        save_tuned(
+            path,
+            {k: d[i] for k, d in tres.delta.items()},
+            G,
+            tres.settings,
+            {k: float(v[i]) for k, v in tres.metrics.items()},
+        )
         return file_sha256(path)
 
     def copy_tuned(self, src: Path, stem: str) -> str:
@@ -256,6 +310,7 @@ class OutputFolder:
         def write():
             write_csv(self.path / "metrics.csv", columns, rows)
             atomic_write(self.path / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+
         if rep is None:
             write()
         else:
@@ -268,8 +323,9 @@ class OutputFolder:
         try:
             write()
         except OSError as e:
-            rep.errors.append(f"{self.path}: could not write {what} ({e.strerror or e}); "
-                              "free space and rerun the same command")
+            rep.errors.append(
+                f"{self.path}: could not write {what} ({e.strerror or e}); free space and rerun the same command"
+            )
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -277,10 +333,12 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, columns, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
-    w.writerows([{k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v)
-                  for k, v in r.items()} for r in rows])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8",
-                                                        errors="surrogateescape"))   # names as their files
+    w.writerows(
+        [{k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in r.items()} for r in rows]
+    )
+    atomic_write(
+        path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")
+    )  # names as their files
 
 
 def claim_outputs(items: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -299,8 +357,9 @@ def claim_outputs(items: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]]
     return kept, errors
 
 
-def read_targets(specs: list[str], G, space: str | None = None, class_index: int | None = None,
-                 weights: bool = True) -> tuple[list[Target], str, list[str]]:
+def read_targets(
+    specs: list[str], G, space: str | None = None, class_index: int | None = None, weights: bool = True
+) -> tuple[list[Target], str, list[str]]:
     """(targets, space, error lines) of the latent files in `specs` (files, folders, globs) that
     fit G, each with the weights it renders with (weights: as OutputFolder.read_target); space:
     the first file's unless given."""
@@ -308,7 +367,7 @@ def read_targets(specs: list[str], G, space: str | None = None, class_index: int
     items, dup_errors = assign_stems(paths)
     errors += dup_errors
     targets = []
-    for stem, p in items:
+    for _, p in items:
         try:
             if space is None:
                 first = read_latent_file(p)["space"]
@@ -319,8 +378,9 @@ def read_targets(specs: list[str], G, space: str | None = None, class_index: int
     return targets, space or G.default_space, errors
 
 
-def read_starts(spec: Path, G, space: str, stems: list[str], class_index: int | None = None,
-                weights: bool = True) -> tuple[dict[str, Target], list[str]]:
+def read_starts(
+    spec: Path, G, space: str, stems: list[str], class_index: int | None = None, weights: bool = True
+) -> tuple[dict[str, Target], list[str]]:
     """Start latents (`--init`) by target stem, and error lines: one latent file for every stem
     (its errors raise: they concern every target), or a folder of <stem>.npz matched by stem (a
     missing or unreadable file is that target's error line). weights: as OutputFolder.read_target."""
@@ -358,11 +418,12 @@ def by_weights(G, targets: list[Target], batch_size: int, errors: list[str]):
     order the weights first appear; a tuned file that does not fit G is one error line and its
     targets are left out."""
     from .generators.tuned import apply_tuned
+
     groups: dict[Path | None, list[Target]] = {}
     for t in targets:
         groups.setdefault(t.weights, []).append(t)
-    chunks = [(w, g[i:i + batch_size]) for w, g in groups.items() for i in range(0, len(g), batch_size)]
-    current, Gk = None, G   # chunks of one weights are consecutive: one tuned copy at a time
+    chunks = [(w, g[i : i + batch_size]) for w, g in groups.items() for i in range(0, len(g), batch_size)]
+    current, Gk = None, G  # chunks of one weights are consecutive: one tuned copy at a time
     for k, (weights, chunk) in enumerate(chunks):
         if weights != current:
             current = weights

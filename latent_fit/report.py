@@ -25,8 +25,8 @@ from .generators.untrusted import read_capped
 from .images import MAX_PIXELS
 
 KINDS = ("project", "edit", "sweep")
-ROW_HEIGHT = 192   # pixels a target's comparison strip is shown at
-MAX_TABLE_BYTES = 2 ** 26   # of metrics.json or sweep.csv (about 100 bytes a row)
+ROW_HEIGHT = 192  # pixels a target's comparison strip is shown at
+MAX_TABLE_BYTES = 2**26  # of metrics.json or sweep.csv (about 100 bytes a row)
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -92,7 +92,7 @@ def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
     regular file whose header Pillow reads and whose size is within images.MAX_PIXELS (the guards
     of inputs: a FIFO is never opened, a decompression bomb never decoded, here or in a browser)."""
     path = out / name
-    if not path.is_file():   # follows symlinks, opens nothing
+    if not path.is_file():  # follows symlinks, opens nothing
         return ""
     try:
         with warnings.catch_warnings():
@@ -104,8 +104,10 @@ def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
     if not 0 < w * h <= MAX_PIXELS:
         return ""
     scale = min(height / h, 4.0) if h < height else 1.0
-    return (f'<img src="{quote(name, errors="surrogateescape")}" width="{round(w * scale)}" height="{round(h * scale)}" '
-            f'alt="{html.escape(name)}">')
+    return (
+        f'<img src="{quote(name, errors="surrogateescape")}" width="{round(w * scale)}" height="{round(h * scale)}" '
+        f'alt="{html.escape(name)}">'
+    )
 
 
 def _text(path: Path) -> str:
@@ -120,7 +122,7 @@ def _read_rows(out: Path, kind: str) -> list[dict]:
     if kind == "sweep":
         try:
             return list(csv.DictReader(io.StringIO(_text(out / "sweep.csv"), newline="")))
-        except csv.Error:   # e.g. a field over csv's size limit
+        except csv.Error:  # e.g. a field over csv's size limit
             return []
     try:
         rows = parse_json(_text(out / "metrics.json"), "metrics.json", list, MAX_TABLE_BYTES)
@@ -141,8 +143,10 @@ def _gallery(out: Path, kind: str, rows: list[dict]) -> tuple[str, set[str]]:
             continue
         shown |= set(names)
         what = caption if names[0].endswith("_compare.png") else names[0]
-        parts.append(f'<figure id="{html.escape(stem)}">{_img(out, names[0])}<figcaption>'
-                     f"{html.escape(stem)}: {html.escape(what)}</figcaption></figure>")
+        parts.append(
+            f'<figure id="{html.escape(stem)}">{_img(out, names[0])}<figcaption>'
+            f"{html.escape(stem)}: {html.escape(what)}</figcaption></figure>"
+        )
     return "\n".join(parts) or "<p>No complete targets yet.</p>", shown
 
 
@@ -157,23 +161,29 @@ def render_report(out: Path, kind: str, note: str = "") -> str:
         sections.append(f'<p class="note">{html.escape(note)}</p>')
     shown: set[str] = set()
     if kind == "sweep":
-        for name, title, height in (("sweep.png", "Fidelity against realism (w_r) or locality (tune_reg)", 0),
-                                    ("grid.png", "Images at every swept value", ROW_HEIGHT)):
+        for name, title, height in (
+            ("sweep.png", "Fidelity against realism (w_r) or locality (tune_reg)", 0),
+            ("grid.png", "Images at every swept value", ROW_HEIGHT),
+        ):
             if (out / name).is_file():
                 sections.append(f"<h2>{title}</h2>{_img(out, name, height)}")
                 shown.add(name)
         sections.append("<h2>sweep.csv</h2>" + _table(rows))
     else:
         gallery, shown = _gallery(out, kind, rows)
-        if rows:   # a direction edit has images only
+        if rows:  # a direction edit has images only
             sections += ["<h2>Metrics (click a column to sort)</h2>" + _table(rows), "<h2>Targets</h2>" + gallery]
     others = sorted(p.name for p in out.glob("*.png") if p.name not in shown and not p.name.startswith("."))
     if others:
-        sections.append("<h2>Other images</h2>" + "\n".join(
-            f"<figure>{_img(out, n)}<figcaption>{html.escape(n)}</figcaption></figure>" for n in others))
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>latent-fit {kind}: {html.escape(out.resolve().name)}</title><style>{_STYLE}</style></head>"
-            f"<body>\n{chr(10).join(sections)}\n<script>{_SORT}</script></body></html>\n")
+        sections.append(
+            "<h2>Other images</h2>"
+            + "\n".join(f"<figure>{_img(out, n)}<figcaption>{html.escape(n)}</figcaption></figure>" for n in others)
+        )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>latent-fit {kind}: {html.escape(out.resolve().name)}</title><style>{_STYLE}</style></head>"
+        f"<body>\n{chr(10).join(sections)}\n<script>{_SORT}</script></body></html>\n"
+    )
 
 
 def write_report(out: Path, kind: str, note: str = "") -> Path:

@@ -34,30 +34,48 @@ from .optimize import Result, project
 from .tuning import TuneResult, tune
 
 FIT_SAMPLES = 10_000
-COLUMNS = ["target", "wr", "wr_units", "wr_factor", "wr_effective", "mse", "psnr", "lpips", "dz_norm",
-           "prior_nll", "radius", "realism", "jacobian_norm", "steps"]
+COLUMNS = [
+    "target",
+    "wr",
+    "wr_units",
+    "wr_factor",
+    "wr_effective",
+    "mse",
+    "psnr",
+    "lpips",
+    "dz_norm",
+    "prior_nll",
+    "radius",
+    "realism",
+    "jacobian_norm",
+    "steps",
+]
 EDIT_COLUMNS = ["mask_mse_before", "mask_mse_after", "outside_change"]
 TUNE_SWEEP_COLUMNS = ["target", "tune_reg", "psnr", "psnr_pivot", "locality_psnr", "dtheta_norm", "mse", "lpips"]
-LOCALITY_FLOOR_DB = 32.0   # suggest_tune_reg: the rest of the generator counts as unchanged above this
+LOCALITY_FLOOR_DB = 32.0  # suggest_tune_reg: the rest of the generator counts as unchanged above this
 
 
 @dataclass
 class SweepResult:
     """T targets at W values of w_r."""
 
-    names: list[str]                 # the T targets
-    wrs: np.ndarray                  # [W]
-    result: Result                   # T*W rows: row t*W + j is target t at wrs[j]
-    metrics: dict[str, np.ndarray]   # [T, W] each (see COLUMNS; EDIT_COLUMNS with init)
+    names: list[str]  # the T targets
+    wrs: np.ndarray  # [W]
+    result: Result  # T*W rows: row t*W + j is target t at wrs[j]
+    metrics: dict[str, np.ndarray]  # [T, W] each (see COLUMNS; EDIT_COLUMNS with init)
 
     def rows(self) -> list[dict]:
         """One dict per (target, w_r), the rows of sweep.csv."""
         steps = self.result.steps.reshape(len(self.names), -1)
         keys = [k for k in COLUMNS[3:-1] + EDIT_COLUMNS if k in self.metrics]
         units = self.result.config["wr_units"]
-        return [{"target": name, "wr": float(wr), "wr_units": units} | {k: float(self.metrics[k][t, j]) for k in keys}
-                | {"steps": int(steps[t, j])}
-                for t, name in enumerate(self.names) for j, wr in enumerate(self.wrs)]
+        return [
+            {"target": name, "wr": float(wr), "wr_units": units}
+            | {k: float(self.metrics[k][t, j]) for k in keys}
+            | {"steps": int(steps[t, j])}
+            for t, name in enumerate(self.names)
+            for j, wr in enumerate(self.wrs)
+        ]
 
 
 def prior_gaussian(G: Generator, space: str, n: int = FIT_SAMPLES) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -89,15 +107,29 @@ def realism(G: Generator, latents: torch.Tensor, space: str | None = None) -> di
         logdet = (u.shape[1] // chol.shape[0]) * chol.diagonal().log().sum().item()
     d = u.shape[1]
     radius = u.norm(dim=1)
-    nll = 0.5 * radius ** 2 + 0.5 * d * math.log(2 * math.pi) + logdet
-    return {"prior_nll": nll.cpu().numpy(), "radius": radius.cpu().numpy(),
-            "realism": (radius - math.sqrt(d)).abs().cpu().numpy()}
+    nll = 0.5 * radius**2 + 0.5 * d * math.log(2 * math.pi) + logdet
+    return {
+        "prior_nll": nll.cpu().numpy(),
+        "radius": radius.cpu().numpy(),
+        "realism": (radius - math.sqrt(d)).abs().cpu().numpy(),
+    }
 
 
-def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None = None, *,
-          config: Config | None = None, init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-          c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None, encoder=None, progress=None,
-          **changes) -> SweepResult:
+def sweep(
+    G: Generator,
+    targets: torch.Tensor,
+    wrs=None,
+    names: list[str] | None = None,
+    *,
+    config: Config | None = None,
+    init: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+    encoder=None,
+    progress=None,
+    **changes,
+) -> SweepResult:
     """Project (or, with init, edit) every target [T, C, H, W] at every w_r (default: the
     SWEEP_WRS grid of the config's wr_units) in ONE batched run of T * W independent samples.
 
@@ -115,22 +147,30 @@ def sweep(G: Generator, targets: torch.Tensor, wrs=None, names: list[str] | None
     t, w = targets.shape[0], len(wr)
     names = list(names) if names is not None else [str(i) for i in range(t)]
     start = None
-    if init is None and encoder is not None:   # every w_r of a target starts from E(x)
+    if init is None and encoder is not None:  # every w_r of a target starts from E(x)
         cfg = cfg.replace(space=cfg.space or encoder.space)
         start = encoder.start(G, targets, cfg.space)
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(w, 0)
-    rows = dict(names=[n for n in names for _ in range(w)], c=rep(c), progress=progress, config=cfg,
-                wr=torch.from_numpy(np.tile(wr, t)).float())
-    if init is not None:   # an edit sweep: edit() adds the edit metrics
-        res = edit(G, rep(init), rep(targets), rep(mask), noise=None if noise is None else [rep(m) for m in noise],
-                   **rows)
+
+    rows = dict(
+        names=[n for n in names for _ in range(w)],
+        c=rep(c),
+        progress=progress,
+        config=cfg,
+        wr=torch.from_numpy(np.tile(wr, t)).float(),
+    )
+    if init is not None:  # an edit sweep: edit() adds the edit metrics
+        res = edit(
+            G, rep(init), rep(targets), rep(mask), noise=None if noise is None else [rep(m) for m in noise], **rows
+        )
     else:
         res = project(G, rep(targets), mask=rep(mask), init=rep(start), **rows)
     metrics = dict(res.metrics) | realism(G, res.latent, res.space)
-    return SweepResult(names=names, wrs=wr, result=res,
-                       metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()})
+    return SweepResult(
+        names=names, wrs=wr, result=res, metrics={k: np.asarray(v).reshape(t, w) for k, v in metrics.items()}
+    )
 
 
 def suggest_wr(sw: SweepResult) -> tuple[int, str]:
@@ -144,20 +184,26 @@ def suggest_wr(sw: SweepResult) -> tuple[int, str]:
     d = np.nanmedian(sw.metrics["dz_norm"], 0)
     lo = int(np.argmin(sw.wrs))
     if len(sw.wrs) < 3 or np.ptp(p) <= 0 or np.ptp(d) <= 0:
-        return lo, (f"no knee to find among {len(sw.wrs)} w_r value(s) with these medians; "
-                    f"w_r={sw.wrs[lo]:g} keeps the most fidelity")
+        return lo, (
+            f"no knee to find among {len(sw.wrs)} w_r value(s) with these medians; "
+            f"w_r={sw.wrs[lo]:g} keeps the most fidelity"
+        )
     pn = (p - p.min()) / np.ptp(p)
     dn = (d - d.min()) / np.ptp(d)
     score = pn - dn
     j = int(np.argmax(score))
     if score[j] <= 0.05:
-        return lo, (f"no clear knee: median PSNR falls about as fast as median ||dz|| shrinks; "
-                    f"w_r={sw.wrs[lo]:g} keeps the most fidelity, pick a larger one if its "
-                    f"latents look unrealistic")
-    return j, (f"w_r={sw.wrs[j]:g} is the knee: median PSNR {p[j]:.1f} dB ({pn[j]:.0%} of the "
-               f"range {p.min():.1f}..{p.max():.1f} dB) with median ||dz|| {d[j]:.3g} "
-               f"({dn[j]:.0%} of the range {d.min():.3g}..{d.max():.3g}); larger w_r lose "
-               f"fidelity faster than they shrink ||dz||")
+        return lo, (
+            f"no clear knee: median PSNR falls about as fast as median ||dz|| shrinks; "
+            f"w_r={sw.wrs[lo]:g} keeps the most fidelity, pick a larger one if its "
+            f"latents look unrealistic"
+        )
+    return j, (
+        f"w_r={sw.wrs[j]:g} is the knee: median PSNR {p[j]:.1f} dB ({pn[j]:.0%} of the "
+        f"range {p.min():.1f}..{p.max():.1f} dB) with median ||dz|| {d[j]:.3g} "
+        f"({dn[j]:.0%} of the range {d.min():.3g}..{d.max():.3g}); larger w_r lose "
+        f"fidelity faster than they shrink ||dz||"
+    )
 
 
 def concat_sweeps(parts: list[SweepResult], names: list[str]) -> SweepResult:
@@ -172,36 +218,57 @@ def concat_sweeps(parts: list[SweepResult], names: list[str]) -> SweepResult:
 
     def cat(xs):
         return np.concatenate(xs)[rows] if isinstance(xs[0], np.ndarray) else torch.cat(xs)[rows]
+
     kept = ("latent", "latent_init", "images", "loss_history", "steps")
     result = dataclasses.replace(
-        res[0], names=[row_names[i] for i in rows], **{k: cat([getattr(r, k) for r in res]) for k in kept},
+        res[0],
+        names=[row_names[i] for i in rows],
+        **{k: cat([getattr(r, k) for r in res]) for k in kept},
         noise=None if res[0].noise is None else [cat(ms) for ms in zip(*(r.noise for r in res))],
         metrics={k: cat([r.metrics[k] for r in res]) for k in res[0].metrics},
-        seconds=sum(r.seconds for r in res), frames=None)
-    return SweepResult(names=list(names), wrs=parts[0].wrs, result=result,
-                       metrics={k: np.concatenate([p.metrics[k] for p in parts])[order] for k in parts[0].metrics})
+        seconds=sum(r.seconds for r in res),
+        frames=None,
+    )
+    return SweepResult(
+        names=list(names),
+        wrs=parts[0].wrs,
+        result=result,
+        metrics={k: np.concatenate([p.metrics[k] for p in parts])[order] for k in parts[0].metrics},
+    )
 
 
 @dataclass
 class TuneSweepResult:
     """T targets, each tuned at L values of tune_reg around its one pivot."""
 
-    names: list[str]                 # the T targets
-    tune_regs: np.ndarray            # [L]
-    pivot: Result                    # the T pivots (projection)
-    tuned: TuneResult                # T*L rows: row t*L + j is target t at tune_regs[j]
-    metrics: dict[str, np.ndarray]   # [T, L] each: TUNE_SWEEP_COLUMNS[2:]
+    names: list[str]  # the T targets
+    tune_regs: np.ndarray  # [L]
+    pivot: Result  # the T pivots (projection)
+    tuned: TuneResult  # T*L rows: row t*L + j is target t at tune_regs[j]
+    metrics: dict[str, np.ndarray]  # [T, L] each: TUNE_SWEEP_COLUMNS[2:]
 
     def rows(self) -> list[dict]:
         """One dict per (target, tune_reg), the rows of sweep.csv."""
-        return [{"target": name, "tune_reg": float(r)}
-                | {k: float(self.metrics[k][t, j]) for k in TUNE_SWEEP_COLUMNS[2:]}
-                for t, name in enumerate(self.names) for j, r in enumerate(self.tune_regs)]
+        return [
+            {"target": name, "tune_reg": float(r)} | {k: float(self.metrics[k][t, j]) for k in TUNE_SWEEP_COLUMNS[2:]}
+            for t, name in enumerate(self.names)
+            for j, r in enumerate(self.tune_regs)
+        ]
 
 
-def tune_sweep(G: Generator, targets: torch.Tensor, tune_regs=TUNE_SWEEP_REGS, names: list[str] | None = None, *,
-               config: Config | None = None, tuning: Tuning | None = None, c: torch.Tensor | None = None,
-               encoder=None, progress=None, **changes) -> TuneSweepResult:
+def tune_sweep(
+    G: Generator,
+    targets: torch.Tensor,
+    tune_regs=TUNE_SWEEP_REGS,
+    names: list[str] | None = None,
+    *,
+    config: Config | None = None,
+    tuning: Tuning | None = None,
+    c: torch.Tensor | None = None,
+    encoder=None,
+    progress=None,
+    **changes,
+) -> TuneSweepResult:
     """Project every target [T, C, H, W] once (its pivot; config, default config.projection_config's, with
     `changes`), then tune G around it at every tune_reg in ONE batched tune() of T * L rows
     (tuning's other settings, default Tuning(); loss, LPIPS weight, seed and exact from the
@@ -214,13 +281,29 @@ def tune_sweep(G: Generator, targets: torch.Tensor, tune_regs=TUNE_SWEEP_REGS, n
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(n, 0)
-    tres = tune(G, rep(pivot.latent), rep(targets), [s for s in pivot.names for _ in range(n)], space=pivot.space,
-                c=rep(c), noise=None if pivot.noise is None else [rep(m) for m in pivot.noise],
-                loss=cfg.loss, lpips_weight=cfg.lpips_weight, seed=cfg.seed, exact=cfg.exact,
-                progress=progress and (lambda step, loss: progress(cfg.steps + step, loss)),
-                tuning=tuning.replace(tune_reg=torch.from_numpy(np.tile(regs, t)).float()))
-    return TuneSweepResult(names=pivot.names, tune_regs=regs, pivot=pivot, tuned=tres,
-                           metrics={k: np.asarray(tres.metrics[k]).reshape(t, n) for k in TUNE_SWEEP_COLUMNS[2:]})
+
+    tres = tune(
+        G,
+        rep(pivot.latent),
+        rep(targets),
+        [s for s in pivot.names for _ in range(n)],
+        space=pivot.space,
+        c=rep(c),
+        noise=None if pivot.noise is None else [rep(m) for m in pivot.noise],
+        loss=cfg.loss,
+        lpips_weight=cfg.lpips_weight,
+        seed=cfg.seed,
+        exact=cfg.exact,
+        progress=progress and (lambda step, loss: progress(cfg.steps + step, loss)),
+        tuning=tuning.replace(tune_reg=torch.from_numpy(np.tile(regs, t)).float()),
+    )
+    return TuneSweepResult(
+        names=pivot.names,
+        tune_regs=regs,
+        pivot=pivot,
+        tuned=tres,
+        metrics={k: np.asarray(tres.metrics[k]).reshape(t, n) for k in TUNE_SWEEP_COLUMNS[2:]},
+    )
 
 
 def suggest_tune_reg(sw: TuneSweepResult, floor: float = LOCALITY_FLOOR_DB) -> tuple[int, str]:
@@ -238,10 +321,14 @@ def suggest_tune_reg(sw: TuneSweepResult, floor: float = LOCALITY_FLOOR_DB) -> t
     ok = [int(j) for j in order if worst[j] >= floor]
     if not ok:
         j = int(order[-1])
-        return j, (f"tune_reg={sw.tune_regs[j]:g}: no value keeps every target's locality at {floor:g} dB "
-                   f"(at best {worst.max():.1f} dB); this, the largest, changes the rest of the generator least "
-                   f"(median PSNR {p[j]:.1f} dB); try larger values")
+        return j, (
+            f"tune_reg={sw.tune_regs[j]:g}: no value keeps every target's locality at {floor:g} dB "
+            f"(at best {worst.max():.1f} dB); this, the largest, changes the rest of the generator least "
+            f"(median PSNR {p[j]:.1f} dB); try larger values"
+        )
     j = ok[0]
-    return j, (f"tune_reg={sw.tune_regs[j]:g}: the smallest value at which every target's locality reaches "
-               f"{floor:g} dB (worst {worst[j]:.1f} dB), with median PSNR {p[j]:.1f} dB (best {p.max():.1f} dB, "
-               f"pivot {np.nanmedian(sw.metrics['psnr_pivot'][:, j]):.1f} dB)")
+    return j, (
+        f"tune_reg={sw.tune_regs[j]:g}: the smallest value at which every target's locality reaches "
+        f"{floor:g} dB (worst {worst[j]:.1f} dB), with median PSNR {p[j]:.1f} dB (best {p.max():.1f} dB, "
+        f"pivot {np.nanmedian(sw.metrics['psnr_pivot'][:, j]):.1f} dB)"
+    )

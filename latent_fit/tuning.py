@@ -34,13 +34,13 @@ from .objective import Inputs, Objective, pixel_mse, psnr, weight_sq_norm
 from .optimize import Result, plain_cpu_kernels
 from .rng import keyed_normal, name_key
 
-LOCALITY_SAMPLES = 4        # fixed prior samples per target for the locality term
-EVAL_SAMPLES = 16           # held-out prior samples per target for locality_psnr
-_KEY_START = 1 << 30        # name_key start index of tuning's random numbers (projection uses 0..starts)
-_EVAL_COUNTER = 1 << 40     # keyed_normal counter of the held-out samples (training's use 0)
+LOCALITY_SAMPLES = 4  # fixed prior samples per target for the locality term
+EVAL_SAMPLES = 16  # held-out prior samples per target for locality_psnr
+_KEY_START = 1 << 30  # name_key start index of tuning's random numbers (projection uses 0..starts)
+_EVAL_COUNTER = 1 << 40  # keyed_normal counter of the held-out samples (training's use 0)
 
 
-TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]   # what tuning adds to a target's metrics
+TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]  # what tuning adds to a target's metrics
 
 
 @dataclass
@@ -49,12 +49,12 @@ class TuneResult:
 
     names: list[str]
     space: str
-    delta: dict[str, torch.Tensor]   # parameter name -> Δθ [N, *parameter shape]
-    images: torch.Tensor             # [N, 3, H, W] G_θ0+Δθ(pivot) in [-1, 1]
-    metrics: dict[str, np.ndarray]   # [N] each: mse, psnr, psnr_pivot, lpips (nan if unused),
-                                     # dtheta_norm, locality_psnr
-    settings: dict                   # steps, lr, reg, locality, ... as used
-    seconds: float                   # wall time of the whole batch
+    delta: dict[str, torch.Tensor]  # parameter name -> Δθ [N, *parameter shape]
+    images: torch.Tensor  # [N, 3, H, W] G_θ0+Δθ(pivot) in [-1, 1]
+    metrics: dict[str, np.ndarray]  # [N] each: mse, psnr, psnr_pivot, lpips (nan if unused),
+    # dtheta_norm, locality_psnr
+    settings: dict  # steps, lr, reg, locality, ... as used
+    seconds: float  # wall time of the whole batch
 
 
 def tuning_bytes(G: Generator, image_bytes: int) -> int:
@@ -76,8 +76,14 @@ class _Synthesis(nn.Module):
         return self.G.synthesize(latent, self.space, c, noise)
 
 
-def render_tuned(G: Generator, delta: dict[str, torch.Tensor], latents: torch.Tensor, space: str,
-                 c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+def render_tuned(
+    G: Generator,
+    delta: dict[str, torch.Tensor],
+    latents: torch.Tensor,
+    space: str,
+    c: torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Images [N, R, 3, H, W]: target i's latents [R, *shape] (of `latents` [N, R, *shape]) rendered
     with its own weights θ0 + delta[i]. c: [N, R, c_dim]; noise: maps [N, R, 1, h, w] (or None)."""
     theta0 = G.tunable()
@@ -86,6 +92,7 @@ def render_tuned(G: Generator, delta: dict[str, torch.Tensor], latents: torch.Te
     def one(d, lat, cc, nn_):
         params = {f"G.{k}": theta0[k] + d[k] for k in d}
         return functional_call(module, params, (lat, cc, nn_), strict=False)
+
     dims = (0, 0, None if c is None else 0, None if noise is None else 0)
     return vmap(one, in_dims=dims)(delta, latents, c, noise)
 
@@ -96,8 +103,7 @@ def _rows(pivot: torch.Tensor, samples: torch.Tensor | None) -> torch.Tensor:
     return rows if samples is None else torch.cat([rows, samples], 1)
 
 
-def _prior(G: Generator, keys: torch.Tensor, counter: int, k: int, space: str,
-           c: torch.Tensor | None) -> torch.Tensor:
+def _prior(G: Generator, keys: torch.Tensor, counter: int, k: int, space: str, c: torch.Tensor | None) -> torch.Tensor:
     """k prior latents per target in `space`, keyed by (target key, counter): [N, k, *shape]."""
     n = len(keys)
     z = keyed_normal(keys, counter, (k, G.z_dim)).to(G.device).flatten(0, 1)
@@ -125,17 +131,33 @@ def _originals(G: Generator, lat: torch.Tensor, cr: torch.Tensor | None, space: 
 def _check(G, latents, targets, space, n):
     shape = G.latent_shape(space)
     if tuple(latents.shape[1:]) != shape:
-        raise LatentFitError(f"pivots have shape {list(latents.shape[1:])}, the {space} space of "
-                             f"{G.name!r} needs {list(shape)}")
+        raise LatentFitError(
+            f"pivots have shape {list(latents.shape[1:])}, the {space} space of {G.name!r} needs {list(shape)}"
+        )
     if targets.shape != (n, G.img_channels, G.resolution, G.resolution):
-        raise LatentFitError(f"targets must be [{n}, {G.img_channels}, {G.resolution}, {G.resolution}], "
-                             f"got {list(targets.shape)}")
+        raise LatentFitError(
+            f"targets must be [{n}, {G.img_channels}, {G.resolution}, {G.resolution}], got {list(targets.shape)}"
+        )
 
 
-def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None, *,
-         tuning: Tuning | None = None, space: str | None = None, c: torch.Tensor | None = None,
-         noise: list[torch.Tensor] | None = None, loss: str = "auto", lpips_weight: float = 1.0, seed: int = 0,
-         exact: bool = False, check_every: int = 25, progress=None, **changes) -> TuneResult:
+def tune(
+    G: Generator,
+    latents: torch.Tensor,
+    targets: torch.Tensor,
+    names: list[str] | None = None,
+    *,
+    tuning: Tuning | None = None,
+    space: str | None = None,
+    c: torch.Tensor | None = None,
+    noise: list[torch.Tensor] | None = None,
+    loss: str = "auto",
+    lpips_weight: float = 1.0,
+    seed: int = 0,
+    exact: bool = False,
+    check_every: int = 25,
+    progress=None,
+    **changes,
+) -> TuneResult:
     """Tune one copy of G's weights per target so that G_θ(pivot) reconstructs it.
 
     latents: the pivots [N, *latent_shape] in `space` (held fixed); targets [N, 3, H, W] in [-1, 1];
@@ -153,46 +175,81 @@ def tune(G: Generator, latents: torch.Tensor, targets: torch.Tensor, names: list
     dev, n = G.device, latents.shape[0]
     names = list(names) if names is not None else [str(i) for i in range(n)]
     _check(G, latents, targets, space, n)
-    reg, loc = (torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n)
-                for v in (tuning.tune_reg, tuning.tune_locality))
+    reg, loc = (
+        torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n) for v in (tuning.tune_reg, tuning.tune_locality)
+    )
     pivot, targets = latents.to(dev, torch.float32), targets.to(dev, torch.float32)
     c = None if c is None else c.to(dev, torch.float32)
     noise = None if noise is None else [m.to(dev, torch.float32) for m in noise]
-    k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0   # a 0 weight zeroes its target's term
+    k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0  # a 0 weight zeroes its target's term
     objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=k > 0, device=dev)
     keys = torch.tensor([name_key(seed, s, _KEY_START) for s in names], device=dev)
     delta = {key: torch.zeros(n, *v.shape, device=dev, requires_grad=True) for key, v in G.tunable().items()}
-    opt = _adam(list(delta.values()), tuning.tune_lr)   # element-wise: rows stay independent
-
     with plain_cpu_kernels() if exact else contextlib.nullcontext():
         lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
         with torch.no_grad():
             before = _originals(G, lat, cr, space) if k else None
-        for step in range(tuning.tune_steps):
-            images = render_tuned(G, delta, lat, space, cr, nr)
-            total = objective(Inputs(images=images[:, 0], targets=targets, delta=delta, tune_reg=reg,
-                                     tune_locality=loc, samples=images[:, 1:], originals=before))
-            opt.zero_grad(set_to_none=True)
-            total.sum().backward()
-            opt.step()
-            if progress is not None and ((step + 1) % check_every == 0 or step == tuning.tune_steps - 1):
-                progress(step + 1, float(total.detach().min()))
+        rows = Inputs(images=None, targets=targets, tune_reg=reg, tune_locality=loc, originals=before)
+        _descend(G, objective, delta, rows, (lat, cr, nr, space), tuning, check_every, progress)
         delta = {key: d.detach() for key, d in delta.items()}
         metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, objective)
-    settings = {f.name: _plain(getattr(tuning, f.name)) for f in dataclasses.fields(tuning)}
-    settings |= {"space": space, "seed": seed, "locality_samples": k, "exact": exact,
-                 "terms": [t for t in objective.names if t in ("mse", "lpips")]}
-    return TuneResult(names=names, space=space, delta=delta, images=metrics.pop("images"), metrics=metrics,
-                      settings=settings, seconds=time.perf_counter() - t_start)
+    settings = _settings(tuning, objective, space=space, seed=seed, locality_samples=k, exact=exact)
+    images, seconds = metrics.pop("images"), time.perf_counter() - t_start
+    return TuneResult(names, space, delta, images, metrics, settings, seconds)
 
 
-def tune_projection(G: Generator, res: Result, targets: torch.Tensor, c: torch.Tensor | None, tuning: Tuning,
-                    cfg, progress=None) -> tuple[Result, TuneResult]:
+def _settings(tuning: Tuning, objective: Objective, **used) -> dict:
+    """What a tuned file records as its settings: the Tuning's fields, `used` (space, seed, ...)
+    and the reconstruction terms."""
+    fields = {f.name: _plain(getattr(tuning, f.name)) for f in dataclasses.fields(tuning)}
+    return fields | used | {"terms": [t for t in objective.names if t in ("mse", "lpips")]}
+
+
+def _descend(
+    G: Generator,
+    objective: Objective,
+    delta: dict,
+    rows: Inputs,
+    render: tuple,
+    tuning: Tuning,
+    check_every: int,
+    progress,
+) -> None:
+    """tuning.tune_steps Adam steps on every target's Δθ (in place); rows: the objective's
+    per-target inputs but the images; render: render_tuned's (latents, labels, noise, space)."""
+    lat, cr, nr, space = render
+    opt = _adam(list(delta.values()), tuning.tune_lr)  # element-wise: rows stay independent
+    for step in range(tuning.tune_steps):
+        images = render_tuned(G, delta, lat, space, cr, nr)
+        total = objective(dataclasses.replace(rows, images=images[:, 0], delta=delta, samples=images[:, 1:]))
+        opt.zero_grad(set_to_none=True)
+        total.sum().backward()
+        opt.step()
+        if progress is not None and ((step + 1) % check_every == 0 or step == tuning.tune_steps - 1):
+            progress(step + 1, float(total.detach().min()))
+
+
+def tune_projection(
+    G: Generator, res: Result, targets: torch.Tensor, c: torch.Tensor | None, tuning: Tuning, cfg, progress=None
+) -> tuple[Result, TuneResult]:
     """Tune G around every pivot of `res` (its latents and noise maps; loss, LPIPS weight, seed
     and exact from the Config `cfg`): (res as the tuned generators render it, the tuning). Its
     seconds include the tuning's."""
-    tres = tune(G, res.latent, targets.to(G.device), res.names, tuning=tuning, space=res.space, c=c, noise=res.noise,
-                loss=cfg.loss, lpips_weight=cfg.lpips_weight, seed=cfg.seed, exact=cfg.exact, progress=progress)
+    tres = tune(
+        G,
+        res.latent,
+        targets.to(G.device),
+        res.names,
+        tuning=tuning,
+        space=res.space,
+        c=c,
+        noise=res.noise,
+        loss=cfg.loss,
+        lpips_weight=cfg.lpips_weight,
+        seed=cfg.seed,
+        exact=cfg.exact,
+        progress=progress,
+    )
     tuned = with_tuning(res, tres)
     tuned.seconds += tres.seconds
     return tuned, tres
@@ -203,13 +260,22 @@ def with_tuning(res: Result, tuned: TuneResult) -> Result:
     mse / psnr / lpips are the tuned ones, plus TUNE_COLUMNS (psnr_pivot is res's own psnr
     up to rounding)."""
     keep = ("mse", "psnr", "lpips", *TUNE_COLUMNS)
-    return dataclasses.replace(res, images=tuned.images,
-                               metrics=dict(res.metrics) | {k: tuned.metrics[k] for k in keep})
+    return dataclasses.replace(
+        res, images=tuned.images, metrics=dict(res.metrics) | {k: tuned.metrics[k] for k in keep}
+    )
 
 
-def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_b: dict[str, torch.Tensor] | None,
-                   t: torch.Tensor, latents: torch.Tensor, space: str, c: torch.Tensor | None = None,
-                   chunk: int = 8, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+def render_blended(
+    G: Generator,
+    delta_a: dict[str, torch.Tensor] | None,
+    delta_b: dict[str, torch.Tensor] | None,
+    t: torch.Tensor,
+    latents: torch.Tensor,
+    space: str,
+    c: torch.Tensor | None = None,
+    chunk: int = 8,
+    noise: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Frames [F, C, H, W] between two tuned targets: latents[i] ([F, *shape]) rendered with
     θ0 + (1 − t[i])·Δa + t[i]·Δb (Δ None: untuned), so the ends are both targets' own
     reconstructions. c: [F, c_dim]; noise: maps [F, *noise_shape] per noise input (None: the
@@ -220,12 +286,14 @@ def render_blended(G: Generator, delta_a: dict[str, torch.Tensor] | None, delta_
     out = []
     with torch.no_grad():
         for i in range(0, len(t), chunk):
-            ti = t[i:i + chunk]
-            d = {k: (1 - ti).view(-1, *[1] * a[k].ndim) * a[k].to(ti) + ti.view(-1, *[1] * a[k].ndim) * b[k].to(ti)
-                 for k in zero}
-            cc = None if c is None else c[i:i + chunk, None].to(G.device)
-            nz = None if noise is None else [m[i:i + chunk, None].to(G.device, torch.float32) for m in noise]
-            out.append(render_tuned(G, d, latents[i:i + chunk, None].to(G.device), space, cc, nz)[:, 0].clamp(-1, 1))
+            ti = t[i : i + chunk]
+            d = {
+                k: (1 - ti).view(-1, *[1] * a[k].ndim) * a[k].to(ti) + ti.view(-1, *[1] * a[k].ndim) * b[k].to(ti)
+                for k in zero
+            }
+            cc = None if c is None else c[i : i + chunk, None].to(G.device)
+            nz = None if noise is None else [m[i : i + chunk, None].to(G.device, torch.float32) for m in noise]
+            out.append(render_tuned(G, d, latents[i : i + chunk, None].to(G.device), space, cc, nz)[:, 0].clamp(-1, 1))
     return torch.cat(out)
 
 
@@ -256,7 +324,12 @@ def _metrics(G, delta, pivot, targets, space, c, noise, keys, objective: Objecti
     before = _originals(G, lat, cr, space).clamp(-1, 1)
     measured = objective.metrics(Inputs(images=after[:, 0], targets=targets))
     loc = psnr(pixel_mse(after[:, 1:].flatten(0, 1), before)).view(n, EVAL_SAMPLES)
-    return {"images": after[:, 0]} | {k: v.cpu().numpy() for k, v in measured.items()} | {
-        "psnr_pivot": psnr(pixel_mse(before_piv, targets)).cpu().numpy(),
-        "dtheta_norm": weight_sq_norm(delta).sqrt().cpu().numpy(),
-        "locality_psnr": loc.median(1).values.cpu().numpy()}
+    return (
+        {"images": after[:, 0]}
+        | {k: v.cpu().numpy() for k, v in measured.items()}
+        | {
+            "psnr_pivot": psnr(pixel_mse(before_piv, targets)).cpu().numpy(),
+            "dtheta_norm": weight_sq_norm(delta).sqrt().cpu().numpy(),
+            "locality_psnr": loc.median(1).values.cpu().numpy(),
+        }
+    )

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import torch
 
-from latent_fit import (apply_direction, edit, load_generator, pca_directions, read_latent_file, render,
-                        write_latent_file)
+from latent_fit import (
+    apply_direction,
+    edit,
+    load_generator,
+    pca_directions,
+    read_latent_file,
+    render,
+    write_latent_file,
+)
 from latent_fit.images import grid, save_png, to_uint8
 
 here = Path(__file__).parent
@@ -40,18 +47,28 @@ res = edit(G, z0, request, mask, [f.stem for f in files], wr=args.wr, steps=args
 args.out.mkdir(parents=True, exist_ok=True)
 painted = before + (request - before) * mask
 for i, f in enumerate(files):
-    write_latent_file(args.out / f.name, latent=res.latent[i], latent_init=res.latent_init[i],
-                      space=res.space, generator=G.name, generator_sha256=G.sha256,
-                      loss_history=res.loss_history[i], config=res.config,
-                      metrics={k: float(v[i]) for k, v in res.metrics.items()})
-    save_png(grid([[to_uint8(x[i:i + 1])[0] for x in (before, painted, res.images)]]),
-             args.out / f"{f.stem}_compare.png")
-    print(f"{f.stem}: error in the mask {res.metrics['mask_mse_before'][i]:.3f} -> "
-          f"{res.metrics['mask_mse_after'][i]:.3f}, outside change {res.metrics['outside_change'][i]:.3f}, "
-          f"||dz|| {res.metrics['dz_norm'][i]:.2f}")
+    write_latent_file(
+        args.out / f.name,
+        latent=res.latent[i],
+        latent_init=res.latent_init[i],
+        space=res.space,
+        generator=G.name,
+        generator_sha256=G.sha256,
+        loss_history=res.loss_history[i],
+        config=res.config,
+        metrics={k: float(v[i]) for k, v in res.metrics.items()},
+    )
+    save_png(
+        grid([[to_uint8(x[i : i + 1])[0] for x in (before, painted, res.images)]]), args.out / f"{f.stem}_compare.png"
+    )
+    print(
+        f"{f.stem}: error in the mask {res.metrics['mask_mse_before'][i]:.3f} -> "
+        f"{res.metrics['mask_mse_after'][i]:.3f}, outside change {res.metrics['outside_change'][i]:.3f}, "
+        f"||dz|| {res.metrics['dz_norm'][i]:.2f}"
+    )
 
 # Along the first principal direction, strengths -3..3, one strip row per latent.
 direction = pca_directions(G, 1)[0][0]
 strips = to_uint8(render(G, apply_direction(z0, direction, [-3, -1.5, 0, 1.5, 3]).flatten(0, 1)))
-save_png(grid([list(strips[i * 5:(i + 1) * 5]) for i in range(len(files))]), args.out / "pca0_strips.png")
+save_png(grid([list(strips[i * 5 : (i + 1) * 5]) for i in range(len(files))]), args.out / "pca0_strips.png")
 print(f"wrote {len(files)} edited latents, comparisons and pca0_strips.png to {args.out}")

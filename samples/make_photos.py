@@ -19,7 +19,7 @@ CROPS = {  # output name: (source file, (left, top, right, bottom)) square boxes
     "grace_hopper.png": (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", (120, 30, 410, 320)),
     "cameraman.png": (Path(skimage.__file__).parent / "data" / "camera.png", (120, 50, 300, 230)),
 }
-WHOLE = {"grace_hopper_whole.png": (CROPS["grace_hopper.png"][0], 256)}   # output name: (source, width)
+WHOLE = {"grace_hopper_whole.png": (CROPS["grace_hopper.png"][0], 256)}  # output name: (source, width)
 here.mkdir(exist_ok=True)
 for name, (src, box) in CROPS.items():
     with Image.open(src) as im:

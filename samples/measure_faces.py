@@ -20,8 +20,13 @@ from test_faces import SOURCES, place  # noqa: E402  (the tests' photo maker)
 
 from latent_fit import faces, load_generator  # noqa: E402
 
-VARIANTS = {"rot+20": dict(angle=20), "rot-20": dict(angle=-20), "scale0.5": dict(side=130),
-            "scale1.2": dict(side=310), "moved": dict(side=200, center=(0.3, 0.65))}
+VARIANTS = {
+    "rot+20": dict(angle=20),
+    "rot-20": dict(angle=-20),
+    "scale0.5": dict(side=130),
+    "scale1.2": dict(side=310),
+    "moved": dict(side=200, center=(0.3, 0.65)),
+}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -36,7 +41,9 @@ def main():
         face = np.asarray(Image.open(src).convert("RGB"))
         photo, _ = place(face, (480, 400), side=260)
         base = faces.align_photo(photo, T)
-        shifted = faces.warp_crop(photo, np.array([[1, 0, 2], [0, 1, 0], [0, 0, 1.0]]) @ base.transforms[0], T.resolution)
+        shifted = faces.warp_crop(
+            photo, np.array([[1, 0, 2], [0, 1, 0], [0, 0, 1.0]]) @ base.transforms[0], T.resolution
+        )
         rows["shift2"].append(psnr(base.crops[0], shifted))
         bases.append(base.crops[0])
         for name, kw in VARIANTS.items():
@@ -54,8 +61,10 @@ def main():
     for k, v in rows.items():
         v = np.array(v)
         print(f"| {k} | {np.nanmedian(v):.1f} | {np.nanmin(v):.1f} | {np.isnan(v).sum()} |")
-    print(f"detection + alignment of a 480x400 photo: median {np.median(t_align):.2f} s; "
-          f"paste-back: median {np.median(t_paste) * 1000:.0f} ms")
+    print(
+        f"detection + alignment of a 480x400 photo: median {np.median(t_align):.2f} s; "
+        f"paste-back: median {np.median(t_paste) * 1000:.0f} ms"
+    )
     i, j = np.triu_indices(len(bases), 1)
     b = torch.stack(bases)
     other = faces.id_similarity(b[i], b[j], T)
@@ -64,8 +73,10 @@ def main():
     samples = faces.id_similarity(x[:16], x[16:], T)
     for what, v in (("same face", same), ("different photos", other), ("different generator samples", samples)):
         v = np.asarray(v)
-        print(f"id_similarity, {what}: n {np.isfinite(v).sum()} (+{np.isnan(v).sum()} no face), "
-              f"min {np.nanmin(v):.3f} median {np.nanmedian(v):.3f} max {np.nanmax(v):.3f}")
+        print(
+            f"id_similarity, {what}: n {np.isfinite(v).sum()} (+{np.isnan(v).sum()} no face), "
+            f"min {np.nanmin(v):.3f} median {np.nanmedian(v):.3f} max {np.nanmax(v):.3f}"
+        )
 
 
 if __name__ == "__main__":

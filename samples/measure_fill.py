@@ -35,7 +35,7 @@ def main(steps: int):
     for src, spot in zip(SOURCES[:3], SPOTS):
         face = np.asarray(Image.open(src).convert("RGB"))
         photo, A = place(face, (400, 400), side=240, **spot)
-        full, A_full = place(face, (1200, 1200), side=240, angle=spot.get("angle", 0))   # room all around
+        full, A_full = place(face, (1200, 1200), side=240, angle=spot.get("angle", 0))  # room all around
         M = faces.similarity(faces.detect_faces(photo).faces[0].landmarks, T.landmarks)
         truth = faces.warp_crop(full, M @ A @ np.linalg.inv(A_full), T.resolution)
         inside = faces.warp_crop(np.full((400, 400, 3), 255, np.uint8), M, T.resolution, "constant")[:1] > 0.99
@@ -44,8 +44,14 @@ def main(steps: int):
             t0 = time.perf_counter()
             r = project(G, crop[None], [src.stem], steps=steps, starts=4, seed=0)
             out = r.images[0]
-            rows[fill].append((masked_psnr(out, crop, inside.float()), float(10 * torch.log10(4 / ((out - truth) ** 2).mean())),
-                               float(inside.float().mean()), time.perf_counter() - t0))
+            rows[fill].append(
+                (
+                    masked_psnr(out, crop, inside.float()),
+                    float(10 * torch.log10(4 / ((out - truth) ** 2).mean())),
+                    float(inside.float().mean()),
+                    time.perf_counter() - t0,
+                )
+            )
             print(src.stem, fill, " ".join(f"{v:.2f}" for v in rows[fill][-1]), flush=True)
     print("| fill | PSNR inside the photo dB | PSNR vs the whole true face dB |\n|---|---|---|")
     for fill, v in rows.items():

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from latent_fit import apply_direction, load_generator, pca_directions, project
+from latent_fit.generators.tuned import apply_tuned, save_tuned
 from latent_fit.images import load_image
 from latent_fit.objective import pixel_mse, psnr
-from latent_fit.generators.tuned import apply_tuned, save_tuned
 from latent_fit.tuning import tune
 
-warnings.simplefilter("ignore")   # offline: LPIPS falls back to the pixel loss
+warnings.simplefilter("ignore")  # offline: LPIPS falls back to the pixel loss
 torch.set_num_threads(1)
 G = load_generator()
 dirs, std = pca_directions(G, 3)
@@ -32,16 +32,23 @@ for path in sys.argv[1:]:
     piv = project(G, x, [name])
     proj_cpu, t = time.process_time() - t, time.process_time()
     res = tune(G, piv.latent, x, [name])
-    out = {"photo": name, "proj_cpu_s": proj_cpu, "tune_cpu_s": time.process_time() - t,
-           **{k: float(v[0]) for k, v in res.metrics.items()}}
+    out = {
+        "photo": name,
+        "proj_cpu_s": proj_cpu,
+        "tune_cpu_s": time.process_time() - t,
+        **{k: float(v[0]) for k, v in res.metrics.items()},
+    }
     for dtype, tag in ((torch.float16, "fp16"), (torch.float32, "fp32")):
         f = tmp / f"{name}.{tag}.tuned.safetensors"
         save_tuned(f, {k: v[0] for k, v in res.delta.items()}, G, res.settings, dtype=dtype)
         Gt = apply_tuned(G, f)
         with torch.no_grad():
             img = Gt.synthesize(piv.latent, "z").clamp(-1, 1)
-        out |= {f"size_{tag}_mb": f.stat().st_size / 1e6, f"psnr_{tag}_file": float(psnr(pixel_mse(img, x))[0]),
-                f"maxdiff_{tag}_file": float((img - res.images).abs().max())}
+        out |= {
+            f"size_{tag}_mb": f.stat().st_size / 1e6,
+            f"psnr_{tag}_file": float(psnr(pixel_mse(img, x))[0]),
+            f"maxdiff_{tag}_file": float((img - res.images).abs().max()),
+        }
     lat = torch.cat([apply_direction(piv.latent, dirs[j], [-2 * std[j], 2 * std[j]])[0] for j in range(3)])
     with torch.no_grad():
         out["edit_change_tuned"] = float((Gt.synthesize(lat, "z").clamp(-1, 1) - res.images).abs().mean())

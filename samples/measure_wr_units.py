@@ -38,9 +38,15 @@ ASTRONAUT = Path(__file__).parent / "targets" / "astronaut.png"
 
 def random_stylegan2(seed: int = 0) -> StyleGAN2Generator:
     torch.manual_seed(seed)
-    G = StyleGAN2Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
-                           mapping_kwargs=dict(num_layers=4),
-                           synthesis_kwargs=dict(channel_base=2048, channel_max=64))
+    G = StyleGAN2Generator(
+        z_dim=64,
+        c_dim=0,
+        w_dim=64,
+        img_resolution=32,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=4),
+        synthesis_kwargs=dict(channel_base=2048, channel_max=64),
+    )
     with torch.no_grad():
         for name, p in G.named_parameters():
             if "torgb" in name and name.endswith("weight"):
@@ -49,11 +55,15 @@ def random_stylegan2(seed: int = 0) -> StyleGAN2Generator:
     return G.freeze()
 
 
-EXPERIMENTS = {   # name: (generator, start, units)
-    "dcgan-random": ("dcgan", "random", "relative"), "dcgan-near": ("dcgan", "near", "relative"),
-    "sg2-random": ("sg2", "random", "relative"), "sg2-near": ("sg2", "near", "relative"),
+EXPERIMENTS = {  # name: (generator, start, units)
+    "dcgan-random": ("dcgan", "random", "relative"),
+    "dcgan-near": ("dcgan", "near", "relative"),
+    "sg2-random": ("sg2", "random", "relative"),
+    "sg2-near": ("sg2", "near", "relative"),
     "rescaled-random": ("rescaled", "random", "relative"),
-    "raw-dcgan": ("dcgan", "random", "raw"), "raw-rescaled": ("rescaled", "random", "raw")}
+    "raw-dcgan": ("dcgan", "random", "raw"),
+    "raw-rescaled": ("rescaled", "random", "raw"),
+}
 
 
 def material(experiment: str):
@@ -73,7 +83,7 @@ def material(experiment: str):
         names.append("astronaut")
     if start == "random":
         starts = G.sample(len(names), seed=2025, space=space)
-    else:   # near the truth: half a prior standard deviation per element
+    else:  # near the truth: half a prior standard deviation per element
         std = float((G.sample(1000, seed=1, space=space) - truth.mean(0)).std())
         starts = truth + 0.5 * std * torch.randn(truth.shape, generator=torch.Generator().manual_seed(2026))
     return G, space, targets, starts, names, getattr(G, "a", 1.0), (RAW if units == "raw" else RELATIVE), units
@@ -86,8 +96,9 @@ def run(experiment: str, steps: int, lr: float | None) -> dict:
     raw = torch.tensor(wrs, dtype=torch.float32).expand(t, w) * (factor[:, None] if units == "relative" else 1)
     rows = [n for n in names for _ in range(w)]
     opts = dict(steps=steps, lr=lr, loss="mse", optimize_noise=False)
-    res = project(G, targets.repeat_interleave(w, 0), rows, init=starts.repeat_interleave(w, 0),
-                  wr=raw.flatten(), **opts)
+    res = project(
+        G, targets.repeat_interleave(w, 0), rows, init=starts.repeat_interleave(w, 0), wr=raw.flatten(), **opts
+    )
     m = {k: np.asarray(v) for k, v in res.metrics.items()}
     if not isinstance(G, Rescaled):
         m |= realism(G, res.latent, space)
@@ -95,15 +106,27 @@ def run(experiment: str, steps: int, lr: float | None) -> dict:
     m["jacobian_norm"] = jacobian_norm(G, res.latent, space, names=rows).numpy()
     m = {k: v.reshape(t, w) for k, v in m.items()}
     j, why = suggest_wr(SweepResult(names=names, wrs=np.asarray(wrs, float), result=None, metrics=m))
-    return {"experiment": experiment, "generator": G.name, "space": space, "units": units, "steps": steps,
-            "names": names, "wrs": wrs, "wr_factor": factor.tolist(), "seconds": res.seconds,
-            "knee": wrs[j], "reason": why, "metrics": {k: v.tolist() for k, v in m.items()}}
+    return {
+        "experiment": experiment,
+        "generator": G.name,
+        "space": space,
+        "units": units,
+        "steps": steps,
+        "names": names,
+        "wrs": wrs,
+        "wr_factor": factor.tolist(),
+        "seconds": res.seconds,
+        "knee": wrs[j],
+        "reason": why,
+        "metrics": {k: v.tolist() for k, v in m.items()},
+    }
 
 
 def prior_stats() -> None:
     """jacobian_norm and wr_factor over 256 prior latents (seed 4242), and what the estimate costs
     next to one projection step (forward + backward) of the same latents, timed alternately."""
     from latent_fit.jacobian import PROJECTIONS, prior_sq_norm_median
+
     for G in (load_generator("digiface-dcgan64"), random_stylegan2()):
         space = G.default_space
         x = G.sample(256, seed=4242, space=space)
@@ -111,8 +134,10 @@ def prior_stats() -> None:
         rel = jacobian_norm(G, x, space, names=names).numpy()
         f = wr_factor(G, x, space, names=names).numpy()
         q = lambda v: " / ".join(f"{np.percentile(v, p):.3g}" for p in (5, 25, 50, 75, 95))
-        print(f"{G.name} in {space}: prior median ||J||_F^2 {prior_sq_norm_median(G, space):.4g}; over 256 prior "
-              f"latents, percentiles 5/25/50/75/95: jacobian_norm {q(rel)}; wr_factor {q(f)}")
+        print(
+            f"{G.name} in {space}: prior median ||J||_F^2 {prior_sq_norm_median(G, space):.4g}; over 256 prior "
+            f"latents, percentiles 5/25/50/75/95: jacobian_norm {q(rel)}; wr_factor {q(f)}"
+        )
         est, step = [], []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -122,15 +147,19 @@ def prior_stats() -> None:
             z = x[:16].clone().requires_grad_(True)
             G.synthesize(z, space).square().sum().backward()
             step.append(time.perf_counter() - t0)
-        print(f"  estimate with {PROJECTIONS} projections: {min(est) / 16 * 1e3:.0f} ms per latent = "
-              f"{min(est) / min(step):.0f} projection steps of the same latents")
+        print(
+            f"  estimate with {PROJECTIONS} projections: {min(est) / 16 * 1e3:.0f} ms per latent = "
+            f"{min(est) / min(step):.0f} projection steps of the same latents"
+        )
 
 
 def report(r: dict) -> None:
     f = np.asarray(r["wr_factor"])
-    print(f"{r['experiment']}: {r['generator']} in {r['space']}, {r['units']} w_r, {len(r['names'])} targets, "
-          f"{r['steps']} steps, {r['seconds']:.0f} s; wr_factor median {np.median(f):.3g} "
-          f"(range {f.min():.3g}..{f.max():.3g})")
+    print(
+        f"{r['experiment']}: {r['generator']} in {r['space']}, {r['units']} w_r, {len(r['names'])} targets, "
+        f"{r['steps']} steps, {r['seconds']:.0f} s; wr_factor median {np.median(f):.3g} "
+        f"(range {f.min():.3g}..{f.max():.3g})"
+    )
     m = {k: np.asarray(v) for k, v in r["metrics"].items()}
     cols = [k for k in ("psnr", "dz_g_units", "realism", "jacobian_norm") if k in m]
     print("  w_r      " + "  ".join(f"{c:>22}" for c in cols) + "   (median [min..max] over targets)")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
 from latent_fit import load_generator
 from latent_fit.cli import main
@@ -72,8 +72,10 @@ def in_domain(G):
 @pytest.fixture
 def cli():
     """Run `latent-fit ARGS...` in-process; returns the click Result (stdout, stderr, exit_code)."""
+
     def run(*args):
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
     return run
 
 
@@ -99,11 +101,13 @@ def pillow_image():
 def no_programs(monkeypatch):
     """A list that records, and refuses, every program started (subprocess, Pillow's Ghostscript)."""
     from PIL import EpsImagePlugin
+
     started = []
 
     def spy(*args, **kwargs):
         started.append(args)
         raise OSError("no program may be started here")
+
     monkeypatch.setattr(subprocess, "Popen", spy)
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", spy)
     return started
@@ -115,7 +119,7 @@ def _pillow_image(fmt: str) -> bytes | None:
         buf = io.BytesIO()
         try:
             rgb.convert(mode).save(buf, fmt)
-        except Exception:   # this mode (or the whole format) cannot be written: try the next
+        except Exception:  # this mode (or the whole format) cannot be written: try the next
             continue
         return buf.getvalue()
     return None

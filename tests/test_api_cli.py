@@ -23,7 +23,7 @@ def test_project_api_and_cli_agree(cli, G, tmp_path):
     x = load_image(TARGET, G.resolution)[None]
     res = project(G, x, ["face_00"], encoder=load_encoder("auto", G), **FAST)
     stored = read_latent_file(tmp_path / "out" / "face_00.npz")
-    assert stored["config"]["starts"] == 1 and res.config["starts"] == 1   # ENCODED from the encoder's start
+    assert stored["config"]["starts"] == 1 and res.config["starts"] == 1  # ENCODED from the encoder's start
     np.testing.assert_allclose(stored["latent"], res.latent[0].numpy(), rtol=0, atol=1e-6)
 
 
@@ -36,7 +36,7 @@ def test_edit_api_and_cli_agree_in_relative_units(cli, G, tmp_path):
     req, mask = load_request(request, G.resolution)
     res = edit(G, z0, req[None], mask, ["face_01"], wr_units="relative", **FAST)
     stored = read_latent_file(tmp_path / "out" / "face_01.npz")
-    assert stored["config"]["wr"] == res.config["wr"] == 2.0   # the edit default in relative units
+    assert stored["config"]["wr"] == res.config["wr"] == 2.0  # the edit default in relative units
     np.testing.assert_allclose(stored["latent"], res.latent[0].numpy(), rtol=0, atol=1e-6)
 
 

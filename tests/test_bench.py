@@ -8,22 +8,42 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from latent_fit import Config, devices, load_generator, project
 from latent_fit import bench as B
-from latent_fit import devices
-from latent_fit import Config, load_generator, project
 from latent_fit.cli import main
 from latent_fit.errors import LatentFitError
 
 
 def test_bench_cli_prints_a_table_and_one_json_line():
-    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--steps", "2", "--batch-sizes", "1,3",
-                                    "--repeats", "1", "--quality", "0", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--batch-sizes",
+            "1,3",
+            "--repeats",
+            "1",
+            "--quality",
+            "0",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert "speedup" in res.output and "largest batch that fits" in res.output
     r = json.loads(lines[-1])
-    for key in ("speedup_batched_vs_sequential", "loop_overhead", "images_per_second",
-                "memory_per_sample_mb", "max_batch", "sequential_ms_per_image_step"):
+    for key in (
+        "speedup_batched_vs_sequential",
+        "loop_overhead",
+        "images_per_second",
+        "memory_per_sample_mb",
+        "max_batch",
+        "sequential_ms_per_image_step",
+    ):
         assert math.isfinite(r[key]), key
     assert r["device"].startswith("cpu") and r["batch"] == 3 and [x["batch"] for x in r["rows"]] == [1, 3]
     assert r["images_per_second"] > 0 and r["memory_per_sample_mb"] > 0 and r["max_batch"] >= 1
@@ -45,7 +65,7 @@ def test_switches_run_on_cpu_and_keep_the_images():
     with torch.no_grad():
         fast = G.synthesize(z)
     assert fast.dtype == torch.float32 and fast.shape == ref.shape
-    assert (fast - ref).abs().max() < 0.1   # bf16 rounding
+    assert (fast - ref).abs().max() < 0.1  # bf16 rounding
     res = project(G, ref, ["a", "b", "c"], steps=3, starts=2, loss="mse")
     assert torch.isfinite(res.latent).all()
     with pytest.raises(LatentFitError, match="precision"):
@@ -56,8 +76,8 @@ def test_memory_helpers():
     G = load_generator()
     one, three = (devices.step_memory(G, n, Config(steps=1, starts=2, loss="mse")) for n in (1, 3))
     assert 0 < one < three
-    per, fit = devices.memory_fit(G, Config(starts=2, loss="mse"), 100 * 2 ** 20)
-    assert per > 0 and 1 <= fit and fit * per <= 100 * 2 ** 20
+    per, fit = devices.memory_fit(G, Config(starts=2, loss="mse"), 100 * 2**20)
+    assert per > 0 and 1 <= fit and fit * per <= 100 * 2**20
     assert devices.is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert devices.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"))
     assert not devices.is_oom(RuntimeError("shape mismatch"))
@@ -66,5 +86,6 @@ def test_memory_helpers():
 def test_memory_fit_when_even_the_probe_runs_out_of_memory(monkeypatch):
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
     monkeypatch.setattr(devices, "step_memory", oom)
     assert devices.memory_fit(load_generator(), Config()) == (0, 1)

@@ -30,8 +30,22 @@ def test_project_writes_every_output(cli, two_targets, tmp_path):
         assert d["config"]["steps"] == 20 and d["config"]["starts"] == 2
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["target"] for r in rows] == ["astronaut", "face_00"]
-    assert list(rows[0]) == ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
-                             "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
+    assert list(rows[0]) == [
+        "target",
+        "mse",
+        "psnr",
+        "lpips",
+        "dz_norm",
+        "wr",
+        "wr_units",
+        "wr_factor",
+        "wr_effective",
+        "jacobian_norm",
+        "steps",
+        "sample_steps",
+        "seconds",
+        "terms",
+    ]
     assert rows[0]["wr_units"] == "raw" and float(rows[0]["wr_effective"]) == float(rows[0]["wr"])
     assert float(rows[0]["wr_factor"]) > 0 and 0.2 < float(rows[0]["jacobian_norm"]) < 5
     assert rows[0]["lpips"] == "" and rows[0]["terms"] == "mse+wr*l2"
@@ -44,12 +58,22 @@ def test_project_writes_every_output(cli, two_targets, tmp_path):
 
 def test_init_from_a_latent_file(cli, tmp_path):
     out = tmp_path / "out"
-    r = cli("project", SAMPLES / "targets" / "face_01.png", "-o", out, "--init",
-            SAMPLES / "latents" / "face_01.npz", "--steps", "100", "--loss", "mse")
+    r = cli(
+        "project",
+        SAMPLES / "targets" / "face_01.png",
+        "-o",
+        out,
+        "--init",
+        SAMPLES / "latents" / "face_01.npz",
+        "--steps",
+        "100",
+        "--loss",
+        "mse",
+    )
     assert r.exit_code == 0, r.stderr
     d = read_latent_file(out / "face_01.npz")
     assert np.allclose(d["latent_init"], read_latent_file(SAMPLES / "latents" / "face_01.npz")["latent"])
-    assert d["metrics"]["psnr"] > 35        # started at the answer
+    assert d["metrics"]["psnr"] > 35  # started at the answer
 
 
 def test_bad_inputs_are_reported_and_the_rest_still_runs(cli, two_targets, tmp_path):
@@ -98,13 +122,15 @@ def test_lpips_offline(cli, two_targets, tmp_path, monkeypatch):
     expected = tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     assert r.stderr.strip().splitlines() == [
         f"error: LPIPS needs the VGG16 ImageNet weights at {expected} and this machine has none; "
-        "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse"]
+        "copy vgg16-397923af.pth there (or set TORCH_HOME), or use --loss mse"
+    ]
 
 
 def test_lpips_is_used_when_its_weights_are_on_disk(cli, two_targets, tmp_path, monkeypatch):
     """A randomly initialised VGG16 stands in for the ImageNet file: the path is the same."""
     import torch
     import torchvision
+
     ckpt = tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     ckpt.parent.mkdir(parents=True)
     torch.save(torchvision.models.vgg16().state_dict(), ckpt)

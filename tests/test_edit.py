@@ -9,8 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from latent_fit import (apply_direction, edit, interpolate, linear_boundary, mean_difference,
-                        pca_directions, read_latent_file, render, write_latent_file)
+from latent_fit import (
+    apply_direction,
+    edit,
+    interpolate,
+    linear_boundary,
+    mean_difference,
+    pca_directions,
+    read_latent_file,
+    render,
+    write_latent_file,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 LATENTS = sorted((SAMPLES / "latents").glob("face_*.npz"))
@@ -34,6 +43,7 @@ def one_line_error(stderr, *names):
 
 # --- masked edits -----------------------------------------------------------------------------
 
+
 def test_masked_edit_moves_the_region_within_bounds_that_tighten_as_wr_grows(G):
     """Paint another face's upper half into two faces, at four w_r in one batch."""
     wrs = [1e-3, 1e-2, 1e-1, 1.0]
@@ -42,10 +52,20 @@ def test_masked_edit_moves_the_region_within_bounds_that_tighten_as_wr_grows(G):
     mask = box_mask(2)
     request = before * (1 - mask) + render(G, z0.flip(0)) * mask
     k = len(wrs)
-    res = edit(G, z0.repeat_interleave(k, 0), request.repeat_interleave(k, 0), mask.repeat_interleave(k, 0),
-               [f"{i}" for i in range(2) for _ in wrs], wr=torch.tensor(wrs * 2), steps=100, loss="mse")
-    m = {key: res.metrics[key].reshape(2, k) for key in ("mask_mse_before", "mask_mse_after",
-                                                         "outside_change", "dz_norm")}
+    res = edit(
+        G,
+        z0.repeat_interleave(k, 0),
+        request.repeat_interleave(k, 0),
+        mask.repeat_interleave(k, 0),
+        [f"{i}" for i in range(2) for _ in wrs],
+        wr=torch.tensor(wrs * 2),
+        steps=100,
+        loss="mse",
+    )
+    m = {
+        key: res.metrics[key].reshape(2, k)
+        for key in ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm")
+    }
     assert torch.allclose(res.latent_init, z0.repeat_interleave(k, 0))
     assert np.allclose(res.metrics["wr"], wrs * 2)
     # the masked region moves toward the request, close to it at the smallest w_r
@@ -71,13 +91,14 @@ def test_edit_without_mask_has_no_outside(G):
 
 # --- directions and interpolation --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", [mean_difference, linear_boundary])
 def test_direction_from_synthetic_labels_recovers_the_planted_one(method):
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(2000, 100, generator=gen)
     planted = torch.randn(100, generator=gen)
     planted /= planted.norm()
-    label = z @ planted + 0.5 * torch.randn(2000, generator=gen) > 0.3    # noisy, unbalanced
+    label = z @ planted + 0.5 * torch.randn(2000, generator=gen) > 0.3  # noisy, unbalanced
     d = method(z[label], z[~label])
     assert d.shape == (100,) and abs(float(d.norm()) - 1) < 1e-5
     assert float(d @ planted) >= 0.9
@@ -108,6 +129,7 @@ def test_apply_direction_and_interpolate():
 
 # --- the commands, end to end ------------------------------------------------------------------
 
+
 def write_rgba_request(path, face=1):
     """Face `face`'s image, opaque only in the box: a painted request that is its own mask."""
     rgb = np.asarray(Image.open(SAMPLES / "targets" / f"face_{face:02d}.png").convert("RGB"))
@@ -121,24 +143,33 @@ def write_rgba_request(path, face=1):
 def test_cli_masked_edit_writes_outputs_and_resumes(cli, tmp_path):
     req = write_rgba_request(tmp_path / "req.png")
     out = tmp_path / "out"
-    res = cli("edit", LATENTS[0], LATENTS[2], "--target", req, "--wr", "0.01",
-              "--steps", "20", "--loss", "mse", "-o", out)
+    res = cli(
+        "edit", LATENTS[0], LATENTS[2], "--target", req, "--wr", "0.01", "--steps", "20", "--loss", "mse", "-o", out
+    )
     assert res.exit_code == 0, res.stderr
     assert "edited 2 latent(s)" in res.stdout
     for stem in ("face_00", "face_02"):
         assert (out / f"{stem}.png").is_file()
         compare = np.asarray(Image.open(out / f"{stem}_compare.png"))
-        assert compare.shape == (64, 3 * 64 + 2 * 2, 3)          # before | request | after
+        assert compare.shape == (64, 3 * 64 + 2 * 2, 3)  # before | request | after
         data = read_latent_file(out / f"{stem}.npz")
         assert np.array_equal(data["latent_init"], read_latent_file(SAMPLES / "latents" / f"{stem}.npz")["latent"])
         assert data["generator"] == "digiface-dcgan64" and data["config"]["wr"] == 0.01
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert list(rows[0])[:9] == ["target", "wr", "wr_units", "wr_factor", "wr_effective", "mask_mse_before",
-                                 "mask_mse_after", "outside_change", "dz_norm"]
+    assert list(rows[0])[:9] == [
+        "target",
+        "wr",
+        "wr_units",
+        "wr_factor",
+        "wr_effective",
+        "mask_mse_before",
+        "mask_mse_after",
+        "outside_change",
+        "dz_norm",
+    ]
     assert len(rows) == 2 and all(float(r["mask_mse_after"]) < float(r["mask_mse_before"]) for r in rows)
     assert all(r["wr_units"] == "raw" and float(r["wr_effective"]) == 0.01 for r in rows)
-    res = cli("edit", LATENTS[0], LATENTS[2], "--target", req, "--steps", "20", "--loss", "mse",
-              "-o", out)
+    res = cli("edit", LATENTS[0], LATENTS[2], "--target", req, "--steps", "20", "--loss", "mse", "-o", out)
     assert res.exit_code == 0 and "skipped 2 complete" in res.stdout
 
 
@@ -146,8 +177,7 @@ def test_cli_edit_requests_matched_by_stem_report_the_missing_one(cli, tmp_path)
     reqs = tmp_path / "requests"
     reqs.mkdir()
     write_rgba_request(reqs / "face_00.png", face=3)
-    res = cli("edit", LATENTS[0], LATENTS[1], "--target", reqs, "--steps", "5",
-              "--loss", "mse", "-o", tmp_path / "out")
+    res = cli("edit", LATENTS[0], LATENTS[1], "--target", reqs, "--steps", "5", "--loss", "mse", "-o", tmp_path / "out")
     assert res.exit_code == 1
     assert "edited 1 latent(s)" in res.stdout and "face_01" in res.stderr
     assert (tmp_path / "out" / "face_00.npz").is_file()
@@ -158,14 +188,14 @@ def test_cli_direction_edit_strip(cli, tmp_path, G):
     d[0] = 1
     np.save(tmp_path / "d.npy", d)
     out = tmp_path / "out"
-    res = cli("edit", LATENTS[0], LATENTS[1], "--direction", tmp_path / "d.npy",
-              "--strength", "-3,-1,0,1,3", "-o", out)
+    res = cli("edit", LATENTS[0], LATENTS[1], "--direction", tmp_path / "d.npy", "--strength", "-3,-1,0,1,3", "-o", out)
     assert res.exit_code == 0, res.stderr
     for stem in ("face_00", "face_01"):
         strip = np.asarray(Image.open(out / f"{stem}_strip.png"))
         assert strip.shape == (64, 5 * 64 + 4 * 2, 3)
-        assert {p.name for p in out.glob(f"{stem}_s[+-]*.png")} == {f"{stem}_s{s}.png" for s in
-                                                               ("-3", "-1", "+0", "+1", "+3")}
+        assert {p.name for p in out.glob(f"{stem}_s[+-]*.png")} == {
+            f"{stem}_s{s}.png" for s in ("-3", "-1", "+0", "+1", "+3")
+        }
     z = latent(0)
     z[0] += 3
     expected = ((render(G, z[None])[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
@@ -180,20 +210,34 @@ def test_cli_direction_from_labelled_files_and_pca(cli, tmp_path, G):
         (tmp_path / folder).mkdir()
         z = torch.randn(60, 100, generator=gen) + 3 * label * planted
         for i, zi in enumerate(z):
-            write_latent_file(tmp_path / folder / f"{folder}{i}.npz", latent=zi, space="z",
-                              generator=G.name, generator_sha256=G.sha256)
+            write_latent_file(
+                tmp_path / folder / f"{folder}{i}.npz",
+                latent=zi,
+                space="z",
+                generator=G.name,
+                generator_sha256=G.sha256,
+            )
     pos = sorted(str(p) for p in (tmp_path / "pos").glob("*.npz"))
     # several files after one flag, as an unquoted shell glob gives them
-    res = cli("direction", "-o", tmp_path / "d.npy", "--positive", *pos,
-              "--negative", tmp_path / "neg")
+    res = cli("direction", "-o", tmp_path / "d.npy", "--positive", *pos, "--negative", tmp_path / "neg")
     assert res.exit_code == 0, res.stderr
     assert "from 60 positive and 60 negative" in res.stdout
     assert float(np.load(tmp_path / "d.npy") @ planted.numpy()) >= 0.9
     res = cli("direction", "-o", tmp_path / "pca.npy", "--pca", "4", "--samples", "200")
     assert res.exit_code == 0, res.stderr
     assert np.load(tmp_path / "pca.npy").shape == (4, 100)
-    res = cli("edit", LATENTS[0], "--direction", tmp_path / "pca.npy", "--component", "3",
-              "--strength", "2", "-o", tmp_path / "out")
+    res = cli(
+        "edit",
+        LATENTS[0],
+        "--direction",
+        tmp_path / "pca.npy",
+        "--component",
+        "3",
+        "--strength",
+        "2",
+        "-o",
+        tmp_path / "out",
+    )
     assert res.exit_code == 0 and (tmp_path / "out" / "face_00_s+2.png").is_file()
 
 
@@ -203,16 +247,18 @@ def test_cli_interpolate_strip_and_video(cli, tmp_path):
     assert res.exit_code == 0, res.stderr
     for mode in ("linear", "spherical"):
         strip = np.asarray(Image.open(out / f"{mode}.png"))
-        assert strip.shape == (2 * 64 + 2, 5 * 64 + 4 * 2, 3)     # a row per pair
+        assert strip.shape == (2 * 64 + 2, 5 * 64 + 4 * 2, 3)  # a row per pair
         assert list(out.glob(f"{mode}.mp4")) or list(out.glob(f"{mode}.gif"))
 
 
 # --- bad inputs: one line naming the input, exit 1 ----------------------------------------------
 
+
 def test_cli_latent_from_another_generator(cli, tmp_path):
     other = tmp_path / "other.npz"
-    write_latent_file(other, latent=np.zeros(100, np.float32), space="z", generator="some-other-gan",
-                      generator_sha256="0" * 64)
+    write_latent_file(
+        other, latent=np.zeros(100, np.float32), space="z", generator="some-other-gan", generator_sha256="0" * 64
+    )
     res = cli("edit", other, "--direction", tmp_path / "d.npy", "-o", tmp_path / "out")
     assert res.exit_code == 1
     one_line_error(res.stderr, other, "some-other-gan")
@@ -223,8 +269,20 @@ def test_cli_latent_from_another_generator(cli, tmp_path):
 def test_cli_mask_of_the_wrong_size(cli, tmp_path):
     mask = tmp_path / "mask.png"
     Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
-    res = cli("edit", LATENTS[0], "--target", SAMPLES / "targets" / "face_01.png", "--mask", mask,
-              "--steps", "5", "--loss", "mse", "-o", tmp_path / "out")
+    res = cli(
+        "edit",
+        LATENTS[0],
+        "--target",
+        SAMPLES / "targets" / "face_01.png",
+        "--mask",
+        mask,
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+        "-o",
+        tmp_path / "out",
+    )
     assert res.exit_code == 1
     one_line_error(res.stderr, mask, "32x32")
 
@@ -232,8 +290,7 @@ def test_cli_mask_of_the_wrong_size(cli, tmp_path):
 @pytest.mark.parametrize("strength", ["a,b", "1,,2", "nan", ""])
 def test_cli_strengths_that_do_not_parse(cli, tmp_path, strength):
     np.save(tmp_path / "d.npy", np.ones(100, np.float32))
-    res = cli("edit", LATENTS[0], "--direction", tmp_path / "d.npy", "--strength", strength,
-              "-o", tmp_path / "out")
+    res = cli("edit", LATENTS[0], "--direction", tmp_path / "d.npy", "--strength", strength, "-o", tmp_path / "out")
     assert res.exit_code == 1
     one_line_error(res.stderr, "--strength")
 
@@ -249,7 +306,7 @@ def test_cli_direction_of_the_wrong_shape_and_missing_mode(cli, tmp_path):
     # a header declaring 10^12 directions over a few bytes: refused before any allocation
     huge = tmp_path / "huge.npy"
     with open(huge, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12, 100)})
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 100)})
         f.write(b"\0" * 400)
     res = cli("edit", LATENTS[0], "--direction", huge, "-o", tmp_path / "out")
     assert res.exit_code == 1

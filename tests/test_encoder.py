@@ -20,8 +20,15 @@ from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.objective import pixel_mse, psnr
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_SG2 = dict(z_dim=8, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=128, channel_max=16))
+TINY_SG2 = dict(
+    z_dim=8,
+    c_dim=0,
+    w_dim=16,
+    img_resolution=16,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=128, channel_max=16),
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def test_bundled_encoder_card_and_batch_independence(G, E, in_domain):
 def test_load_encoder_refusals(G, tmp_path, monkeypatch):
     assert load_encoder("none", G) is None
     sg2 = StyleGAN2Generator(**TINY_SG2).freeze()
-    assert load_encoder("auto", sg2) is None   # no bundled encoder for other generators
+    assert load_encoder("auto", sg2) is None  # no bundled encoder for other generators
     with pytest.raises(LatentFitError, match="trained for generator 'digiface-dcgan64'"):
         load_encoder(ROOT / "weights" / "digiface-dcgan64-encoder.safetensors", sg2)
     with pytest.raises(LatentFitError, match="predicts z latents, not w"):
@@ -75,14 +82,25 @@ def test_stylegan2_encoder_shapes(space, tmp_path):
     enc = train_encoder(sg2, space=space, steps=3, batch_size=4)
     x = sg2.synthesize(sg2.sample(5, seed=7, space=space), space)
     assert enc(x).shape == (5, *sg2.latent_shape(space)) and enc.space == space
-    untrained = new_encoder(sg2, space)   # output starts at the space's centre
+    untrained = new_encoder(sg2, space)  # output starts at the space's centre
     assert torch.allclose(untrained(x).mean(0), sg2.mean_latent(space)[0], atol=0.5 * float(untrained.scale.max()))
     assert validation_psnr(enc, sg2, n=8).shape == (8,)
 
 
 def _cli(out, *extra):
-    cmd = [sys.executable, "-m", "latent_fit", "train-encoder", "-o", str(out), "--device", "cpu",
-           "--checkpoint-minutes", "0.005", *map(str, extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "latent_fit",
+        "train-encoder",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--checkpoint-minutes",
+        "0.005",
+        *map(str, extra),
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return cmd, env
 
@@ -98,7 +116,7 @@ def test_train_encoder_resumes_after_a_kill(tmp_path):
         if ckpt.is_file():
             try:
                 step = torch.load(ckpt, weights_only=True)["step"]
-            except Exception:   # replaced while reading
+            except Exception:  # replaced while reading
                 step = 0
             if step >= 3:
                 break

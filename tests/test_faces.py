@@ -17,19 +17,32 @@ from latent_fit.generators.base import Generator
 from latent_fit.images import to_uint8
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-SOURCES = sorted((SAMPLES / "targets").glob("face_*.png")) + [SAMPLES / "targets" / "astronaut.png"] + [
-    SAMPLES / "photos" / name for name in ("grace_hopper.png", "cameraman.png")]
+SOURCES = (
+    sorted((SAMPLES / "targets").glob("face_*.png"))
+    + [SAMPLES / "targets" / "astronaut.png"]
+    + [SAMPLES / "photos" / name for name in ("grace_hopper.png", "cameraman.png")]
+)
 
 
-def place(face: np.ndarray, size: tuple[int, int], *, angle: float = 0.0, side: float = 256,
-          center: tuple[float, float] = (0.5, 0.5), background: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def place(
+    face: np.ndarray,
+    size: tuple[int, int],
+    *,
+    angle: float = 0.0,
+    side: float = 256,
+    center: tuple[float, float] = (0.5, 0.5),
+    background: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """`face` (uint8 HWC) scaled to `side` px, turned `angle` degrees and put at `center` (fractions)
     of a (width, height) canvas of smooth noise; returns the photo and the 3x3 face->photo matrix."""
     h, w = face.shape[:2]
     a, s = math.radians(angle), side / max(h, w)
     rot = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]]) * [[s], [s], [1]]
-    A = np.array([[1, 0, center[0] * size[0]], [0, 1, center[1] * size[1]], [0, 0, 1]]) @ rot @ \
-        np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
+    A = (
+        np.array([[1, 0, center[0] * size[0]], [0, 1, center[1] * size[1]], [0, 0, 1]])
+        @ rot
+        @ np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
+    )
     rng = np.random.default_rng(background)
     canvas = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
     inv = np.linalg.inv(A)[:2].ravel()
@@ -50,21 +63,31 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def template(G):
     t, said = faces.template_for(G)
-    assert said is None   # the bundled generator ships its template
+    assert said is None  # the bundled generator ships its template
     return t
 
 
 @pytest.fixture(scope="module")
 def photos():
     """Photos made from the shipped samples: (name, photo, number of faces in it)."""
-    f1, astro, grace, f2 = (load(SOURCES[1]), load(SAMPLES / "targets" / "astronaut.png"),
-                            load(SAMPLES / "photos" / "grace_hopper.png"), load(SAMPLES / "targets" / "face_02.png"))
+    f1, astro, grace, f2 = (
+        load(SOURCES[1]),
+        load(SAMPLES / "targets" / "astronaut.png"),
+        load(SAMPLES / "photos" / "grace_hopper.png"),
+        load(SAMPLES / "targets" / "face_02.png"),
+    )
     two, _ = place(astro, (480, 300), side=200, center=(0.25, 0.5))
     two[:, 240:] = place(load(SOURCES[4]), (240, 300), side=200)[0]
-    return {"upright": place(f1, (480, 400), side=260), "rot+20": place(f1, (480, 400), angle=20, side=260),
-            "rot-20": place(astro, (400, 400), angle=-20, side=260), "scale0.5": place(grace, (480, 400), side=130),
-            "scale1.2": place(f1, (480, 400), side=310), "moved": place(f2, (480, 400), side=200, center=(0.3, 0.65)),
-            "two": (two, None), "none": place(np.zeros((4, 4, 3), np.uint8), (320, 240), side=4)}
+    return {
+        "upright": place(f1, (480, 400), side=260),
+        "rot+20": place(f1, (480, 400), angle=20, side=260),
+        "rot-20": place(astro, (400, 400), angle=-20, side=260),
+        "scale0.5": place(grace, (480, 400), side=130),
+        "scale1.2": place(f1, (480, 400), side=310),
+        "moved": place(f2, (480, 400), side=200, center=(0.3, 0.65)),
+        "two": (two, None),
+        "none": place(np.zeros((4, 4, 3), np.uint8), (320, 240), side=4),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +99,16 @@ def test_every_face_is_found_and_none_where_there_is_none(aligned, photos):
     counts = {k: len(a.faces) for k, a in aligned.items()}
     assert counts == {**{k: 1 for k in photos}, "two": 2, "none": 0}
     two = aligned["two"].faces
-    assert two[0].size >= two[1].size   # largest first
+    assert two[0].size >= two[1].size  # largest first
     assert aligned["two"].crops.shape == (2, 3, 64, 64) and aligned["none"].crops.shape == (0, 3, 64, 64)
 
 
 def test_landmarks_follow_the_face(aligned, photos):
     """Landmarks mapped back into the face's own pixels agree across rotations, scales, moves."""
-    back = {k: (np.c_[aligned[k].faces[0].landmarks, np.ones(5)] @ np.linalg.inv(photos[k][1]).T)[:, :2]
-            for k in ("upright", "rot+20", "scale1.2")}
+    back = {
+        k: (np.c_[aligned[k].faces[0].landmarks, np.ones(5)] @ np.linalg.inv(photos[k][1]).T)[:, :2]
+        for k in ("upright", "rot+20", "scale1.2")
+    }
     iod = np.linalg.norm(back["upright"][:2].mean(0) - back["upright"][2:4].mean(0))
     for k in ("rot+20", "scale1.2"):
         assert np.linalg.norm(back[k] - back["upright"], axis=1).mean() < 0.05 * iod
@@ -91,8 +116,9 @@ def test_landmarks_follow_the_face(aligned, photos):
 
 def test_aligned_crops_agree_better_than_a_two_pixel_shift(aligned, photos, template):
     base = aligned["upright"]
-    shift = faces.warp_crop(photos["upright"][0], np.array([[1, 0, 2], [0, 1, 0], [0, 0, 1.0]]) @ base.transforms[0],
-                            template.resolution)
+    shift = faces.warp_crop(
+        photos["upright"][0], np.array([[1, 0, 2], [0, 1, 0], [0, 0, 1.0]]) @ base.transforms[0], template.resolution
+    )
     two_px = psnr(base.crops[0], shift)
     for k in ("rot+20", "scale1.2"):
         assert psnr(base.crops[0], aligned[k].crops[0]) > two_px
@@ -110,7 +136,7 @@ def test_an_aligned_generator_sample_is_used_as_is(template):
     assert np.array_equal(to_uint8(a.crops)[0], img)
     assert faces.is_aligned(a.faces[0].landmarks, template)
     assert not faces.is_aligned(a.faces[0].landmarks + 2 * template.radius, template)
-    blank = np.full((64, 64, 3), 90, np.uint8)   # at the generator's resolution, no face: as before
+    blank = np.full((64, 64, 3), 90, np.uint8)  # at the generator's resolution, no face: as before
     b = faces.align_photo(blank, template)
     assert b.as_is and b.faces == [] and np.array_equal(to_uint8(b.crops)[0], blank)
 
@@ -128,13 +154,17 @@ def test_paste_back_changes_nothing_outside_the_mask():
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     a = math.radians(25)
-    Ms = np.array([[[0.5 * math.cos(a), 0.5 * math.sin(a), -20], [-0.5 * math.sin(a), 0.5 * math.cos(a), 0], [0, 0, 1]],
-                   [[0.8, 0, 30], [0, 0.8, 5], [0, 0, 1]]])   # one crop reaches past the photo's left edge
+    Ms = np.array(
+        [
+            [[0.5 * math.cos(a), 0.5 * math.sin(a), -20], [-0.5 * math.sin(a), 0.5 * math.cos(a), 0], [0, 0, 1]],
+            [[0.8, 0, 30], [0, 0.8, 5], [0, 0, 1]],
+        ]
+    )  # one crop reaches past the photo's left edge
     crops = torch.rand(2, 3, 64, 64) * 2 - 1
     out = faces.paste_back(photo, crops, Ms)
     assert out.shape == photo.shape and out.dtype == np.uint8
     inside = np.zeros(photo.shape[:2], bool)
-    for M in Ms:   # every pixel whose centre maps into a crop's square (where its mask may be > 0)
+    for M in Ms:  # every pixel whose centre maps into a crop's square (where its mask may be > 0)
         yy, xx = np.mgrid[:120, :160] + 0.5
         c = np.stack([xx, yy, np.ones_like(xx)], -1) @ M.T
         inside |= (c[..., 0] > 0) & (c[..., 0] < 64) & (c[..., 1] > 0) & (c[..., 1] < 64)
@@ -152,10 +182,11 @@ def test_paste_back_of_its_own_crop_keeps_the_photo_close(aligned, photos):
 
 class Noise(Generator):
     """A generator of colour noise: no faces."""
+
     name, sha256, resolution, z_dim = "noise", "noise-sha", 64, 8
 
     def synthesize(self, latent, space="z", c=None, noise=None):
-        g = torch.Generator().manual_seed(int(latent.abs().sum() * 1000) % 2 ** 31)
+        g = torch.Generator().manual_seed(int(latent.abs().sum() * 1000) % 2**31)
         return torch.rand(len(latent), 3, 64, 64, generator=g) * 2 - 1
 
 
@@ -171,12 +202,19 @@ def test_template_file_round_trip_and_validation(template, tmp_path):
     assert back.sha256 == sha == template.sha256 and back.generator_sha256 == template.generator_sha256
     np.testing.assert_allclose(back.landmarks, template.landmarks)
     good = json.loads(path.read_text())
-    bad = {"not json": "{", "wrong format": {**good, "format": "x"}, "shape": {**good, "landmarks": [[1, 2]]},
-           "nan": {**good, "spread": [float("nan")] * 5}, "outside": {**good, "landmarks": [[1e6, 0]] * 5},
-           "empty box": {**good, "box": [40, 40, 20, 60]}, "types": {**good, "found": "177"},
-           "counts": {**good, "found": good["sampled"] + 1},
-           "missing": {k: v for k, v in good.items() if k != "radius"}, "list": [good]}
-    for why, d in bad.items():
+    bad = {
+        "not json": "{",
+        "wrong format": {**good, "format": "x"},
+        "shape": {**good, "landmarks": [[1, 2]]},
+        "nan": {**good, "spread": [float("nan")] * 5},
+        "outside": {**good, "landmarks": [[1e6, 0]] * 5},
+        "empty box": {**good, "box": [40, 40, 20, 60]},
+        "types": {**good, "found": "177"},
+        "counts": {**good, "found": good["sampled"] + 1},
+        "missing": {k: v for k, v in good.items() if k != "radius"},
+        "list": [good],
+    }
+    for d in bad.values():
         path.write_text(d if isinstance(d, str) else json.dumps(d))
         with pytest.raises(LatentFitError, match="t.json"):
             faces.load_template(path)
@@ -187,7 +225,7 @@ def test_template_file_round_trip_and_validation(template, tmp_path):
 
 def test_template_for_other_generators_is_made_once_and_cached(G, tmp_path, monkeypatch):
     monkeypatch.setattr(faces, "TEMPLATE_SAMPLES", 12)
-    monkeypatch.setattr(G, "sha256", "other-weights")   # a tuned copy: not the shipped template's generator
+    monkeypatch.setattr(G, "sha256", "other-weights")  # a tuned copy: not the shipped template's generator
     monkeypatch.setenv("LATENT_FIT_CACHE", str(tmp_path))
     t, said = faces.template_for(G)
     assert said and "12 samples" in said and (tmp_path / "templates" / "other-weights.json").is_file()
@@ -204,10 +242,13 @@ def test_cli_writes_a_template(cli, tmp_path):
 
 @pytest.mark.parametrize("given_template", [False, True])
 def test_identity_orders_same_person_above_others(aligned, template, given_template):
-    t = template if given_template else None   # with it, the crops need no detector
+    t = template if given_template else None  # with it, the crops need no detector
     same = faces.id_similarity(aligned["upright"].crops, aligned["rot+20"].crops, t)
-    others = faces.id_similarity(aligned["upright"].crops.expand(3, -1, -1, -1),
-                                 torch.cat([aligned[k].crops for k in ("rot-20", "moved", "scale0.5")]), t)
+    others = faces.id_similarity(
+        aligned["upright"].crops.expand(3, -1, -1, -1),
+        torch.cat([aligned[k].crops for k in ("rot-20", "moved", "scale0.5")]),
+        t,
+    )
     assert same[0] > np.nanmax(others)
     assert np.isfinite(others).all() or not given_template
 
@@ -215,6 +256,7 @@ def test_identity_orders_same_person_above_others(aligned, template, given_templ
 def test_identity_is_nan_with_one_warning_without_models(monkeypatch):
     def missing(name):
         raise LatentFitError("face models: not installed")
+
     monkeypatch.setattr(faces, "_model", missing)
     with pytest.warns(UserWarning, match="not measured") as record:
         s = faces.id_similarity(torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 64, 64))
@@ -231,7 +273,7 @@ def test_a_crop_depends_only_on_the_photo_under_it():
     M = faces.similarity(np.array([[30.0, 20], [70, 25], [50, 60]]), np.array([[10.0, 10], [50, 10], [30, 50]]))
     moved = M @ np.array([[1, 0, -150], [0, 1, -100], [0, 0, 1.0]])
     assert torch.equal(faces.warp_crop(photo, M, 64), faces.warp_crop(big, moved, 64))
-    edge = faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, "edge")   # 40 px left of it
+    edge = faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, "edge")  # 40 px left of it
     assert torch.equal(edge[:, :, :38], edge[:, :, :1].expand(-1, -1, 38))
     for fill in faces.FILL_MODES:
         assert faces.warp_crop(photo, np.array([[1, 0, 40], [0, 1, 0], [0, 0, 1.0]]), 64, fill).shape == (3, 64, 64)
@@ -245,5 +287,5 @@ def test_the_whole_sample_photo_goes_in_and_out(template):
     out = faces.paste_back(photo, a.crops, a.transforms)
     changed = (out != photo).any(-1)
     x0, y0, x1, y1 = a.faces[0].box
-    assert changed.shape == photo.shape[:2] and changed[int(y0):int(y1), int(x0):int(x1)].mean() > 0.5
-    assert not changed[:, :int(x0) - 60].any() and not changed[int(y1) + 80:].any()
+    assert changed.shape == photo.shape[:2] and changed[int(y0) : int(y1), int(x0) : int(x1)].mean() > 0.5
+    assert not changed[:, : int(x0) - 60].any() and not changed[int(y1) + 80 :].any()

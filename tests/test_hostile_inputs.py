@@ -20,26 +20,26 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_hostile import FAST, assert_clean_error, loader  # noqa: F401  (loader: the fixture)
+from test_odd_inputs import png_bomb
 
 from latent_fit.encoder import FORMAT as ENCODER_FORMAT
 from latent_fit.encoder import Encoder
-from latent_fit.runs.encoder import read_checkpoint
 from latent_fit.generators.tuned import FORMAT as TUNED_FORMAT
 from latent_fit.outputs import read_targets
-from test_hostile import FAST, assert_clean_error, loader  # noqa: F401  (loader: the fixture)
-from test_odd_inputs import png_bomb
+from latent_fit.runs.encoder import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 BUNDLED_ENCODER = ROOT / "weights" / "digiface-dcgan64-encoder.safetensors"
-GOOD = ["face_01", "face_02"]        # good latent files of every batch
+GOOD = ["face_01", "face_02"]  # good latent files of every batch
 STEPS = ["--steps", "3", "--loss", "mse"]
-CLI_TIMEOUT = 120                    # seconds per command; each takes a few
-DEEP = "[" * 100_000 + "]" * 100_000            # beyond the JSON parser's recursion limit
-NESTED = '{"a":' * 200 + "1" + "}" * 200         # parses, then refused for its depth
-HUGE = '"' + "x" * 2 ** 21 + '"'                 # 2 MiB of JSON text
+CLI_TIMEOUT = 120  # seconds per command; each takes a few
+DEEP = "[" * 100_000 + "]" * 100_000  # beyond the JSON parser's recursion limit
+NESTED = '{"a":' * 200 + "1" + "}" * 200  # parses, then refused for its depth
+HUGE = '"' + "x" * 2**21 + '"'  # 2 MiB of JSON text
 
-LATENT_CASES = {   # file stem: (entries changed, reason in its error line)
+LATENT_CASES = {  # file stem: (entries changed, reason in its error line)
     "class_text": (dict(class_index=np.array("3")), "entry 'class_index' is not one whole number"),
     "class_array": (dict(class_index=np.array([1, 2])), "entry 'class_index' is not one whole number"),
     "class_negative": (dict(class_index=np.array(-1)), "entry 'class_index' is not one whole number"),
@@ -115,8 +115,7 @@ def targets_named(folder: Path, stems) -> Path:
 
 def test_latent_files_edit_and_interpolate(loader, tmp_path, hostile_latents):
     folder, expected = hostile_latents
-    res = run(loader, "edit", folder, "--target", SAMPLES / "targets" / "face_00.png", "-o", tmp_path / "edit",
-              *STEPS)
+    res = run(loader, "edit", folder, "--target", SAMPLES / "targets" / "face_00.png", "-o", tmp_path / "edit", *STEPS)
     assert_lines(res, expected)
     assert "edited 2 latent(s)" in res["output"]
     for stem in GOOD:
@@ -131,15 +130,22 @@ def test_a_stored_class_must_be_one_of_the_generators(tmp_path):
     """Per file, like every other entry: a conditional generator of 3 classes and latent files
     that store class 2 and class 7 (a stand-in G: only what read_targets asks of it)."""
     data = base_latent()
-    G = types.SimpleNamespace(name=str(data["generator"]), sha256=str(data["generator_sha256"]), c_dim=3,
-                              spaces=("z",), default_space="z", latent_shape=lambda space: (100,))
+    G = types.SimpleNamespace(
+        name=str(data["generator"]),
+        sha256=str(data["generator_sha256"]),
+        c_dim=3,
+        spaces=("z",),
+        default_space="z",
+        latent_shape=lambda space: (100,),
+    )
     for k in (2, 7):
         latent_file(tmp_path / f"class{k}.npz", class_index=np.array(k))
     targets, _, errors = read_targets([str(tmp_path)], G)
     assert [(t.stem, t.class_index, t.latent.shape) for t in targets] == [("class2", 2, (100,))]
-    assert errors == [f"{tmp_path / 'class7.npz'}: stored class_index 7, generator {G.name!r} has 3 classes; "
-                      "give --class K"]
-    assert [t.stem for t in read_targets([str(tmp_path)], G, class_index=1)[0]] == ["class2", "class7"]   # --class
+    assert errors == [
+        f"{tmp_path / 'class7.npz'}: stored class_index 7, generator {G.name!r} has 3 classes; give --class K"
+    ]
+    assert [t.stem for t in read_targets([str(tmp_path)], G, class_index=1)[0]] == ["class2", "class7"]  # --class
 
 
 @pytest.mark.parametrize("command", ["project", "sweep"])
@@ -154,14 +160,18 @@ def test_latent_files_in_an_init_folder(loader, tmp_path, hostile_latents, comma
     if command == "project":
         assert {"face_01.npz", "face_01.png", "face_01_compare.png"} <= set(os.listdir(out))
     else:
-        assert (out / "sweep.csv").read_text().count("face_01") == 2   # one row per w_r
+        assert (out / "sweep.csv").read_text().count("face_01") == 2  # one row per w_r
 
 
 def test_fifos_as_shared_inputs(loader, tmp_path):
     target, good = SAMPLES / "targets" / "face_00.png", SAMPLES / "latents" / "face_01.npz"
     init, direction, encoder = tmp_path / "init.npz", tmp_path / "direction.npy", tmp_path / "encoder.safetensors"
-    cases = [(init, "project", target, "--init", init), (init, "sweep", target, "--init", init, "--wr", "0,1"),
-             (direction, "edit", good, "--direction", direction), (encoder, "project", target, "--encoder", encoder)]
+    cases = [
+        (init, "project", target, "--init", init),
+        (init, "sweep", target, "--init", init, "--wr", "0,1"),
+        (direction, "edit", good, "--direction", direction),
+        (encoder, "project", target, "--encoder", encoder),
+    ]
     for i, (fifo, *args) in enumerate(cases):
         if not fifo.exists():
             os.mkfifo(fifo)
@@ -171,7 +181,7 @@ def test_fifos_as_shared_inputs(loader, tmp_path):
 
 # ---------------------------------------------------------------- directions
 
-DIRECTION_CASES = {   # file name: (contents: an array, or bytes; reason)
+DIRECTION_CASES = {  # file name: (contents: an array, or bytes; reason)
     "text.npy": (np.array(["a"] * 100), r"not a direction of numbers \(dtype <U1\)"),
     "struct.npy": (np.zeros(100, [("a", "<f4"), ("b", "<i4")]), r"not a direction of numbers \(dtype \|V8\)"),
     "complex.npy": (np.ones(100, np.complex64), r"dtype <c8"),
@@ -196,6 +206,7 @@ def test_direction_files(loader, tmp_path):
 
 # ---------------------------------------------------------------- tuned weights
 
+
 def tuned_cases(G) -> dict[str, tuple[dict, dict, str]]:
     """file stem: (metadata changed, tensors, reason) of tuned-weights files."""
     zeros = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in G.tunable().items()}
@@ -219,8 +230,14 @@ def tuned_cases(G) -> dict[str, tuple[dict, dict, str]]:
 def test_tuned_weights_files(loader, tmp_path, G):
     folder = with_good(tmp_path / "latents")
     expected = {}
-    meta = {"format": TUNED_FORMAT, "version": "1", "generator": G.name, "generator_sha256": G.sha256,
-            "settings": "{}", "metrics": "{}"}
+    meta = {
+        "format": TUNED_FORMAT,
+        "version": "1",
+        "generator": G.name,
+        "generator_sha256": G.sha256,
+        "settings": "{}",
+        "metrics": "{}",
+    }
     for stem, (changes, tensors, reason) in tuned_cases(G).items():
         path = folder / f"{stem}.tuned.safetensors"
         save_file(tensors, str(path), metadata=meta | changes)
@@ -230,8 +247,7 @@ def test_tuned_weights_files(loader, tmp_path, G):
     os.mkfifo(folder / "fifo.tuned.safetensors")
     expected["fifo.tuned.safetensors"] = "the tuned weights fifo.npz was made with are changed"
 
-    res = run(loader, "edit", folder, "--target", SAMPLES / "targets" / "face_00.png", "-o", tmp_path / "edit",
-              *STEPS)
+    res = run(loader, "edit", folder, "--target", SAMPLES / "targets" / "face_00.png", "-o", tmp_path / "edit", *STEPS)
     assert_lines(res, expected)
     assert {"face_01_compare.png", "face_02_compare.png"} <= set(os.listdir(tmp_path / "edit"))
     res = run(loader, "interpolate", folder, "-o", tmp_path / "interp", "--frames", "2", "--mode", "linear")
@@ -240,6 +256,7 @@ def test_tuned_weights_files(loader, tmp_path, G):
 
 
 # ---------------------------------------------------------------- encoders
+
 
 def bundled_encoder() -> tuple[dict, dict]:
     with safe_open(str(BUNDLED_ENCODER), framework="pt") as f:
@@ -252,20 +269,32 @@ def encoder_cases() -> dict[str, tuple[dict, dict, str]]:
     arch = json.loads(meta["architecture"])
     return {
         "no_architecture": (dict(architecture=None), {}, "the encoder's 'architecture' is missing"),
-        "wide": (dict(architecture=json.dumps(arch | {"widths": [40_000] * 4})), {},
-                 "encoder architecture out of range"),
-        "lying": (dict(architecture=json.dumps(arch | {"widths": [32, 64, 128, 128]})), {},
-                  "tensor '.*' does not fit the encoder its architecture describes"),
+        "wide": (
+            dict(architecture=json.dumps(arch | {"widths": [40_000] * 4})),
+            {},
+            "encoder architecture out of range",
+        ),
+        "lying": (
+            dict(architecture=json.dumps(arch | {"widths": [32, 64, 128, 128]})),
+            {},
+            "tensor '.*' does not fit the encoder its architecture describes",
+        ),
         "deep": (dict(training=DEEP), {}, "training: JSON nested more than 16 levels"),
         "nested": (dict(validation_psnr=NESTED), {}, "validation_psnr: JSON nested more than 16 levels"),
         "huge": (dict(command=HUGE), {}, "command: 2,097,154 characters of JSON"),
         "space_list": (dict(space='["z"]'), {}, "the encoder's 'space' is not a str"),
         "no_format": (dict(format=None), {}, "not a latent-fit encoder"),
-        "foreign": (dict(generator='"other"', generator_sha256=json.dumps("0" * 64)), {},
-                    "encoder trained for generator 'other'"),
+        "foreign": (
+            dict(generator='"other"', generator_sha256=json.dumps("0" * 64)),
+            {},
+            "encoder trained for generator 'other'",
+        ),
         "ints": ({}, {"centre": tensors["centre"].int()}, "tensor 'centre' does not fit"),
-        "nan": ({}, {"scale": torch.full_like(tensors["scale"], float("nan"))},
-                "weights hold values that are not finite"),
+        "nan": (
+            {},
+            {"scale": torch.full_like(tensors["scale"], float("nan"))},
+            "weights hold values that are not finite",
+        ),
     }
 
 
@@ -278,17 +307,23 @@ def test_encoder_files(loader, tmp_path):
         save_file(tensors | changed, str(path), metadata=card)
         res = run(loader, "project", target, "--encoder", path, "-o", tmp_path / "out", *STEPS)
         assert_lines(res, {path.name: reason})
-        assert res["grew_mb"] < 1024, res["grew_mb"]   # nothing of the declared size was allocated
+        assert res["grew_mb"] < 1024, res["grew_mb"]  # nothing of the declared size was allocated
 
 
-SAME = json.dumps({"steps": 2})   # the settings of the run that reads the checkpoint
+SAME = json.dumps({"steps": 2})  # the settings of the run that reads the checkpoint
 
 
-@pytest.mark.parametrize("state, why", [
-    (dict(settings=DEEP), "LatentFitError"), (dict(settings=NESTED), "LatentFitError"),
-    (dict(settings="[]"), "LatentFitError"), (dict(settings=SAME, step="1"), "its step or states are damaged"),
-    (dict(settings=SAME, step=-1), "its step or states are damaged"),
-    (dict(settings=SAME, encoder=[]), "its step or states are damaged")])
+@pytest.mark.parametrize(
+    "state, why",
+    [
+        (dict(settings=DEEP), "LatentFitError"),
+        (dict(settings=NESTED), "LatentFitError"),
+        (dict(settings="[]"), "LatentFitError"),
+        (dict(settings=SAME, step="1"), "its step or states are damaged"),
+        (dict(settings=SAME, step=-1), "its step or states are damaged"),
+        (dict(settings=SAME, encoder=[]), "its step or states are damaged"),
+    ],
+)
 def test_damaged_training_checkpoints_start_over(tmp_path, state, why):
     """A train-encoder checkpoint is read back by read_checkpoint: a damaged one means starting over."""
     path = tmp_path / "enc.safetensors.ckpt"
@@ -300,13 +335,14 @@ def test_damaged_training_checkpoints_start_over(tmp_path, state, why):
 
 # ---------------------------------------------------------------- the output folder
 
+
 def test_report_survives_what_lies_in_the_output_folder(loader, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     os.mkfifo(out / "pipe.png")
     os.mkfifo(out / "stray.npz")
-    (out / "bomb.png").write_bytes(png_bomb(40_000, 40_000))    # over Pillow's own limit
-    (out / "big.png").write_bytes(png_bomb(10_000, 10_000))     # under it, over latent-fit's
+    (out / "bomb.png").write_bytes(png_bomb(40_000, 40_000))  # over Pillow's own limit
+    (out / "big.png").write_bytes(png_bomb(10_000, 10_000))  # under it, over latent-fit's
     os.symlink("loop.png", out / "loop.png")
     np.save(tmp_path / "d.npy", np.ones(100, np.float32))
     good = SAMPLES / "latents" / "face_01.npz"
@@ -320,19 +356,49 @@ def test_report_survives_what_lies_in_the_output_folder(loader, tmp_path):
 
 # ---------------------------------------------------------------- fuzzed fields
 
-LATENT_TYPES = {"class_index": "int", "version": "int", "tuned_sha256": "str", "space": "str", "generator": "str",
-                "generator_sha256": "str", "config": "dict", "metrics": "dict", "record": "dict",
-                "latent": "ndarray", "latent_init": "ndarray", "w": "ndarray", "noise_0": "ndarray",
-                "loss_history": "ndarray"}
-DTYPES = [np.int8, np.int64, np.uint64, np.float16, np.float32, np.float64, np.bool_, np.complex64,
-          np.dtype("<U4"), np.dtype("S4"), np.dtype([("a", "<f4")]), np.dtype(">f8")]
-json_values = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=4),
-                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
-                           max_leaves=40)
-json_texts = (json_values.map(json.dumps) | st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)
-              | st.text(alphabet='[]{}":,1a ', max_size=60))
+LATENT_TYPES = {
+    "class_index": "int",
+    "version": "int",
+    "tuned_sha256": "str",
+    "space": "str",
+    "generator": "str",
+    "generator_sha256": "str",
+    "config": "dict",
+    "metrics": "dict",
+    "record": "dict",
+    "latent": "ndarray",
+    "latent_init": "ndarray",
+    "w": "ndarray",
+    "noise_0": "ndarray",
+    "loss_history": "ndarray",
+}
+DTYPES = [
+    np.int8,
+    np.int64,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    np.dtype("<U4"),
+    np.dtype("S4"),
+    np.dtype([("a", "<f4")]),
+    np.dtype(">f8"),
+]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=4),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=40,
+)
+json_texts = (
+    json_values.map(json.dumps)
+    | st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)
+    | st.text(alphabet='[]{}":,1a ', max_size=60)
+)
 numpy_values = st.sampled_from(DTYPES).flatmap(
-    lambda dt: arrays(dt, st.sampled_from([(), (1,), (2,), (100,), (2, 100)])))
+    lambda dt: arrays(dt, st.sampled_from([(), (1,), (2,), (100,), (2, 100)]))
+)
 
 
 def test_fuzzed_latent_entries(loader, tmp_path):
@@ -343,8 +409,9 @@ def test_fuzzed_latent_entries(loader, tmp_path):
         res = loader("latent", path)
         if res["outcome"] != "ok":
             assert_clean_error(res, path)
-        else:   # what the readers hand on has the documented type
+        else:  # what the readers hand on has the documented type
             assert res["value"][key] == LATENT_TYPES[key], (key, value, res)
+
     check()
 
 
@@ -359,14 +426,20 @@ def test_fuzzed_direction_files(loader, tmp_path):
             assert_clean_error(res, path)
         else:
             assert value.dtype.kind in "fiu" and value.shape[-1:] == (100,) and res["value"] == "Tensor", res
+
     check()
 
 
 def tiny_encoder() -> tuple[dict, dict]:
     """The tensors and card of a small encoder (one level of one channel, a latent of 2 numbers)."""
     E = Encoder("z", (2,), torch.zeros(2), torch.ones(2), widths=(1,), hidden=1)
-    card = {"format": ENCODER_FORMAT, "generator": "g", "generator_sha256": "", "space": "z",
-            "architecture": E.architecture()}
+    card = {
+        "format": ENCODER_FORMAT,
+        "generator": "g",
+        "generator_sha256": "",
+        "space": "z",
+        "architecture": E.architecture(),
+    }
     return E.state_dict(), {k: json.dumps(v) for k, v in card.items()}
 
 
@@ -388,4 +461,5 @@ def test_fuzzed_tuned_and_encoder_metadata(loader, tmp_path):
         res = loader("encoder", encoder)
         if res["outcome"] != "ok":
             assert_clean_error(res, encoder)
+
     check()

@@ -23,17 +23,20 @@ def save(tmp_path, name, img, **kw):
     return p
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda: Image.new("RGB", (40, 40), RED), RED),
-    (lambda: Image.new("RGBA", (40, 40), RED + (255,)), RED),
-    (lambda: Image.new("RGBA", (40, 40), RED + (0,)), (255, 255, 255)),     # transparent -> background
-    (lambda: Image.new("L", (40, 40), 100), (100, 100, 100)),
-    (lambda: Image.new("LA", (40, 40), (100, 255)), (100, 100, 100)),
-    (lambda: Image.new("RGB", (40, 40), RED).convert("P", palette=Image.ADAPTIVE), RED),
-    (lambda: Image.new("I;16", (40, 40), 100 * 257), (100, 100, 100)),       # 16-bit grayscale
-    (lambda: Image.new("RGB", (1000, 30), RED), RED),                        # wide, resized up/down
-    (lambda: Image.new("RGB", (3, 5), RED), RED),                            # tiny
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Image.new("RGB", (40, 40), RED), RED),
+        (lambda: Image.new("RGBA", (40, 40), RED + (255,)), RED),
+        (lambda: Image.new("RGBA", (40, 40), RED + (0,)), (255, 255, 255)),  # transparent -> background
+        (lambda: Image.new("L", (40, 40), 100), (100, 100, 100)),
+        (lambda: Image.new("LA", (40, 40), (100, 255)), (100, 100, 100)),
+        (lambda: Image.new("RGB", (40, 40), RED).convert("P", palette=Image.ADAPTIVE), RED),
+        (lambda: Image.new("I;16", (40, 40), 100 * 257), (100, 100, 100)),  # 16-bit grayscale
+        (lambda: Image.new("RGB", (1000, 30), RED), RED),  # wide, resized up/down
+        (lambda: Image.new("RGB", (3, 5), RED), RED),  # tiny
+    ],
+)
 def test_modes_and_sizes(tmp_path, make, expected):
     path = save(tmp_path, "x.png", make())
     x = load_image(path, 16)
@@ -52,27 +55,30 @@ def test_16bit_png_keeps_its_range(tmp_path):
 
 def test_non_square_is_center_cropped(tmp_path):
     img = Image.new("RGB", (30, 10), (0, 0, 255))
-    img.paste((255, 0, 0), (10, 0, 20, 10))          # red middle third
+    img.paste((255, 0, 0), (10, 0, 20, 10))  # red middle third
     x = load_image(save(tmp_path, "wide.png", img), 10)
     assert torch.allclose(x, rgb_tensor((255, 0, 0)).expand(3, 10, 10), atol=1e-6)
 
 
 def test_exif_rotation_is_applied(tmp_path):
     img = Image.new("RGB", (20, 10), (0, 0, 255))
-    img.paste((255, 0, 0), (0, 0, 10, 10))           # left half red
+    img.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
     exif = Image.Exif()
-    exif[0x0112] = 6                                  # "rotate 90 CW to view"
+    exif[0x0112] = 6  # "rotate 90 CW to view"
     path = save(tmp_path, "rot.jpg", img, exif=exif.tobytes(), quality=95)
     x = load_image(path, 10)
     # viewed upright the red half is on top
     assert x[0, :3].mean() > 0.8 and x[0, -3:].mean() < -0.5
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("missing.png", None, "file not found"),
-    ("notes.png", b"this is text", "not an image in a format latent-fit reads"),
-    ("cut.png", "truncated", "unreadable image"),
-])
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("missing.png", None, "file not found"),
+        ("notes.png", b"this is text", "not an image in a format latent-fit reads"),
+        ("cut.png", "truncated", "unreadable image"),
+    ],
+)
 def test_bad_images_name_the_file_and_reason(tmp_path, name, content, reason):
     path = tmp_path / name
     if content == "truncated":
@@ -89,18 +95,22 @@ def test_find_images_expands_folders_and_globs(tmp_path):
     for n in ("b.png", "a.jpg", "c.txt"):
         (tmp_path / n).write_bytes(b"")
     (tmp_path / "empty").mkdir()
-    paths, errors = find_images([str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "empty"),
-                                 str(tmp_path / "nope.png")])
+    paths, errors = find_images(
+        [str(tmp_path), str(tmp_path / "*.png"), str(tmp_path / "empty"), str(tmp_path / "nope.png")]
+    )
     assert [p.name for p in paths] == ["a.jpg", "b.png"]
-    assert errors == [f"{tmp_path / 'empty'}: folder has no images (.avif, .bmp, .gif, .jpeg, .jpg, .pbm, "
-                      ".pgm, .png, .pnm, .ppm, .tif, .tiff, .webp)", f"{tmp_path / 'nope.png'}: file not found"]
+    assert errors == [
+        f"{tmp_path / 'empty'}: folder has no images (.avif, .bmp, .gif, .jpeg, .jpg, .pbm, "
+        ".pgm, .png, .pnm, .ppm, .tif, .tiff, .webp)",
+        f"{tmp_path / 'nope.png'}: file not found",
+    ]
 
 
 # --- formats: an allowlist, and nothing that starts a program ------------------------------------
 
 Image.init()
-READ = set(FORMATS) | {"MPO"}                      # Pillow opens a JPEG with several pictures as MPO
-SUFFIX = {fmt: ext for ext, fmt in reversed(Image.registered_extensions().items())}   # the first of each
+READ = set(FORMATS) | {"MPO"}  # Pillow opens a JPEG with several pictures as MPO
+SUFFIX = {fmt: ext for ext, fmt in reversed(Image.registered_extensions().items())}  # the first of each
 
 
 @pytest.mark.parametrize("fmt", sorted(Image.SAVE))
@@ -156,8 +166,14 @@ def test_no_plugin_outside_the_allowlist_is_ever_asked(tmp_path, pillow_image, m
         if fmt not in READ:
             monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, f=fmt: asked.append(f), lambda p, f=fmt: asked.append(f)))
     files = [pillow_image(fmt) for fmt in sorted(Image.SAVE)]
-    files += [b"8BPS\0\1" + bytes(64), b"SIMPLE  =                    T" + bytes(2880), b"/* XPM */\n" + bytes(64),
-              b"\x59\xa6\x6a\x95" + bytes(64), b"%!PS-Adobe-3.0 EPSF-3.0\n" + bytes(64), b"\0\0\1\0" + bytes(64)]
+    files += [
+        b"8BPS\0\1" + bytes(64),
+        b"SIMPLE  =                    T" + bytes(2880),
+        b"/* XPM */\n" + bytes(64),
+        b"\x59\xa6\x6a\x95" + bytes(64),
+        b"%!PS-Adobe-3.0 EPSF-3.0\n" + bytes(64),
+        b"\0\0\1\0" + bytes(64),
+    ]
     for data in filter(None, files):
         try:
             load_image(data, 8, name="x.png")

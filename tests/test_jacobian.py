@@ -36,8 +36,9 @@ class Tiny(Generator):
 
 
 def exact_sq_norm(G, z):
-    return torch.stack([torch.autograd.functional.jacobian(
-        lambda v: G.synthesize(v[None]).flatten(), x).pow(2).sum() for x in z])
+    return torch.stack(
+        [torch.autograd.functional.jacobian(lambda v: G.synthesize(v[None]).flatten(), x).pow(2).sum() for x in z]
+    )
 
 
 def test_hutchinson_matches_the_exact_jacobian():
@@ -46,8 +47,8 @@ def test_hutchinson_matches_the_exact_jacobian():
     exact = exact_sq_norm(G, z)
     est = jacobian_sq_norm(G, z, "z", projections=512)
     assert ((est / exact - 1).abs() < 0.10).all(), est / exact
-    default = torch.stack([jacobian_sq_norm(G, z, "z", seed=s) for s in range(8)])   # [seeds, N]
-    assert ((default.mean(0) / exact - 1).abs() < 0.10).all()    # unbiased at the default K
+    default = torch.stack([jacobian_sq_norm(G, z, "z", seed=s) for s in range(8)])  # [seeds, N]
+    assert ((default.mean(0) / exact - 1).abs() < 0.10).all()  # unbiased at the default K
 
 
 def test_factor_is_per_sample_and_keyed_by_name(G):
@@ -55,7 +56,7 @@ def test_factor_is_per_sample_and_keyed_by_name(G):
     names = [f"t{i}" for i in range(5)]
     factor = wr_factor(G, z0, names=names)
     for i in (0, 3):
-        assert torch.allclose(wr_factor(G, z0[i:i + 1], names=names[i:i + 1]), factor[i:i + 1], rtol=1e-5)
+        assert torch.allclose(wr_factor(G, z0[i : i + 1], names=names[i : i + 1]), factor[i : i + 1], rtol=1e-5)
     flipped = wr_factor(G, z0.flip(0), names=names[::-1])
     assert torch.allclose(flipped.flip(0), factor, rtol=1e-5)
     # the factor is local: it differs between starts by more than the estimator's noise
@@ -73,12 +74,12 @@ def test_relative_units_in_the_loop_are_per_sample(G):
     assert np.allclose(rel["wr_effective"], 0.5 * rel["wr_factor"], rtol=1e-6)
     assert np.allclose(rel["wr_factor"], wr_factor(G, z0, names=names).numpy(), rtol=1e-5)
     for i in (1, 3):
-        alone = project(G, x[i:i + 1], names[i:i + 1], wr_units="relative", **opts | {"init": z0[i:i + 1]})
+        alone = project(G, x[i : i + 1], names[i : i + 1], wr_units="relative", **opts | {"init": z0[i : i + 1]})
         assert alone.metrics["wr_effective"][0] == pytest.approx(rel["wr_effective"][i], rel=1e-5)
     raw = project(G, x, names, **opts).metrics
     assert (raw["wr_effective"] == 0.5).all() and np.allclose(raw["wr_factor"], rel["wr_factor"], rtol=1e-5)
     assert set(raw) >= {"wr", "wr_factor", "wr_effective", "jacobian_norm"}
-    off = project(G, x, names, jacobian_metrics=False, **opts).metrics   # as bench times the loop
+    off = project(G, x, names, jacobian_metrics=False, **opts).metrics  # as bench times the loop
     assert {"wr_factor", "jacobian_norm"}.isdisjoint(off) and (off["wr_effective"] == 0.5).all()
     rel_off = project(G, x, names, wr_units="relative", jacobian_metrics=False, **opts).metrics
     assert np.allclose(rel_off["wr_effective"], rel["wr_effective"], rtol=1e-5) and "jacobian_norm" not in rel_off
@@ -99,15 +100,15 @@ def test_rescaled_latent_divides_the_factor_by_a_squared_and_keeps_the_images(G)
     G2 = Rescaled(G, a)
     z_true = G.sample(2, seed=31)
     targets = G.synthesize(z_true).detach()
-    z0 = z_true + 0.5 * G.sample(2, seed=32)          # nearby starts, mapped to a * z0 for G'
+    z0 = z_true + 0.5 * G.sample(2, seed=32)  # nearby starts, mapped to a * z0 for G'
     factor, factor2 = wr_factor(G, z0, names=["a", "b"]), wr_factor(G2, a * z0, names=["a", "b"])
-    assert torch.allclose(factor2 * a ** 2, factor, rtol=1e-3)
+    assert torch.allclose(factor2 * a**2, factor, rtol=1e-3)
     # relative w_r = 1 on both. Adam's steps are in latent units, so lr * a on G' takes the same
     # steps in G's units.
     opts = dict(steps=80, loss="mse", latent_noise=0.0, wr=1.0, wr_units="relative")
     res = project(G, targets, ["a", "b"], init=z0, lr=0.05, **opts)
     res2 = project(G2, targets, ["a", "b"], init=a * z0, lr=0.05 * a, **opts)
-    assert np.allclose(res2.metrics["wr_factor"] * a ** 2, res.metrics["wr_factor"], rtol=1e-3)
+    assert np.allclose(res2.metrics["wr_factor"] * a**2, res.metrics["wr_factor"], rtol=1e-3)
     assert (res.images - res2.images).abs().max() < 1e-2
     assert np.allclose(res2.metrics["dz_norm"] / a, res.metrics["dz_norm"], rtol=1e-2)
     # raw units: the same raw w_r weighs a^2 times more on G' (a smaller step in G's units)
@@ -131,9 +132,9 @@ def test_sweep_and_edit_in_relative_units():
     G = Tiny(seed=3)
     targets = G.synthesize(G.sample(2, seed=51)).detach()
     sw = sweep(G, targets, None, ["u", "v"], steps=10, starts=1, loss="mse", wr_units="relative")
-    assert list(sw.wrs) == [0, 0.01, 0.1, 1, 10, 100]             # the relative default grid
+    assert list(sw.wrs) == [0, 0.01, 0.1, 1, 10, 100]  # the relative default grid
     assert sw.metrics["jacobian_norm"].shape == (2, 6) and (sw.metrics["jacobian_norm"] > 0).all()
-    row = sw.rows()[7]                                             # target v at w_r 0.01
+    row = sw.rows()[7]  # target v at w_r 0.01
     assert row["wr_units"] == "relative" and row["wr_effective"] == pytest.approx(0.01 * row["wr_factor"])
     z0 = G.sample(2, seed=52)
     ed = edit(G, z0, targets, names=["u", "v"], wr=2.0, wr_units="relative", steps=5)
@@ -142,8 +143,21 @@ def test_sweep_and_edit_in_relative_units():
 
 def test_cli_relative_units_are_recorded_and_a_change_redoes(cli, tmp_path):
     out = tmp_path / "o"
-    fast = (SAMPLES / "targets" / "face_00.png", "-o", out, "--steps", "5", "--loss", "mse", "--encoder", "none",
-            "--starts", "1", "--wr", "0.1")
+    fast = (
+        SAMPLES / "targets" / "face_00.png",
+        "-o",
+        out,
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+        "--encoder",
+        "none",
+        "--starts",
+        "1",
+        "--wr",
+        "0.1",
+    )
     r = cli("project", *fast, "--wr-units", "relative")
     assert r.exit_code == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())[0]
@@ -154,8 +168,20 @@ def test_cli_relative_units_are_recorded_and_a_change_redoes(cli, tmp_path):
     assert row["wr_units"] == "raw" and float(row["wr_effective"]) == 0.1
     bad = cli("project", *fast, "--wr-units", "meters")
     assert bad.exit_code == 2 and "--wr-units" in bad.stderr
-    ed = cli("edit", SAMPLES / "latents" / "face_00.npz", "--target", SAMPLES / "targets" / "face_01.png", "--steps", "3",
-             "--loss", "mse", "--wr-units", "relative", "-o", tmp_path / "e")
+    ed = cli(
+        "edit",
+        SAMPLES / "latents" / "face_00.npz",
+        "--target",
+        SAMPLES / "targets" / "face_01.png",
+        "--steps",
+        "3",
+        "--loss",
+        "mse",
+        "--wr-units",
+        "relative",
+        "-o",
+        tmp_path / "e",
+    )
     assert ed.exit_code == 0, ed.stderr
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())[0]
-    assert (m["wr"], m["wr_units"]) == (2.0, "relative")              # edits' relative default
+    assert (m["wr"], m["wr_units"]) == (2.0, "relative")  # edits' relative default

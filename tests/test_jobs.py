@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from latent_fit import Config, load_generator, read_latent_file
+from latent_fit.cli import main
 from latent_fit.outputs import OutputFolder
 from latent_fit.runs import project as runner
-from latent_fit.cli import main
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "targets"
 STEMS = [f"face_{i:02d}" for i in range(6)]
@@ -57,8 +57,25 @@ def assert_finished(out: Path, stems=STEMS):
 
 def test_rerun_after_sigkill_finishes_the_job_without_redoing(targets, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "latent_fit", "project", str(targets), "--out", str(out),
-           "--steps", "60", "--starts", "1", "--batch-size", "1", "--loss", "mse", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "latent_fit",
+        "project",
+        str(targets),
+        "--out",
+        str(out),
+        "--steps",
+        "60",
+        "--starts",
+        "1",
+        "--batch-size",
+        "1",
+        "--loss",
+        "mse",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.npz"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -79,12 +96,11 @@ def test_rerun_after_sigkill_finishes_the_job_without_redoing(targets, tmp_path)
 def test_rerun_removes_stale_temps_and_redoes_a_half_written_target(G, targets, tmp_path):
     out = tmp_path / "out"
     runner.project_files(G, [str(targets)], out, batch_size=6, **OPTIONS)
-    (out / "face_01.npz").unlink()   # killed after its images, before its .npz
-    stale = [".face_01.npz.k3j9x0q2.tmp.npz", ".face_02_compare.png.a1b2c3d4.tmp.png",
-             ".metrics.csv.zz11yy22.tmp.csv"]
+    (out / "face_01.npz").unlink()  # killed after its images, before its .npz
+    stale = [".face_01.npz.k3j9x0q2.tmp.npz", ".face_02_compare.png.a1b2c3d4.tmp.png", ".metrics.csv.zz11yy22.tmp.csv"]
     for name in stale:
         (out / name).write_bytes(b"half")
-    foreign = out / ".other.png.a1b2c3d4.tmp.png"   # not this job's: another writer may own it
+    foreign = out / ".other.png.a1b2c3d4.tmp.png"  # not this job's: another writer may own it
     foreign.write_bytes(b"x")
     before = (out / "face_00.npz").stat().st_mtime_ns
 
@@ -106,6 +122,7 @@ def test_out_of_memory_chunks_are_split_and_results_do_not_change(G, targets, tm
         if len(names) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(G, batch, names, **kw)
+
     monkeypatch.setattr(runner, "project", small_device)
     rep = runner.project_files(G, [str(targets)], tmp_path / "out", batch_size=6, **OPTIONS)
     assert sorted(rep.done) == STEMS and not rep.errors
@@ -124,6 +141,7 @@ def test_a_target_too_big_even_alone_is_reported_and_the_rest_goes_on(G, targets
         if "face_03" in names:
             raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
         return real(G, batch, names, **kw)
+
     monkeypatch.setattr(runner, "project", no_room_for_face_03)
     rep = runner.project_files(G, [str(targets)], tmp_path / "out", batch_size=4, **OPTIONS)
     assert sorted(rep.done) == [s for s in STEMS if s != "face_03"]
@@ -132,44 +150,63 @@ def test_a_target_too_big_even_alone_is_reported_and_the_rest_goes_on(G, targets
 
 def test_batch_size_auto(G, targets, tmp_path, monkeypatch):
     from latent_fit.devices import memory_fit
+
     per, fit = memory_fit(G, Config(**OPTIONS), runner.CPU_CHUNK_BYTES)
-    n = runner.auto_batch_size(G, 10 ** 6, Config(**OPTIONS))
+    n = runner.auto_batch_size(G, 10**6, Config(**OPTIONS))
     assert per > 0 and n == fit and 1 <= n * per <= runner.CPU_CHUNK_BYTES
     assert runner.auto_batch_size(G, 3, Config(**OPTIONS)) == 3
     # with tuning, a chunk also holds every target's tuned weights (5 copies of 14.3 MB here)
     from latent_fit.tuning import Tuning, tuning_bytes
-    tuned = runner.auto_batch_size(G, 10 ** 6, Config(**OPTIONS), Tuning())
+
+    tuned = runner.auto_batch_size(G, 10**6, Config(**OPTIONS), Tuning())
     assert 1 <= tuned < n and tuned * tuning_bytes(G, per) <= runner.CPU_CHUNK_BYTES
 
     calls = []
     real = runner.project
-    monkeypatch.setattr(runner, "project", lambda G, batch, names, **kw: calls.append(len(names))
-                        or real(G, batch, names, **kw))
-    res = CliRunner().invoke(main, ["project", str(targets), "--out", str(tmp_path / "out"),
-                                    "--batch-size", "auto", *FAST])
+    monkeypatch.setattr(
+        runner, "project", lambda G, batch, names, **kw: calls.append(len(names)) or real(G, batch, names, **kw)
+    )
+    res = CliRunner().invoke(
+        main, ["project", str(targets), "--out", str(tmp_path / "out"), "--batch-size", "auto", *FAST]
+    )
     assert res.exit_code == 0, res.output
     assert calls == [6]
-    res = CliRunner().invoke(main, ["project", str(targets), "--out", str(tmp_path / "o2"),
-                                    "--batch-size", "0", *FAST])
+    res = CliRunner().invoke(main, ["project", str(targets), "--out", str(tmp_path / "o2"), "--batch-size", "0", *FAST])
     assert res.exit_code != 0 and "--batch-size" in res.output
 
 
 def test_torchrun_two_cpu_processes_cover_every_target_once(targets, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "latent_fit", "project", str(targets), "--out", str(out), "--batch-size", "2", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "latent_fit",
+        "project",
+        str(targets),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        *FAST,
+    ]
     res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    for r in (0, 1):   # 3 each: together 6, so no target was done twice
+    for r in (0, 1):  # 3 each: together 6, so no target was done twice
         assert f"rank {r}/2: projected 3 target(s), skipped 0 complete, 0 failed" in res.stdout
     assert_finished(out)
 
 
 def test_ranks_share_the_targets_with_no_overlap_and_no_gap(G, targets, tmp_path):
     out = tmp_path / "out"
-    done = [runner.project_files(G, [str(targets)], out, batch_size=2, rank=r, world=4, **OPTIONS).done
-            for r in range(4)]
+    done = [
+        runner.project_files(G, [str(targets)], out, batch_size=2, rank=r, world=4, **OPTIONS).done for r in range(4)
+    ]
     assert sorted(s for d in done for s in d) == STEMS
-    assert not (out / "metrics.csv").exists()   # no process group: merged by a later write_metrics
+    assert not (out / "metrics.csv").exists()  # no process group: merged by a later write_metrics
     OutputFolder(out).write_metrics(runner.METRIC_COLUMNS)
     assert_finished(out)

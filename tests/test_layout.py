@@ -24,7 +24,7 @@ def _imports() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(up + ([base] if base else []))
                 names = [f"{base}.{a.name}" for a in node.names]
                 found |= {n for n in names if n in modules} or ({base} if base in modules else set())

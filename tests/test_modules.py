@@ -94,40 +94,115 @@ def test_a_conditional_module_projects_per_class_and_later_commands_read_the_cla
         runs[k] = read_latent_file(tmp_path / f"c{k}" / "t.npz")
         assert int(runs[k]["class_index"]) == k
     assert not np.allclose(runs[1]["latent"], runs[3]["latent"])
-    assert runs[1]["metrics"]["psnr"] > runs[3]["metrics"]["psnr"] + 10     # the target's own class fits
+    assert runs[1]["metrics"]["psnr"] > runs[3]["metrics"]["psnr"] + 10  # the target's own class fits
 
     r = cli("project", target, "-g", spec, "-o", tmp_path / "none", *FAST)
     assert r.exit_code == 1 and "conditional with 4 classes" in r.stderr and len(r.stderr.splitlines()) == 1
 
     # edit and interpolate without --class render in the class the file stores
     before = pixels(tmp_path / "c1" / "t.png")
-    r = cli("edit", tmp_path / "c1" / "t.npz", "-g", spec, "-o", tmp_path / "edit", "--target", target,
-            "--steps", "5", "--loss", "mse")
+    r = cli(
+        "edit",
+        tmp_path / "c1" / "t.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "edit",
+        "--target",
+        target,
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+    )
     assert r.exit_code == 0, r.stderr
     assert int(read_latent_file(tmp_path / "edit" / "t.npz")["class_index"]) == 1
     assert np.abs(pixels(tmp_path / "edit" / "t_compare.png")[:, :16] - before).max() <= 1
     shutil.copy(tmp_path / "c1" / "t.npz", tmp_path / "u.npz")
-    r = cli("interpolate", tmp_path / "c1" / "t.npz", tmp_path / "u.npz", "-g", spec, "-o", tmp_path / "lerp",
-            "--frames", "3", "--mode", "linear")
+    r = cli(
+        "interpolate",
+        tmp_path / "c1" / "t.npz",
+        tmp_path / "u.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "lerp",
+        "--frames",
+        "3",
+        "--mode",
+        "linear",
+    )
     assert r.exit_code == 0, r.stderr
     assert np.abs(pixels(tmp_path / "lerp" / "linear.png")[:, :16] - before).max() <= 1
 
-    r = cli("sweep", target, "--init", tmp_path / "c1" / "t.npz", "-g", spec, "-o", tmp_path / "sweep",
-            "--wr", "0,1", "--steps", "5", "--loss", "mse")
+    r = cli(
+        "sweep",
+        target,
+        "--init",
+        tmp_path / "c1" / "t.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "sweep",
+        "--wr",
+        "0,1",
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+    )
     assert r.exit_code == 0, r.stderr
 
     # a class given by --class (here with --num-classes for a module without c_dim)
-    r = cli("direction", "-g", f"{modules}:unlabelled", "--num-classes", 4, "--pca", 2, "--samples", 50,
-            "--class", 1, "-o", tmp_path / "u.npy")
+    r = cli(
+        "direction",
+        "-g",
+        f"{modules}:unlabelled",
+        "--num-classes",
+        4,
+        "--pca",
+        2,
+        "--samples",
+        50,
+        "--class",
+        1,
+        "-o",
+        tmp_path / "u.npy",
+    )
     assert r.exit_code == 0, r.stderr
-    r = cli("edit", tmp_path / "c3" / "t.npz", "-g", spec, "-o", tmp_path / "moved", "--direction",
-            tmp_path / "u.npy", "--strength", "0", "--class", 1)   # its record names another generator
-    assert r.exit_code == 1 and r.stderr.strip().endswith("made for generator 'unlabelled' in space 'z'; "
-                                                          "this run uses 'cond' in space 'z'")
+    r = cli(
+        "edit",
+        tmp_path / "c3" / "t.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "moved",
+        "--direction",
+        tmp_path / "u.npy",
+        "--strength",
+        "0",
+        "--class",
+        1,
+    )  # its record names another generator
+    assert r.exit_code == 1 and r.stderr.strip().endswith(
+        "made for generator 'unlabelled' in space 'z'; this run uses 'cond' in space 'z'"
+    )
     r = cli("direction", "-g", spec, "--pca", 2, "--samples", 50, "--class", 1, "-o", tmp_path / "d.npy")
     assert r.exit_code == 0, r.stderr
-    r = cli("edit", tmp_path / "c3" / "t.npz", "-g", spec, "-o", tmp_path / "moved", "--direction",
-            tmp_path / "d.npy", "--strength", "0", "--class", 1)
+    r = cli(
+        "edit",
+        tmp_path / "c3" / "t.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "moved",
+        "--direction",
+        tmp_path / "d.npy",
+        "--strength",
+        "0",
+        "--class",
+        1,
+    )
     assert r.exit_code == 0, r.stderr
     with torch.no_grad():
         lat = torch.from_numpy(runs[3]["latent"])[None]
@@ -135,8 +210,18 @@ def test_a_conditional_module_projects_per_class_and_later_commands_read_the_cla
     assert np.abs(pixels(tmp_path / "moved" / "t_s+0.png") - in_class_1).max() <= 1
 
     shutil.copy(tmp_path / "c3" / "t.npz", tmp_path / "v.npz")
-    r = cli("interpolate", tmp_path / "c1" / "t.npz", tmp_path / "v.npz", tmp_path / "u.npz",
-            "-g", spec, "-o", tmp_path / "mixed", "--frames", "3")
+    r = cli(
+        "interpolate",
+        tmp_path / "c1" / "t.npz",
+        tmp_path / "v.npz",
+        tmp_path / "u.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "mixed",
+        "--frames",
+        "3",
+    )
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1
     assert "latent files of different classes" in r.stderr
 
@@ -155,8 +240,22 @@ def test_a_grayscale_module_end_to_end(cli, modules, tmp_path):
     assert read_latent_file(tmp_path / "p" / "g.npz")["metrics"]["psnr"] > 30
     assert "class_index" not in read_latent_file(tmp_path / "p" / "g.npz")
 
-    r = cli("edit", tmp_path / "p" / "g.npz", "-g", spec, "-o", tmp_path / "e", "--target", request,
-            "--steps", "40", "--loss", "mse", "--wr", "0")
+    r = cli(
+        "edit",
+        tmp_path / "p" / "g.npz",
+        "-g",
+        spec,
+        "-o",
+        tmp_path / "e",
+        "--target",
+        request,
+        "--steps",
+        "40",
+        "--loss",
+        "mse",
+        "--wr",
+        "0",
+    )
     assert r.exit_code == 0, r.stderr
     for name in ("g.png", "g_compare.png"):
         with Image.open(tmp_path / "e" / name) as im:
@@ -179,7 +278,7 @@ def test_gray_targets_are_luma_and_lpips_sees_three_channels(tmp_path):
             seen.append((a.shape, b.shape, bool((a[:, 0] == a[:, 2]).all())))
             return (a - b).pow(2).mean((1, 2, 3), keepdim=True)
 
-    lp = LPIPS.__new__(LPIPS)          # the wrapper around a stand-in for the VGG network
+    lp = LPIPS.__new__(LPIPS)  # the wrapper around a stand-in for the VGG network
     torch.nn.Module.__init__(lp)
     lp.net = Net()
     assert lp(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)).shape == (2,)
@@ -197,7 +296,7 @@ def test_torchscript_conditional_modules_and_labels(modules, tmp_path):
         torch.jit.save(torch.jit.script(user.cond()), str(tmp_path / "cond.ts"))
     G = load_generator(tmp_path / "cond.ts")
     assert (G.c_dim, G.z_dim, G.resolution) == (4, 8, 16)
-    c = G.cycled_labels(6)                                   # as the encoder's training samples use
+    c = G.cycled_labels(6)  # as the encoder's training samples use
     with torch.no_grad():
         x = G.synthesize(G.sample(6, seed=0, c=c), "z", c)
     assert x.shape == (6, 3, 16, 16) and not torch.allclose(x[0], x[1])

@@ -17,7 +17,7 @@ def test_defaults_reconstruct_in_domain_targets(G, in_domain):
     """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule."""
     targets, _ = in_domain
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # offline: LPIPS falls back to MSE
+        warnings.simplefilter("ignore")  # offline: LPIPS falls back to MSE
         res = project(G, targets, NAMES, config=ENCODED, encoder=load_encoder("auto", G))
     psnr = res.metrics["psnr"]
     assert np.median(psnr) >= 40, psnr
@@ -30,7 +30,7 @@ def test_defaults_reconstruct_in_domain_targets(G, in_domain):
 def test_a_target_that_stopped_improving_stops(G, in_domain):
     targets, z_true = in_domain
     t = targets[:2].clone()
-    t[1] = torch.tensor([0.9, -0.9, 0.9]).view(3, 1, 1)   # flat magenta: the loss keeps creeping down
+    t[1] = torch.tensor([0.9, -0.9, 0.9]).view(3, 1, 1)  # flat magenta: the loss keeps creeping down
     r = project(G, t, ["a", "b"], init=z_true[:2], loss="mse", steps=600, latent_noise=0)
     assert r.steps[0] < 300 and r.steps[1] == 600, r.steps
     assert r.metrics["psnr"][0] > 60
@@ -45,9 +45,9 @@ def test_a_target_does_not_depend_on_its_batch(G, in_domain):
     kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True)
     together = project(G, targets, NAMES[:3], **kw)
     reversed_ = project(G, targets.flip(0), NAMES[:3][::-1], **kw).latent.flip(0)
-    alone = torch.cat([project(G, targets[i:i + 1], [NAMES[i]], **kw).latent for i in range(3)])
+    alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together.latent, reversed_) and torch.equal(together.latent, alone)
-    assert together.metrics["psnr"].min() > 20      # they did move
+    assert together.metrics["psnr"].min() > 20  # they did move
 
 
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
@@ -65,8 +65,16 @@ def test_larger_wr_trades_fidelity_for_a_smaller_change(G, in_domain):
     targets, z_true = in_domain
     z0 = z_true[:1] + 0.5 * torch.randn(1, 100, generator=torch.Generator().manual_seed(0))
     t = targets[:1].expand(len(grid), -1, -1, -1)
-    res = project(G, t, ["a"] * len(grid), wr=torch.tensor(grid), init=z0.expand(len(grid), -1),
-                  loss="mse", steps=200, latent_noise=0)
+    res = project(
+        G,
+        t,
+        ["a"] * len(grid),
+        wr=torch.tensor(grid),
+        init=z0.expand(len(grid), -1),
+        loss="mse",
+        steps=200,
+        latent_noise=0,
+    )
     dz, mse = res.metrics["dz_norm"], res.metrics["mse"]
     assert np.all(np.diff(dz) < 0), dz
     assert np.all(np.diff(mse) > 0), mse
@@ -113,7 +121,8 @@ def test_torchscript_and_callable_generators(G, tmp_path, monkeypatch):
         "import torch\n"
         "def make():\n"
         "    return torch.nn.Sequential(torch.nn.Linear(16, 3 * 8 * 8), torch.nn.Tanh(),\n"
-        "                               torch.nn.Unflatten(1, (3, 8, 8)))\n")
+        "                               torch.nn.Unflatten(1, (3, 8, 8)))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     g = load_generator("mygan:make")
     assert (g.z_dim, g.resolution) == (16, 8)
@@ -128,6 +137,7 @@ def test_torchscript_and_callable_generators(G, tmp_path, monkeypatch):
 
 def test_bundled_weights_are_verified(tmp_path, monkeypatch):
     import latent_fit.generators as gens
+
     bad = tmp_path / "digiface-dcgan64.safetensors"
     bad.write_bytes(b"not the weights")
     monkeypatch.setattr(gens, "weights_dir", lambda: tmp_path)

@@ -39,22 +39,29 @@ def test_project_report(projected):
         assert f"{stem}_compare.png" in links
     assert all((projected / name).is_file() for name in links)
     assert _rows(page) == 2 and '<table class="sortable">' in page
-    assert "<th>psnr</th>" in page and "addEventListener" in page   # sorts in the page itself
-    assert "http" not in page.replace("http-equiv", "")                # nothing fetched from elsewhere
+    assert "<th>psnr</th>" in page and "addEventListener" in page  # sorts in the page itself
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
 
 
 def test_edit_and_sweep_reports(cli, projected, tmp_path):
     out = tmp_path / "edit"
-    r = cli("edit", projected / "face_00.npz", projected / "face_01.npz", "--target",
-            SAMPLES / "targets" / "face_02.png", "-o", out, *FAST)
+    r = cli(
+        "edit",
+        projected / "face_00.npz",
+        projected / "face_01.npz",
+        "--target",
+        SAMPLES / "targets" / "face_02.png",
+        "-o",
+        out,
+        *FAST,
+    )
     assert r.exit_code == 0, r.stderr
     page = (out / "index.html").read_text()
     assert _rows(page) == 2 and "before | request | after" in page
     assert all((out / name).is_file() for name in _links(page))
 
     out = tmp_path / "sweep"
-    r = cli("sweep", SAMPLES / "targets" / "face_00.png", "--wr", "0,1e-2,1", "-o", out, *FAST,
-            "--starts", "1")
+    r = cli("sweep", SAMPLES / "targets" / "face_00.png", "--wr", "0,1e-2,1", "-o", out, *FAST, "--starts", "1")
     assert r.exit_code == 0, r.stderr
     page = (out / "index.html").read_text()
     assert {"sweep.png", "grid.png"} <= set(_links(page))

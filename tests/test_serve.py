@@ -43,11 +43,13 @@ def _strokes(size=256) -> str:
 def _bomb(width: int, height: int) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 # --- what the browser sends ---------------------------------------------------------------------
+
 
 def test_stems_never_leave_out():
     assert safe_stem("../../etc/passwd") == "passwd"
@@ -62,8 +64,12 @@ def test_bad_uploads_are_refused_with_one_line():
     good = load_image(_png(np.full((100, 80, 3), 200, np.uint8)), 64, name="x.png")
     noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert good.shape == (3, 64, 64) and float(good.max()) <= 1
-    cases = [(b"just text", "not an image"), (_bomb(9000, 8000), "decompression bomb"),
-             (_bomb(30000, 30000), "decompression bomb"), (_png(noise)[:6000], "truncated")]
+    cases = [
+        (b"just text", "not an image"),
+        (_bomb(9000, 8000), "decompression bomb"),
+        (_bomb(30000, 30000), "decompression bomb"),
+        (_png(noise)[:6000], "truncated"),
+    ]
     for data, reason in cases:
         with pytest.raises(LatentFitError, match=reason) as e:
             load_image(data, 64, name="x.png")
@@ -83,6 +89,7 @@ def test_strokes_are_the_request_and_their_footprint_the_mask():
 
 # --- the device queue ---------------------------------------------------------------------------
 
+
 def _until(queue, job, states=("done", "error", "cancelled"), timeout=60):
     snap, t0 = queue.wait(job.id, -1, 0), time.time()
     while snap["state"] not in states and time.time() - t0 < timeout:
@@ -94,12 +101,13 @@ def test_a_newer_request_cancels_the_stale_runs_of_its_page():
     q = DeviceQueue()
     started = threading.Event()
 
-    def slow(job):   # a loop that reports progress, as project() does
+    def slow(job):  # a loop that reports progress, as project() does
         started.set()
         for i in range(2000):
             job.progress(i)
             time.sleep(0.005)
         return {"finished": True}
+
     try:
         running = q.submit("page-a", "edit", slow)
         started.wait(10)
@@ -108,7 +116,7 @@ def test_a_newer_request_cancels_the_stale_runs_of_its_page():
         newest = q.submit("page-a", "edit", lambda job: {"n": 3})
         assert _until(q, running)["state"] == "cancelled"
         assert _until(q, queued)["state"] == "cancelled"
-        assert _until(q, other)["result"] == {"page": "b"}      # another page's work goes on
+        assert _until(q, other)["result"] == {"page": "b"}  # another page's work goes on
         assert _until(q, newest)["result"] == {"n": 3}
         broken = q.submit("page-a", "edit", lambda job: 1 / 0)
         assert "internal error in edit: ZeroDivisionError" in _until(q, broken)["error"]
@@ -121,10 +129,16 @@ def test_editor_in_relative_units(G, tmp_path):
     weight is w_r times wr_factor at the page's projection."""
     from latent_fit.images import load_image
     from latent_fit.jacobian import wr_factor
+
     editor = Editor(G, tmp_path, steps=10, starts=1, loss="mse", wr_units="relative")
     try:
         info = editor.info()
-        assert (info["wr_units"], info["wr"], info["sweep_wrs"][0], info["sweep_wrs"][-1]) == ("relative", 2.0, 0.01, 100)
+        assert (info["wr_units"], info["wr"], info["sweep_wrs"][0], info["sweep_wrs"][-1]) == (
+            "relative",
+            2.0,
+            0.01,
+            100,
+        )
         target = load_image(SAMPLES / "targets" / "face_00.png", G.resolution)
         assert _until(editor.queue, editor.submit_projection("p", target, "face_00", None))["state"] == "done"
         snap = _until(editor.queue, editor.submit_edit("p", target.flip(2), torch.ones(1, 64, 64), 2.0))
@@ -135,6 +149,7 @@ def test_editor_in_relative_units(G, tmp_path):
 
 
 # --- the HTTP API ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def api(G, tmp_path):
@@ -169,6 +184,7 @@ def _served(editor):
             if snap["state"] in ("done", "error", "cancelled"):
                 return snap
             since = snap["version"]
+
     try:
         yield call, job, port
     finally:
@@ -180,13 +196,18 @@ def _served(editor):
 def test_api_project_edit_save(api):
     call, job, out = api
     status, page = call("GET", "/")
-    assert status == 200 and all(f'data-testid="{t}"' in page.decode() for t in
-                                 ("upload", "projection", "paint", "wr", "apply", "result", "save"))
+    assert status == 200 and all(
+        f'data-testid="{t}"' in page.decode()
+        for t in ("upload", "projection", "paint", "wr", "apply", "result", "save")
+    )
     status, info = call("GET", "/api/info")
     assert "face_00" in info["samples"] and info["spaces"] == ["z"]
 
-    up = job("/api/project?page=p1&name=../face.png", (SAMPLES / "targets" / "face_03.png").read_bytes(),
-             ctype="application/octet-stream")
+    up = job(
+        "/api/project?page=p1&name=../face.png",
+        (SAMPLES / "targets" / "face_03.png").read_bytes(),
+        ctype="application/octet-stream",
+    )
     assert up["state"] == "done" and up["result"]["stem"] == "face" and up["done"] == 30
     done = job("/api/project", {"page": "p1", "sample": "face_00"})
     assert done["result"]["stem"] == "face_00" and done["result"]["psnr"] > 10
@@ -208,26 +229,32 @@ def test_api_project_edit_save(api):
 def test_api_refuses_what_it_must(api):
     call, job, out = api
     assert call("GET", "/static/../server.py")[0] == 404
-    assert call("GET", "/api/info", headers={"Host": "evil.example:80"})[0] == 403    # DNS rebinding
+    assert call("GET", "/api/info", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
     status, err = call("POST", "/api/save", {"page": "p"}, headers={"Origin": "http://evil.example"})
     assert status == 403 and "refused" in err["error"]
     status, err = call("POST", "/api/project", {"page": "p", "sample": "../../weights/x"})
     assert status == 400 and "not one of the bundled samples" in err["error"]
-    status, err = call("POST", "/api/project?page=p&name=big.png", b"", ctype="application/octet-stream",
-                       headers={"Content-Length": str(40 * 2 ** 20)})
+    status, err = call(
+        "POST",
+        "/api/project?page=p&name=big.png",
+        b"",
+        ctype="application/octet-stream",
+        headers={"Content-Length": str(40 * 2**20)},
+    )
     assert status == 400 and "larger than the 25 MiB limit" in err["error"]
     status, err = call("POST", "/api/project?page=p&name=b.png", _bomb(20000, 20000), ctype="application/octet-stream")
     assert status == 400 and "decompression bomb" in err["error"]
-    for path in ("/api/project", "/api/save?page=p", "/api/edit?page=p&wr=1"):   # no plain web forms
+    for path in ("/api/project", "/api/save?page=p", "/api/edit?page=p&wr=1"):  # no plain web forms
         assert call("POST", path, b"page=p", ctype="application/x-www-form-urlencoded")[0] == 400
     assert not any(out.iterdir())
 
 
 # --- --encoder ----------------------------------------------------------------------------------
 
+
 def test_encoder_none_auto_and_path(G, tmp_path):
     assert load_start_encoder("none", G, "z") is None
-    assert load_start_encoder("auto", G, "z") is not None      # the bundled generator's encoder
+    assert load_start_encoder("auto", G, "z") is not None  # the bundled generator's encoder
     with pytest.raises(LatentFitError, match="encoder file not found"):
         load_start_encoder(str(tmp_path / "enc.pt"), G, "z")
 
@@ -239,12 +266,13 @@ def test_the_encoder_starts_the_projection(G, in_domain, tmp_path, monkeypatch):
     def load_encoder(spec, G_, space=None):
         seen.append((spec, space))
         return lambda x: (seen.append(tuple(x.shape)), z_true[:1].to(x.device))[1]
+
     monkeypatch.setattr("latent_fit.serve.editor.load_encoder", load_encoder)
     editor = Editor(G, tmp_path, encoder="enc.pt", steps=20, loss="mse")
     try:
         snap = _until(editor.queue, editor.submit_projection("p", images[0], "face", None))
         assert seen == [("enc.pt", "z"), (1, 3, 64, 64)]
-        assert snap["result"]["psnr"] > 25       # it started at the answer (random starts: ~15 dB)
+        assert snap["result"]["psnr"] > 25  # it started at the answer (random starts: ~15 dB)
         with editor.queue.lock:
             assert editor.page("p").record["config"]["starts"] == 1
     finally:
@@ -277,10 +305,17 @@ def test_stylegan_in_w_plus(tmp_path):
 
 def _tiny_stylegan(img_channels=3):
     from latent_fit.generators.stylegan2 import StyleGAN2Generator
+
     torch.manual_seed(0)
-    return StyleGAN2Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=img_channels,
-                              mapping_kwargs=dict(num_layers=2),
-                              synthesis_kwargs=dict(channel_base=1024, channel_max=64)).freeze()
+    return StyleGAN2Generator(
+        z_dim=32,
+        c_dim=0,
+        w_dim=32,
+        img_resolution=32,
+        img_channels=img_channels,
+        mapping_kwargs=dict(num_layers=2),
+        synthesis_kwargs=dict(channel_base=1024, channel_max=64),
+    ).freeze()
 
 
 def test_a_grayscale_generator_gets_gray_targets_requests_and_files(tmp_path):
@@ -288,7 +323,7 @@ def test_a_grayscale_generator_gets_gray_targets_requests_and_files(tmp_path):
     in luma, and saves a mode-L PNG and NVIDIA's `w` layout (G.file_ws)."""
     G = _tiny_stylegan(img_channels=1)
     rgb = np.zeros((40, 48, 3), np.uint8)
-    rgb[..., 0] = 255                                              # pure red: luma 0.299
+    rgb[..., 0] = 255  # pure red: luma 0.299
     with _served(Editor(G, tmp_path, steps=5, starts=1, loss="mse")) as (call, job, _):
         up = job("/api/project?page=g&name=red.png&space=w", _png(rgb), ctype="application/octet-stream")
         assert up["state"] == "done", up
@@ -328,6 +363,7 @@ def test_a_direction_file_is_scaled_by_the_generators_prior_std(tmp_path):
 
 # --- limits: every request answered in one line, the server goes on ---------------------------------
 
+
 def _raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict]:
     """Send a hand-made request (its Host filled in) and read the answer until the server closes."""
     request = head.replace("HOST", f"127.0.0.1:{port}").replace("\n", "\r\n") + "\r\n"
@@ -344,12 +380,18 @@ def test_bodies_without_one_valid_length_are_refused_unread(api, capsys):
     call, _, _ = api
     port = _port(call)
     upload = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
-    body = b"\0" * 4096   # what follows is never read: the answer comes at once, then the server closes
-    for extra in ("Content-Length: -1\n", "", "Transfer-Encoding: chunked\n", "Content-Length: +5\n",
-                  "Content-Length: 5\nContent-Length: 9\n", "Content-Length: 0x10\n"):
+    body = b"\0" * 4096  # what follows is never read: the answer comes at once, then the server closes
+    for extra in (
+        "Content-Length: -1\n",
+        "",
+        "Transfer-Encoding: chunked\n",
+        "Content-Length: +5\n",
+        "Content-Length: 5\nContent-Length: 9\n",
+        "Content-Length: 0x10\n",
+    ):
         status, err = _raw(port, upload + extra, body)
         assert status == 400 and "no valid Content-Length" in err["error"], (extra, err)
-    status, err = _raw(port, upload + f"Content-Length: {40 * 2 ** 20}\n", body)
+    status, err = _raw(port, upload + f"Content-Length: {40 * 2**20}\n", body)
     assert status == 400 and "larger than the 25 MiB limit" in err["error"]
     assert call("GET", "/api/info")[0] == 200
     assert "Traceback" not in capsys.readouterr().err
@@ -363,23 +405,36 @@ def _port(call) -> int:
 def test_hostile_requests_get_one_json_line_and_the_server_goes_on(api, pillow_image, capsys):
     call, job, _ = api
     assert job("/api/project", {"page": "p", "sample": "face_00"})["state"] == "done"
-    def npy(shape):   # a .npy header declaring `shape` (about 2^40 floats), and 64 bytes of data
+
+    def npy(shape):  # a .npy header declaring `shape` (about 2^40 floats), and 64 bytes of data
         f = io.BytesIO()
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
         return f.getvalue() + b"\0" * 64
+
     cases = [
         ("/api/render", b"[" * 100_000, "application/json; charset=utf-8", "nested too deeply"),
         ("/api/render", {"page": "p", "strengths": [int("9" * 400)]}, "application/json", "not a number"),
         ("/api/edit", {"page": "p", "wr": int("9" * 400), "request": _strokes()}, "application/json", "not a number"),
         ("/api/edit", b'{"page": "p", "wr": 1e999, "request": 1}', "application/json; x", "painted strokes"),
-        ("/api/directions?page=p&name=d.npy", npy((10 ** 10, 100)), "application/octet-stream",
-         "size does not match its shape"),
-        ("/api/directions?page=p&name=d.npy", npy((2 ** 40,)), "application/octet-stream",
-         "latents here need [100]"),
-        ("/api/project?page=p&name=x.png", pillow_image("BLP"), "application/octet-stream",
-         "x.png: not an image in a format latent-fit reads"),
-        ("/api/project?page=p&name=x.png", pillow_image("EPS"), "application/octet-stream",
-         "x.png: not an image in a format latent-fit reads"),
+        (
+            "/api/directions?page=p&name=d.npy",
+            npy((10**10, 100)),
+            "application/octet-stream",
+            "size does not match its shape",
+        ),
+        ("/api/directions?page=p&name=d.npy", npy((2**40,)), "application/octet-stream", "latents here need [100]"),
+        (
+            "/api/project?page=p&name=x.png",
+            pillow_image("BLP"),
+            "application/octet-stream",
+            "x.png: not an image in a format latent-fit reads",
+        ),
+        (
+            "/api/project?page=p&name=x.png",
+            pillow_image("EPS"),
+            "application/octet-stream",
+            "x.png: not an image in a format latent-fit reads",
+        ),
     ]
     for path, body, ctype, match in cases:
         status, err = call("POST", path, body, ctype=ctype)
@@ -413,6 +468,7 @@ def test_save_never_overwrites(api):
 
 def test_the_queue_is_bounded_per_page_and_in_all():
     from latent_fit.serve.jobqueue import MAX_QUEUED, MAX_QUEUED_PER_PAGE, QueueFull
+
     q = DeviceQueue()
     release = threading.Event()
     try:
@@ -423,7 +479,7 @@ def test_the_queue_is_bounded_per_page_and_in_all():
             q.submit("a", f"kind{k}", lambda job: {})
         with pytest.raises(QueueFull, match="this page has 4 jobs waiting"):
             q.submit("a", "another", lambda job: {})
-        q.submit("a", "kind0", lambda job: {})            # a newer request of a kind replaces the stale one
+        q.submit("a", "kind0", lambda job: {})  # a newer request of a kind replaces the stale one
         for i in range(MAX_QUEUED - MAX_QUEUED_PER_PAGE):
             q.submit(f"page{i}", "edit", lambda job: {})
         with pytest.raises(QueueFull, match="16 jobs are waiting"):
@@ -456,7 +512,8 @@ def test_every_loopback_spelling_keeps_the_host_check(G, tmp_path, host):
             conn = http.client.HTTPConnection(bound, port, timeout=20)
             conn.request("GET", "/api/info", headers={"Host": host_header})
             return conn.getresponse().status
-        assert get("evil.example") == 403 and get(f"evil.example:{port}") == 403     # DNS rebinding
+
+        assert get("evil.example") == 403 and get(f"evil.example:{port}") == 403  # DNS rebinding
         shown = f"[{host}]" if ":" in host else host
         assert get(f"{shown}:{port}") == 200 and get(f"localhost:{port}") == 200
     finally:
@@ -467,6 +524,7 @@ def test_every_loopback_spelling_keeps_the_host_check(G, tmp_path, host):
 
 def test_loopback_addresses():
     from latent_fit.serve.server import is_loopback
+
     assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1%eth0"]))
 
@@ -480,8 +538,9 @@ def test_the_favicon_is_served(api):
 def test_a_body_that_stops_coming_is_answered(api, monkeypatch, capsys):
     call, _, _ = api
     from latent_fit.serve.server import Handler
+
     monkeypatch.setattr(Handler, "timeout", 1)
     head = "POST /api/project?page=p&name=x.png HTTP/1.1\nHost: HOST\nContent-Type: application/octet-stream\n"
-    status, err = _raw(_port(call), head + "Content-Length: 1000\n", b"\0" * 10)   # 990 bytes never come
+    status, err = _raw(_port(call), head + "Content-Length: 1000\n", b"\0" * 10)  # 990 bytes never come
     assert status == 400 and "the request body did not arrive" in err["error"]
     assert "Traceback" not in capsys.readouterr().err

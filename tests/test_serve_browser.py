@@ -17,9 +17,17 @@ from latent_fit import read_latent_file
 from latent_fit.serve import Editor, make_server
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT = 30_000   # ms for one state of the page to appear
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT = 30_000  # ms for one state of the page to appear
 PNG = re.compile("^data:image/png;base64,")
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]')")
@@ -49,8 +57,9 @@ def browser():
 def server(G, tmp_path, request):
     """The editor with small step counts (w_r units: the test's param, default raw), served from
     a thread on a free port."""
-    editor = Editor(G, tmp_path / "out", steps=40, starts=2, loss="mse", pca_samples=300,
-                    wr_units=getattr(request, "param", "raw"))
+    editor = Editor(
+        G, tmp_path / "out", steps=40, starts=2, loss="mse", pca_samples=300, wr_units=getattr(request, "param", "raw")
+    )
     (tmp_path / "out").mkdir()
     srv = make_server(editor, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -131,12 +140,12 @@ def test_project_paint_apply_save(page, server, tmp_path):
     d = read_latent_file(out / "my_face.npz")
     assert (d["space"], d["generator"]) == ("z", "digiface-dcgan64")
     assert d["latent"].shape == d["latent_init"].shape == (100,)
-    assert np.linalg.norm(d["latent"] - d["latent_init"]) > 1e-3          # the edit moved it
+    assert np.linalg.norm(d["latent"] - d["latent_init"]) > 1e-3  # the edit moved it
     assert d["config"]["edit"]["wr"] == pytest.approx(0.3) and d["metrics"]["wr"] == pytest.approx(0.3)
     assert d["config"]["projection"]["steps"] == 40
     assert Image.open(out / "my_face.png").size == (64, 64)
 
-    _by(page, "save").click()    # again: never over the first file
+    _by(page, "save").click()  # again: never over the first file
     expect(_by(page, "saved")).to_contain_text("saved my_face_2.npz and my_face_2.png")
     expect(_by(page, "saved")).to_contain_text("my_face.npz or my_face.png is there already: kept")
     assert _by(page, "stem").input_value() == "my_face"
@@ -157,7 +166,7 @@ def test_directions_and_sweep(page, tmp_path):
     expect(page.locator("[data-testid=chart] circle")).to_have_count(5)
     expect(page.locator("#sweep-info")).to_contain_text("Suggested")
     _shot(page, tmp_path, "07_directions_sweep")
-    page.locator("[data-testid=chart] circle").nth(4).click()      # a point sets its w_r
+    page.locator("[data-testid=chart] circle").nth(4).click()  # a point sets its w_r
     assert _by(page, "wr").input_value() == "1"
 
 
@@ -181,8 +190,10 @@ def test_relative_wr_units(page, tmp_path):
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels but holds almost no data (a decompression bomb)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
@@ -205,8 +216,11 @@ def test_the_page_loads_with_no_console_error(browser, server, monkeypatch):
     projection; the favicon, which the browser itself fetches (unseen by Playwright), is served."""
     handler, answered = server[0].RequestHandlerClass, []
     send = handler.send_response
-    monkeypatch.setattr(handler, "send_response", lambda self, code, message=None: (
-        answered.append((self.path.split("?")[0], code)), send(self, code, message)))
+    monkeypatch.setattr(
+        handler,
+        "send_response",
+        lambda self, code, message=None: (answered.append((self.path.split("?")[0], code)), send(self, code, message)),
+    )
     p = browser.new_page()
     errors = []
     p.on("console", lambda m: m.type == "error" and errors.append(m.text))

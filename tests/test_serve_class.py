@@ -7,14 +7,14 @@ import threading
 import numpy as np
 import pytest
 import torch
+from test_modules import MODULES
+from test_serve import _until
+from test_serve_browser import CHROMIUM_ARGS, PNG, TIMEOUT, _by, _chromium, expect, sync_playwright
 
 from latent_fit import read_latent_file
 from latent_fit.errors import LatentFitError
 from latent_fit.generators import load_generator
 from latent_fit.serve import Editor, make_server
-from test_modules import MODULES
-from test_serve import _until
-from test_serve_browser import CHROMIUM_ARGS, PNG, TIMEOUT, _by, _chromium, expect, sync_playwright
 
 
 @pytest.fixture
@@ -26,6 +26,7 @@ def cond(tmp_path):
 
 def test_the_editor_works_in_the_page_class(cond, tmp_path):
     from latent_fit.edit import render
+
     ed = Editor(cond, tmp_path, steps=5, starts=1, loss="mse", pca_samples=50)
     assert ed.info()["classes"] == 4
     target = torch.zeros(3, 16, 16)
@@ -66,7 +67,7 @@ def test_the_page_shows_a_class_picker_for_a_conditional_generator(cond, tmp_pat
             expect(_by(page, "projection")).to_have_attribute("src", PNG)
             expect(page.locator("#projection-info")).to_contain_text("class 3")
             first = _by(page, "projection").get_attribute("src")
-            _by(page, "class").select_option("1")   # another class projects again
+            _by(page, "class").select_option("1")  # another class projects again
             expect(page.locator("#projection-info")).to_contain_text("class 1")
             assert _by(page, "projection").get_attribute("src") != first
             _by(page, "save").click()

@@ -27,9 +27,15 @@ from conftest import module_tree
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "stylegan2"
 ATOL = 1e-4
 # A tiny conditional generator: clamping active, fp16 option (no effect in fp32), noise everywhere.
-TINY = dict(z_dim=8, c_dim=3, w_dim=16, img_resolution=16, img_channels=3,
-            mapping_kwargs=dict(num_layers=2),
-            synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=0.5))
+TINY = dict(
+    z_dim=8,
+    c_dim=3,
+    w_dim=16,
+    img_resolution=16,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=128, channel_max=16, num_fp16_res=2, conv_clamp=0.5),
+)
 
 
 def max_diff(a, b):
@@ -61,6 +67,7 @@ def random_generator(init_kwargs=TINY, seed=0):
 
 
 # ---------------------------------------------------------------- NVIDIA's reference outputs
+
 
 def test_mapping_matches_reference(ref_and_G):
     ref, G = ref_and_G
@@ -130,14 +137,15 @@ def test_samples_of_a_batch_are_independent(ref_and_G):
     # between a batch and single samples (golden/stylegan3/README.md); a real dependence shows at 1e-1.
     with torch.no_grad():
         together = G.synthesize(ws, "w+", noise=noise)
-        alone = torch.cat([G.synthesize(ws[i:i + 1], "w+", noise=[n[i:i + 1] for n in noise]) for i in range(4)])
+        alone = torch.cat([G.synthesize(ws[i : i + 1], "w+", noise=[n[i : i + 1] for n in noise]) for i in range(4)])
         assert max_diff(together, alone) <= 5e-5
         together = G.synthesize(ref["z"], "z", ref["c"])
-        alone = torch.cat([G.synthesize(ref["z"][i:i + 1], "z", ref["c"][i:i + 1]) for i in range(4)])
+        alone = torch.cat([G.synthesize(ref["z"][i : i + 1], "z", ref["c"][i : i + 1]) for i in range(4)])
         assert max_diff(together, alone) <= 5e-5
 
 
 # ---------------------------------------------------------------- network pickles
+
 
 def _reconstruct_persistent_obj(meta):
     raise AssertionError("a safe loader never calls the pickled reconstructor")
@@ -167,8 +175,7 @@ class Persistent:
         self.class_name, self.state, self.module_src = class_name, state, module_src
 
     def __reduce__(self):
-        meta = dict(type="class", version=6, module_src=self.module_src, class_name=self.class_name,
-                    state=self.state)
+        meta = dict(type="class", version=6, module_src=self.module_src, class_name=self.class_name, state=self.state)
         return _reconstruct_persistent_obj, (meta,)
 
 
@@ -182,9 +189,14 @@ class Payload:
 
 def write_pickle(path, obj):
     """pickle.dump with stand-ins for the upstream modules whose names the pickle records."""
-    fakes = {"torch_utils": {}, "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
-             "dnnlib": {}, "dnnlib.util": {"EasyDict": EasyDict}, "dnnlib.tflib": {},
-             "dnnlib.tflib.network": {"Network": TFNetwork}}
+    fakes = {
+        "torch_utils": {},
+        "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
+        "dnnlib": {},
+        "dnnlib.util": {"EasyDict": EasyDict},
+        "dnnlib.tflib": {},
+        "dnnlib.tflib.network": {"Network": TFNetwork},
+    }
     modules = {}
     for name, attrs in fakes.items():
         modules[name] = types.ModuleType(name)
@@ -201,9 +213,18 @@ def persistent_network(state_dict, init_kwargs, module_src, class_name="Generato
     """The pickled form of an official network: nested module states holding its tensors."""
 
     def module(node, class_name, init_kwargs):
-        state = dict(training=False, _parameters=OrderedDict(), _buffers=OrderedDict(), _modules=OrderedDict(),
-                     _non_persistent_buffers_set=set(), _forward_hooks=OrderedDict(), _init_args=(),
-                     _init_kwargs=easydicts(init_kwargs), weight_gain=np.float64(0.125), act_gain=np.sqrt(2))
+        state = dict(
+            training=False,
+            _parameters=OrderedDict(),
+            _buffers=OrderedDict(),
+            _modules=OrderedDict(),
+            _non_persistent_buffers_set=set(),
+            _forward_hooks=OrderedDict(),
+            _init_args=(),
+            _init_kwargs=easydicts(init_kwargs),
+            weight_gain=np.float64(0.125),
+            act_gain=np.sqrt(2),
+        )
         for name, v in node.items():
             if isinstance(v, dict):
                 state["_modules"][name] = module(v, "Module", {})
@@ -230,10 +251,16 @@ def test_network_pickle_round_trip(tmp_path, architecture, form):
     src = f"open({str(marker)!r}, 'w').close()\n"  # the stored module source; it must never run
     sd = G.state_dict()
     path = tmp_path / "network-snapshot-000123.pkl"
-    write_pickle(path, dict(G=persistent_network(sd, form(init_kwargs), src),
-                            D=persistent_network({"b4.fc.weight": torch.ones(2, 2)}, {"c_dim": 3}, src, "Discriminator"),
-                            G_ema=persistent_network(sd, form(init_kwargs), src),
-                            augment_pipe=None, training_set_kwargs=EasyDict(path="data.zip", resolution=16)))
+    write_pickle(
+        path,
+        dict(
+            G=persistent_network(sd, form(init_kwargs), src),
+            D=persistent_network({"b4.fc.weight": torch.ones(2, 2)}, {"c_dim": 3}, src, "Discriminator"),
+            G_ema=persistent_network(sd, form(init_kwargs), src),
+            augment_pipe=None,
+            training_set_kwargs=EasyDict(path="data.zip", resolution=16),
+        ),
+    )
     loaded = load_stylegan(path)
     assert not marker.exists()
     assert (loaded.name, loaded.sha256) == (path.stem, hashlib.sha256(path.read_bytes()).hexdigest())
@@ -248,17 +275,23 @@ def test_network_pickle_round_trip(tmp_path, architecture, form):
         load_stylegan(path, network_key="G_emma")
 
 
-@pytest.mark.parametrize("func, args, refused", [
-    (os.system, lambda marker: (f"touch {shlex.quote(str(marker))}",), f"{os.system.__module__}.system"),
-    (builtins.eval, lambda marker: (f"open({str(marker)!r}, 'w').close()",), "builtins.eval"),
-    (subprocess.Popen, lambda marker: (["touch", str(marker)],), "subprocess.Popen"),
-])
+@pytest.mark.parametrize(
+    "func, args, refused",
+    [
+        (os.system, lambda marker: (f"touch {shlex.quote(str(marker))}",), f"{os.system.__module__}.system"),
+        (builtins.eval, lambda marker: (f"open({str(marker)!r}, 'w').close()",), "builtins.eval"),
+        (subprocess.Popen, lambda marker: (["touch", str(marker)],), "subprocess.Popen"),
+    ],
+)
 def test_code_in_a_pickle_is_refused(tmp_path, func, args, refused):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "network.pkl"
     path.write_bytes(pickle.dumps({"G_ema": Payload(func, *args(marker))}))
-    with pytest.raises(LatentFitError, match=rf"network\.pkl: refusing to load global '{refused}' "
-                                             r"\(not a network-pickle type\)"):
+    with pytest.raises(
+        LatentFitError,
+        match=rf"network\.pkl: refusing to load global '{refused}' "
+        r"\(not a network-pickle type\)",
+    ):
         load_stylegan(path)
     assert not marker.exists()
     # The same bytes under plain pickle do run the payload: the refusal is what kept it out.
@@ -298,13 +331,23 @@ def test_wrong_files_are_refused(tmp_path):
     refused("tf.pkl", (TFNetwork(), TFNetwork(), TFNetwork()), "a TensorFlow-era StyleGAN pickle")
     sd = {k: t for k, t in random_generator().state_dict().items() if k.startswith("mapping.")}
     sd["synthesis.input.affine.weight"] = torch.zeros(4, 16)
-    refused("sg3.pkl", {"G_ema": persistent_network(sd, TINY, "")}, "(weights do not fit a StyleGAN3 generator|init_kwargs describe a network with far more layers)")
+    refused(
+        "sg3.pkl",
+        {"G_ema": persistent_network(sd, TINY, "")},
+        "(weights do not fit a StyleGAN3 generator|init_kwargs describe a network with far more layers)",
+    )
     sd = dict(random_generator().state_dict())
     del sd["synthesis.b8.conv0.weight"]
-    refused("incomplete.pkl", {"G_ema": persistent_network(sd, TINY, "")},
-            "weights do not fit a StyleGAN2 generator: .*synthesis.b8.conv0.weight")
-    refused("odd.pkl", {"G_ema": persistent_network(sd, {**TINY, "img_resolution": 12}, "")},
-            "unsupported StyleGAN2 configuration")
+    refused(
+        "incomplete.pkl",
+        {"G_ema": persistent_network(sd, TINY, "")},
+        "weights do not fit a StyleGAN2 generator: .*synthesis.b8.conv0.weight",
+    )
+    refused(
+        "odd.pkl",
+        {"G_ema": persistent_network(sd, {**TINY, "img_resolution": 12}, "")},
+        "unsupported StyleGAN2 configuration",
+    )
     torch.save({"g_ema": {}, "d": {}}, tmp_path / "ckpt.pt")
     refused("ckpt.pt", None, "network 'D' is not a generator", network_key="D")
     refused("ckpt.pt", None, "not a rosinality stylegan2-pytorch generator")
@@ -313,6 +356,7 @@ def test_wrong_files_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- rosinality checkpoints
+
 
 def to_rosinality(sd):
     """rosinality/stylegan2-pytorch's names and layouts for an official G_ema state dict."""
@@ -365,4 +409,4 @@ def test_rosinality_checkpoint(tmp_path, legacy_format, with_latent_avg):
             assert torch.equal(G.mapping.w_avg, sd["mapping.w_avg"])
         else:  # estimated from samples of w
             w = G.from_z(torch.randn(2000, 512, generator=torch.Generator().manual_seed(5)), "w")
-            assert max_diff(G.mapping.w_avg, w.mean(0)) <= 5 * w.std(0).max().item() / 2000 ** 0.5
+            assert max_diff(G.mapping.w_avg, w.mean(0)) <= 5 * w.std(0).max().item() / 2000**0.5

@@ -8,19 +8,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_stylegan2 import max_diff, persistent_network, write_pickle
 
 from latent_fit import project, read_latent_file
 from latent_fit.errors import LatentFitError
 from latent_fit.generators.pickles import load_stylegan
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.generators.stylegan3 import StyleGAN3Generator
-from test_stylegan2 import max_diff, persistent_network, write_pickle
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "stylegan3"
 ATOL = 1e-4
 # Tiny StyleGAN3s: few layers and channels, 16 px; the -R form with 1x1 convolutions and radial filters.
-TINY_T = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2),
-              channel_base=256, channel_max=8, num_layers=6, magnitude_ema_beta=0.999)
+TINY_T = dict(
+    z_dim=8,
+    c_dim=0,
+    w_dim=8,
+    img_resolution=16,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    channel_base=256,
+    channel_max=8,
+    num_layers=6,
+    magnitude_ema_beta=0.999,
+)
 TINY_R = dict(TINY_T, c_dim=3, conv_kernel=1, use_radial_filters=True)
 # The stored module source of a pickle; a safe loader never runs it.
 SOURCE = "raise SystemExit('the stored source was run')\n"
@@ -44,19 +54,21 @@ def random_stylegan3(init_kwargs, seed=0):
     torch.manual_seed(seed)
     G = StyleGAN3Generator(**init_kwargs)
     with torch.no_grad():
-        for name, p in G.named_parameters():
+        for p in G.parameters():
             p.normal_()
         for layer in G.synthesis.children():
             if hasattr(layer, "magnitude_ema"):
                 layer.magnitude_ema.uniform_(0.5, 2)
         G.mapping.w_avg.normal_()
         a = math.radians(20)
-        G.synthesis.input.transform.copy_(torch.tensor([[math.cos(a), -math.sin(a), 0.1],
-                                                        [math.sin(a), math.cos(a), -0.2], [0, 0, 1]]))
+        G.synthesis.input.transform.copy_(
+            torch.tensor([[math.cos(a), -math.sin(a), 0.1], [math.sin(a), math.cos(a), -0.2], [0, 0, 1]])
+        )
     return G.freeze()
 
 
 # ---------------------------------------------------------------- NVIDIA's reference outputs
+
 
 @pytest.fixture(scope="module", params=["sg3t_64", "sg3r_64"])
 def ref_and_G(request, tmp_path_factory):
@@ -122,6 +134,7 @@ def test_kwargs_without_synthesis_settings_go_by_the_stored_source(tmp_path):
 
 # ---------------------------------------------------------------- the implementation itself
 
+
 @pytest.mark.parametrize("init_kwargs", [TINY_T, TINY_R])
 def test_samples_of_a_batch_are_independent(init_kwargs):
     G = random_stylegan3(init_kwargs)
@@ -129,7 +142,7 @@ def test_samples_of_a_batch_are_independent(init_kwargs):
     ws = G.from_z(torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), "w+", c)
     with torch.no_grad():
         together = G.synthesize(ws, "w+")
-        alone = torch.cat([G.synthesize(ws[i:i + 1], "w+") for i in range(4)])
+        alone = torch.cat([G.synthesize(ws[i : i + 1], "w+") for i in range(4)])
         assert max_diff(together, alone) <= 5e-5
         assert max_diff(G.synthesis(ws, fused_modconv=False), together) <= 5e-5
     assert together.shape == (4, 3, 16, 16) and together.abs().max() > 0.1
@@ -151,11 +164,12 @@ def test_latent_spaces_and_no_noise():
 
 # ---------------------------------------------------------------- projection, edits, sweeps
 
+
 @pytest.mark.parametrize("space", ["w", "w+"])
 def test_projection_gets_closer(space):
     G = random_stylegan3(TINY_T, seed=3)
     with torch.no_grad():
-        G.synthesis.input.affine.weight.mul_(0.1)   # a smoother net: the loss falls fast
+        G.synthesis.input.affine.weight.mul_(0.1)  # a smoother net: the loss falls fast
         w = G.mapping.w_avg + torch.randn(2, 8, generator=torch.Generator().manual_seed(7))
         targets = G.synthesize(w, "w").clamp(-1, 1)
         start_mse = (G.synthesize(G.mean_latent("w"), "w") - targets).square().mean(dim=(1, 2, 3))
@@ -178,8 +192,20 @@ def test_cli_project_edit_sweep(cli, tmp_path):
     r = cli("project", img, "-g", pkl, "-o", tmp_path / "plus", "--steps", "4", "--loss", "mse", "--space", "w+")
     assert r.exit_code == 0, r.stderr
     assert read_latent_file(tmp_path / "plus" / "x.npz")["latent"].shape == (8, 8)
-    r = cli("edit", tmp_path / "plus" / "x.npz", "-g", pkl, "--target", img, "--steps", "3", "--loss", "mse",
-            "-o", tmp_path / "edited")
+    r = cli(
+        "edit",
+        tmp_path / "plus" / "x.npz",
+        "-g",
+        pkl,
+        "--target",
+        img,
+        "--steps",
+        "3",
+        "--loss",
+        "mse",
+        "-o",
+        tmp_path / "edited",
+    )
     assert r.exit_code == 0, r.stderr
     r = cli("sweep", img, "-g", pkl, "--wr", "0,0.1", "--steps", "3", "--loss", "mse", "-o", tmp_path / "sweep")
     assert r.exit_code == 0, r.stderr

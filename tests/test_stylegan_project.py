@@ -5,13 +5,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_stylegan2 import TINY, persistent_network, write_pickle
 
 from latent_fit import project, read_latent_file
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
-from test_stylegan2 import TINY, persistent_network, write_pickle
 
-SMALL = dict(z_dim=32, c_dim=0, w_dim=32, img_resolution=32, img_channels=3,
-             mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=1024, channel_max=64))
+SMALL = dict(
+    z_dim=32,
+    c_dim=0,
+    w_dim=32,
+    img_resolution=32,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=1024, channel_max=64),
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def test_w_projection_reaches_a_high_psnr(sg2):
     r = project(G, targets, ["a", "b", "c"], loss="mse", steps=300)
     assert r.metrics["psnr"].min() >= 28, r.metrics["psnr"]
     assert len(r.noise) == len(G.noise_shapes)
-    for nz in r.noise:   # renormalized per sample
+    for nz in r.noise:  # renormalized per sample
         assert torch.allclose(nz.mean((1, 2, 3)), torch.zeros(3), atol=1e-4)
         assert torch.allclose(nz.std((1, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
 
@@ -58,7 +65,7 @@ def test_independence_with_noise_optimization(sg2):
     G, targets = sg2
     kw = dict(loss="mse", steps=60)
     together = project(G, targets, ["a", "b", "c"], **kw)
-    alone = [project(G, targets[i:i + 1], [n], **kw) for i, n in enumerate("abc")]
+    alone = [project(G, targets[i : i + 1], [n], **kw) for i, n in enumerate("abc")]
     # Matrix products of different batch sizes round differently (~1e-6 a step) and Adam
     # magnifies that a little; a real dependence would show at the 1e-1 level.
     lat = torch.cat([a.latent for a in alone])
@@ -69,6 +76,7 @@ def test_independence_with_noise_optimization(sg2):
 
 def test_cli_on_a_network_pickle(cli, tmp_path):
     from test_stylegan2 import random_generator
+
     G = random_generator(TINY)
     pkl = tmp_path / "tiny.pkl"
     net = persistent_network(G.state_dict(), TINY, "raise SystemExit('never run')\n")
@@ -76,15 +84,13 @@ def test_cli_on_a_network_pickle(cli, tmp_path):
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 30), (90, 120, 200)).save(img)
 
-    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse",
-            "--space", "z")
+    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse", "--space", "z")
     assert r.exit_code == 1
     assert r.stderr.strip() == "error: generator 'tiny' is conditional with 3 classes: give --class 0..2"
     for command in (["edit", tmp_path / "none.npz", "--target", img], ["sweep", img, "--space", "z"]):
         assert "--class" in cli(*command, "-g", pkl, "-o", tmp_path / "o", "--help").stdout
 
-    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse",
-            "--class", "1")
+    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--steps", "5", "--loss", "mse", "--class", "1")
     assert r.exit_code == 0, r.stderr
     d = read_latent_file(tmp_path / "out" / "x.npz")
     assert d["space"] == "w" and d["latent"].shape == (16,)
@@ -92,17 +98,61 @@ def test_cli_on_a_network_pickle(cli, tmp_path):
     assert sum(k.startswith("noise_") for k in d) == len(G.noise_shapes)
     assert Image.open(tmp_path / "out" / "x.png").size == (16, 16)
 
-    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out2", "--steps", "5", "--loss", "mse",
-            "--class", "1", "--space", "w+")
+    r = cli(
+        "project",
+        img,
+        "-g",
+        pkl,
+        "-o",
+        tmp_path / "out2",
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+        "--class",
+        "1",
+        "--space",
+        "w+",
+    )
     assert r.exit_code == 0, r.stderr
     d = read_latent_file(tmp_path / "out2" / "x.npz")
     assert d["latent"].shape == (G.num_ws, 16) and np.array_equal(d["w"][0], d["latent"])
 
-    r = cli("edit", tmp_path / "out2" / "x.npz", "-g", pkl, "--target", img, "--steps", "3",
-            "--loss", "mse", "-o", tmp_path / "edited")
-    assert r.exit_code == 0, r.stderr      # w+ carries the class: none needed
-    r = cli("sweep", img, "-g", pkl, "--space", "z", "--class", "2", "--wr", "0,0.1", "--steps", "3",
-            "--starts", "1", "--loss", "mse", "-o", tmp_path / "sweep")
+    r = cli(
+        "edit",
+        tmp_path / "out2" / "x.npz",
+        "-g",
+        pkl,
+        "--target",
+        img,
+        "--steps",
+        "3",
+        "--loss",
+        "mse",
+        "-o",
+        tmp_path / "edited",
+    )
+    assert r.exit_code == 0, r.stderr  # w+ carries the class: none needed
+    r = cli(
+        "sweep",
+        img,
+        "-g",
+        pkl,
+        "--space",
+        "z",
+        "--class",
+        "2",
+        "--wr",
+        "0,0.1",
+        "--steps",
+        "3",
+        "--starts",
+        "1",
+        "--loss",
+        "mse",
+        "-o",
+        tmp_path / "sweep",
+    )
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "sweep" / "sweep.csv").read_text().count("\n") == 3
 
@@ -112,10 +162,12 @@ def test_relative_wr_units_in_w_and_w_plus(sg2):
     relative w_r keeps the latent nearer its start."""
     G, targets = sg2
     from latent_fit import sweep
+
     for space in ("w", "w+"):
-        sw = sweep(G, targets[:2], [0.01, 1.0, 100.0], ["a", "b"], space=space, loss="mse", steps=60,
-                   wr_units="relative")
+        sw = sweep(
+            G, targets[:2], [0.01, 1.0, 100.0], ["a", "b"], space=space, loss="mse", steps=60, wr_units="relative"
+        )
         f, eff = sw.metrics["wr_factor"], sw.metrics["wr_effective"]
         assert (f > 0).all() and np.allclose(eff, sw.wrs * f, rtol=1e-6)
-        assert np.allclose(f, f[:, :1])                        # one start per target, one factor
+        assert np.allclose(f, f[:, :1])  # one start per target, one factor
         assert (np.diff(sw.metrics["dz_norm"], axis=1) < 0).all(), sw.metrics["dz_norm"]

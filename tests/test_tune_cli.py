@@ -18,7 +18,7 @@ from latent_fit.generators.tuned import read_tuned, save_tuned
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "20", "--loss", "mse"]
-TUNE = ["--tune", "--tune-steps", "10"]   # few steps (the default lr)
+TUNE = ["--tune", "--tune-steps", "10"]  # few steps (the default lr)
 
 
 def _png(path: Path) -> np.ndarray:
@@ -31,12 +31,12 @@ def tuned_out(tmp_path_factory):
     from click.testing import CliRunner
 
     from latent_fit.cli import main
+
     d = tmp_path_factory.mktemp("tune")
     (d / "in").mkdir()
     for name in ("astronaut", "face_00"):
         shutil.copy(SAMPLES / "targets" / f"{name}.png", d / "in")
-    r = CliRunner().invoke(main, ["project", str(d / "in"), "-o", str(d / "out"), *FAST, *TUNE],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(main, ["project", str(d / "in"), "-o", str(d / "out"), *FAST, *TUNE], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     return d, r.stdout
 
@@ -58,7 +58,7 @@ def test_project_tune_writes_the_tuned_weights_and_shows_their_images(G, tuned_o
         assert m["psnr"] > m["psnr_pivot"] and m["dtheta_norm"] > 0 and np.isfinite(m["locality_psnr"])
         meta = read_tuned(tuned)[1]
         assert meta["settings"]["tune_reg"] == 1e-3 and meta["settings"]["tune_steps"] == 10
-        assert 7.0e6 < tuned.stat().st_size < 7.3e6   # 3.58 M weights in fp16
+        assert 7.0e6 < tuned.stat().st_size < 7.3e6  # 3.58 M weights in fp16
         Gt = load_generator("digiface-dcgan64", tuned=tuned)
         with torch.no_grad():
             img = Gt.synthesize(torch.from_numpy(data["latent"])[None], "z").clamp(-1, 1)
@@ -76,7 +76,7 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
     same = cli("project", d / "in", "-o", out, *FAST, *TUNE)
     assert "projected 0 target(s), skipped 2 complete" in same.stdout and "redoing" not in same.stdout
 
-    (out / "face_00.tuned.safetensors").unlink()        # a tuned target without its weights is not complete
+    (out / "face_00.tuned.safetensors").unlink()  # a tuned target without its weights is not complete
     again = cli("project", d / "in", "-o", out, *FAST, *TUNE)
     assert "projected 1 target(s), skipped 1 complete" in again.stdout
     assert (out / "face_00.tuned.safetensors").is_file()
@@ -88,7 +88,7 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
 
     plain = cli("project", photo, "-o", out, *FAST)
     assert "redoing 1 target(s) made with other settings: tune True → None" in plain.stdout
-    assert not (out / "astronaut.tuned.safetensors").exists()   # stale weights removed
+    assert not (out / "astronaut.tuned.safetensors").exists()  # stale weights removed
     assert "tuned_sha256" not in read_latent_file(out / "astronaut.npz")
     assert not {"psnr_pivot", "dtheta_norm", "locality_psnr"} & set(next(csv.DictReader(open(out / "metrics.csv"))))
 
@@ -98,7 +98,7 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
 
 def _request(path: Path) -> Path:
     im = np.zeros((64, 64, 4), np.uint8)
-    im[:20, :, :3], im[:20, :, 3] = 30, 255   # darken the top, alpha = where
+    im[:20, :, :3], im[:20, :, 3] = 30, 255  # darken the top, alpha = where
     Image.fromarray(im).save(path)
     return path
 
@@ -106,23 +106,36 @@ def _request(path: Path) -> Path:
 def test_edit_uses_tuned_weights_beside_the_latents(cli, tuned_out, tmp_path):
     d, _ = tuned_out
     out, req = d / "out", _request(tmp_path / "req.png")
-    plain = tmp_path / "plain"   # an untuned latent with a stale tuned file beside it: ignored
+    plain = tmp_path / "plain"  # an untuned latent with a stale tuned file beside it: ignored
     plain.mkdir()
     shutil.copy(SAMPLES / "latents" / "face_01.npz", plain)
     shutil.copy(out / "face_00.tuned.safetensors", plain / "face_01.tuned.safetensors")
-    r = cli("edit", out / "astronaut.npz", out / "face_00.npz", plain / "face_01.npz", "--target", req,
-            "-o", tmp_path / "ed", "--steps", "5", "--loss", "mse")
+    r = cli(
+        "edit",
+        out / "astronaut.npz",
+        out / "face_00.npz",
+        plain / "face_01.npz",
+        "--target",
+        req,
+        "-o",
+        tmp_path / "ed",
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+    )
     assert r.exit_code == 0, r.stderr
     assert "edited 3 latent(s)" in r.stdout and "used tuned weights for 2 target(s)" in r.stdout
     ed = tmp_path / "ed"
-    before = _png(ed / "astronaut_compare.png")[:, :64]   # before | request | after
+    before = _png(ed / "astronaut_compare.png")[:, :64]  # before | request | after
     assert np.abs(before - _png(out / "astronaut.png")).max() <= 1
     assert read_latent_file(ed / "astronaut.npz")["tuned_sha256"] == file_sha256(out / "astronaut.tuned.safetensors")
     assert not (ed / "face_01.tuned.safetensors").exists()
 
     np.save(tmp_path / "d.npy", np.eye(100, dtype=np.float32)[0])
-    strip = cli("edit", out / "astronaut.npz", "--direction", tmp_path / "d.npy", "--strength", "0,2",
-                "-o", tmp_path / "dir")
+    strip = cli(
+        "edit", out / "astronaut.npz", "--direction", tmp_path / "d.npy", "--strength", "0,2", "-o", tmp_path / "dir"
+    )
     assert strip.exit_code == 0 and "used tuned weights for 1 target(s)" in strip.stdout
     assert np.abs(_png(tmp_path / "dir" / "astronaut_s+0.png") - _png(out / "astronaut.png")).max() <= 1
 
@@ -138,8 +151,19 @@ def test_a_tuned_file_of_another_generator_is_refused_and_the_others_go_on(cli, 
     save_tuned(foreign, delta, other, meta["settings"])
     data = read_latent_file(lat / "astronaut.npz")
     write_latent_file(lat / "astronaut.npz", **(data | {"tuned_sha256": file_sha256(foreign)}))
-    r = cli("edit", lat / "astronaut.npz", lat / "face_00.npz", "--target", _request(tmp_path / "req.png"),
-            "-o", tmp_path / "ed", "--steps", "5", "--loss", "mse")
+    r = cli(
+        "edit",
+        lat / "astronaut.npz",
+        lat / "face_00.npz",
+        "--target",
+        _request(tmp_path / "req.png"),
+        "-o",
+        tmp_path / "ed",
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+    )
     assert r.exit_code == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and str(foreign) in errors[0] and "other-dcgan" in errors[0]
@@ -150,8 +174,16 @@ def test_a_tuned_file_of_another_generator_is_refused_and_the_others_go_on(cli, 
     good.mkdir()
     for suffix in (".npz", ".tuned.safetensors"):
         shutil.copy(d / "out" / f"astronaut{suffix}", good / f"photo{suffix}")
-    i = cli("interpolate", lat / "face_00.npz", good / "photo.npz", SAMPLES / "latents" / "face_01.npz",
-            "--frames", "3", "-o", tmp_path / "i")
+    i = cli(
+        "interpolate",
+        lat / "face_00.npz",
+        good / "photo.npz",
+        SAMPLES / "latents" / "face_01.npz",
+        "--frames",
+        "3",
+        "-o",
+        tmp_path / "i",
+    )
     assert i.exit_code == 1 and "used tuned weights for 1 target(s)" in i.stdout
     errors = [line for line in i.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "face_00.tuned.safetensors" in errors[0] and "changed" in errors[0]
@@ -160,8 +192,17 @@ def test_a_tuned_file_of_another_generator_is_refused_and_the_others_go_on(cli, 
 def test_interpolate_blends_the_tuned_ends(cli, tuned_out, tmp_path):
     d, _ = tuned_out
     out = d / "out"
-    r = cli("interpolate", out / "astronaut.npz", out / "face_00.npz", "--frames", "3", "--mode", "linear",
-            "-o", tmp_path / "i")
+    r = cli(
+        "interpolate",
+        out / "astronaut.npz",
+        out / "face_00.npz",
+        "--frames",
+        "3",
+        "--mode",
+        "linear",
+        "-o",
+        tmp_path / "i",
+    )
     assert r.exit_code == 0 and "used tuned weights for 2 target(s)" in r.stdout
     row = _png(tmp_path / "i" / "linear.png")
     assert np.abs(row[:, :64] - _png(out / "astronaut.png")).max() <= 1
@@ -174,28 +215,41 @@ def test_sweep_init_edits_tuned_latents_through_their_weights(cli, tuned_out, tm
     reqs.mkdir()
     for stem in ("astronaut", "face_00"):
         _request(reqs / f"{stem}.png")
-    r = cli("sweep", reqs, "--init", d / "out", "--wr", "1e-3,1e-1", "--steps", "5", "--loss", "mse",
-            "-o", tmp_path / "sw")
+    r = cli(
+        "sweep", reqs, "--init", d / "out", "--wr", "1e-3,1e-1", "--steps", "5", "--loss", "mse", "-o", tmp_path / "sw"
+    )
     assert r.exit_code == 0, r.stderr
     assert "used tuned weights for 2 target(s)" in r.stdout
     rows = list(csv.DictReader(open(tmp_path / "sw" / "sweep.csv")))
     assert [(x["target"], float(x["wr"])) for x in rows] == [
-        ("astronaut", 1e-3), ("astronaut", 0.1), ("face_00", 1e-3), ("face_00", 0.1)]
+        ("astronaut", 1e-3),
+        ("astronaut", 0.1),
+        ("face_00", 1e-3),
+        ("face_00", 0.1),
+    ]
 
 
 def test_sweep_tune_reg(cli, tmp_path):
     out = tmp_path / "sw"
     regs = [0, 1e-2, 1e-1, 1]
-    r = cli("sweep", SAMPLES / "targets" / "astronaut.png", "--tune-reg", ",".join(map(str, regs)), *FAST,
-            "--tune-steps", "10", "-o", out)
+    r = cli(
+        "sweep",
+        SAMPLES / "targets" / "astronaut.png",
+        "--tune-reg",
+        ",".join(map(str, regs)),
+        *FAST,
+        "--tune-steps",
+        "10",
+        "-o",
+        out,
+    )
     assert r.exit_code == 0, r.stderr
     rows = list(csv.DictReader(open(out / "sweep.csv")))
-    assert list(rows[0]) == ["target", "tune_reg", "psnr", "psnr_pivot", "locality_psnr", "dtheta_norm", "mse",
-                             "lpips"]
+    assert list(rows[0]) == ["target", "tune_reg", "psnr", "psnr_pivot", "locality_psnr", "dtheta_norm", "mse", "lpips"]
     assert [float(x["tune_reg"]) for x in rows] == regs
     dtheta = np.array([float(x["dtheta_norm"]) for x in rows])
     assert (np.diff(dtheta) < 0).all(), dtheta
-    assert len({x["psnr_pivot"] for x in rows}) == 1   # one pivot per target
+    assert len({x["psnr_pivot"] for x in rows}) == 1  # one pivot per target
     suggestion = json.loads((out / "suggestion.json").read_text())
     assert suggestion["tune_reg"] in regs and f"suggested tune_reg={suggestion['tune_reg']:g}" in r.stdout
     assert Image.open(out / "sweep.png").size[0] > 500 and (out / "grid.png").is_file()
@@ -207,14 +261,33 @@ def test_sweep_tune_reg(cli, tmp_path):
 def test_project_tune_on_a_stylegan2_network_pickle(cli, tmp_path):
     """Synthesis weights tuned, mapping kept; the PNG is the tuned synthesis with the pivot's noise maps."""
     import sys
+
     sys.path.insert(0, str(Path(__file__).parent))
     from test_stylegan2 import TINY, persistent_network, random_generator, write_pickle
+
     pkl = tmp_path / "tiny.pkl"
     write_pickle(pkl, dict(G_ema=persistent_network(random_generator(TINY).state_dict(), TINY, "")))
     img = tmp_path / "x.png"
     Image.new("RGB", (40, 30), (90, 120, 200)).save(img)
-    r = cli("project", img, "-g", pkl, "-o", tmp_path / "out", "--class", "1", "--steps", "5", "--loss", "mse",
-            "--tune", "--tune-steps", "5", "--tune-lr", "1e-2")
+    r = cli(
+        "project",
+        img,
+        "-g",
+        pkl,
+        "-o",
+        tmp_path / "out",
+        "--class",
+        "1",
+        "--steps",
+        "5",
+        "--loss",
+        "mse",
+        "--tune",
+        "--tune-steps",
+        "5",
+        "--tune-lr",
+        "1e-2",
+    )
     assert r.exit_code == 0, r.stderr
     data = read_latent_file(tmp_path / "out" / "x.npz")
     delta, _ = read_tuned(tmp_path / "out" / "x.tuned.safetensors")
@@ -233,10 +306,12 @@ def test_a_target_whose_npz_was_not_written_after_its_tuned_file_is_redone(cli, 
     import errno
 
     import latent_fit.outputs as outputs
+
     photo, out = SAMPLES / "targets" / "astronaut.png", tmp_path / "out"
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(outputs, "write_latent_file", full)
     r = cli("project", photo, "-o", out, *FAST, *TUNE)
     assert r.exit_code == 1 and "could not write outputs (No space left on device)" in r.stderr

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from latent_fit import LatentFitError, load_generator, project
-from latent_fit.images import load_image
 from latent_fit.generators.tuned import apply_tuned, read_tuned, save_tuned
+from latent_fit.images import load_image
 from latent_fit.tuning import render_tuned, tune
 
 PHOTO = Path(__file__).resolve().parents[1] / "samples" / "targets" / "astronaut.png"
-FAST = dict(loss="mse", tune_lr=1e-3)   # few steps in tests: a higher lr than the default 3e-4
+FAST = dict(loss="mse", tune_lr=1e-3)  # few steps in tests: a higher lr than the default 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,16 @@ def test_a_larger_reg_gives_a_smaller_change_and_better_locality(G, photo_pivot)
     """One batched run: the same target at every reg, without the locality term."""
     x, pivot = photo_pivot
     grid = [0.0, 1e-2, 1e-1, 1.0]
-    res = tune(G, pivot.expand(4, -1), x.expand(4, -1, -1, -1), ["a"] * 4, tune_steps=20,
-               tune_reg=torch.tensor(grid), tune_locality=0.0, **FAST)
+    res = tune(
+        G,
+        pivot.expand(4, -1),
+        x.expand(4, -1, -1, -1),
+        ["a"] * 4,
+        tune_steps=20,
+        tune_reg=torch.tensor(grid),
+        tune_locality=0.0,
+        **FAST,
+    )
     dtheta, loc, rec = res.metrics["dtheta_norm"], res.metrics["locality_psnr"], res.metrics["psnr"]
     assert np.all(np.diff(dtheta) < -0.1 * dtheta[1:]), dtheta
     assert np.all(np.diff(loc) > 0.5), loc
@@ -56,32 +64,33 @@ def test_batched_tuning_equals_tuning_one_at_a_time(G, in_domain, photo_pivot):
     kw = dict(tune_steps=8, seed=3, exact=True, **FAST)
     together = tune(G, pivots, targets, names, **kw)
     reordered = tune(G, pivots.flip(0), targets.flip(0), names[::-1], **kw)
-    alone = [tune(G, pivots[i:i + 1], targets[i:i + 1], names[i:i + 1], **kw) for i in range(3)]
+    alone = [tune(G, pivots[i : i + 1], targets[i : i + 1], names[i : i + 1], **kw) for i in range(3)]
     for key, d in together.delta.items():
         assert torch.allclose(d, reordered.delta[key].flip(0), rtol=0, atol=1e-6), key
         assert torch.allclose(d, torch.cat([a.delta[key] for a in alone]), rtol=0, atol=1e-6), key
     for i, a in enumerate(alone):
         for key in ("psnr", "locality_psnr", "dtheta_norm"):
             assert together.metrics[key][i] == pytest.approx(a.metrics[key][0], abs=1e-3), key
-    assert len(set(together.metrics["locality_psnr"].tolist())) == 3   # each its own samples
+    assert len(set(together.metrics["locality_psnr"].tolist())) == 3  # each its own samples
 
 
 def test_tuned_file_round_trips_and_is_refused_by_another_generator(G, photo_pivot, tmp_path):
     x, pivot = photo_pivot
     res = tune(G, pivot, x, ["astronaut"], tune_steps=10, **FAST)
     path = tmp_path / "astronaut.tuned.safetensors"
-    save_tuned(path, {k: v[0] for k, v in res.delta.items()}, G, res.settings,
-               {k: float(v[0]) for k, v in res.metrics.items()})
+    save_tuned(
+        path, {k: v[0] for k, v in res.delta.items()}, G, res.settings, {k: float(v[0]) for k, v in res.metrics.items()}
+    )
     delta, meta = read_tuned(path)
     assert meta["generator_sha256"] == G.sha256 and meta["settings"]["tune_steps"] == 10
     assert meta["metrics"]["psnr"] == pytest.approx(float(res.metrics["psnr"][0]))
     assert set(delta) == set(G.tunable()) and next(iter(delta.values())).dtype == torch.float32
-    assert path.stat().st_size < 0.55 * 4 * sum(v.numel() for v in delta.values())   # half precision
+    assert path.stat().st_size < 0.55 * 4 * sum(v.numel() for v in delta.values())  # half precision
     for tuned in (apply_tuned(G, path), load_generator("digiface-dcgan64", tuned=path)):
         with torch.no_grad():
             img = tuned.synthesize(pivot, "z").clamp(-1, 1)
         assert (img - res.images).abs().max() < 2e-2
-    with torch.no_grad():   # the original generator is left as it was
+    with torch.no_grad():  # the original generator is left as it was
         assert (G.synthesize(pivot, "z") - res.images).abs().max() > 0.1
 
     other = copy.deepcopy(G)
@@ -103,6 +112,7 @@ def test_unreadable_tuned_files_are_clear(G, tmp_path):
 def test_stylegan2_tunes_synthesis_with_its_noise_maps_and_keeps_mapping():
     sys.path.insert(0, str(Path(__file__).parent))
     from test_stylegan2 import random_generator
+
     G = random_generator()
     c = torch.eye(G.c_dim)[:2]
     w = G.sample(2, seed=1, space="w", c=c)
@@ -112,8 +122,18 @@ def test_stylegan2_tunes_synthesis_with_its_noise_maps_and_keeps_mapping():
     res = tune(G, w, x, ["a", "b"], space="w", c=c, noise=noise, tune_steps=20, loss="mse", tune_lr=1e-2)
     assert set(res.delta) == set(G.tunable()) and all(k.startswith("synthesis.") for k in res.delta)
     assert np.all(res.metrics["psnr"] > res.metrics["psnr_pivot"] + 1), res.metrics
-    alone = tune(G, w[1:], x[1:], ["b"], space="w", c=c[1:], noise=[n[1:] for n in noise], tune_steps=20,
-                 loss="mse", tune_lr=1e-2)
+    alone = tune(
+        G,
+        w[1:],
+        x[1:],
+        ["b"],
+        space="w",
+        c=c[1:],
+        noise=[n[1:] for n in noise],
+        tune_steps=20,
+        loss="mse",
+        tune_lr=1e-2,
+    )
     assert torch.allclose(alone.images[0], res.images[1], atol=1e-3)
 
 

@@ -15,8 +15,8 @@ import latent_fit
 from latent_fit.errors import LatentFitError
 from latent_fit.generators import load_generator
 
-ROOT = Path(latent_fit.__file__).resolve().parents[1]   # the checkout (or site-packages) under test
-MODULE = "lf_user_gen_5d21"                              # a name found nowhere but the user's folder
+ROOT = Path(latent_fit.__file__).resolve().parents[1]  # the checkout (or site-packages) under test
+MODULE = "lf_user_gen_5d21"  # a name found nowhere but the user's folder
 GENERATOR = """
     import torch
     from torch import nn
@@ -64,18 +64,21 @@ def check(G):
 def test_a_file_path_and_a_module_in_the_current_folder(tmp_path, monkeypatch):
     folder = user_folder(tmp_path / "gens")
     path_before = list(sys.path)
-    check(load_generator(f"{folder / MODULE}.py:make"))       # its helper is found beside it
+    check(load_generator(f"{folder / MODULE}.py:make"))  # its helper is found beside it
     monkeypatch.chdir(folder)
     check(load_generator(f"./{MODULE}.py:make"))
     check(load_generator(f"{MODULE}:make"))
-    assert sys.path == path_before                           # nothing of the user's stays on the path
+    assert sys.path == path_before  # nothing of the user's stays on the path
 
 
 def test_errors_name_the_spec(tmp_path, monkeypatch):
     user_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
-    for spec, reason in [("./nowhere.py:make", "no file ./nowhere.py"), ("nowhere_5d21:make", "No module named"),
-                         (f"./{MODULE}.py:absent", "has no attribute 'absent'")]:
+    for spec, reason in [
+        ("./nowhere.py:make", "no file ./nowhere.py"),
+        ("nowhere_5d21:make", "No module named"),
+        (f"./{MODULE}.py:absent", "has no attribute 'absent'"),
+    ]:
         with pytest.raises(LatentFitError, match=rf"^{spec}: cannot import the generator factory \(.*{reason}"):
             load_generator(spec)
 
@@ -86,13 +89,15 @@ def console_script(folder: Path) -> Path:
     its sys.path holds that folder, not the current one; it checks so before starting."""
     folder.mkdir()
     script = folder / "latent-fit"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         assert os.getcwd() not in sys.path and "" not in sys.path, sys.path
         from latent_fit.cli import main
         sys.exit(main())
-    """))
+    """)
+    )
     return script
 
 
@@ -101,11 +106,25 @@ def test_console_script_finds_user_code_in_the_current_folder(tmp_path, spec):
     folder = user_folder(tmp_path / "user")
     script = console_script(tmp_path / "bin")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    args = [sys.executable, str(script), "project", "x.png", "-g", spec, "-o", "out", "--steps", "3",
-            "--loss", "mse", "--device", "cpu"]
+    args = [
+        sys.executable,
+        str(script),
+        "project",
+        "x.png",
+        "-g",
+        spec,
+        "-o",
+        "out",
+        "--steps",
+        "3",
+        "--loss",
+        "mse",
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(args, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (folder / "out" / "x.npz").is_file() and (folder / "out" / "x.png").is_file()
-    if spec.startswith(MODULE):   # and from another folder, the same command does not find it
+    if spec.startswith(MODULE):  # and from another folder, the same command does not find it
         r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and f"No module named '{MODULE}'" in r.stderr

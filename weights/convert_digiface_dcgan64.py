@@ -18,6 +18,5 @@ src = Path(sys.argv[1])
 state = torch.load(src, map_location="cpu", weights_only=True)["netG_state_dict"]
 tensors = {k: v.contiguous() for k, v in state.items() if not k.endswith("num_batches_tracked")}
 out = Path(__file__).with_name("digiface-dcgan64.safetensors")
-save_file(tensors, out, metadata={"source": "gan-face-generate==1.1.1 gan_face_generate/weights.tar",
-                                  "license": "MIT"})
+save_file(tensors, out, metadata={"source": "gan-face-generate==1.1.1 gan_face_generate/weights.tar", "license": "MIT"})
 print(out, hashlib.sha256(out.read_bytes()).hexdigest())

@@ -22,25 +22,25 @@ class Generator(nn.Module):
     Noise inputs are declared by `noise_shapes`.
     """
 
-    name: str = "generator"      # id written into latent files
-    sha256: str = ""             # of the weights file, "" when unknown
-    resolution: int = 0          # output height == width in pixels
-    img_channels: int = 3        # 3: RGB, 1: grayscale
-    z_dim: int = 0               # dimension of the prior N(0, I)
-    c_dim: int = 0               # number of classes (0: unconditional)
+    name: str = "generator"  # id written into latent files
+    sha256: str = ""  # of the weights file, "" when unknown
+    resolution: int = 0  # output height == width in pixels
+    img_channels: int = 3  # 3: RGB, 1: grayscale
+    z_dim: int = 0  # dimension of the prior N(0, I)
+    c_dim: int = 0  # number of classes (0: unconditional)
     spaces: tuple[str, ...] = ("z",)
     default_space: str = "z"
-    noise_shapes: tuple[tuple[int, ...], ...] = ()   # per-sample shapes of noise inputs
-    num_ws: int = 0              # StyleGAN: rows of a w+ latent (0: no w space)
+    noise_shapes: tuple[tuple[int, ...], ...] = ()  # per-sample shapes of noise inputs
+    num_ws: int = 0  # StyleGAN: rows of a w+ latent (0: no w space)
 
-    def freeze(self) -> "Generator":
+    def freeze(self) -> Generator:
         """Eval mode and no parameter gradients: samples of a batch stay independent."""
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
         return self
 
-    def train(self, mode: bool = True) -> "Generator":
+    def train(self, mode: bool = True) -> Generator:
         # A generator never leaves eval mode (BatchNorm must use running statistics).
         return super().train(False)
 
@@ -65,13 +65,13 @@ class Generator(nn.Module):
         self.check_space(space)
         return torch.zeros(1, self.z_dim, device=self.device)
 
-    def synthesize(self, latent: torch.Tensor, space: str, c: torch.Tensor | None = None,
-                   noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def synthesize(
+        self, latent: torch.Tensor, space: str, c: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Images [N, img_channels, resolution, resolution] in [-1, 1] for latents [N, *latent_shape]."""
         raise NotImplementedError
 
-    def sample(self, n: int, seed: int = 0, space: str | None = None,
-               c: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, space: str | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         """n latents in `space` from the prior, reproducible from `seed` on any device."""
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.z_dim, generator=gen).to(self.device)
@@ -166,5 +166,6 @@ class Generator(nn.Module):
     def check_space(self, space: str) -> str:
         if space not in self.spaces:
             raise LatentFitError(
-                f"generator {self.name!r} has no latent space {space!r}; choose one of {', '.join(self.spaces)}")
+                f"generator {self.name!r} has no latent space {space!r}; choose one of {', '.join(self.spaces)}"
+            )
         return space

@@ -21,8 +21,9 @@ class DCGAN(Generator):
 
     def __init__(self, state: dict[str, torch.Tensor], name: str = "dcgan", sha256: str = ""):
         super().__init__()
-        convs = sorted((k for k in state if k.endswith(".weight") and state[k].ndim == 4),
-                       key=lambda k: int(k.split(".")[1]))
+        convs = sorted(
+            (k for k in state if k.endswith(".weight") and state[k].ndim == 4), key=lambda k: int(k.split(".")[1])
+        )
         layers: list[nn.Module] = []
         for i, key in enumerate(convs):
             w = state[key]

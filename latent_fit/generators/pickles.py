@@ -29,16 +29,27 @@ from torch.overrides import TorchFunctionMode
 from ..errors import LatentFitError
 from .stylegan2 import StyleGAN2Generator, lowpass_filter
 from .stylegan3 import StyleGAN3Generator
-from .untrusted import (LEGACY_TORCH_MAGIC, Budget, NDArray, Refused, describe, load_storage_bytes, numpy_globals,
-                        read_capped, read_torch_file, torch_globals, unpickle)
+from .untrusted import (
+    LEGACY_TORCH_MAGIC,
+    Budget,
+    NDArray,
+    Refused,
+    describe,
+    load_storage_bytes,
+    numpy_globals,
+    read_capped,
+    read_torch_file,
+    torch_globals,
+    unpickle,
+)
 
-MAX_FILE_BYTES = 8 * 2 ** 30        # read no more of a network file than this
-MAX_NETWORK_NUMBERS = 2 ** 29       # 2 GiB of float32 in the generator's tensors
-MAX_INIT_INT = 2 ** 20              # resolutions, channels, dims and counts in init_kwargs
-MAX_INIT_ITEMS = 64                 # items of a list or dict in init_kwargs
-MAX_INIT_VALUES = 4096              # values in all of init_kwargs (a real one has about 40)
+MAX_FILE_BYTES = 8 * 2**30  # read no more of a network file than this
+MAX_NETWORK_NUMBERS = 2**29  # 2 GiB of float32 in the generator's tensors
+MAX_INIT_INT = 2**20  # resolutions, channels, dims and counts in init_kwargs
+MAX_INIT_ITEMS = 64  # items of a list or dict in init_kwargs
+MAX_INIT_VALUES = 4096  # values in all of init_kwargs (a real one has about 40)
 _GENERATOR_ARGS = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs"}
-STYLEGAN3_REPO_CONV_CLAMP = 256   # the default of the stylegan3 repo's StyleGAN2 (stylegan2-ada-pytorch: None)
+STYLEGAN3_REPO_CONV_CLAMP = 256  # the default of the stylegan3 repo's StyleGAN2 (stylegan2-ada-pytorch: None)
 
 
 class _Persistent:
@@ -48,9 +59,14 @@ class _Persistent:
         self.class_name, self.state, self.module_src = class_name, state, module_src
 
 
-def _persistent(meta):   # torch_utils.persistence._reconstruct_persistent_obj
-    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict) \
-            or not isinstance(meta.get("class_name"), str) or len(meta["class_name"]) > 100:
+def _persistent(meta):  # torch_utils.persistence._reconstruct_persistent_obj
+    if (
+        not isinstance(meta, dict)
+        or meta.get("type") != "class"
+        or not isinstance(meta.get("state"), dict)
+        or not isinstance(meta.get("class_name"), str)
+        or len(meta["class_name"]) > 100
+    ):
         raise pickle.UnpicklingError("malformed persistent object")
     src = meta.get("module_src")
     return _Persistent(meta["class_name"], meta["state"], src if isinstance(src, str) else "")
@@ -70,16 +86,18 @@ class _Namespace:
 
 def _network_globals(budget: Budget) -> dict:
     """The globals a network pickle may name, with stand-ins made for this load alone."""
-    def latin1(text, encoding="latin1"):   # _codecs.encode: how protocol-2 pickles store bytes
+
+    def latin1(text, encoding="latin1"):  # _codecs.encode: how protocol-2 pickles store bytes
         if not isinstance(text, str) or encoding != "latin1":
             raise pickle.UnpicklingError("unexpected string encoding")
         budget.spend_bytes(len(text))
         return text.encode("latin1")
 
-    def storage(data):   # torch.storage._load_from_bytes
+    def storage(data):  # torch.storage._load_from_bytes
         if not isinstance(data, bytes):
             raise pickle.UnpicklingError("malformed tensor storage")
         return load_storage_bytes(data, budget)
+
     return {
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent,
         ("torch.storage", "_load_from_bytes"): storage,
@@ -97,13 +115,14 @@ def _checkpoint_globals() -> dict:
 
 def _finder(globals_: dict):
     """find_class(module, name) resolving only the globals of `globals_`; anything else ends the load."""
+
     def find_class(module: str, name: str):
         if (module, name) in globals_:
             return globals_[module, name]
         if module.startswith("dnnlib.tflib"):
-            raise Refused("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of "
-                          "stylegan2-ada-pytorch first")
+            raise Refused("a TensorFlow-era StyleGAN pickle; convert it with legacy.py of stylegan2-ada-pytorch first")
         raise Refused(f"refusing to load global '{module[:60]}.{name[:60]}' (not a network-pickle type)")
+
     return find_class
 
 
@@ -125,7 +144,7 @@ def load_stylegan(path: str | Path, network_key: str = "G_ema") -> StyleGAN2Gene
         raise LatentFitError(f"{path}: cannot read the file ({e.strerror or e})") from None
     except LatentFitError as e:
         raise LatentFitError(f"{path}: {e}") from None
-    except Exception as e:   # a file we did not foresee must still end in one line
+    except Exception as e:  # a file we did not foresee must still end in one line
         raise LatentFitError(f"{path}: not a usable network file ({describe(e)})") from None
 
 
@@ -133,7 +152,7 @@ def _estimate_w_avg(G: StyleGAN2Generator, n: int = 10_000) -> None:
     """w_avg as the stylegan2-ada projector estimates it, from n samples of the mapping (in
     chunks of about 16 MB, whatever z_dim the file declares)."""
     gen = torch.Generator().manual_seed(0)
-    chunk = max(1, 2 ** 22 // max(G.z_dim, G.w_dim))
+    chunk = max(1, 2**22 // max(G.z_dim, G.w_dim))
     total = torch.zeros(G.w_dim)
     with torch.no_grad():
         for i in range(0, n, chunk):
@@ -173,7 +192,7 @@ def _pickled_generator(networks: dict, key: str, budget: Budget) -> tuple[dict, 
         raise LatentFitError("the generator was built with positional arguments; expected keyword arguments")
     init_kwargs = _plain(net.state.get("_init_kwargs", {}), [MAX_INIT_VALUES])
     if not _is_stylegan3(state_dict) and _by_stylegan3_repo(init_kwargs, net.module_src):
-        init_kwargs = {"conv_clamp": STYLEGAN3_REPO_CONV_CLAMP, **init_kwargs}   # unless the pickle sets it
+        init_kwargs = {"conv_clamp": STYLEGAN3_REPO_CONV_CLAMP, **init_kwargs}  # unless the pickle sets it
     return init_kwargs, state_dict
 
 
@@ -202,8 +221,12 @@ def _module_state_dict(obj: _Persistent, budget: Budget, seen: set, prefix: str 
     state = obj.state
     parameters, buffers, modules = (state.get(k) or {} for k in ("_parameters", "_buffers", "_modules"))
     skip = state.get("_non_persistent_buffers_set") or set()
-    if not (isinstance(parameters, dict) and isinstance(buffers, dict) and isinstance(modules, dict)
-            and isinstance(skip, (set, frozenset))):
+    if not (
+        isinstance(parameters, dict)
+        and isinstance(buffers, dict)
+        and isinstance(modules, dict)
+        and isinstance(skip, (set, frozenset))
+    ):
         raise LatentFitError(f"module {prefix[:60]!r} has malformed parameters, buffers or children")
     budget.spend(1 + len(parameters) + len(buffers) + len(modules))
     out = {}
@@ -241,12 +264,15 @@ def _check_size(init_kwargs: dict, state_dict: dict, file_bytes: int) -> None:
     in init_kwargs."""
     total = sum(t.numel() for t in state_dict.values())
     if total > MAX_NETWORK_NUMBERS:
-        raise LatentFitError(f"its tensors hold {total:,} numbers, more than the {MAX_NETWORK_NUMBERS:,} "
-                             "latent-fit loads")
+        raise LatentFitError(
+            f"its tensors hold {total:,} numbers, more than the {MAX_NETWORK_NUMBERS:,} latent-fit loads"
+        )
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
-    if nbytes > file_bytes + 2 ** 20:   # a rosinality file gains a few filters and w_avg
-        raise LatentFitError(f"its tensors hold {nbytes:,} bytes, more than the {file_bytes:,} of the file "
-                             "(tensors that share their data)")
+    if nbytes > file_bytes + 2**20:  # a rosinality file gains a few filters and w_avg
+        raise LatentFitError(
+            f"its tensors hold {nbytes:,} bytes, more than the {file_bytes:,} of the file "
+            "(tensors that share their data)"
+        )
 
     def check(x, where, depth=0):
         if depth > 4 or (isinstance(x, (list, tuple, dict)) and len(x) > MAX_INIT_ITEMS):
@@ -258,8 +284,10 @@ def _check_size(init_kwargs: dict, state_dict: dict, file_bytes: int) -> None:
             for v in x:
                 check(v, where, depth + 1)
         elif isinstance(x, numbers.Integral) and not 0 <= x <= MAX_INIT_INT:
-            raise LatentFitError(f"init_kwargs {where} = {x if abs(x) < 10 ** 20 else 'huge'} is out of "
-                                 f"range (0..{MAX_INIT_INT})")
+            raise LatentFitError(
+                f"init_kwargs {where} = {x if abs(x) < 10**20 else 'huge'} is out of range (0..{MAX_INIT_INT})"
+            )
+
     if not isinstance(init_kwargs, dict):
         raise LatentFitError("its init_kwargs are not a dict")
     check(init_kwargs, "")
@@ -275,12 +303,12 @@ class _Budget(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _FACTORIES:   # the size: ints, one sequence, or size=
+        if func in _FACTORIES:  # the size: ints, one sequence, or size=
             size = kwargs.get("size", args[0] if args and not isinstance(args[0], numbers.Integral) else args)
             try:
                 self.left -= math.prod(int(n) for n in size)
             except (TypeError, ValueError):
-                pass   # not a size: the factory itself says so
+                pass  # not a size: the factory itself says so
             if self.left < 0:
                 raise LatentFitError("init_kwargs describe a network larger than the file's tensors")
         return func(*args, **kwargs)
@@ -296,19 +324,23 @@ def _build(cls, init_kwargs: dict, state_dict: dict, name: str, sha256: str):
     from the file, so a huge or radial filter size is refused before numpy sees it.)"""
     registrations, limit = [0], 4 * len(state_dict) + 64
 
-    def count(*_):   # a network with far more layers than the file has weights: stop early
+    def count(*_):  # a network with far more layers than the file has weights: stop early
         registrations[0] += 1
         if registrations[0] > limit:
-            raise LatentFitError(f"init_kwargs describe a network with far more layers than the file's "
-                                 f"{len(state_dict)} tensors")
-    hooks = [nn_module.register_module_module_registration_hook(count),
-             nn_module.register_module_parameter_registration_hook(count)]
+            raise LatentFitError(
+                f"init_kwargs describe a network with far more layers than the file's {len(state_dict)} tensors"
+            )
+
+    hooks = [
+        nn_module.register_module_module_registration_hook(count),
+        nn_module.register_module_parameter_registration_hook(count),
+    ]
     try:
-        with _Budget(2 * sum(t.numel() for t in state_dict.values()) + 2 ** 24):
+        with _Budget(2 * sum(t.numel() for t in state_dict.values()) + 2**24):
             return cls.from_state_dict(init_kwargs, state_dict, name=name, sha256=sha256)
     except LatentFitError:
         raise
-    except Exception as e:   # the constructor given odd values: ZeroDivisionError, ...
+    except Exception as e:  # the constructor given odd values: ZeroDivisionError, ...
         kind = cls.__name__.removesuffix("Generator")
         raise LatentFitError(f"unsupported {kind} configuration ({describe(e)})") from None
     finally:
@@ -321,8 +353,11 @@ def _rosinality_generator(ckpt, network_key: str) -> tuple[dict, dict, bool]:
     if key not in ("g_ema", "g"):
         raise LatentFitError(f"network {network_key!r} is not a generator; use G_ema or G")
     if not isinstance(ckpt, dict) or key not in ckpt:
-        has = (", ".join(k[:40] for k in list(ckpt)[:10] if isinstance(k, str)) if isinstance(ckpt, dict)
-               else type(ckpt).__name__)
+        has = (
+            ", ".join(k[:40] for k in list(ckpt)[:10] if isinstance(k, str))
+            if isinstance(ckpt, dict)
+            else type(ckpt).__name__
+        )
         raise LatentFitError(f"not a rosinality stylegan2-pytorch checkpoint: no {key!r} (it has: {has})")
     w_avg = ckpt.get("latent_avg")
     return (*rosinality_to_stylegan2(ckpt[key], w_avg), w_avg is None)
@@ -347,7 +382,7 @@ def rosinality_to_stylegan2(sd: dict, w_avg: torch.Tensor | None = None) -> tupl
         return len({k.split(".")[1] for k in sd if k.startswith(prefix + ".")})
 
     n_mlp, n_up = max(1, count("style")), count("to_rgbs")
-    res = 4 * 2 ** n_up
+    res = 4 * 2**n_up
     out = {}
     for i in range(n_mlp):
         out[f"mapping.fc{i}.weight"] = take(f"style.{i + 1}.weight")
@@ -389,7 +424,15 @@ def rosinality_to_stylegan2(sd: dict, w_avg: torch.Tensor | None = None) -> tupl
 
 def _rosinality_kwargs(sd: dict, z_dim: int, w_dim: int, res: int, n_mlp: int) -> dict:
     """NVIDIA's init_kwargs of a converted rosinality generator (channel widths from its convs)."""
-    return dict(z_dim=z_dim, c_dim=0, w_dim=w_dim, img_resolution=res, img_channels=3,
-                mapping_kwargs=dict(num_layers=n_mlp),
-                synthesis_kwargs=dict(channel_base=sd[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
-                                      channel_max=sd["synthesis.b4.const"].shape[0]))
+    return dict(
+        z_dim=z_dim,
+        c_dim=0,
+        w_dim=w_dim,
+        img_resolution=res,
+        img_channels=3,
+        mapping_kwargs=dict(num_layers=n_mlp),
+        synthesis_kwargs=dict(
+            channel_base=sd[f"synthesis.b{res}.conv1.weight"].shape[0] * res,
+            channel_max=sd["synthesis.b4.const"].shape[0],
+        ),
+    )

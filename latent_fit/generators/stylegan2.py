@@ -22,8 +22,15 @@ _ACTIVATIONS = {  # name -> (function, gain that keeps the signal's magnitude)
     "lrelu": (lambda x: F.leaky_relu(x, 0.2), math.sqrt(2)),
 }
 # Constructor options that only concern fp16 speed or training: no effect on the fp32 forward pass.
-_NO_EFFECT = {"num_fp16_res", "fp16_channels_last", "channels_last", "fused_modconv_default",
-              "freeze_layers", "freeze_embed", "magnitude_ema_beta"}
+_NO_EFFECT = {
+    "num_fp16_res",
+    "fp16_channels_last",
+    "channels_last",
+    "fused_modconv_default",
+    "freeze_layers",
+    "freeze_embed",
+    "magnitude_ema_beta",
+}
 
 
 def lowpass_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
@@ -118,8 +125,19 @@ class FullyConnected(nn.Module):
 class MappingNetwork(nn.Module):
     """z (and label c) -> w, broadcast to num_ws copies, with optional truncation towards w_avg."""
 
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None,
-                 layer_features=None, activation="lrelu", lr_multiplier=0.01, w_avg_beta=0.995):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        num_ws,
+        num_layers=8,
+        embed_features=None,
+        layer_features=None,
+        activation="lrelu",
+        lr_multiplier=0.01,
+        w_avg_beta=0.995,
+    ):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, num_layers
         embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
@@ -154,8 +172,19 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated, demodulated convolution (optionally 2x up), noise, bias, activation and clamp."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=False, kernel_size=3,
-                 use_noise=True, activation="lrelu", conv_clamp=None, taps=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        w_dim,
+        resolution,
+        up=False,
+        kernel_size=3,
+        use_noise=True,
+        activation="lrelu",
+        conv_clamp=None,
+        taps=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.resolution, self.up, self.use_noise = resolution, up, use_noise
         self.activation, self.conv_clamp = activation, conv_clamp
@@ -184,7 +213,7 @@ class ToRGBLayer(nn.Module):
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
 
     def forward(self, x, w, fused=True):
         x = _modulated_conv2d(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False, fused=fused)
@@ -207,8 +236,19 @@ class SkipUpConv(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution: [const | conv0 (2x up)], conv1, and ToRGB added to the upsampled image."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last,
-                 architecture="skip", resample_filter=(1, 3, 3, 1), conv_clamp=None, **layer_kwargs):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        w_dim,
+        resolution,
+        img_channels,
+        is_last,
+        architecture="skip",
+        resample_filter=(1, 3, 3, 1),
+        conv_clamp=None,
+        **layer_kwargs,
+    ):
         super().__init__()
         if architecture not in ("orig", "skip", "resnet"):
             raise ValueError(f"unknown architecture {architecture!r}")
@@ -256,14 +296,25 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, **block_kwargs):
         super().__init__()
         log2 = int(math.log2(img_resolution))
-        if img_resolution < 4 or 2 ** log2 != img_resolution:
+        if img_resolution < 4 or 2**log2 != img_resolution:
             raise ValueError(f"img_resolution must be a power of 2 >= 4, not {img_resolution}")
         self.w_dim = w_dim
-        self.resolutions = [2 ** i for i in range(2, log2 + 1)]
+        self.resolutions = [2**i for i in range(2, log2 + 1)]
         channels = {r: min(channel_base // r, channel_max) for r in self.resolutions}
         for r in self.resolutions:
-            setattr(self, f"b{r}", SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r,
-                                                  img_channels, r == img_resolution, **block_kwargs))
+            setattr(
+                self,
+                f"b{r}",
+                SynthesisBlock(
+                    channels[r // 2] if r > 4 else 0,
+                    channels[r],
+                    w_dim,
+                    r,
+                    img_channels,
+                    r == img_resolution,
+                    **block_kwargs,
+                ),
+            )
         self.blocks = [getattr(self, f"b{r}") for r in self.resolutions]
         self.num_ws = sum(b.num_conv for b in self.blocks) + self.blocks[-1].num_torgb
         self.noise_layers = [m for m in self.modules() if isinstance(m, SynthesisLayer) and m.use_noise]
@@ -280,14 +331,19 @@ class SynthesisNetwork(nn.Module):
         if noise is None:
             if noise_mode not in ("const", "random", "none"):
                 raise ValueError(f"noise_mode must be 'const', 'random' or 'none', not {noise_mode!r}")
-            noise = [None if noise_mode == "none" else m.noise_const if noise_mode == "const"
-                     else torch.randn(ws.shape[0], 1, m.resolution, m.resolution, device=ws.device)
-                     for m in self.noise_layers]
+            noise = [
+                None
+                if noise_mode == "none"
+                else m.noise_const
+                if noise_mode == "const"
+                else torch.randn(ws.shape[0], 1, m.resolution, m.resolution, device=ws.device)
+                for m in self.noise_layers
+            ]
         noise = dict(zip(self.noise_layers, noise))
         x = img = None
         i = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, i:i + block.num_conv + block.num_torgb], noise, fused_modconv)
+            x, img = block(x, img, ws[:, i : i + block.num_conv + block.num_torgb], noise, fused_modconv)
             i += block.num_conv
         return img
 
@@ -298,11 +354,20 @@ class StyleGAN2Generator(Generator):
     spaces = ("w", "w+", "z")
     default_space = "w"
     family = "StyleGAN2"
-    synthesis_network = SynthesisNetwork      # the StyleGAN3 generator swaps in its own
-    mapping_defaults: dict = {}               # mapping kwargs whose default differs from MappingNetwork's
+    synthesis_network = SynthesisNetwork  # the StyleGAN3 generator swaps in its own
+    mapping_defaults: dict = {}  # mapping kwargs whose default differs from MappingNetwork's
 
-    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None,
-                 synthesis_kwargs=None, **more_synthesis_kwargs):
+    def __init__(
+        self,
+        z_dim,
+        c_dim,
+        w_dim,
+        img_resolution,
+        img_channels,
+        mapping_kwargs=None,
+        synthesis_kwargs=None,
+        **more_synthesis_kwargs,
+    ):
         """The official constructor arguments; the stylegan3 repo passes synthesis kwargs flat."""
         super().__init__()
         synthesis_kwargs = {**(synthesis_kwargs or {}), **more_synthesis_kwargs}
@@ -315,8 +380,9 @@ class StyleGAN2Generator(Generator):
         self.noise_shapes = self.synthesis.noise_shapes
 
     @classmethod
-    def from_state_dict(cls, init_kwargs: dict, state_dict: dict, name: str = "",
-                        sha256: str = "") -> StyleGAN2Generator:
+    def from_state_dict(
+        cls, init_kwargs: dict, state_dict: dict, name: str = "", sha256: str = ""
+    ) -> StyleGAN2Generator:
         """Build from init_kwargs, load the official G_ema.state_dict() strictly and freeze."""
         try:
             gen = cls(**init_kwargs)
@@ -330,8 +396,7 @@ class StyleGAN2Generator(Generator):
         gen.name, gen.sha256 = name or cls.family.lower(), sha256
         return gen.freeze()
 
-    def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, noise_mode="const",
-                fused_modconv=True):
+    def forward(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None, noise_mode="const", fused_modconv=True):
         """G(z, c): images [N, C, R, R] (upstream G.forward)."""
         ws = self.mapping(z, self._labels(c, len(z)), truncation_psi, truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
@@ -370,11 +435,12 @@ class StyleGAN2Generator(Generator):
     def synthesize(self, latent, space, c=None, noise=None):
         """Images for latents in `space`; noise (see noise_shapes) replaces the const noise buffers."""
         if tuple(latent.shape[1:]) != self.latent_shape(space):
-            raise LatentFitError(f"generator {self.name!r}: latents in {space} must have shape "
-                                 f"[N, {', '.join(map(str, self.latent_shape(space)))}], not {list(latent.shape)}")
+            raise LatentFitError(
+                f"generator {self.name!r}: latents in {space} must have shape "
+                f"[N, {', '.join(map(str, self.latent_shape(space)))}], not {list(latent.shape)}"
+            )
         if noise is not None and len(noise) != len(self.noise_shapes):
-            raise LatentFitError(f"generator {self.name!r} has {len(self.noise_shapes)} noise inputs, "
-                                 f"got {len(noise)}")
+            raise LatentFitError(f"generator {self.name!r} has {len(self.noise_shapes)} noise inputs, got {len(noise)}")
         if space == "z":
             ws = self.mapping(latent, self._labels(c, len(latent)))
         elif space == "w":

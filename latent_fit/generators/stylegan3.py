@@ -21,12 +21,12 @@ from torch import nn
 
 from .stylegan2 import FullyConnected, StyleGAN2Generator, _bias_act, _modulated_conv2d
 
-_LOADING = contextvars.ContextVar("stylegan3_loading", default=False)   # see design_lowpass_filter
+_LOADING = contextvars.ContextVar("stylegan3_loading", default=False)  # see design_lowpass_filter
 
 
 def _kaiser_beta(numtaps: int, width: float) -> float:
     """Kaiser window beta for a filter of `numtaps` taps and transition width (relative to Nyquist)."""
-    atten = 2.285 * (numtaps - 1) * math.pi * width + 7.95   # attenuation in dB such a filter reaches
+    atten = 2.285 * (numtaps - 1) * math.pi * width + 7.95  # attenuation in dB such a filter reaches
     if atten > 50:
         return 0.1102 * (atten - 8.7)
     if atten > 21:
@@ -34,8 +34,9 @@ def _kaiser_beta(numtaps: int, width: float) -> float:
     return 0.0
 
 
-def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
-                          radial: bool = False) -> torch.Tensor | None:
+def design_lowpass_filter(
+    numtaps: int, cutoff: float, width: float, fs: float, radial: bool = False
+) -> torch.Tensor | None:
     """Kaiser-windowed low-pass filter with unit DC gain: separable [numtaps] (a windowed sinc, as
     scipy.signal.firwin designs it) or radially symmetric [numtaps, numtaps] (a windowed jinc).
     None for one tap (the identity). While a network file is loaded, an empty tensor of that
@@ -51,8 +52,11 @@ def design_lowpass_filter(numtaps: int, cutoff: float, width: float, fs: float,
         f = np.sinc(2 * cutoff / fs * t) * window
     else:
         r = torch.from_numpy(np.hypot(*np.meshgrid(t / fs, t / fs)))
-        jinc = torch.where(r > 0, torch.special.bessel_j1(2 * math.pi * cutoff * r) / (math.pi * r.clamp_min(1e-30)),
-                           torch.full_like(r, cutoff))
+        jinc = torch.where(
+            r > 0,
+            torch.special.bessel_j1(2 * math.pi * cutoff * r) / (math.pi * r.clamp_min(1e-30)),
+            torch.full_like(r, cutoff),
+        )
         f = jinc.numpy() * np.outer(window, window)
     return torch.as_tensor(f / f.sum(), dtype=torch.float32)
 
@@ -63,7 +67,7 @@ def _depthwise(x, f, dim, stride=1, transposed=False):
     shape = (c, 1, len(f), 1) if dim == 2 else (c, 1, 1, len(f))
     f = f.reshape(shape[1:])
     stride = (stride, 1) if dim == 2 else (1, stride)
-    if transposed:   # zero insertion between samples, then convolution
+    if transposed:  # zero insertion between samples, then convolution
         return F.conv_transpose2d(x, f.expand(shape), stride=stride, groups=c)
     return F.conv2d(x, f.flip(0).expand(shape), stride=stride, groups=c)
 
@@ -72,11 +76,11 @@ def _upsample(x, f, up, padding):
     """Zero insertion by `up`, padding (x0, x1, y0, y1; negative crops) and convolution with the
     separable filter f times `up` per axis; output size in*up + pad - taps + 1 (upfirdn2d)."""
     px0, px1, py0, py1 = padding
-    if f is None:   # the identity: only the padding
+    if f is None:  # the identity: only the padding
         return F.pad(x, [px0, px1, py0, py1])
     k = len(f)
     for dim in (3, 2):
-        x = _depthwise(x, f * up, dim, up, transposed=True)   # the full convolution, (in - 1)*up + k long
+        x = _depthwise(x, f * up, dim, up, transposed=True)  # the full convolution, (in - 1)*up + k long
     return F.pad(x, [px0 - k + 1, px1 + up - k, py0 - k + 1, py1 + up - k])
 
 
@@ -127,12 +131,14 @@ class SynthesisInput(nn.Module):
 
     def forward(self, w):
         m = self._transforms(w)
-        phases = self.phases + (self.freqs @ m[:, :2, 2:]).squeeze(2)     # [N, C]
-        freqs = self.freqs @ m[:, :2, :2]                                  # [N, C, 2]
+        phases = self.phases + (self.freqs @ m[:, :2, 2:]).squeeze(2)  # [N, C]
+        freqs = self.freqs @ m[:, :2, :2]  # [N, C, 2]
         # Frequencies the user's transform pushed out of band fade to zero before the Nyquist limit.
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
-        coords = (torch.arange(self.size, device=w.device, dtype=torch.float32) + 0.5 - self.size / 2) / self.sampling_rate
-        grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), dim=-1)   # [H, W, (x, y)]
+        coords = (
+            torch.arange(self.size, device=w.device, dtype=torch.float32) + 0.5 - self.size / 2
+        ) / self.sampling_rate
+        grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), dim=-1)  # [H, W, (x, y)]
         x = torch.einsum("hwk,nck->nhwc", grid, freqs) + phases[:, None, None]
         x = torch.sin(x * (2 * math.pi)) * amplitudes[:, None, None]
         x = x @ (self.weight / math.sqrt(self.channels)).t()
@@ -144,9 +150,27 @@ class SynthesisLayer(nn.Module):
     filtered leaky ReLU between the input and output sampling rates; the last one (ToRGB) is a
     linear 1x1 convolution without demodulation."""
 
-    def __init__(self, w_dim, is_torgb, is_critically_sampled, in_channels, out_channels, in_size, out_size,
-                 in_sampling_rate, out_sampling_rate, in_cutoff, out_cutoff, in_half_width, out_half_width,
-                 conv_kernel=3, filter_size=6, lrelu_upsampling=2, use_radial_filters=False, conv_clamp=256):
+    def __init__(
+        self,
+        w_dim,
+        is_torgb,
+        is_critically_sampled,
+        in_channels,
+        out_channels,
+        in_size,
+        out_size,
+        in_sampling_rate,
+        out_sampling_rate,
+        in_cutoff,
+        out_cutoff,
+        in_half_width,
+        out_half_width,
+        conv_kernel=3,
+        filter_size=6,
+        lrelu_upsampling=2,
+        use_radial_filters=False,
+        conv_clamp=256,
+    ):
         super().__init__()
         self.is_torgb, self.conv_clamp = is_torgb, conv_clamp
         self.conv_kernel = 1 if is_torgb else conv_kernel
@@ -159,15 +183,24 @@ class SynthesisLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("magnitude_ema", torch.ones([]))
-        self.register_buffer("up_filter", design_lowpass_filter(
-            up_taps, in_cutoff, in_half_width * 2, tmp_sampling_rate))
-        self.register_buffer("down_filter", design_lowpass_filter(
-            down_taps, out_cutoff, out_half_width * 2, tmp_sampling_rate,
-            radial=use_radial_filters and not is_critically_sampled))
+        self.register_buffer(
+            "up_filter", design_lowpass_filter(up_taps, in_cutoff, in_half_width * 2, tmp_sampling_rate)
+        )
+        self.register_buffer(
+            "down_filter",
+            design_lowpass_filter(
+                down_taps,
+                out_cutoff,
+                out_half_width * 2,
+                tmp_sampling_rate,
+                radial=use_radial_filters and not is_critically_sampled,
+            ),
+        )
         # Padding that yields out_size samples, placed for the symmetric interpretation of sample
         # locations (pixel centres at half-integers; the paper's appendix C.3).
-        pad_total = ((out_size - 1) * self.down + 1 - (in_size + self.conv_kernel - 1) * self.up
-                     + up_taps + down_taps - 2)
+        pad_total = (
+            (out_size - 1) * self.down + 1 - (in_size + self.conv_kernel - 1) * self.up + up_taps + down_taps - 2
+        )
         pad_lo = (pad_total + self.up) // 2
         self.padding = [pad_lo, pad_total - pad_lo] * 2
 
@@ -180,16 +213,36 @@ class SynthesisLayer(nn.Module):
             weight = weight * weight.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
             styles = styles * styles.square().mean(dim=1, keepdim=True).rsqrt()
         x = x * self.magnitude_ema.rsqrt()
-        x = _modulated_conv2d(x, weight, styles, demodulate=not self.is_torgb, fused=fused,
-                              padding=self.conv_kernel - 1)
+        x = _modulated_conv2d(
+            x, weight, styles, demodulate=not self.is_torgb, fused=fused, padding=self.conv_kernel - 1
+        )
         gain, slope = (1.0, 1.0) if self.is_torgb else (math.sqrt(2), 0.2)
-        return filtered_lrelu(x, self.up_filter, self.down_filter, self.bias, self.up, self.down,
-                              self.padding, gain, slope, self.conv_clamp)
+        return filtered_lrelu(
+            x,
+            self.up_filter,
+            self.down_filter,
+            self.bias,
+            self.up,
+            self.down,
+            self.padding,
+            gain,
+            slope,
+            self.conv_clamp,
+        )
 
 
-def layer_specs(img_resolution, img_channels, channel_base=32768, channel_max=512, num_layers=14,
-                num_critical=2, first_cutoff=2, first_stopband=2 ** 2.1, last_stopband_rel=2 ** 0.3,
-                margin_size=10):
+def layer_specs(
+    img_resolution,
+    img_channels,
+    channel_base=32768,
+    channel_max=512,
+    num_layers=14,
+    num_critical=2,
+    first_cutoff=2,
+    first_stopband=2**2.1,
+    last_stopband_rel=2**0.3,
+    margin_size=10,
+):
     """Per layer 0..num_layers (the last is ToRGB): cutoff f_c, minimum stopband f_t, sampling rate,
     transition half-width f_h, size in pixels and channels. Cutoffs and stopbands grow geometrically
     from the first layer's to the image's Nyquist frequency, reached num_critical layers before the end."""
@@ -203,8 +256,10 @@ def layer_specs(img_resolution, img_channels, channel_base=32768, channel_max=51
     sizes[-2:] = img_resolution
     channels = np.rint(np.minimum((channel_base / 2) / cutoffs, channel_max))
     channels[-1] = img_channels
-    return [dict(cutoff=float(c), sampling_rate=int(s), half_width=float(h), size=int(n), channels=int(k))
-            for c, s, h, n, k in zip(cutoffs, rates, half_widths, sizes, channels)]
+    return [
+        dict(cutoff=float(c), sampling_rate=int(s), half_width=float(h), size=int(n), channels=int(k))
+        for c, s, h, n, k in zip(cutoffs, rates, half_widths, sizes, channels)
+    ]
 
 
 class SynthesisNetwork(nn.Module):
@@ -214,12 +269,35 @@ class SynthesisNetwork(nn.Module):
 
     noise_shapes: tuple = ()
 
-    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, num_layers=14,
-                 num_critical=2, first_cutoff=2, first_stopband=2 ** 2.1, last_stopband_rel=2 ** 0.3,
-                 margin_size=10, output_scale=0.25, **layer_kwargs):
+    def __init__(
+        self,
+        w_dim,
+        img_resolution,
+        img_channels,
+        channel_base=32768,
+        channel_max=512,
+        num_layers=14,
+        num_critical=2,
+        first_cutoff=2,
+        first_stopband=2**2.1,
+        last_stopband_rel=2**0.3,
+        margin_size=10,
+        output_scale=0.25,
+        **layer_kwargs,
+    ):
         super().__init__()
-        specs = layer_specs(img_resolution, img_channels, channel_base, channel_max, num_layers, num_critical,
-                            first_cutoff, first_stopband, last_stopband_rel, margin_size)
+        specs = layer_specs(
+            img_resolution,
+            img_channels,
+            channel_base,
+            channel_max,
+            num_layers,
+            num_critical,
+            first_cutoff,
+            first_stopband,
+            last_stopband_rel,
+            margin_size,
+        )
         self.num_ws, self.output_scale = num_layers + 2, output_scale
         first = specs[0]
         self.input = SynthesisInput(w_dim, first["channels"], first["size"], first["sampling_rate"], first["cutoff"])
@@ -227,9 +305,21 @@ class SynthesisNetwork(nn.Module):
         for idx, out in enumerate(specs):
             inp = specs[max(idx - 1, 0)]
             layer = SynthesisLayer(
-                w_dim, idx == num_layers, idx >= num_layers - num_critical, inp["channels"], out["channels"],
-                inp["size"], out["size"], inp["sampling_rate"], out["sampling_rate"], inp["cutoff"], out["cutoff"],
-                inp["half_width"], out["half_width"], **layer_kwargs)
+                w_dim,
+                idx == num_layers,
+                idx >= num_layers - num_critical,
+                inp["channels"],
+                out["channels"],
+                inp["size"],
+                out["size"],
+                inp["sampling_rate"],
+                out["sampling_rate"],
+                inp["cutoff"],
+                out["cutoff"],
+                inp["half_width"],
+                out["half_width"],
+                **layer_kwargs,
+            )
             name = f"L{idx}_{out['size']}_{out['channels']}"
             setattr(self, name, layer)
             self.layer_names.append(name)
@@ -254,8 +344,9 @@ class StyleGAN3Generator(StyleGAN2Generator):
     mapping_defaults = {"num_layers": 2}
 
     @classmethod
-    def from_state_dict(cls, init_kwargs: dict, state_dict: dict, name: str = "",
-                        sha256: str = "") -> StyleGAN3Generator:
+    def from_state_dict(
+        cls, init_kwargs: dict, state_dict: dict, name: str = "", sha256: str = ""
+    ) -> StyleGAN3Generator:
         """StyleGAN2's, with the filters taken from the state dict instead of designed."""
         token = _LOADING.set(True)
         try:

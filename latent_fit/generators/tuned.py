@@ -19,17 +19,29 @@ FORMAT = "latent-fit-tuned"
 FORMAT_VERSION = 1
 
 
-def save_tuned(path: str | Path, delta: dict[str, torch.Tensor], G: Generator, settings: dict,
-               metrics: dict | None = None, dtype: torch.dtype = torch.float16) -> None:
+def save_tuned(
+    path: str | Path,
+    delta: dict[str, torch.Tensor],
+    G: Generator,
+    settings: dict,
+    metrics: dict | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> None:
     """Write one target's Δθ (parameter name -> tensor) as .safetensors, atomically, with the
     generator's name and sha256, the settings that made it (tune_reg, tune_locality, tune_steps, ...) and its
     metrics (plain numbers). Half precision by default: it halves the file and changes the
     tuned image by less than one 8-bit level (docs, "Real photos and tuning")."""
     from safetensors.torch import save_file
+
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in delta.items()}
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "generator": G.name,
-            "generator_sha256": G.sha256, "settings": json.dumps(settings, sort_keys=True),
-            "metrics": json.dumps(metrics or {}, sort_keys=True, default=float)}
+    meta = {
+        "format": FORMAT,
+        "version": str(FORMAT_VERSION),
+        "generator": G.name,
+        "generator_sha256": G.sha256,
+        "settings": json.dumps(settings, sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True, default=float),
+    }
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -39,6 +51,7 @@ def read_tuned(path: str | Path, G: Generator | None = None) -> tuple[dict[str, 
     floats and finite. With G, the file must be tuned from G (same sha256, or same name where G
     has none) and hold exactly G's tunable weights, shape for shape, checked before any is read."""
     from safetensors import SafetensorError, safe_open
+
     path = regular_file(path, "tuned-weights file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -62,7 +75,8 @@ def _tuned_meta(path: Path, meta: dict[str, str], G: Generator | None) -> dict:
     if G is not None and not (sha == G.sha256 if G.sha256 else name == G.name):
         raise LatentFitError(
             f"{path}: tuned from generator {name!r} (sha256 {sha[:12] or '-'}), "
-            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from")
+            f"not {G.name!r} (sha256 {G.sha256[:12] or '-'}); load it with the generator it was tuned from"
+        )
     return meta | {key: parse_json(meta.get(key, "{}"), f"{path}: {key}") for key in ("settings", "metrics")}
 
 
@@ -73,8 +87,9 @@ def _check_tensors(path: Path, slices: dict, G: Generator | None) -> None:
             raise LatentFitError(f"{path}: weight change {k!r} is {sl.get_dtype()}, not floats")
     bad = [] if G is None else misfits(slices, {k: v.shape for k, v in G.tunable().items()})
     if bad:
-        raise LatentFitError(f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; "
-                             "load it with the generator it was tuned from")
+        raise LatentFitError(
+            f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; load it with the generator it was tuned from"
+        )
 
 
 def apply_tuned(G: Generator, path: str | Path) -> Generator:

@@ -40,13 +40,13 @@ import torch
 
 from ..errors import LatentFitError
 
-MAX_OPCODES = 2_000_000      # a 1024 px StyleGAN2 pickle (G, D, G_ema) has about 60,000
-BASE_OBJECTS = 200_000       # objects any file may make; a larger file one more per BYTES_PER_OBJECT
+MAX_OPCODES = 2_000_000  # a 1024 px StyleGAN2 pickle (G, D, G_ema) has about 60,000
+BASE_OBJECTS = 200_000  # objects any file may make; a larger file one more per BYTES_PER_OBJECT
 BYTES_PER_OBJECT = 64
-MAX_KEY_INT = 2 ** 60        # integer keys below it hash to themselves: no collisions
-MAX_DEPTH = 100              # of nested containers and calls; such pickles reach about 35
-MAX_HUGE_INTS = 64           # integers of 2**60 and more (the only ones whose hashes collide at will)
-LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C   # first object of a torch.save file in the legacy format
+MAX_KEY_INT = 2**60  # integer keys below it hash to themselves: no collisions
+MAX_DEPTH = 100  # of nested containers and calls; such pickles reach about 35
+MAX_HUGE_INTS = 64  # integers of 2**60 and more (the only ones whose hashes collide at will)
+LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a torch.save file in the legacy format
 
 
 class Refused(LatentFitError):
@@ -66,40 +66,43 @@ class Budget:
     def spend(self, n: int = 1) -> None:
         self.objects -= n
         if self.objects < 0:
-            raise LatentFitError(f"makes more than {self.max_objects:,} objects, the most a file of its "
-                                 "size may hold")
+            raise LatentFitError(f"makes more than {self.max_objects:,} objects, the most a file of its size may hold")
 
     def spend_bytes(self, n: int) -> None:
         self.bytes -= n
         if self.bytes < 0:
-            raise LatentFitError(f"its tensors and arrays need more than {self.max_bytes:,} bytes, "
-                                 "twice what the file holds")
+            raise LatentFitError(
+                f"its tensors and arrays need more than {self.max_bytes:,} bytes, twice what the file holds"
+            )
 
 
 _IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD", "READONLY_BUFFER"}
 _PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _GET = {"GET", "BINGET", "LONG_BINGET"}
-_LEAVES = {op.name for op in pickletools.opcodes   # push one new object of depth 0 (the common case)
-           if not op.stack_before and len(op.stack_after) == 1 and op.name != "MARK"} - _GET
+_LEAVES = {
+    op.name
+    for op in pickletools.opcodes  # push one new object of depth 0 (the common case)
+    if not op.stack_before and len(op.stack_after) == 1 and op.name != "MARK"
+} - _GET
 
 
 def read_capped(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most `limit` bytes (a FIFO or device never blocks or
     streams forever, and no buffer is larger than the file)."""
-    if Path(path).exists() and not Path(path).is_file():   # opening a FIFO would wait for a writer
+    if Path(path).exists() and not Path(path).is_file():  # opening a FIFO would wait for a writer
         raise LatentFitError("not a regular file")
     with open(path, "rb") as f:
         size = min(os.fstat(f.fileno()).st_size, limit)
         data = f.read(size + 1)
         if len(data) <= size:
             return data
-        grown = bytearray(data)   # the file grew, or its size is not told (/proc)
+        grown = bytearray(data)  # the file grew, or its size is not told (/proc)
         while len(grown) <= limit:
             more = f.read(1 << 20)
             if not more:
                 return bytes(grown)
             grown += more
-    raise LatentFitError(f"larger than {limit / 2 ** 30:g} GiB, the most latent-fit reads")
+    raise LatentFitError(f"larger than {limit / 2**30:g} GiB, the most latent-fit reads")
 
 
 def check_opcodes(data: bytes, start: int = 0, limit: int = MAX_OPCODES) -> int:
@@ -111,20 +114,20 @@ def check_opcodes(data: bytes, start: int = 0, limit: int = MAX_OPCODES) -> int:
         return _walk(pickletools.genops(f), limit)
     except LatentFitError:
         raise
-    except Exception as e:   # genops on damaged data: unknown opcodes, truncated arguments
+    except Exception as e:  # genops on damaged data: unknown opcodes, truncated arguments
         raise LatentFitError(f"not a valid pickle ({describe(e)})") from None
 
 
 def _walk(ops, limit: int) -> int:
-    stack: list[int] = []     # the nesting depth of each stack item
-    marks: list[int] = []     # stack lengths at each MARK
+    stack: list[int] = []  # the nesting depth of each stack item
+    marks: list[int] = []  # stack lengths at each MARK
     memo: dict[int, int] = {}
     huge = 0
     for n, (op, arg, pos) in enumerate(ops):
         if n >= limit:
             raise LatentFitError(f"more than {limit:,} pickle opcodes, the most a file of its size may hold")
         name = op.name
-        if isinstance(arg, int) and abs(arg) >= 2 ** 60 and name not in _PUT | _GET:
+        if isinstance(arg, int) and abs(arg) >= 2**60 and name not in _PUT | _GET:
             huge += 1
             if huge > MAX_HUGE_INTS:
                 raise LatentFitError(f"more than {MAX_HUGE_INTS} huge integers")
@@ -163,11 +166,11 @@ def _simulate(op, stack: list[int], marks: list[int], pos: int) -> None:
         n_fixed = before.index(pickletools.markobject)
     if len(stack) - n_fixed < (marks[-1] if marks else 0):
         raise LatentFitError(f"{op.name} on an empty stack at byte {pos}")
-    fixed = stack[len(stack) - n_fixed:] if n_fixed else []
-    del stack[len(stack) - n_fixed:]
+    fixed = stack[len(stack) - n_fixed :] if n_fixed else []
+    del stack[len(stack) - n_fixed :]
     if op.name == "MARK":
         marks.append(len(stack))
-    elif op.name in _IN_PLACE:   # the container stays, holding the other items
+    elif op.name in _IN_PLACE:  # the container stays, holding the other items
         stack.append(max([fixed[0]] + [d + 1 for d in fixed[1:] + above_mark]))
     else:
         stack.extend([max(fixed + above_mark, default=-1) + 1] * len(after))
@@ -190,7 +193,7 @@ class _Unpickler(pickle._Unpickler):
         args = self.stack.pop()
         self.stack[-1] = self._call(self.stack[-1], args)
 
-    def _instantiate(self, klass, args):   # INST, OBJ
+    def _instantiate(self, klass, args):  # INST, OBJ
         self.append(self._call(klass, tuple(args)))
 
     def load_newobj(self):
@@ -211,15 +214,18 @@ class _Unpickler(pickle._Unpickler):
         if type(args) is not tuple:
             raise LatentFitError("malformed call (its arguments are not a tuple)")
         if not (isinstance(func, type) and issubclass(func, (set, frozenset, dict, list, tuple))):
-            return func(*args)   # an allowlisted function or stand-in: it checks its arguments
+            return func(*args)  # an allowlisted function or stand-in: it checks its arguments
         if args == ():
             return func()
         if len(args) != 1 or type(args[0]) not in (list, tuple):
             raise Refused(f"refusing to build a {func.__name__} from a {type(args[0]).__name__}")
         items = args[0]
         self.budget.spend(len(items))
-        keys = [i[0] if type(i) in (list, tuple) and len(i) == 2 else None for i in items] \
-            if issubclass(func, dict) else items
+        keys = (
+            [i[0] if type(i) in (list, tuple) and len(i) == 2 else None for i in items]
+            if issubclass(func, dict)
+            else items
+        )
         _check_keys(keys, func.__name__)
         return func(items)
 
@@ -288,14 +294,17 @@ class _Unpickler(pickle._Unpickler):
 
 def _charged(op):
     """An opcode that first spends one object of the load's budget."""
+
     def charged(self):
         self.budget.spend()
         op(self)
+
     return charged
 
 
-_Unpickler.dispatch = {code: _charged(getattr(_Unpickler, op.__name__))
-                       for code, op in pickle._Unpickler.dispatch.items()}
+_Unpickler.dispatch = {
+    code: _charged(getattr(_Unpickler, op.__name__)) for code, op in pickle._Unpickler.dispatch.items()
+}
 
 
 def _check_keys(keys, where: str, str_only: bool = False) -> None:
@@ -303,16 +312,18 @@ def _check_keys(keys, where: str, str_only: bool = False) -> None:
     any other hash a file could choose to collide, and make loading quadratic."""
     for k in keys:
         if not (type(k) is str or (not str_only and type(k) is int and -MAX_KEY_INT < k < MAX_KEY_INT)):
-            raise Refused(f"refusing a {type(k).__name__[:40]} as a key or item of a {where[:40]} "
-                          "(network files use text keys)")
+            raise Refused(
+                f"refusing a {type(k).__name__[:40]} as a key or item of a {where[:40]} (network files use text keys)"
+            )
 
 
 def refuse_globals(module: str, name: str):
     raise Refused(f"refusing to load global '{module}.{name}'")
 
 
-def unpickle(data: bytes, find_class=refuse_globals, persistent_load=None, start: int = 0,
-             budget: Budget | None = None):
+def unpickle(
+    data: bytes, find_class=refuse_globals, persistent_load=None, start: int = 0, budget: Budget | None = None
+):
     """(object, end) of the pickle at data[start:], its opcodes checked first and charged to
     `budget` (by default one set from len(data)); globals come from find_class(module, name) only."""
     budget = budget or Budget(len(data))
@@ -323,7 +334,7 @@ def unpickle(data: bytes, find_class=refuse_globals, persistent_load=None, start
         return _Unpickler(f, find_class, persistent_load, budget).load(), end
     except LatentFitError:
         raise
-    except Exception as e:   # whatever damaged data makes the unpickler or the stand-ins raise
+    except Exception as e:  # whatever damaged data makes the unpickler or the stand-ins raise
         raise LatentFitError(f"not a valid pickle ({describe(e)})") from None
 
 
@@ -334,8 +345,10 @@ def describe(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- numpy arrays and scalars
 
-_NUMERIC = {f"{k}{n}" for k, sizes in (("b", "1"), ("i", "1248"), ("u", "1248"), ("f", "248")) for n in sizes} \
-    | {"c8", "c16"}
+_NUMERIC = {f"{k}{n}" for k, sizes in (("b", "1"), ("i", "1248"), ("u", "1248"), ("f", "248")) for n in sizes} | {
+    "c8",
+    "c16",
+}
 
 
 class _DType:
@@ -349,8 +362,13 @@ class _DType:
         self.dtype = np.dtype(name)
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
-                and state[1] in ("<", ">", "|", "=") and state[2:7] == (None, None, None, -1, -1)):
+        if not (
+            isinstance(state, tuple)
+            and len(state) in (8, 9)
+            and state[0] in (3, 4)
+            and state[1] in ("<", ">", "|", "=")
+            and state[2:7] == (None, None, None, -1, -1)
+        ):
             raise Refused("refusing a numpy dtype with fields, a subarray or an item size")
         if state[1] in "<>":
             self.dtype = self.dtype.newbyteorder(state[1])
@@ -365,9 +383,14 @@ class NDArray:
     budget: Budget
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
-                and isinstance(state[2], _DType) and isinstance(state[4], bytes)
-                and all(type(s) is int and s >= 0 for s in state[1])):
+        if not (
+            isinstance(state, tuple)
+            and len(state) == 5
+            and isinstance(state[1], tuple)
+            and isinstance(state[2], _DType)
+            and isinstance(state[4], bytes)
+            and all(type(s) is int and s >= 0 for s in state[1])
+        ):
             raise LatentFitError("malformed numpy array")
         shape, dtype, fortran, data = state[1], state[2].dtype, state[3], state[4]
         if math.prod(shape) * dtype.itemsize != len(data):
@@ -376,7 +399,7 @@ class NDArray:
         self.array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
-def _scalar(dtype, data):   # numpy.core.multiarray.scalar
+def _scalar(dtype, data):  # numpy.core.multiarray.scalar
     if not isinstance(dtype, _DType) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
         raise LatentFitError("malformed numpy scalar")
     return np.frombuffer(data, dtype.dtype).copy()[0]
@@ -386,14 +409,17 @@ def numpy_globals(budget: Budget) -> dict:
     """Stand-ins for the numpy globals of pickled arrays and scalars, made for one load."""
     array = type("NDArray", (NDArray,), {"budget": budget})
 
-    def reconstruct(cls, shape, typecode):   # numpy.core.multiarray._reconstruct
+    def reconstruct(cls, shape, typecode):  # numpy.core.multiarray._reconstruct
         if cls is not array:
             raise Refused("refusing a numpy array subclass")
         return array()
-    return {("numpy", "dtype"): type("DType", (_DType,), {}),
-            ("numpy", "ndarray"): array,
-            **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-            **{(m, "_reconstruct"): reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")}}
+
+    return {
+        ("numpy", "dtype"): type("DType", (_DType,), {}),
+        ("numpy", "ndarray"): array,
+        **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        **{(m, "_reconstruct"): reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    }
 
 
 # ---------------------------------------------------------------- torch tensors and files
@@ -413,25 +439,40 @@ class _StorageType:
         self.dtype = dtype
 
 
-_STORAGE_DTYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16,
-                   "BFloat16": torch.bfloat16, "Long": torch.int64, "Int": torch.int32,
-                   "Short": torch.int16, "Char": torch.int8, "Byte": torch.uint8, "Bool": torch.bool,
-                   "Untyped": torch.uint8}
+_STORAGE_DTYPES = {
+    "Float": torch.float32,
+    "Double": torch.float64,
+    "Half": torch.float16,
+    "BFloat16": torch.bfloat16,
+    "Long": torch.int64,
+    "Int": torch.int32,
+    "Short": torch.int16,
+    "Char": torch.int8,
+    "Byte": torch.uint8,
+    "Bool": torch.bool,
+    "Untyped": torch.uint8,
+}
 
 
-def rebuild_tensor(storage, offset, size, stride, *_):   # torch._utils._rebuild_tensor(_v2); hooks dropped
+def rebuild_tensor(storage, offset, size, stride, *_):  # torch._utils._rebuild_tensor(_v2); hooks dropped
     """A view inside the storage (torch checks its extent) of no more numbers than the storage
     holds: a stride-0 view of millions of numbers over a few bytes is refused."""
-    if not (isinstance(storage, Storage) and type(offset) is int and isinstance(size, tuple)
-            and isinstance(stride, tuple) and all(type(s) is int for s in size + stride)):
+    if not (
+        isinstance(storage, Storage)
+        and type(offset) is int
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and all(type(s) is int for s in size + stride)
+    ):
         raise LatentFitError("malformed tensor")
     if len(size) > 64 or math.prod(size) > storage.data.numel():
-        raise LatentFitError(f"a tensor view of shape {list(size)[:8]} exceeds its storage of "
-                             f"{storage.data.numel():,} numbers")
+        raise LatentFitError(
+            f"a tensor view of shape {list(size)[:8]} exceeds its storage of {storage.data.numel():,} numbers"
+        )
     return storage.data.as_strided(size, stride, offset)
 
 
-def rebuild_parameter(data, *_):   # torch._utils._rebuild_parameter(_with_state): the plain tensor
+def rebuild_parameter(data, *_):  # torch._utils._rebuild_parameter(_with_state): the plain tensor
     if not isinstance(data, torch.Tensor):
         raise LatentFitError("malformed parameter")
     return data
@@ -439,19 +480,28 @@ def rebuild_parameter(data, *_):   # torch._utils._rebuild_parameter(_with_state
 
 def torch_globals() -> dict:
     """The globals of tensors and state dicts, with storage types made for one load."""
-    return {("torch._utils", "_rebuild_tensor"): rebuild_tensor,
-            ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
-            ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            **{("torch", f"{k}Storage"): _StorageType(d) for k, d in _STORAGE_DTYPES.items()}}
+    return {
+        ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        **{("torch", f"{k}Storage"): _StorageType(d) for k, d in _STORAGE_DTYPES.items()},
+    }
 
 
 def _storage_id(pid) -> tuple[str, torch.dtype, int]:
     """(key, dtype, numel) of a persistent id ('storage', type, key, location, numel[, None])."""
-    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-            and type(pid[4]) is int and pid[4] >= 0 and pid[5:] in ((), (None,))):
+    if not (
+        isinstance(pid, tuple)
+        and len(pid) in (5, 6)
+        and pid[0] == "storage"
+        and isinstance(pid[1], _StorageType)
+        and isinstance(pid[2], str)
+        and type(pid[4]) is int
+        and pid[4] >= 0
+        and pid[5:] in ((), (None,))
+    ):
         raise LatentFitError("malformed tensor storage reference")
     return pid[2], pid[1].dtype, pid[4]
 
@@ -470,6 +520,7 @@ def read_torch_file(data: bytes, globals_: dict | None = None, budget: Budget | 
         if (module, name) in globals_:
             return globals_[module, name]
         refuse_globals(module, name)
+
     if data[:4] == b"PK\x03\x04":
         return _read_torch_zip(data, find_class, budget)
     return _read_torch_legacy(data, find_class, budget)
@@ -483,9 +534,9 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
         spans = []
         for info in z.infolist():
             at = info.header_offset
-            if data[at:at + 4] != b"PK\x03\x04":
+            if data[at : at + 4] != b"PK\x03\x04":
                 raise LatentFitError(f"zip entry {info.filename[:40]!r} has no local header")
-            name_len, extra_len = (int.from_bytes(data[at + k:at + k + 2], "little") for k in (26, 28))
+            name_len, extra_len = (int.from_bytes(data[at + k : at + k + 2], "little") for k in (26, 28))
             spans.append((at, at + 30 + name_len + extra_len + info.compress_size, info.filename))
             if spans[-1][1] > len(data):
                 raise LatentFitError(f"zip entry {info.filename[:40]!r} is larger than the file")
@@ -501,13 +552,14 @@ def _open_zip(data: bytes) -> zipfile.ZipFile:
 def _read_torch_zip(data: bytes, find_class, budget: Budget):
     z = _open_zip(data)
     names = z.namelist()
-    tops = [n[:-len("data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    tops = [n[: -len("data.pkl")] for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(tops) != 1:
         raise LatentFitError("a zip file but not a torch.save archive (no data.pkl)")
     top = tops[0]
     if top + "constants.pkl" in names or any(n.startswith(top + "code/") for n in names):
-        raise Refused("a TorchScript archive, which runs code when loaded; if you trust it, "
-                             "name it .ts or pass --torchscript")
+        raise Refused(
+            "a TorchScript archive, which runs code when loaded; if you trust it, name it .ts or pass --torchscript"
+        )
 
     def record(name: str) -> bytes:
         try:
@@ -529,8 +581,9 @@ def _read_torch_zip(data: bytes, find_class, budget: Budget):
             if len(raw) != numel * _element_size(dtype):
                 raise LatentFitError(f"tensor data {key[:20]!r} has {len(raw)} bytes, not {numel} {dtype}")
             budget.spend_bytes(len(raw))
-            storages[key] = Storage(torch.frombuffer(bytearray(raw), dtype=dtype) if raw
-                                    else torch.empty(0, dtype=dtype))
+            storages[key] = Storage(
+                torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            )
         return storages[key]
 
     return unpickle(record("data.pkl"), find_class, persistent_load, budget=budget)[0]
@@ -562,14 +615,18 @@ def _read_torch_legacy(data: bytes, find_class, budget: Budget):
 
     obj, pos = unpickle(data, find_class, persistent_load, start=pos, budget=budget)
     keys, pos = unpickle(data, start=pos, budget=budget)
-    if not (type(keys) is list and all(type(k) is str for k in keys) and len(keys) == len(storages)
-            and set(keys) == set(storages)):
+    if not (
+        type(keys) is list
+        and all(type(k) is str for k in keys)
+        and len(keys) == len(storages)
+        and set(keys) == set(storages)
+    ):
         raise LatentFitError("its storage keys do not match its tensors")
     for key in keys:
         st = storages[key].data
-        numel = int.from_bytes(data[pos:pos + 8], "little", signed=True)
+        numel = int.from_bytes(data[pos : pos + 8], "little", signed=True)
         nbytes = st.numel() * st.element_size()
-        chunk = data[pos + 8:pos + 8 + nbytes]
+        chunk = data[pos + 8 : pos + 8 + nbytes]
         if numel != st.numel() or len(chunk) != nbytes:
             raise LatentFitError("tensor data truncated or of the wrong size")
         if nbytes:

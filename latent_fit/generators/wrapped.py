@@ -28,9 +28,9 @@ class _Shape(NamedTuple):
 
     latent_dim: int
     resolution: int
-    four_d: bool            # the module wants [N, d, 1, 1]
-    channels: int           # 3: RGB, 1: grayscale
-    c_dim: int              # classes of a conditional module (0: unconditional)
+    four_d: bool  # the module wants [N, d, 1, 1]
+    channels: int  # 3: RGB, 1: grayscale
+    c_dim: int  # classes of a conditional module (0: unconditional)
 
 
 class Wrapped(Generator):
@@ -68,13 +68,16 @@ def _class_count(module: nn.Module, name: str, num_classes: int | None) -> int:
     """num_classes when given, else the module's `c_dim` attribute (0: unconditional)."""
     c_dim = num_classes if num_classes is not None else getattr(module, "c_dim", 0)
     if isinstance(c_dim, bool) or not isinstance(c_dim, int) or c_dim < 0:
-        raise LatentFitError(f"{name}: c_dim {c_dim!r} is not a number of classes; give a whole number "
-                             "(0: unconditional) or pass --num-classes")
+        raise LatentFitError(
+            f"{name}: c_dim {c_dim!r} is not a number of classes; give a whole number "
+            "(0: unconditional) or pass --num-classes"
+        )
     return c_dim
 
 
-def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int | None,
-           num_classes: int | None = None) -> _Shape:
+def _probe(
+    module: nn.Module, name: str, latent_dim: int | None, resolution: int | None, num_classes: int | None = None
+) -> _Shape:
     """Find the latent size (and whether the module wants [N, d, 1, 1]) by trying inputs:
     the first layer's width, then common sizes; a conditional module also gets labels [2, c_dim]."""
     module.eval()
@@ -89,26 +92,40 @@ def _probe(module: nn.Module, name: str, latent_dim: int | None, resolution: int
                     y = module(x, *labels)
                 except Exception:
                     continue
-                if isinstance(y, torch.Tensor) and y.ndim == 4 and y.shape[0] == 2 and y.shape[1] in (1, 3) \
-                        and y.shape[2] == y.shape[3]:
+                if (
+                    isinstance(y, torch.Tensor)
+                    and y.ndim == 4
+                    and y.shape[0] == 2
+                    and y.shape[1] in (1, 3)
+                    and y.shape[2] == y.shape[3]
+                ):
                     if resolution and y.shape[-1] != resolution:
-                        raise LatentFitError(f"{name}: makes {y.shape[-1]} px images, not the {resolution} px asked for")
+                        raise LatentFitError(
+                            f"{name}: makes {y.shape[-1]} px images, not the {resolution} px asked for"
+                        )
                     return _Shape(d, y.shape[-1], four_d, y.shape[1], c_dim)
-    called = f"module(z, c) with one-hot c [N, {c_dim}]" if c_dim else \
-        "module(z) (a conditional module needs a c_dim attribute or --num-classes)"
-    raise LatentFitError(f"{name}: could not find a latent size that makes [N, 3 or 1, H, H] images from "
-                         f"{called}; pass --latent-dim")
+    called = (
+        f"module(z, c) with one-hot c [N, {c_dim}]"
+        if c_dim
+        else "module(z) (a conditional module needs a c_dim attribute or --num-classes)"
+    )
+    raise LatentFitError(
+        f"{name}: could not find a latent size that makes [N, 3 or 1, H, H] images from {called}; pass --latent-dim"
+    )
 
 
 def from_torchscript(path: Path, latent_dim=None, resolution=None, num_classes=None) -> Generator:
     from ..files import file_sha256
+
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)   # torch.jit.load's deprecation notice
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise LatentFitError(f"{path}: not a TorchScript generator ({type(e).__name__}); "
-                             "save one with torch.jit.save(torch.jit.script(G), path)") from None
+        raise LatentFitError(
+            f"{path}: not a TorchScript generator ({type(e).__name__}); "
+            "save one with torch.jit.save(torch.jit.script(G), path)"
+        ) from None
     shape = _probe(module, str(path), latent_dim, resolution, num_classes)
     return Wrapped(module, path.stem, file_sha256(path), shape)
 
@@ -138,7 +155,7 @@ def _import_module(where: str):
     name = f"latent_fit_user_file_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module   # so that the file's dataclasses, pickling etc. find their module
+    sys.modules[name] = module  # so that the file's dataclasses, pickling etc. find their module
     try:
         with _first_on_path(path.parent):
             module_spec.loader.exec_module(module)

@@ -12,26 +12,65 @@ import numpy as np
 import torch
 
 from ..config import Config, edit_config
-from ..edit import (PCA_SAMPLES, apply_direction, edit, interpolate, interpolate_noise, linear_boundary,
-                    mean_difference, pca_directions, render, render_path)
+from ..edit import (
+    PCA_SAMPLES,
+    apply_direction,
+    edit,
+    interpolate,
+    interpolate_noise,
+    linear_boundary,
+    mean_difference,
+    pca_directions,
+    render,
+    render_path,
+)
 from ..errors import ArgumentError, LatentFitError
 from ..fields import regular_file
 from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
 from ..generators.tuned import load_delta
 from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
-from ..outputs import (OutputFolder, Report, Target, by_weights, claim_outputs, read_targets, settings_record,
-                       target_noise, tuned_note)
+from ..outputs import (
+    OutputFolder,
+    Report,
+    Target,
+    by_weights,
+    claim_outputs,
+    read_targets,
+    settings_record,
+    target_noise,
+    tuned_note,
+)
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
-EDIT_METRIC_COLUMNS = ["target", "wr", "wr_units", "wr_factor", "wr_effective", *EDIT_COLUMNS, "dz_norm",
-                       "jacobian_norm", "steps", "seconds"]
+EDIT_METRIC_COLUMNS = [
+    "target",
+    "wr",
+    "wr_units",
+    "wr_factor",
+    "wr_effective",
+    *EDIT_COLUMNS,
+    "dz_norm",
+    "jacobian_norm",
+    "steps",
+    "seconds",
+]
 
 
-def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config | None = None, *, request: Path,
-               mask: Path | None = None, batch_size: int = 16, class_index: int | None = None,
-               progress=None, **changes) -> Report:
+def edit_files(
+    G: Generator,
+    latent_specs: list[str],
+    out: Path,
+    config: Config | None = None,
+    *,
+    request: Path,
+    mask: Path | None = None,
+    batch_size: int = 16,
+    class_index: int | None = None,
+    progress=None,
+    **changes,
+) -> Report:
     """Masked edits of every latent file toward `request` (one image, or a folder of one
     <stem>.<image> per latent) where `mask` (one image or a folder; default: the request's alpha,
     else everywhere) is set. Writes OUT/<stem>.npz / .png / _compare.png (before | request painted
@@ -45,7 +84,7 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     targets, rep.errors = [t for t in targets if (t.stem, t.path) in kept], rep.errors + clashes
     cfg = cfg.replace(space=space)
     by_stem = {t.stem: t for t in targets}
-    G.class_labels([t.class_index for t in targets], space)   # a missing or wrong class fails before any work
+    G.class_labels([t.class_index for t in targets], space)  # a missing or wrong class fails before any work
     record = settings_record(G, cfg)
     inputs = _edit_inputs(by_stem, request, mask)
     todo, rep.skipped, note = folder.plan([(t.stem, t.stem) for t in targets], record, inputs)
@@ -60,15 +99,33 @@ def edit_files(G: Generator, latent_specs: list[str], out: Path, config: Config 
     rep.metrics = folder.write_metrics(EDIT_METRIC_COLUMNS, record, rep)
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "edit"))
     done = [r for r in rep.metrics if r["target"] in rep.done]
-    med = (f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
-           f"{np.median([r['mask_mse_after'] for r in done]):.4g}") if done else ""
-    rep.summary = (f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
-                   f"{len(rep.errors)} failed{med}{tuned_note(targets, rep.done)}")
+    med = (
+        (
+            f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
+            f"{np.median([r['mask_mse_after'] for r in done]):.4g}"
+        )
+        if done
+        else ""
+    )
+    rep.summary = (
+        f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
+        f"{len(rep.errors)} failed{med}{tuned_note(targets, rep.done)}"
+    )
     return rep
 
 
-def _edit_chunk(G: Generator, folder: OutputFolder, rep: Report, cfg: Config, chunk: list[Target],
-                requests: dict, masks: dict, record: dict, inputs, progress):
+def _edit_chunk(
+    G: Generator,
+    folder: OutputFolder,
+    rep: Report,
+    cfg: Config,
+    chunk: list[Target],
+    requests: dict,
+    masks: dict,
+    record: dict,
+    inputs,
+    progress,
+):
     """Edit one chunk of latents that share their weights (G, or G tuned by their tuned file,
     which each output then records beside it) and write their outputs."""
     names = [t.stem for t in chunk]
@@ -82,9 +139,18 @@ def _edit_chunk(G: Generator, folder: OutputFolder, rep: Report, cfg: Config, ch
 
     def write(i: int, t: Target) -> None:
         sha = None if t.weights is None else folder.copy_tuned(t.weights, t.stem)
-        folder.write_projection(G, res, i, req[i], res.seconds / len(names), record | inputs(t.stem),
-                                [before[i], shown[i], after[i]], None if c is None else t.class_index,
-                                tuned_sha256=sha)
+        folder.write_projection(
+            G,
+            res,
+            i,
+            req[i],
+            res.seconds / len(names),
+            record | inputs(t.stem),
+            [before[i], shown[i], after[i]],
+            None if c is None else t.class_index,
+            tuned_sha256=sha,
+        )
+
     for i, t in enumerate(chunk):
         folder.write_target(rep, t.stem, lambda: write(i, t))
 
@@ -102,6 +168,7 @@ def _noise(G: Generator, targets: list[Target], repeat: int = 1) -> list[torch.T
 def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
     """stem -> what of a masked edit's inputs is that latent's own: its values, its class, its
     request and mask files and its tuned weights (by sha256)."""
+
     def own(spec: Path | None, stem: str) -> str | None:
         if spec is None or not Path(spec).is_dir():
             return input_sha256(spec and Path(spec))
@@ -113,9 +180,15 @@ def _edit_inputs(targets: dict[str, Target], request: Path, mask: Path | None):
     def inputs(stem: str) -> dict:
         t = targets[stem]
         noise = b"".join(m.tobytes() for m in t.noise or [])
-        return {"latent_sha256": hashlib.sha256(t.latent.tobytes()).hexdigest(), "class_index": t.class_index,
-                "noise_sha256": hashlib.sha256(noise).hexdigest() if noise else None,
-                "request": own(request, stem), "mask": own(mask, stem), "tuned": input_sha256(t.weights)}
+        return {
+            "latent_sha256": hashlib.sha256(t.latent.tobytes()).hexdigest(),
+            "class_index": t.class_index,
+            "noise_sha256": hashlib.sha256(noise).hexdigest() if noise else None,
+            "request": own(request, stem),
+            "mask": own(mask, stem),
+            "tuned": input_sha256(t.weights),
+        }
+
     return inputs
 
 
@@ -127,7 +200,7 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
     path = regular_file(path, "direction file not found")
     try:
         d = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:   # EOFError: an empty file
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
         raise LatentFitError(f"{path}: not a .npy direction ({type(e).__name__}: {e})") from None
     if not isinstance(d, np.ndarray):
         raise LatentFitError(f"{path}: not a .npy direction (an .npz archive)")
@@ -135,8 +208,10 @@ def read_direction(path: Path, shape: tuple[int, ...], component: int = 0) -> to
         raise LatentFitError(f"{path}: not a direction of numbers (dtype {d.dtype.str})")
     if d.shape != shape:
         if d.shape[1:] != shape:
-            raise LatentFitError(f"{path}: direction of shape {list(d.shape)}; latents of shape {list(shape)} "
-                                 f"need {list(shape)} or [K, {', '.join(map(str, shape))}]")
+            raise LatentFitError(
+                f"{path}: direction of shape {list(d.shape)}; latents of shape {list(shape)} "
+                f"need {list(shape)} or [K, {', '.join(map(str, shape))}]"
+            )
         if not 0 <= component < d.shape[0]:
             raise ArgumentError("component", component, f"out of range, {path} holds {d.shape[0]} directions")
         d = d[component]
@@ -161,22 +236,34 @@ def check_direction(path: Path, G: Generator, space: str) -> str | None:
     except FileNotFoundError:
         rec = None
     except (OSError, ValueError) as e:
-        raise LatentFitError(f"{rec_path}: not a direction record ({type(e).__name__}); remove it or "
-                             "make the direction again") from None
+        raise LatentFitError(
+            f"{rec_path}: not a direction record ({type(e).__name__}); remove it or make the direction again"
+        ) from None
     if not isinstance(rec, dict) or rec.get("npy_sha256") != input_sha256(Path(path)):
         why = "has no record" if rec is None else f"does not match its record {rec_path.name}"
         return f"{path} {why}: which generator and space it was made for is unknown, only its shape is checked"
     sha, name = rec.get("generator_sha256"), rec.get("generator")
     same = sha == G.sha256 if sha and G.sha256 else name == G.name
     if not same or rec.get("space") != space:
-        raise LatentFitError(f"{path}: direction made for generator {name!r} in space {rec.get('space')!r}; "
-                             f"this run uses {G.name!r} in space {space!r}")
+        raise LatentFitError(
+            f"{path}: direction made for generator {name!r} in space {rec.get('space')!r}; "
+            f"this run uses {G.name!r} in space {space!r}"
+        )
     return None
 
 
-def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, direction: Path,
-                         strengths: list[float], component: int = 0, space: str | None = None,
-                         class_index: int | None = None, batch_size: int = 64) -> Report:
+def direction_edit_files(
+    G: Generator,
+    latent_specs: list[str],
+    out: Path,
+    *,
+    direction: Path,
+    strengths: list[float],
+    component: int = 0,
+    space: str | None = None,
+    class_index: int | None = None,
+    batch_size: int = 64,
+) -> Report:
     """Move every latent along a direction by each strength, in one batched render per weights (a
     conditional generator's class: class_index, else each latent file's own; a latent made by
     `project --tune` rendered with its own tuned weights). Writes OUT/<stem>_s<strength>.png for
@@ -187,24 +274,35 @@ def direction_edit_files(G: Generator, latent_specs: list[str], out: Path, *, di
         unrecorded = check_direction(Path(direction), G, space)
         d = read_direction(Path(direction), G.latent_shape(space), component)
         if unrecorded:
-            warnings.warn(unrecorded)
+            warnings.warn(unrecorded, stacklevel=2)
         moved = apply_direction(_latents(targets), d, strengths)
         c = G.class_labels([t.class_index for t in targets], space)
         c = None if c is None else c[:, None].expand(-1, len(strengths), -1)
         for s, row in _render(G, targets, moved, space, c, rep.errors, batch_size).items():
+
             def write(s=s, row=to_uint8(row)):
                 for strength, im in zip(strengths, row):
                     save_png(im, folder.path / f"{s}_s{strength:+g}.png")
                 save_png(grid([list(row)]), folder.path / f"{s}_strip.png")
+
             folder.write_target(rep, s, write)
         folder.write_file(rep, "index.html", lambda: write_report(folder.path, "edit"))
-    rep.summary = (f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
-                   f"{tuned_note(targets, rep.done)}")
+    rep.summary = (
+        f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
+        f"{tuned_note(targets, rep.done)}"
+    )
     return rep
 
 
-def _render(G: Generator, targets: list[Target], latents: torch.Tensor, space: str, c: torch.Tensor | None,
-            errors: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+def _render(
+    G: Generator,
+    targets: list[Target],
+    latents: torch.Tensor,
+    space: str,
+    c: torch.Tensor | None,
+    errors: list[str],
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
     """stem -> images [R, C, H, W] of its row of `latents` [N, R, *shape] (c: [N, R, c_dim] or
     None), rendered with its weights and noise maps (outputs.by_weights: one batched render per
     weights)."""
@@ -221,18 +319,36 @@ def _save_direction(path: Path, array: np.ndarray, G: Generator, space: str, mad
     """The direction .npy, then its record (direction_record_path): the generator's name and
     sha256, the space, the shape, how it was `made`, and the .npy's sha256 (a record left beside
     an .npy that changed since is not taken for its record)."""
+
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
+
     atomic_write(path, write)
-    rec = {"generator": G.name, "generator_sha256": G.sha256, "space": space, "shape": list(array.shape),
-           "made": made, "npy_sha256": input_sha256(path)}
+    rec = {
+        "generator": G.name,
+        "generator_sha256": G.sha256,
+        "space": space,
+        "shape": list(array.shape),
+        "made": made,
+        "npy_sha256": input_sha256(path),
+    }
     atomic_write(direction_record_path(path), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)))
 
 
-def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negative: list[str] = (),
-                   method: str = "mean", pca: int | None = None, samples: int = PCA_SAMPLES,
-                   space: str | None = None, seed: int = 0, class_index: int | None = None) -> Report:
+def direction_file(
+    G: Generator,
+    out: Path,
+    *,
+    positive: list[str] = (),
+    negative: list[str] = (),
+    method: str = "mean",
+    pca: int | None = None,
+    samples: int = PCA_SAMPLES,
+    space: str | None = None,
+    seed: int = 0,
+    class_index: int | None = None,
+) -> Report:
     """Find a direction and write it to `out` (.npy, its record beside it: _save_direction): from
     latent files labelled positive and negative (method mean: normalized difference of means;
     boundary: linear classifier normal), or the first `pca` principal directions [K, *shape] (of class class_index's images, for a
@@ -244,31 +360,47 @@ def direction_file(G: Generator, out: Path, *, positive: list[str] = (), negativ
         space = G.check_space(space or G.default_space)
         c = G.class_vector(class_index, space)
         dirs, std = pca_directions(G, pca, space=space, n=samples, seed=seed, c=None if c is None else c[None])
-        _save_direction(out, dirs.cpu().numpy(), G, space, {"method": "pca", "components": pca, "samples": samples,
-                                                           "seed": seed, "class_index": class_index})
-        rep.summary = (f"{pca} principal directions in {space} ({samples} samples), prior std along each: "
-                       + ", ".join(f"{v:.3g}" for v in std.tolist()))
+        _save_direction(
+            out,
+            dirs.cpu().numpy(),
+            G,
+            space,
+            {"method": "pca", "components": pca, "samples": samples, "seed": seed, "class_index": class_index},
+        )
+        rep.summary = f"{pca} principal directions in {space} ({samples} samples), prior std along each: " + ", ".join(
+            f"{v:.3g}" for v in std.tolist()
+        )
         return rep
     pos, space, rep.errors = read_targets(list(positive), G, space, weights=False)
     neg, _, neg_errors = read_targets(list(negative), G, space, weights=False)
     rep.errors += neg_errors
     if not pos or not neg:
-        raise LatentFitError(f"no readable {'negative' if pos else 'positive'} latents: "
-                             + ("; ".join(rep.errors) or "none given"))
+        raise LatentFitError(
+            f"no readable {'negative' if pos else 'positive'} latents: " + ("; ".join(rep.errors) or "none given")
+        )
     methods = {"mean": mean_difference, "boundary": linear_boundary}
     if method not in methods:
         raise ArgumentError("method", method, "choose mean or boundary")
-    made = {"method": method, **{k: {t.stem: input_sha256(t.path) for t in ts} for k, ts in
-                                 (("positive", pos), ("negative", neg))}}
+    made = {
+        "method": method,
+        **{k: {t.stem: input_sha256(t.path) for t in ts} for k, ts in (("positive", pos), ("negative", neg))},
+    }
     _save_direction(out, methods[method](_latents(pos), _latents(neg)).numpy(), G, space, made)
-    rep.summary = (f"{method} direction in {space} from {len(pos)} positive and {len(neg)} "
-                   "negative latents")
+    rep.summary = f"{method} direction in {space} from {len(pos)} positive and {len(neg)} negative latents"
     return rep
 
 
-def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frames: int,
-                      modes: tuple[str, ...] = ("linear", "spherical"), fps: int = 12,
-                      class_index: int | None = None, batch_size: int = 64) -> Report:
+def interpolate_files(
+    G: Generator,
+    latent_specs: list[str],
+    out: Path,
+    *,
+    frames: int,
+    modes: tuple[str, ...] = ("linear", "spherical"),
+    fps: int = 12,
+    class_index: int | None = None,
+    batch_size: int = 64,
+) -> Report:
     """Interpolate along the path through the latent files (in order), every mode and segment in
     one batched render; a conditional generator in z renders one class (class_index, else the
     one the files share). StyleGAN noise maps stored in the files are interpolated by the same
@@ -286,19 +418,29 @@ def interpolate_files(G: Generator, latent_specs: list[str], out: Path, *, frame
         except LatentFitError as e:
             rep.errors.append(str(e))
     if len(kept) < 2:
-        raise LatentFitError(f"interpolate needs two or more readable latent files, got {len(kept)}"
-                             + (f" ({'; '.join(rep.errors)})" if rep.errors else ""))
+        raise LatentFitError(
+            f"interpolate needs two or more readable latent files, got {len(kept)}"
+            + (f" ({'; '.join(rep.errors)})" if rep.errors else "")
+        )
     lats = _latents(kept)
-    path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])   # [M, P, F, *s]
+    path = torch.stack([interpolate(lats[:-1], lats[1:], frames, m) for m in modes])  # [M, P, F, *s]
     ends = _noise(G, kept)
-    noise = None if ends is None else [torch.stack(maps) for maps in zip(
-        *[interpolate_noise([e[:-1] for e in ends], [e[1:] for e in ends], frames, m) for m in modes])]
+    noise = (
+        None
+        if ends is None
+        else [
+            torch.stack(maps)
+            for maps in zip(
+                *[interpolate_noise([e[:-1] for e in ends], [e[1:] for e in ends], frames, m) for m in modes]
+            )
+        ]
+    )
     c = G.class_vector(_one_class(G, space, kept), space)
     images = to_uint8(render_path(G, path, deltas, space, c, batch_size, noise).flatten(0, 2))
     images = images.reshape(len(modes), len(kept) - 1, frames, *images.shape[1:])
     for mode, segs in zip(modes, images):
         save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")
-        tour = np.concatenate([segs[0]] + [seg[1:] for seg in segs[1:]])   # shared ends once
+        tour = np.concatenate([segs[0]] + [seg[1:] for seg in segs[1:]])  # shared ends once
         rep.written += [out / f"{mode}.png", save_video(tour, out / mode, fps=fps)]
     rep.summary = "wrote " + ", ".join(str(p) for p in rep.written) + tuned_note(kept, [t.stem for t in kept])
     return rep
@@ -313,5 +455,7 @@ def _one_class(G: Generator, space: str, targets: list[Target]) -> int | None:
     if not G.needs_class(space):
         return None
     shown = ", ".join(f"{t.stem}: {'none' if t.class_index is None else t.class_index}" for t in targets[:4])
-    raise LatentFitError(f"latent files of different classes ({shown}); give files of one class, "
-                         "or --class K to render them all in class K")
+    raise LatentFitError(
+        f"latent files of different classes ({shown}); give files of one class, "
+        "or --class K to render them all in class K"
+    )

@@ -13,8 +13,8 @@ from .. import distributed
 from ..config import Config, Tuning, projection_config
 from ..devices import free_memory, is_oom, memory_fit
 from ..errors import ArgumentError, LatentFitError
-from ..generators.base import Generator
 from ..files import assign_stems, input_sha256
+from ..generators.base import Generator
 from ..images import find_images, load_image
 from ..objective import require_lpips
 from ..optimize import Result, project
@@ -22,10 +22,24 @@ from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings
 from ..report import write_report
 from ..tuning import TUNE_COLUMNS, tune_projection, tuning_bytes
 
-METRIC_COLUMNS = ["target", "mse", "psnr", "lpips", "dz_norm", "wr", "wr_units", "wr_factor", "wr_effective",
-                  "jacobian_norm", "steps", "sample_steps", "seconds", "terms"]
-CPU_CHUNK_BYTES = 256 * 2 ** 20   # batch_size auto on CPU: throughput stops growing long before
-                                  # RAM fills, and a smaller chunk loses less work when killed
+METRIC_COLUMNS = [
+    "target",
+    "mse",
+    "psnr",
+    "lpips",
+    "dz_norm",
+    "wr",
+    "wr_units",
+    "wr_factor",
+    "wr_effective",
+    "jacobian_norm",
+    "steps",
+    "sample_steps",
+    "seconds",
+    "terms",
+]
+CPU_CHUNK_BYTES = 256 * 2**20  # batch_size auto on CPU: throughput stops growing long before
+# RAM fills, and a smaller chunk loses less work when killed
 
 
 def auto_batch_size(G: Generator, n_targets: int, config: Config, tuning: Tuning | None = None) -> int:
@@ -48,23 +62,45 @@ class _Chunks:
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
-    def run(self, stems: list[str], paths: list[Path], batch: torch.Tensor, init: torch.Tensor | None,
-            noise: list[torch.Tensor] | None = None) -> None:
+    def run(
+        self,
+        stems: list[str],
+        paths: list[Path],
+        batch: torch.Tensor,
+        init: torch.Tensor | None,
+        noise: list[torch.Tensor] | None = None,
+    ) -> None:
         c = self.G.class_labels([self.classes[s] for s in stems], self.cfg.space or self.G.default_space)
         left = math.ceil((self.n_todo - self.finished) / self.batch_size)
         cb = self.progress(self.calls, self.calls + left, stems) if self.progress else None
         self.calls += 1
         try:
-            res = project(self.G, batch.to(self.G.device), stems, config=self.cfg, init=init, c=c, noise=noise,
-                          encoder=self.encoder, progress=cb)
+            res = project(
+                self.G,
+                batch.to(self.G.device),
+                stems,
+                config=self.cfg,
+                init=init,
+                c=c,
+                noise=noise,
+                encoder=self.encoder,
+                progress=cb,
+            )
             tres = None
-            if self.tuning is not None:   # progress counts on after the projection's steps
-                res, tres = tune_projection(self.G, res, batch, c, self.tuning, self.cfg,
-                                            cb and (lambda step, loss: cb(self.cfg.steps + step, loss)))
+            if self.tuning is not None:  # progress counts on after the projection's steps
+                res, tres = tune_projection(
+                    self.G,
+                    res,
+                    batch,
+                    c,
+                    self.tuning,
+                    self.cfg,
+                    cb and (lambda step, loss: cb(self.cfg.steps + step, loss)),
+                )
         except RuntimeError as e:
             if not is_oom(e):
                 raise
-            res = None   # retry outside the handler, so the failed attempt's tensors are freed
+            res = None  # retry outside the handler, so the failed attempt's tensors are freed
         if res is None:
             return self._split(stems, paths, batch, init, noise)
         for i, stem in enumerate(stems):
@@ -75,42 +111,67 @@ class _Chunks:
     def _write(self, res: Result, tres, i: int, target: torch.Tensor, class_index: int | None) -> None:
         """Target i's outputs: its tuned weights first (when tuned), then the rest."""
         sha = None if tres is None else self.folder.write_tuned(self.G, tres, i)
-        self.folder.write_projection(self.G, res, i, target, res.seconds / len(res.names), self.records[res.names[i]],
-                                     class_index=class_index, tuned_sha256=sha)
+        self.folder.write_projection(
+            self.G,
+            res,
+            i,
+            target,
+            res.seconds / len(res.names),
+            self.records[res.names[i]],
+            class_index=class_index,
+            tuned_sha256=sha,
+        )
 
     def _split(self, stems, paths, batch, init, noise) -> None:
         if self.G.device.type == "cuda":
             torch.cuda.empty_cache()
         if len(stems) == 1:
-            self.rep.errors.append(f"{paths[0]}: out of memory on {self.G.device} even alone; "
-                                   "use fewer starts or a device with more memory")
+            self.rep.errors.append(
+                f"{paths[0]}: out of memory on {self.G.device} even alone; "
+                "use fewer starts or a device with more memory"
+            )
             self.finished += 1
             return
         h = len(stems) // 2
         self.batch_size = min(self.batch_size, h)
         for part in (slice(0, h), slice(h, None)):
-            self.run(stems[part], paths[part], batch[part], None if init is None else init[part],
-                     None if noise is None else [m[part] for m in noise])
+            self.run(
+                stems[part],
+                paths[part],
+                batch[part],
+                None if init is None else init[part],
+                None if noise is None else [m[part] for m in noise],
+            )
 
 
-def project_files(G: Generator, specs: list[str], out: Path, config: Config | None = None, *,
-                  batch_size: int | str = 16, init: str | Path | None = None, class_index: int | None = None,
-                  encoder=None, tuning: Tuning | None = None, rank: int = 0, world: int = 1, progress=None,
-                  **changes) -> Report:
+def project_files(
+    G: Generator,
+    specs: list[str],
+    out: Path,
+    config: Config | None = None,
+    *,
+    batch_size: int | str = 16,
+    init: str | Path | None = None,
+    class_index: int | None = None,
+    encoder=None,
+    tuning: Tuning | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress=None,
+    **changes,
+) -> Report:
     """Project every image of `specs` into G and write the outputs to `out`.
 
-    Targets are sharded by rank (every world-th), skipped when their outputs are complete and
-    were made with the same generator, target file and settings (else redone, and rep.notes says
-    why), and streamed in chunks of batch_size ("auto": the largest that fits the device). Killed at any
-    moment, a rerun finishes the job: outputs appear atomically, the .npz last, and the temp files
-    of a killed write are removed. Under a torchrun process group, rank 0 merges the metrics once
-    every rank is done; other sharded runs leave that to OutputFolder(out).write_metrics(METRIC_COLUMNS).
-    init: a start .npz for every target or a folder of <stem>.npz (its StyleGAN noise maps start
-    the optimized ones, or stay fixed with optimize_noise off). class_index: the class of a
-    conditional generator (default: each init file's own). encoder: a learned start for targets
-    without init (see optimize.project). tuning: also tune G around each latent (tuning.tune_projection; images
-    and metrics are then the tuned G's). changes: Config fields. progress: callable(chunk_index,
-    n_chunks, stems) -> callback for `project` (or None; tuning's steps count on past config.steps).
+    Targets are sharded by rank (every world-th), skipped when complete and made with the same
+    generator, target file and settings (else redone; rep.notes says why), and streamed in chunks
+    of batch_size ("auto": the largest that fits). A rerun finishes a killed job (outputs appear
+    atomically, the .npz last). Under torchrun, rank 0 merges the metrics once every rank is done;
+    other sharded runs leave that to OutputFolder(out).write_metrics(METRIC_COLUMNS). init: a
+    start .npz for every target or a folder of <stem>.npz (its noise maps start the optimized
+    ones). class_index: a conditional generator's class (default: each init file's). encoder: a
+    learned start (optimize.project). tuning: also tune G around each latent (images and metrics
+    are then the tuned G's). changes: Config fields. progress: callable(chunk_index, n_chunks,
+    stems) -> callback for `project` (tuning's steps count on past config.steps).
     """
     cfg = projection_config(config, encoded=encoder is not None and not init, **changes)
     folder, rep = OutputFolder(out), Report()
@@ -119,28 +180,22 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config | No
     targets = _targets(folder.check_writable(), specs, rank, world, rep)
     space = cfg.space or G.default_space
     init = Path(init) if init else None
-    record = settings_record(G, cfg, class_index=class_index, init=init,
-                             encoder=None if encoder is None or init else encoder.sha256, **Tuning.record(tuning))
+    encoded = None if encoder is None or init else encoder.sha256
+    record = settings_record(G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning))
     columns = METRIC_COLUMNS + (TUNE_COLUMNS if tuning else [])
 
     def inputs(p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
         return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
+
     todo, rep.skipped, note = folder.plan(targets, record, inputs)
     rep.notes += [note] if note else []
-    starts, init_errors = read_starts(init, G, space, [s for s, _ in todo], class_index, weights=False) \
-        if init else (None, [])
-    rep.errors += init_errors
-    if starts is not None:
-        todo = [(s, p) for s, p in todo if s in starts]
-    if batch_size == "auto":
-        batch_size = auto_batch_size(G, len(todo), cfg.replace(starts=1) if starts else cfg, tuning)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
+    todo, starts = _with_starts(todo, init, G, space, class_index, rep)
+    batch_size = _batch_size(batch_size, G, len(todo), cfg.replace(starts=1) if starts else cfg, tuning)
     classes = {s: starts[s].class_index if starts else class_index for s, _ in todo}
-    G.class_labels(list(classes.values()), space)   # a missing or wrong class fails before any work
-    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, {s: record | inputs(p) for s, p in todo},
-                     None if init else encoder, tuning)
+    G.class_labels(list(classes.values()), space)  # a missing or wrong class fails before any work
+    records = {s: record | inputs(p) for s, p in todo}
+    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, None if init else encoder, tuning)
     try:
         _stream(chunks, todo, starts)
     except KeyboardInterrupt:
@@ -149,6 +204,25 @@ def project_files(G: Generator, specs: list[str], out: Path, config: Config | No
     _tables(folder, rep, columns, record, rank, world)
     rep.summary = _summary(rep)
     return rep
+
+
+def _with_starts(todo: list, init: Path | None, G: Generator, space: str, class_index: int | None, rep: Report):
+    """(todo, stem -> its --init start Target, or None without init): targets whose start cannot
+    be read are left out, each an error line."""
+    if init is None:
+        return todo, None
+    starts, errors = read_starts(init, G, space, [s for s, _ in todo], class_index, weights=False)
+    rep.errors += errors
+    return [(s, p) for s, p in todo if s in starts], starts
+
+
+def _batch_size(batch_size: int | str, G: Generator, n: int, config: Config, tuning: Tuning | None) -> int:
+    """batch_size as given, or with "auto" the largest chunk of n targets that fits (auto_batch_size)."""
+    if batch_size == "auto":
+        return auto_batch_size(G, n, config, tuning)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ArgumentError("batch_size", batch_size, "give a whole number >= 1 or auto")
+    return batch_size
 
 
 def _targets(folder: OutputFolder, specs: list[str], rank: int, world: int, rep: Report) -> list[tuple[str, Path]]:
@@ -170,8 +244,9 @@ def _tables(folder: OutputFolder, rep: Report, columns: list[str], record: dict,
         rep.metrics = folder.write_metrics(columns, record, rep)
     elif distributed.active() and not rep.interrupted:
         distributed.barrier()
-        rep.metrics = (folder.write_metrics(columns, record, rep) if rank == 0
-                       else folder.collect_metrics(columns, record))
+        rep.metrics = (
+            folder.write_metrics(columns, record, rep) if rank == 0 else folder.collect_metrics(columns, record)
+        )
     if world == 1 or (rank == 0 and distributed.active()):
         folder.write_file(rep, "index.html", lambda: write_report(folder.path, "project"))
 
@@ -180,7 +255,7 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], starts: dict | None) 
     """Load and project `todo` chunk by chunk: only one chunk of images is in memory at a time."""
     G, start = chunks.G, 0
     while start < len(todo):
-        chunk = todo[start:start + chunks.batch_size]
+        chunk = todo[start : start + chunks.batch_size]
         start += len(chunk)
         stems, paths, images = [], [], []
         for stem, p in chunk:
@@ -191,10 +266,15 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], starts: dict | None) 
             except LatentFitError as e:
                 chunks.rep.errors.append(str(e))
         chunks.finished += len(chunk) - len(stems)
-        if stems and starts:   # the start's noise maps start the optimized ones
+        if stems and starts:  # the start's noise maps start the optimized ones
             noise = target_noise(G, [starts[s] for s in stems])
-            chunks.run(stems, paths, torch.stack(images), torch.from_numpy(np.stack([starts[s].latent for s in stems])),
-                       None if noise is None else [torch.from_numpy(m) for m in noise])
+            chunks.run(
+                stems,
+                paths,
+                torch.stack(images),
+                torch.from_numpy(np.stack([starts[s].latent for s in stems])),
+                None if noise is None else [torch.from_numpy(m) for m in noise],
+            )
         elif stems:
             chunks.run(stems, paths, torch.stack(images), None)
 
@@ -203,7 +283,8 @@ def _summary(rep: Report) -> str:
     rows = [r for r in rep.metrics if r["target"] in set(rep.done)]
     med = f", median PSNR {np.median([r['psnr'] for r in rows]):.1f} dB" if rows else ""
     if rows and rows[0].get("psnr_pivot") is not None:
-        med += (f" tuned (pivot {np.median([r['psnr_pivot'] for r in rows]):.1f} dB, locality "
-                f"{np.median([r['locality_psnr'] for r in rows]):.1f} dB)")
-    return (f"projected {len(rep.done)} target(s), skipped {len(rep.skipped)} complete, "
-            f"{len(rep.errors)} failed{med}")
+        med += (
+            f" tuned (pivot {np.median([r['psnr_pivot'] for r in rows]):.1f} dB, locality "
+            f"{np.median([r['locality_psnr'] for r in rows]):.1f} dB)"
+        )
+    return f"projected {len(rep.done)} target(s), skipped {len(rep.skipped)} complete, {len(rep.errors)} failed{med}"

@@ -11,25 +11,41 @@ import torch
 
 from ..config import Config, Tuning, check_weights
 from ..errors import LatentFitError
-from ..files import assign_stems, atomic_write
 from ..figures import sweep_figure, sweep_grid, tune_sweep_figure, tune_sweep_grid
+from ..files import assign_stems, atomic_write
 from ..generators.base import Generator
 from ..images import find_images, load_image, load_mask, load_request, save_png, stack_masks
 from ..outputs import OutputFolder, Report, Target, by_weights, read_starts, target_noise, tuned_note, write_csv
 from ..report import write_report
-from ..sweep import (COLUMNS, EDIT_COLUMNS, LOCALITY_FLOOR_DB, TUNE_SWEEP_COLUMNS, SweepResult, concat_sweeps,
-                     suggest_tune_reg, suggest_wr, sweep, tune_sweep)
+from ..sweep import (
+    COLUMNS,
+    EDIT_COLUMNS,
+    LOCALITY_FLOOR_DB,
+    TUNE_SWEEP_COLUMNS,
+    SweepResult,
+    concat_sweeps,
+    suggest_tune_reg,
+    suggest_wr,
+    sweep,
+    tune_sweep,
+)
 
 
-def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path | None, space: str,
-                  class_index: int | None, rep: Report):
+def _load_targets(
+    G: Generator,
+    specs: list[str],
+    init: Path | None,
+    mask: Path | None,
+    space: str,
+    class_index: int | None,
+    rep: Report,
+):
     """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts: stem -> Target (with
     init) or None, labels [T, c_dim] or None: class_index, else each init file's class)."""
     paths, rep.errors = find_images(specs)
     items, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
-    starts, init_errors = read_starts(Path(init), G, space, [s for s, _ in items], class_index) if init \
-        else (None, [])
+    starts, init_errors = read_starts(Path(init), G, space, [s for s, _ in items], class_index) if init else (None, [])
     rep.errors += init_errors
     if starts is not None:
         items = [(s, p) for s, p in items if s in starts]
@@ -37,8 +53,11 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
     stems, targets, masks = [], [], []
     for s, p in items:
         try:
-            rgb, alpha = load_request(p, G.resolution, G.img_channels) if init else \
-                (load_image(p, G.resolution, channels=G.img_channels), None)
+            rgb, alpha = (
+                load_request(p, G.resolution, G.img_channels)
+                if init
+                else (load_image(p, G.resolution, channels=G.img_channels), None)
+            )
         except LatentFitError as e:
             rep.errors.append(str(e))
             continue
@@ -49,8 +68,9 @@ def _load_targets(G: Generator, specs: list[str], init: Path | None, mask: Path 
     return stems, targets, stack_masks(masks), starts, labels
 
 
-def _open(G: Generator, specs: list[str], out: Path, init, mask, class_index, config: Config | None,
-          changes: dict) -> tuple[OutputFolder, Report, tuple]:
+def _open(
+    G: Generator, specs: list[str], out: Path, init, mask, class_index, config: Config | None, changes: dict
+) -> tuple[OutputFolder, Report, tuple]:
     """The output folder (checked writable), the Report, and _load_targets' tuple in the space of
     the run (one error line when no target could be read)."""
     folder, rep = OutputFolder(out).check_writable(), Report()
@@ -61,32 +81,67 @@ def _open(G: Generator, specs: list[str], out: Path, init, mask, class_index, co
     return folder, rep, loaded
 
 
-def _sweep_by_weights(G: Generator, stems: list[str], targets: torch.Tensor, wrs, inits: dict[str, Target] | None,
-                      errors: list[str], *, mask=None, c=None, progress=None, **kwargs) -> SweepResult | None:
+def _sweep_by_weights(
+    G: Generator,
+    stems: list[str],
+    targets: torch.Tensor,
+    wrs,
+    inits: dict[str, Target] | None,
+    errors: list[str],
+    *,
+    mask=None,
+    c=None,
+    progress=None,
+    **kwargs,
+) -> SweepResult | None:
     """sweep.sweep of every target (from its start, with init), through the weights of its start
     (one batched sweep per weights: G's, or a tuned file's; and with its noise maps; mask, c: per
     target rows or None),
     merged in the order of `stems`; None when no weights fit G."""
     if inits is None:
-        return sweep(G, targets, wrs, stems, mask=mask, c=c, progress=progress(0, 1, stems) if progress else None,
-                     **kwargs)
+        return sweep(
+            G, targets, wrs, stems, mask=mask, c=c, progress=progress(0, 1, stems) if progress else None, **kwargs
+        )
     row, parts = {s: i for i, s in enumerate(stems)}, []
     for k, n, Gk, chunk in by_weights(G, [inits[s] for s in stems], max(1, len(stems)), errors):
         idx = [row[t.stem] for t in chunk]
 
         def pick(x):
             return None if x is None else x[idx]
+
         names, noise = [t.stem for t in chunk], target_noise(Gk, chunk)
-        parts.append(sweep(Gk, targets[idx], wrs, names, init=torch.from_numpy(np.stack([t.latent for t in chunk])),
-                           noise=None if noise is None else [torch.from_numpy(m) for m in noise],
-                           mask=pick(mask), c=pick(c), progress=progress(k, n, names) if progress else None, **kwargs))
+        parts.append(
+            sweep(
+                Gk,
+                targets[idx],
+                wrs,
+                names,
+                init=torch.from_numpy(np.stack([t.latent for t in chunk])),
+                noise=None if noise is None else [torch.from_numpy(m) for m in noise],
+                mask=pick(mask),
+                c=pick(c),
+                progress=progress(k, n, names) if progress else None,
+                **kwargs,
+            )
+        )
     done = {s for p in parts for s in p.names}
     return concat_sweeps(parts, [s for s in stems if s in done]) if parts else None
 
 
-def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | None, config: Config | None = None, *,
-                init: Path | None = None, mask: Path | None = None, class_index: int | None = None,
-                encoder=None, progress=None, **changes) -> Report:
+def sweep_files(
+    G: Generator,
+    specs: list[str],
+    out: Path,
+    wrs: list[float] | None,
+    config: Config | None = None,
+    *,
+    init: Path | None = None,
+    mask: Path | None = None,
+    class_index: int | None = None,
+    encoder=None,
+    progress=None,
+    **changes,
+) -> Report:
     """Sweep w_r over every target image (with init: an edit sweep from those latents, the
     targets' alpha or `mask` limiting the request; a conditional generator's class: class_index,
     else each init file's own) in one batched run. Writes OUT/sweep.csv, OUT/sweep.png and
@@ -94,12 +149,24 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | No
     runs.project.project_files (one batch per weights). encoder: every w_r of a target starts from
     E(x) (without init). Init latents made by `project --tune` are edited through their own tuned
     weights. config: see sweep.sweep; changes: Config fields."""
-    wrs = None if wrs is None else check_weights(wrs)   # None: the default grid of the units
+    wrs = None if wrs is None else check_weights(wrs)  # None: the default grid of the units
     folder, rep, (stems, targets, mk, starts, c) = _open(G, specs, out, init, mask, class_index, config, changes)
     if not stems:
         return rep
-    sw = _sweep_by_weights(G, stems, torch.stack(targets), wrs, starts, rep.errors, mask=mk, c=c, progress=progress,
-                           config=config, encoder=encoder, **changes)
+    sw = _sweep_by_weights(
+        G,
+        stems,
+        torch.stack(targets),
+        wrs,
+        starts,
+        rep.errors,
+        mask=mk,
+        c=c,
+        progress=progress,
+        config=config,
+        encoder=encoder,
+        **changes,
+    )
     if sw is None:
         return rep
     targets = [targets[stems.index(s)] for s in sw.names]
@@ -109,15 +176,27 @@ def sweep_files(G: Generator, specs: list[str], out: Path, wrs: list[float] | No
     save_png(sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
     rep.done, rep.written = sw.names, [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png")]
-    rep.summary = (f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
-                   f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
-                   f"{tuned_note(list((starts or {}).values()), sw.names)}")
+    rep.summary = (
+        f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
+        f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
+        f"{tuned_note(list((starts or {}).values()), sw.names)}"
+    )
     return rep
 
 
-def tune_sweep_files(G: Generator, specs: list[str], out: Path, tune_regs: list[float], config: Config | None = None,
-                     *, tuning: Tuning | None = None, class_index: int | None = None, encoder=None,
-                     progress=None, **changes) -> Report:
+def tune_sweep_files(
+    G: Generator,
+    specs: list[str],
+    out: Path,
+    tune_regs: list[float],
+    config: Config | None = None,
+    *,
+    tuning: Tuning | None = None,
+    class_index: int | None = None,
+    encoder=None,
+    progress=None,
+    **changes,
+) -> Report:
     """Project every target image once (config; encoder: its start E(x)) and tune G around each
     pivot at every tune_reg in one batched run (tuning: the other tuning settings). Writes
     OUT/sweep.csv (TUNE_SWEEP_COLUMNS), OUT/sweep.png, OUT/grid.png and OUT/suggestion.json
@@ -130,8 +209,7 @@ def tune_sweep_files(G: Generator, specs: list[str], out: Path, tune_regs: list[
         return rep
     targets = torch.stack(targets)
     cb = progress(0, 1, stems) if progress else None
-    sw = tune_sweep(G, targets, regs, stems, config=config, tuning=tuning, c=c, encoder=encoder, progress=cb,
-                    **changes)
+    sw = tune_sweep(G, targets, regs, stems, config=config, tuning=tuning, c=c, encoder=encoder, progress=cb, **changes)
     best, reason = suggest_tune_reg(sw)
     write_csv(folder.path / "sweep.csv", TUNE_SWEEP_COLUMNS, sw.rows())
     save_png(tune_sweep_figure(sw, best), folder.path / "sweep.png")
@@ -141,6 +219,8 @@ def tune_sweep_files(G: Generator, specs: list[str], out: Path, tune_regs: list[
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
     rep.done = stems
     rep.written = [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png", "suggestion.json")]
-    rep.summary = (f"tuned {len(stems)} target(s) x {len(regs)} tune_reg in one run of {len(stems) * len(regs)} "
-                   f"samples around one pivot each; suggested {reason}")
+    rep.summary = (
+        f"tuned {len(stems)} target(s) x {len(regs)} tune_reg in one run of {len(stems) * len(regs)} "
+        f"samples around one pivot each; suggested {reason}"
+    )
     return rep

@@ -13,14 +13,26 @@ from .editor import Editor, load_start_encoder
 from .server import make_server, serve
 
 
-def run_server(G, out: Path, *, host: str = "127.0.0.1", port: int = 8000, encoder: str = "none",
-               steps: int = 200, starts: int = 4, loss: str = "mse", seed: int = 0, wr_units: str = "raw") -> None:
+def run_server(
+    G,
+    out: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    encoder: str = "none",
+    steps: int = 200,
+    starts: int = 4,
+    loss: str = "mse",
+    seed: int = 0,
+    wr_units: str = "raw",
+) -> None:
     """Check OUT and the encoder, then serve the editor for G until interrupted."""
     from ..outputs import OutputFolder
+
     out = Path(out)
     OutputFolder(out).check_writable()
     editor = Editor(G, out, encoder=encoder, steps=steps, starts=starts, loss=loss, seed=seed, wr_units=wr_units)
-    editor.start_encoder(G.default_space)   # a bad --encoder fails now, not in the page
+    editor.start_encoder(G.default_space)  # a bad --encoder fails now, not in the page
     serve(editor, host, port)
 
 

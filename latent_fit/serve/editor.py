@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import PROJECTION, SWEEP_WRS, edit_config
 from ..edit import PCA_SAMPLES, edit, pca_directions, render
 from ..encoder import load_encoder
 from ..errors import LatentFitError
@@ -31,16 +32,15 @@ from ..generators.base import Generator
 from ..images import save_png, to_uint8
 from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
-from ..config import PROJECTION, SWEEP_WRS, edit_config
 from ..optimize import project
 from ..sweep import suggest_wr, sweep
 from .inputs import safe_stem
 from .jobqueue import DeviceQueue, Job
 
-MAX_PAGES = 16                                 # pages whose state is kept (least recently used dropped)
-DIRECTIONS = 5                                 # principal directions offered as sliders
-PAGE_WRS = {u: tuple(w for w in wrs if w > 0) for u, wrs in SWEEP_WRS.items()}   # the page's log-scale w_r range
-CHECK_EVERY = 10                               # steps between progress reports (and cancel checks)
+MAX_PAGES = 16  # pages whose state is kept (least recently used dropped)
+DIRECTIONS = 5  # principal directions offered as sliders
+PAGE_WRS = {u: tuple(w for w in wrs if w > 0) for u, wrs in SWEEP_WRS.items()}  # the page's log-scale w_r range
+CHECK_EVERY = 10  # steps between progress reports (and cancel checks)
 
 
 def load_start_encoder(spec: str | None, G: Generator, space: str):
@@ -62,16 +62,16 @@ class Page:
 
     space: str
     stem: str
-    target: torch.Tensor                      # [C, H, W] (C = G.img_channels)
-    projection: torch.Tensor                  # P [*shape]
-    record: dict                              # what made P: config, loss_history, metrics, steps, seconds
-    class_index: int | None = None            # a conditional generator's class (None: unconditional)
-    edited: torch.Tensor | None = None        # E [*shape]
+    target: torch.Tensor  # [C, H, W] (C = G.img_channels)
+    projection: torch.Tensor  # P [*shape]
+    record: dict  # what made P: config, loss_history, metrics, steps, seconds
+    class_index: int | None = None  # a conditional generator's class (None: unconditional)
+    edited: torch.Tensor | None = None  # E [*shape]
     edit_record: dict | None = None
-    directions: torch.Tensor | None = None    # [K, *shape], each row one prior std long
+    directions: torch.Tensor | None = None  # [K, *shape], each row one prior std long
     direction_names: list[str] = field(default_factory=list)
     strengths: list[float] = field(default_factory=list)
-    image: torch.Tensor | None = None         # G(current) [C, H, W]
+    image: torch.Tensor | None = None  # G(current) [C, H, W]
 
     def current(self) -> torch.Tensor:
         base = self.projection if self.edited is None else self.edited
@@ -90,27 +90,45 @@ class Editor:
     """The server's state and device work. Every method that touches the device submits a job
     to `queue` and returns it; results are plain dicts the page reads as JSON."""
 
-    def __init__(self, G: Generator, out: Path, *, encoder: str = "none", steps: int = 200,
-                 starts: int = 4, loss: str = "auto", seed: int = 0, pca_samples: int = PCA_SAMPLES,
-                 wr_units: str = "raw"):
+    def __init__(
+        self,
+        G: Generator,
+        out: Path,
+        *,
+        encoder: str = "none",
+        steps: int = 200,
+        starts: int = 4,
+        loss: str = "auto",
+        seed: int = 0,
+        pca_samples: int = PCA_SAMPLES,
+        wr_units: str = "raw",
+    ):
         self.G, self.out, self.encoder, self.pca_samples = G, Path(out), encoder, pca_samples
-        page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False,
-                    wr_units=wr_units)
+        page = dict(steps=steps, loss=loss, seed=seed, check_every=CHECK_EVERY, optimize_noise=False, wr_units=wr_units)
         self.sweep_wrs = PAGE_WRS[wr_units]
-        self.config = PROJECTION.replace(starts=starts, **page)   # projections in the page
-        self.edit_config = edit_config(**page)                    # edits from the page's projection
+        self.config = PROJECTION.replace(starts=starts, **page)  # projections in the page
+        self.edit_config = edit_config(**page)  # edits from the page's projection
         self.queue = DeviceQueue()
         self._pages: OrderedDict[str, Page] = OrderedDict()
-        self._encoders: dict[str, object] = {}     # space -> Encoder | None (worker thread only)
-        self._pca: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}   # (space, class) -> PCA
-        self._save_lock = threading.Lock()          # a name is chosen and written by one save at a time
+        self._encoders: dict[str, object] = {}  # space -> Encoder | None (worker thread only)
+        self._pca: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (space, class) -> PCA
+        self._save_lock = threading.Lock()  # a name is chosen and written by one save at a time
 
     def info(self) -> dict:
         G = self.G
-        return {"generator": G.name, "resolution": G.resolution, "spaces": list(G.spaces),
-                "space": G.default_space, "classes": G.c_dim, "steps": self.config.steps, "encoder": self.encoder,
-                "out": str(self.out), "sweep_wrs": list(self.sweep_wrs),
-                "wr_units": self.edit_config.wr_units, "wr": self.edit_config.wr}
+        return {
+            "generator": G.name,
+            "resolution": G.resolution,
+            "spaces": list(G.spaces),
+            "space": G.default_space,
+            "classes": G.c_dim,
+            "steps": self.config.steps,
+            "encoder": self.encoder,
+            "out": str(self.out),
+            "sweep_wrs": list(self.sweep_wrs),
+            "wr_units": self.edit_config.wr_units,
+            "wr": self.edit_config.wr,
+        }
 
     def start_encoder(self, space: str):
         """The encoder for `space`, loaded once (so a bad --encoder fails at start-up)."""
@@ -140,32 +158,59 @@ class Editor:
 
     # --- device work ---------------------------------------------------------------------------
 
-    def submit_projection(self, page_id: str, target: torch.Tensor, stem: str, space: str | None,
-                          class_index: int | None = None) -> Job:
+    def submit_projection(
+        self, page_id: str, target: torch.Tensor, stem: str, space: str | None, class_index: int | None = None
+    ) -> Job:
         """Project `target` [C, H, W] (in class `class_index` of a conditional generator, which
         it needs); a new projection makes all of the page's work stale."""
         space = self.G.check_space(space or self.G.default_space)
         if self.G.c_dim and class_index is None:
             raise LatentFitError(f"generator {self.G.name!r} is conditional: pick a class 0..{self.G.c_dim - 1}")
-        self.G.class_vector(class_index, space)   # a wrong class is refused before any work
+        self.G.class_vector(class_index, space)  # a wrong class is refused before any work
 
         def run(job: Job) -> dict:
             x = target[None].to(self.G.device)
             encoder = self.start_encoder(space)
-            init = None if encoder is None else encoder(x)   # the one place a projection starts
-            page = Page(space=space, stem=stem, target=target.cpu(), projection=torch.empty(0), record={},
-                        class_index=class_index if self.G.c_dim else None)
-            res = project(self.G, x, [stem], config=self.config.replace(space=space), init=init,
-                          c=page.label(self.G), progress=job.progress)
-            page.record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
-                           "seconds": res.seconds, "terms": "+".join(res.terms)}
+            init = None if encoder is None else encoder(x)  # the one place a projection starts
+            page = Page(
+                space=space,
+                stem=stem,
+                target=target.cpu(),
+                projection=torch.empty(0),
+                record={},
+                class_index=class_index if self.G.c_dim else None,
+            )
+            res = project(
+                self.G,
+                x,
+                [stem],
+                config=self.config.replace(space=space),
+                init=init,
+                c=page.label(self.G),
+                progress=job.progress,
+            )
+            page.record = {
+                "config": res.config,
+                "loss_history": res.loss_history[0],
+                "steps": int(res.steps[0]),
+                "seconds": res.seconds,
+                "terms": "+".join(res.terms),
+            }
             page.projection, page.image = res.latent[0].cpu(), res.images[0].cpu()
             job.commit(lambda: self._set_page(page_id, page))
-            return {"stem": stem, "space": space, "class": page.class_index, "target": data_url(to_uint8(x)[0]),
-                    "projection": data_url(to_uint8(res.images)[0]),
-                    "psnr": float(res.metrics["psnr"][0]), "seconds": round(res.seconds, 2)}
-        return self.queue.submit(page_id, "project", run, total=self.config.steps,
-                                 supersedes=("edit", "render", "directions", "sweep"))
+            return {
+                "stem": stem,
+                "space": space,
+                "class": page.class_index,
+                "target": data_url(to_uint8(x)[0]),
+                "projection": data_url(to_uint8(res.images)[0]),
+                "psnr": float(res.metrics["psnr"][0]),
+                "seconds": round(res.seconds, 2),
+            }
+
+        return self.queue.submit(
+            page_id, "project", run, total=self.config.steps, supersedes=("edit", "render", "directions", "sweep")
+        )
 
     def submit_edit(self, page_id: str, request: torch.Tensor, mask: torch.Tensor, wr: float) -> Job:
         """The masked edit from the page's projection toward the painted `request` where `mask` is set."""
@@ -175,14 +220,32 @@ class Editor:
         def run(job: Job) -> dict:
             with self.queue.lock:
                 page = self.page(page_id)
-            res = edit(self.G, page.projection[None], request[None], mask[None], [page.stem], wr=float(wr),
-                       c=page.label(self.G), config=self.edit_config.replace(space=page.space), progress=job.progress)
-            metrics = {k: float(res.metrics[k][0]) for k in
-                       ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr", "wr_effective")}
-            record = {"config": res.config, "loss_history": res.loss_history[0], "steps": int(res.steps[0]),
-                      "seconds": res.seconds, "metrics": metrics}
+            res = edit(
+                self.G,
+                page.projection[None],
+                request[None],
+                mask[None],
+                [page.stem],
+                wr=float(wr),
+                c=page.label(self.G),
+                config=self.edit_config.replace(space=page.space),
+                progress=job.progress,
+            )
+            metrics = {
+                k: float(res.metrics[k][0])
+                for k in ("mask_mse_before", "mask_mse_after", "outside_change", "dz_norm", "wr", "wr_effective")
+            }
+            record = {
+                "config": res.config,
+                "loss_history": res.loss_history[0],
+                "steps": int(res.steps[0]),
+                "seconds": res.seconds,
+                "metrics": metrics,
+            }
             return self._show(job, page_id, page, edited=res.latent[0].cpu(), edit_record=record) | {
-                "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}}
+                "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+            }
+
         return self._submit(page_id, "edit", run, total=self.config.steps, supersedes=("sweep",))
 
     def submit_render(self, page_id: str, strengths: list[float]) -> Job:
@@ -195,9 +258,12 @@ class Editor:
             with self.queue.lock:
                 page = self.page(page_id)
             if page.directions is None or len(strengths) != len(page.directions):
-                raise LatentFitError(f"{len(strengths)} strengths for "
-                                     f"{0 if page.directions is None else len(page.directions)} directions")
+                raise LatentFitError(
+                    f"{len(strengths)} strengths for "
+                    f"{0 if page.directions is None else len(page.directions)} directions"
+                )
             return self._show(job, page_id, page, strengths=strengths)
+
         return self._submit(page_id, "render", run)
 
     def _show(self, job: Job, page_id: str, page: Page, **changes) -> dict:
@@ -205,20 +271,22 @@ class Editor:
         new = Page(**vars(page) | changes)
         image = render(self.G, new.current()[None], new.space, new.label(self.G))[0].cpu()
         new.image = image
-        job.commit(lambda: self._set_page(page_id, new))   # jobs run one at a time: `page` is current
+        job.commit(lambda: self._set_page(page_id, new))  # jobs run one at a time: `page` is current
         return {"result": data_url(to_uint8(image[None])[0])}
 
     def submit_directions(self, page_id: str, loaded: torch.Tensor | None = None, name: str = "") -> Job:
         """Principal directions of the page's space (loaded=None) or the rows of a direction
         file; each row scaled to one prior standard deviation. Resets the strengths."""
+
         def run(job: Job) -> dict:
             with self.queue.lock:
                 page = self.page(page_id)
             if loaded is None:
                 key = (page.space, page.class_index)
                 if key not in self._pca:
-                    self._pca[key] = pca_directions(self.G, DIRECTIONS, space=page.space, n=self.pca_samples,
-                                                    c=page.label(self.G))
+                    self._pca[key] = pca_directions(
+                        self.G, DIRECTIONS, space=page.space, n=self.pca_samples, c=page.label(self.G)
+                    )
                 dirs, std = self._pca[key]
                 names = [f"PC{k + 1}" for k in range(len(dirs))]
             else:
@@ -226,16 +294,18 @@ class Editor:
                 label = safe_stem(name, "direction")
                 names = [label] if len(dirs) == 1 else [f"{label}[{k}]" for k in range(len(dirs))]
             rows = (dirs * std.to(dirs).view(-1, *[1] * (dirs.ndim - 1))).cpu()
-            shown = self._show(job, page_id, page, directions=rows, direction_names=names,
-                               strengths=[0.0] * len(rows))
+            shown = self._show(job, page_id, page, directions=rows, direction_names=names, strengths=[0.0] * len(rows))
             return shown | {"names": names, "std": [round(float(s), 4) for s in std]}
+
         return self._submit(page_id, "directions", run, supersedes=("render",))
 
     def _prior_std(self, dirs: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit rows of `dirs` and the prior latents' standard deviation along each."""
         if tuple(dirs.shape[1:]) != self.G.latent_shape(space):
-            raise LatentFitError(f"direction file: rows of shape {list(dirs.shape[1:])}; the {space} "
-                                 f"space needs {list(self.G.latent_shape(space))}")
+            raise LatentFitError(
+                f"direction file: rows of shape {list(dirs.shape[1:])}; the {space} "
+                f"space needs {list(self.G.latent_shape(space))}"
+            )
         unit = dirs / dirs.flatten(1).norm(dim=1).view(-1, *[1] * (dirs.ndim - 1))
         return unit, self.G.latent_std_along(unit, space)
 
@@ -243,22 +313,42 @@ class Editor:
         """Fidelity against ||dz|| over the page's w_r range for this page's image, in one batched run: an
         edit sweep from the projection toward the painted request, or without paint a
         projection sweep of the target from one shared start."""
+
         def run(job: Job) -> dict:
             with self.queue.lock:
                 page = self.page(page_id)
             if request is None:
-                sw = sweep(self.G, page.target[None], self.sweep_wrs, [page.stem], progress=job.progress,
-                           c=page.label(self.G), config=self.config.replace(space=page.space, starts=1))
+                sw = sweep(
+                    self.G,
+                    page.target[None],
+                    self.sweep_wrs,
+                    [page.stem],
+                    progress=job.progress,
+                    c=page.label(self.G),
+                    config=self.config.replace(space=page.space, starts=1),
+                )
             else:
-                sw = sweep(self.G, request[0][None], self.sweep_wrs, [page.stem], init=page.projection[None],
-                           mask=request[1][None], c=page.label(self.G), progress=job.progress,
-                           config=self.edit_config.replace(space=page.space))
+                sw = sweep(
+                    self.G,
+                    request[0][None],
+                    self.sweep_wrs,
+                    [page.stem],
+                    init=page.projection[None],
+                    mask=request[1][None],
+                    c=page.label(self.G),
+                    progress=job.progress,
+                    config=self.edit_config.replace(space=page.space),
+                )
             best, reason = suggest_wr(sw)
             keys = ("psnr", "dz_norm", "realism", "prior_nll")
-            rows = [{"wr": float(w)} | {k: float(sw.metrics[k][0, j]) for k in keys}
-                    for j, w in enumerate(sw.wrs)]
-            return {"kind": "projection" if request is None else "edit", "rows": rows,
-                    "suggested": float(sw.wrs[best]), "reason": reason}
+            rows = [{"wr": float(w)} | {k: float(sw.metrics[k][0, j]) for k in keys} for j, w in enumerate(sw.wrs)]
+            return {
+                "kind": "projection" if request is None else "edit",
+                "rows": rows,
+                "suggested": float(sw.wrs[best]),
+                "reason": reason,
+            }
+
         return self._submit(page_id, "sweep", run, total=self.config.steps)
 
     # --- files ---------------------------------------------------------------------------------
@@ -273,11 +363,17 @@ class Editor:
         with self._save_lock:
             stem = free_stem(self.out, asked)
             self._write(page, stem)
-        answer = {"stem": stem, "files": [f"{stem}.npz", f"{stem}.png"], "out": str(self.out),
-                  "saved_at": time.strftime("%H:%M:%S")}
+        answer = {
+            "stem": stem,
+            "files": [f"{stem}.npz", f"{stem}.png"],
+            "out": str(self.out),
+            "saved_at": time.strftime("%H:%M:%S"),
+        }
         if stem != asked:
-            answer |= {"renamed_from": asked, "note": f"{asked}.npz or {asked}.png is there already: "
-                                                      f"kept, and saved as {stem}"}
+            answer |= {
+                "renamed_from": asked,
+                "note": f"{asked}.npz or {asked}.png is there already: kept, and saved as {stem}",
+            }
         return answer
 
     def _write(self, page: Page, stem: str) -> None:
@@ -286,18 +382,35 @@ class Editor:
         image = page.image if page.image is not None else render(G, latent[None], page.space, page.label(G))[0].cpu()
         mse = pixel_mse(image[None], page.target[None])
         rec = page.edit_record or page.record
-        metrics = {"mse": float(mse[0]), "psnr": float(psnr(mse)[0]), "lpips": math.nan,
-                   "dz_norm": float((latent - page.projection).norm()), "steps": rec["steps"],
-                   "seconds": rec["seconds"], "terms": page.record["terms"]} | rec.get("metrics", {})
-        config = {"made_by": "latent-fit serve", "projection": page.record["config"],
-                  "edit": page.edit_record and page.edit_record["config"],
-                  "directions": dict(zip(page.direction_names, page.strengths)) or None}
+        metrics = {
+            "mse": float(mse[0]),
+            "psnr": float(psnr(mse)[0]),
+            "lpips": math.nan,
+            "dz_norm": float((latent - page.projection).norm()),
+            "steps": rec["steps"],
+            "seconds": rec["seconds"],
+            "terms": page.record["terms"],
+        } | rec.get("metrics", {})
+        config = {
+            "made_by": "latent-fit serve",
+            "projection": page.record["config"],
+            "edit": page.edit_record and page.edit_record["config"],
+            "directions": dict(zip(page.direction_names, page.strengths)) or None,
+        }
         save_png(to_uint8(image[None])[0], self.out / f"{stem}.png")
-        write_latent_file(self.out / f"{stem}.npz", latent=latent, latent_init=page.projection,
-                          space=page.space, generator=G.name, generator_sha256=G.sha256,
-                          loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
-                          config=config, metrics=metrics, w=G.file_ws(latent, page.space),
-                          class_index=page.class_index)
+        write_latent_file(
+            self.out / f"{stem}.npz",
+            latent=latent,
+            latent_init=page.projection,
+            space=page.space,
+            generator=G.name,
+            generator_sha256=G.sha256,
+            loss_history=rec["loss_history"][~np.isnan(rec["loss_history"])],
+            config=config,
+            metrics=metrics,
+            w=G.file_ws(latent, page.space),
+            class_index=page.class_index,
+        )
 
 
 def free_stem(folder: Path, stem: str) -> str:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from ..errors import LatentFitError
 from ..images import open_image
 
-MAX_UPLOAD_BYTES = 25 * 2 ** 20   # an upload larger than this is refused before it is read
-MAX_STROKE_SIZE = 4096            # the painted canvas is at most this many pixels a side
-MAX_DIRECTIONS = 16               # sliders shown for a direction file of [K, *shape]
+MAX_UPLOAD_BYTES = 25 * 2**20  # an upload larger than this is refused before it is read
+MAX_STROKE_SIZE = 4096  # the painted canvas is at most this many pixels a side
+MAX_DIRECTIONS = 16  # sliders shown for a direction file of [K, *shape]
 _STEM = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -47,14 +47,20 @@ def decode_strokes(data_url: str, resolution: int, channels: int = 3) -> tuple[t
         raise LatentFitError("painted strokes: not valid base64") from None
     img = open_image(raw, "painted strokes")
     if max(img.size) > MAX_STROKE_SIZE or img.size[0] != img.size[1]:
-        raise LatentFitError(f"painted strokes: a square canvas of at most {MAX_STROKE_SIZE} px expected, "
-                             f"got {img.size[0]}x{img.size[1]}")
+        raise LatentFitError(
+            f"painted strokes: a square canvas of at most {MAX_STROKE_SIZE} px expected, "
+            f"got {img.size[0]}x{img.size[1]}"
+        )
     rgba = torch.from_numpy(np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0).permute(2, 0, 1)
     alpha = rgba[3:]
     rgba = torch.cat([rgba[:3] * alpha, alpha])[None]
     if img.size[0] != resolution:
-        rgba = F.interpolate(rgba, size=(resolution, resolution), mode="area" if img.size[0] > resolution
-                             else "bilinear", align_corners=None if img.size[0] > resolution else False)
+        rgba = F.interpolate(
+            rgba,
+            size=(resolution, resolution),
+            mode="area" if img.size[0] > resolution else "bilinear",
+            align_corners=None if img.size[0] > resolution else False,
+        )
     alpha = rgba[0, 3:].clamp(0, 1)
     if float(alpha.max()) < 1e-3:
         raise LatentFitError("painted strokes: nothing painted; paint on the image first")
@@ -69,11 +75,12 @@ def decode_direction(data: bytes, shape: tuple[int, ...], what: str = "direction
     MAX_DIRECTIONS). The header is checked against `shape` and the bytes present before any
     array is made; nothing is unpickled."""
     if len(data) > MAX_UPLOAD_BYTES:
-        raise LatentFitError(f"{what}: larger than the {MAX_UPLOAD_BYTES // 2 ** 20} MiB limit")
+        raise LatentFitError(f"{what}: larger than the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
     f = io.BytesIO(data)
     try:
-        header = {(1, 0): npformat.read_array_header_1_0,
-                  (2, 0): npformat.read_array_header_2_0}.get(npformat.read_magic(f))
+        header = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(
+            npformat.read_magic(f)
+        )
         if header is None:
             raise ValueError("unknown .npy version")
         found, fortran, dtype = header(f)
@@ -84,8 +91,9 @@ def decode_direction(data: bytes, shape: tuple[int, ...], what: str = "direction
     if tuple(found) == shape:
         found = (1, *found)
     if tuple(found[1:]) != shape or found[0] < 1:
-        raise LatentFitError(f"{what}: shape {list(found)}; latents here need {list(shape)} or "
-                             f"[K, {', '.join(map(str, shape))}]")
+        raise LatentFitError(
+            f"{what}: shape {list(found)}; latents here need {list(shape)} or [K, {', '.join(map(str, shape))}]"
+        )
     if math.prod(found) * dtype.itemsize != len(data) - f.tell():
         raise LatentFitError(f"{what}: its size does not match its shape {list(found)} (truncated?)")
     d = np.frombuffer(data, dtype, offset=f.tell()).reshape(found, order="F" if fortran else "C")

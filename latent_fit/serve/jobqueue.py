@@ -8,15 +8,15 @@ import sys
 import threading
 import traceback
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..devices import is_oom
 from ..errors import LatentFitError
 
-KEEP_JOBS = 256            # finished jobs kept for their pages to read back
-MAX_QUEUED = 16            # jobs waiting for the device, all pages together
-MAX_QUEUED_PER_PAGE = 4    # jobs waiting for the device from one page
+KEEP_JOBS = 256  # finished jobs kept for their pages to read back
+MAX_QUEUED = 16  # jobs waiting for the device, all pages together
+MAX_QUEUED_PER_PAGE = 4  # jobs waiting for the device from one page
 
 
 class QueueFull(LatentFitError):
@@ -31,15 +31,15 @@ class Cancelled(Exception):
 class Job:
     page: str
     kind: str
-    run: Callable[["Job"], dict]         # the device work; returns the result sent to the page
-    total: int = 0                       # progress units (optimization steps), 0: none shown
+    run: Callable[[Job], dict]  # the device work; returns the result sent to the page
+    total: int = 0  # progress units (optimization steps), 0: none shown
     id: str = field(default_factory=lambda: secrets.token_hex(8))
-    state: str = "queued"                # queued | running | done | error | cancelled
+    state: str = "queued"  # queued | running | done | error | cancelled
     done: int = 0
     result: dict | None = None
     error: str | None = None
-    version: int = 0                     # bumped at every change, for long polls
-    queue: "DeviceQueue | None" = field(default=None, repr=False)
+    version: int = 0  # bumped at every change, for long polls
+    queue: DeviceQueue | None = field(default=None, repr=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -64,10 +64,18 @@ class Job:
             apply()
 
     def snapshot(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "state": self.state, "done": self.done,
-                "total": self.total, "result": self.result, "error": self.error, "version": self.version}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "result": self.result,
+            "error": self.error,
+            "version": self.version,
+        }
 
-    def _changed(self) -> None:   # call with the lock held
+    def _changed(self) -> None:  # call with the lock held
         self.version += 1
         self.queue.lock.notify_all()
 
@@ -84,8 +92,9 @@ class DeviceQueue:
         self._worker = threading.Thread(target=self._work, name="latent-fit-device", daemon=True)
         self._worker.start()
 
-    def submit(self, page: str, kind: str, run: Callable[[Job], dict], total: int = 0,
-               supersedes: tuple[str, ...] = ()) -> Job:
+    def submit(
+        self, page: str, kind: str, run: Callable[[Job], dict], total: int = 0, supersedes: tuple[str, ...] = ()
+    ) -> Job:
         """Queue a job; the page's queued or running jobs of this kind or of `supersedes` are
         cancelled first (a running one stops at its next progress check). Raises QueueFull, and
         cancels nothing, when MAX_QUEUED_PER_PAGE or MAX_QUEUED jobs would still be waiting."""
@@ -107,11 +116,13 @@ class DeviceQueue:
     def _check_room(self, page: str, left: list[Job]) -> None:
         """Refuse a job when `left` (the jobs that would still wait) is at a limit."""
         if len(left) >= MAX_QUEUED:
-            raise QueueFull(f"{len(left)} jobs are waiting for the device (at most {MAX_QUEUED}); "
-                            "try again when some are done")
+            raise QueueFull(
+                f"{len(left)} jobs are waiting for the device (at most {MAX_QUEUED}); try again when some are done"
+            )
         if sum(j.page == page for j in left) >= MAX_QUEUED_PER_PAGE:
-            raise QueueFull(f"this page has {MAX_QUEUED_PER_PAGE} jobs waiting for the device; "
-                            "try again when one is done")
+            raise QueueFull(
+                f"this page has {MAX_QUEUED_PER_PAGE} jobs waiting for the device; try again when one is done"
+            )
 
     def wait(self, job_id: str, since: int = -1, timeout: float = 10.0) -> dict | None:
         """The job's state once its version passes `since` (or after `timeout` s); None if unknown."""
@@ -129,7 +140,7 @@ class DeviceQueue:
                 self._cancel(job)
             self.lock.notify_all()
 
-    def _cancel(self, job: Job) -> None:   # call with the lock held
+    def _cancel(self, job: Job) -> None:  # call with the lock held
         job._cancel.set()
         if job.state == "queued":
             job.state = "cancelled"
@@ -161,8 +172,14 @@ class DeviceQueue:
             return "error", None, str(e)
         except Exception as e:
             if is_oom(e):
-                return "error", None, (f"{job.kind}: out of memory on the device; start the server with "
-                                       "fewer --starts or on a device with more memory")
-            traceback.print_exc(file=sys.stderr)   # a bug: tell the page, log the traceback
+                return (
+                    "error",
+                    None,
+                    (
+                        f"{job.kind}: out of memory on the device; start the server with "
+                        "fewer --starts or on a device with more memory"
+                    ),
+                )
+            traceback.print_exc(file=sys.stderr)  # a bug: tell the page, log the traceback
             return "error", None, f"internal error in {job.kind}: {type(e).__name__}: {e}"
         return ("cancelled", None, None) if job.cancelled else ("done", result, None)

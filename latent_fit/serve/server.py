@@ -34,14 +34,18 @@ from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes, safe_ste
 from .jobqueue import QueueFull
 
 STATIC = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
-                "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-                "/static/style.css": ("style.css", "text/css; charset=utf-8"),
-                "/favicon.ico": ("favicon.ico", "image/x-icon")}
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.ico": ("favicon.ico", "image/x-icon"),
+}
 BODY_TYPES = ("application/json", "application/octet-stream")
-MAX_JSON_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 4096   # a painted canvas comes as base64
-CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+MAX_JSON_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 4096  # a painted canvas comes as base64
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def samples_dir() -> Path | None:
@@ -77,9 +81,9 @@ class Handler(BaseHTTPRequestHandler):
     hosts: set[str] | None
     server_version = "latent-fit"
     protocol_version = "HTTP/1.1"
-    timeout = 60                         # seconds a connection may stall (a body sent slowly, an idle keep-alive)
+    timeout = 60  # seconds a connection may stall (a body sent slowly, an idle keep-alive)
 
-    def log_message(self, fmt, *args):   # quiet: the page shows what happens
+    def log_message(self, fmt, *args):  # quiet: the page shows what happens
         pass
 
     # --- responses ---------------------------------------------------------------------------
@@ -94,14 +98,14 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):   # the page went away: nothing to tell it
+        except (BrokenPipeError, ConnectionResetError):  # the page went away: nothing to tell it
             self.close_connection = True
 
     def _json(self, obj: dict, status: int = 200) -> None:
         self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
-        if self.command == "POST":   # its body may be unread: it must not be taken for a request
+        if self.command == "POST":  # its body may be unread: it must not be taken for a request
             self.close_connection = True
         self._json({"error": message}, status)
 
@@ -129,11 +133,13 @@ class Handler(BaseHTTPRequestHandler):
             raise LatentFitError("the request has no valid Content-Length; send the body with its length")
         n = int(lengths[0])
         if n > limit:
-            raise LatentFitError(f"upload of {n / 2 ** 20:.1f} MiB is larger than the "
-                                 f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB limit; use a smaller file")
+            raise LatentFitError(
+                f"upload of {n / 2**20:.1f} MiB is larger than the "
+                f"{MAX_UPLOAD_BYTES // 2**20} MiB limit; use a smaller file"
+            )
         try:
             data = self.rfile.read(n)
-        except OSError as e:   # the client stalled past `timeout`, or went away
+        except OSError as e:  # the client stalled past `timeout`, or went away
             raise LatentFitError(f"the request body did not arrive ({e})") from None
         if len(data) != n:
             raise LatentFitError(f"the request body ended after {len(data)} of {n} bytes")
@@ -200,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
         if route is None or not urlsplit(self.path).path.startswith("/api/"):
             return self._error(404, f"{urlsplit(self.path).path}: not found")
         if self.headers.get("Content-Type", "").split(";")[0].strip() not in BODY_TYPES:
-            raise LatentFitError(f"send {' or '.join(BODY_TYPES)}")   # a plain web form cannot
+            raise LatentFitError(f"send {' or '.join(BODY_TYPES)}")  # a plain web form cannot
         self._json(route())
 
     def _page_id(self, args: dict) -> str:
@@ -272,7 +278,7 @@ def _class(value) -> int | None:
 def _number(value) -> float:
     try:
         x = float(value)
-    except (TypeError, ValueError, OverflowError):   # OverflowError: an integer of 400 digits
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 400 digits
         raise LatentFitError(f"{one_line(repr(value), 60)}: not a number that fits a float") from None
     if x != x or x in (float("inf"), float("-inf")):
         raise LatentFitError(f"{one_line(repr(value), 60)}: not a finite number")
@@ -282,7 +288,7 @@ def _number(value) -> float:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     url: str
-    loopback: bool                       # bound to a loopback address: the Host check is on
+    loopback: bool  # bound to a loopback address: the Host check is on
 
 
 class _Server6(_Server):
@@ -296,8 +302,10 @@ def make_server(editor: Editor, host: str = "127.0.0.1", port: int = 8000) -> _S
     try:
         server = cls((host, port), type("BoundHandler", (Handler,), {"editor": editor, "hosts": None}))
     except OSError as e:
-        raise LatentFitError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
-                             "pick another --port (0: any free one)") from None
+        raise LatentFitError(
+            f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+            "pick another --port (0: any free one)"
+        ) from None
     bound, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     server.loopback = is_loopback(bound)
@@ -312,10 +320,16 @@ def serve(editor: Editor, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the page until interrupted; prints its URL, and warns when not bound to loopback."""
     server = make_server(editor, host, port)
     if not server.loopback:
-        print(f"warning: listening on {host}, not on loopback: anyone who can reach this machine can "
-              f"use the editor and write into {editor.out}", file=sys.stderr, flush=True)
-    print(f"latent-fit serve: {server.url}  (generator {editor.G.name}, saving into {editor.out}; "
-          "Ctrl+C to stop)", flush=True)
+        print(
+            f"warning: listening on {host}, not on loopback: anyone who can reach this machine can "
+            f"use the editor and write into {editor.out}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"latent-fit serve: {server.url}  (generator {editor.G.name}, saving into {editor.out}; Ctrl+C to stop)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
