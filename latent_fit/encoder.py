@@ -91,14 +91,17 @@ class Encoder(nn.Module):
         return self.centre + self.scale * out
 
     @torch.no_grad()
-    def start(self, G: Generator, targets: torch.Tensor, space: str) -> torch.Tensor:
-        """E(x) for targets [N, C, H, W]: the loop's given starts (one per target, per sample)."""
+    def start(self, G: Generator, targets: torch.Tensor, space: str, one_by_one: bool = False) -> torch.Tensor:
+        """E(x) for targets [N, C, H, W]: the loop's given starts (one per target, per sample).
+        one_by_one: each target through the network alone, so its start does not depend on the
+        batch (the kernels of a batched convolution or matrix product round by batch size)."""
         if space != self.space:
             raise LatentFitError(
                 f"the encoder predicts {self.space} latents, not {space}; "
                 f"use space {self.space} or an encoder trained for {space}"
             )
-        return self(targets.to(G.device, torch.float32))
+        x = targets.to(G.device, torch.float32)
+        return torch.cat([self(x[i : i + 1]) for i in range(len(x))]) if one_by_one else self(x)
 
     def architecture(self) -> dict:
         return {

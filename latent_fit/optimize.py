@@ -83,10 +83,10 @@ def project(
     """
     t_start = time.perf_counter()
     cfg = projection_config(config, encoded=encoder is not None and init is None, **changes)
-    if encoder is not None and init is None:
-        cfg = cfg.replace(space=encoder.space) if cfg.space is None else cfg
-        init = encoder.start(G, targets, cfg.space)
+    if encoder is not None and init is None and cfg.space is None:
+        cfg = cfg.replace(space=encoder.space)
     with plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
+        init = init if encoder is None or init is not None else encoder.start(G, targets, cfg.space, cfg.exact)
         run = _Run(G, cfg, targets, names, init=init, mask=mask, c=c, wr=wr, noise=noise)
         loss = None
         for step in range(cfg.steps):

@@ -20,6 +20,7 @@ around it at every tune_reg in one batched tune() call: fidelity (psnr) against 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import torch
 from .config import SWEEP_WRS, TUNE_SWEEP_REGS, Config, Tuning, check_weights, projection_config, sweep_config
 from .edit import edit
 from .generators.base import Generator
-from .optimize import Result, project
+from .optimize import Result, plain_cpu_kernels, project
 from .tuning import TuneResult, tune
 
 FIT_SAMPLES = 10_000
@@ -149,7 +150,8 @@ def sweep(
     start = None
     if init is None and encoder is not None:  # every w_r of a target starts from E(x)
         cfg = cfg.replace(space=cfg.space or encoder.space)
-        start = encoder.start(G, targets, cfg.space)
+        with plain_cpu_kernels() if cfg.exact else contextlib.nullcontext():
+            start = encoder.start(G, targets, cfg.space, cfg.exact)
 
     def rep(x):
         return None if x is None else torch.as_tensor(x).to(G.device).repeat_interleave(w, 0)

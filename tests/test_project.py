@@ -50,6 +50,16 @@ def test_a_target_does_not_depend_on_its_batch(G, in_domain):
     assert together.metrics["psnr"].min() > 20  # they did move
 
 
+def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_domain):
+    """The default start E(x) too: with `exact`, each target goes through the encoder alone."""
+    targets, E = in_domain[0][:3], load_encoder("auto", G)
+    kw = dict(loss="mse", steps=60, exact=True, encoder=E)
+    together = project(G, targets, NAMES[:3], **kw).latent
+    alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
+    assert torch.equal(together, alone)
+    assert torch.equal(E.start(G, targets, "z", True)[1:], E.start(G, targets[1:], "z", True))
+
+
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
     t = in_domain[0][:2]
     kw = dict(loss="mse", steps=30, starts=2)
