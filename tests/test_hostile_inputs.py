@@ -137,6 +137,7 @@ def test_a_stored_class_must_be_one_of_the_generators(tmp_path):
         spaces=("z",),
         default_space="z",
         latent_shape=lambda space: (100,),
+        noise_shapes=(),
     )
     for k in (2, 7):
         latent_file(tmp_path / f"class{k}.npz", class_index=np.array(k))
