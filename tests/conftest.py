@@ -18,6 +18,16 @@ from latent_fit.cli import main
 from latent_fit.generators.base import Generator
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+# A small StyleGAN2 (32 px) that projects in seconds: the constructor kwargs of the tests' networks.
+SMALL_STYLEGAN2 = dict(
+    z_dim=32,
+    c_dim=0,
+    w_dim=32,
+    img_resolution=32,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    synthesis_kwargs=dict(channel_base=1024, channel_max=64),
+)
 
 
 class Rescaled(Generator):

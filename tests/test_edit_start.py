@@ -10,15 +10,8 @@ from test_stylegan2 import persistent_network, write_pickle
 
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 
-SMALL = dict(
-    z_dim=32,
-    c_dim=0,
-    w_dim=32,
-    img_resolution=32,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    synthesis_kwargs=dict(channel_base=1024, channel_max=64),
-)
+from conftest import SMALL_STYLEGAN2 as SMALL
+
 FAST = ["--steps", "20", "--loss", "mse"]
 
 
