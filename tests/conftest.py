@@ -29,6 +29,19 @@ SMALL_STYLEGAN2 = dict(
     synthesis_kwargs=dict(channel_base=1024, channel_max=64),
 )
 
+# A tiny StyleGAN3-T: few layers and channels, 16 px (the hostile and StyleGAN3 tests' base).
+TINY_SG3 = dict(
+    z_dim=8,
+    c_dim=0,
+    w_dim=8,
+    img_resolution=16,
+    img_channels=3,
+    mapping_kwargs=dict(num_layers=2),
+    channel_base=256,
+    channel_max=8,
+    num_layers=6,
+)
+
 
 class Rescaled(Generator):
     """G'(z) = G(z / a) with prior N(0, a^2 I): the same model, its latent scaled by a."""

@@ -28,7 +28,7 @@ import latent_fit
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.latents import write_latent_file
 
-from conftest import module_tree
+from conftest import TINY_SG3, module_tree
 
 try:
     from numpy._core import multiarray
@@ -728,19 +728,6 @@ def tensor_with_state(state):
     """A 1 KB float tensor, then BUILD with `state` (Tensor.__setstate__ would call set_(*state))."""
     func, args = torch.zeros(256).__reduce_ex__(2)
     return Call(func, *args, state=state)
-
-
-TINY_SG3 = dict(
-    z_dim=8,
-    c_dim=0,
-    w_dim=8,
-    img_resolution=16,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    channel_base=256,
-    channel_max=8,
-    num_layers=6,
-)
 
 
 def stylegan3_pickle(**change):

@@ -16,21 +16,12 @@ from latent_fit.generators.pickles import load_stylegan
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.generators.stylegan3 import StyleGAN3Generator
 
+from conftest import TINY_SG3
+
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "stylegan3"
 ATOL = 1e-4
 # Tiny StyleGAN3s: few layers and channels, 16 px; the -R form with 1x1 convolutions and radial filters.
-TINY_T = dict(
-    z_dim=8,
-    c_dim=0,
-    w_dim=8,
-    img_resolution=16,
-    img_channels=3,
-    mapping_kwargs=dict(num_layers=2),
-    channel_base=256,
-    channel_max=8,
-    num_layers=6,
-    magnitude_ema_beta=0.999,
-)
+TINY_T = dict(TINY_SG3, magnitude_ema_beta=0.999)
 TINY_R = dict(TINY_T, c_dim=3, conv_kernel=1, use_radial_filters=True)
 # The stored module source of a pickle; a safe loader never runs it.
 SOURCE = "raise SystemExit('the stored source was run')\n"

@@ -234,18 +234,19 @@ class SynthesisLayer(nn.Module):
 def layer_specs(
     img_resolution,
     img_channels,
-    channel_base=32768,
-    channel_max=512,
-    num_layers=14,
-    num_critical=2,
-    first_cutoff=2,
-    first_stopband=2**2.1,
-    last_stopband_rel=2**0.3,
-    margin_size=10,
+    channel_base,
+    channel_max,
+    num_layers,
+    num_critical,
+    first_cutoff,
+    first_stopband,
+    last_stopband_rel,
+    margin_size,
 ):
     """Per layer 0..num_layers (the last is ToRGB): cutoff f_c, minimum stopband f_t, sampling rate,
     transition half-width f_h, size in pixels and channels. Cutoffs and stopbands grow geometrically
-    from the first layer's to the image's Nyquist frequency, reached num_critical layers before the end."""
+    from the first layer's to the image's Nyquist frequency, reached num_critical layers before the end.
+    The architecture's defaults are SynthesisNetwork's (one place)."""
     last_cutoff = img_resolution / 2
     exponents = np.minimum(np.arange(num_layers + 1) / (num_layers - num_critical), 1)
     cutoffs = first_cutoff * (last_cutoff / first_cutoff) ** exponents
