@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from .errors import LatentFitError
-from .images import to_uint8
+from .files import atomic_write, input_sha256
+from .images import load_photo, to_uint8
 
 LANDMARKS = ("eye 1 outer", "eye 1 inner", "eye 2 outer", "eye 2 inner", "nose base")  # dlib's 5 points
 MIN_FACE = 24  # px: faces whose box side (sqrt of its area) is smaller in the photo are skipped
@@ -259,8 +260,6 @@ def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
 
 def save_template(template: Template, path: str | Path) -> str:
     """Write the template's JSON to `path` (atomically); returns its sha256."""
-    from .outputs import atomic_write
-
     text = template.to_json()
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
     return template.sha256
@@ -529,6 +528,66 @@ def paste_back(photo: np.ndarray, crops: torch.Tensor, transforms: np.ndarray, f
         total[y0:y1, x0:x1] += m[..., 0]
     blended = np.clip(np.round(out), 0, 255).astype(np.uint8)
     return np.where(total[..., None] > 0, blended, photo)
+
+
+@dataclass(frozen=True)
+class PhotoLink:
+    """Where a target was cut from a whole photo: the photo's path, sha256 and size (height,
+    width), the face's number (1: the largest), its landmarks [5, 2] in photo pixels and the
+    photo -> crop matrix [3, 3]. Stored in the target's latent file (entries())."""
+
+    path: str
+    sha256: str
+    size: tuple[int, int]
+    face: int
+    landmarks: np.ndarray
+    transform: np.ndarray
+
+    def entries(self) -> dict:
+        """The latent-file entries that record it."""
+        return {
+            "photo": self.path,
+            "photo_sha256": self.sha256,
+            "photo_size": np.array(self.size, np.int64),
+            "photo_face": self.face,
+            "photo_landmarks": np.asarray(self.landmarks, np.float32),
+            "photo_transform": np.asarray(self.transform, np.float32),
+        }
+
+    @classmethod
+    def read(cls, path: Path, data: dict) -> PhotoLink | None:
+        """The link a latent file records (read_latent_file's `data`, entries already typed and
+        finite), None when it records none; one line when its entries do not make one."""
+        if "photo" not in data:
+            return None
+        keys = ("photo_sha256", "photo_size", "photo_face", "photo_landmarks", "photo_transform")
+        missing = [k for k in keys if k not in data]
+        size, lm, M = (np.asarray(data.get(k, np.zeros(0))) for k in keys[1:2] + keys[3:])
+        if (
+            missing
+            or size.shape != (2,)
+            or (size < 1).any()
+            or (size > 1 << 16).any()
+            or lm.shape != (len(LANDMARKS), 2)
+            or M.shape != (3, 3)
+            or abs(np.linalg.det(M[:2, :2].astype(float))) < 1e-12
+        ):
+            raise LatentFitError(f"{path}: its photo entries do not describe a crop of a photo")
+        h, w = (int(v) for v in size)
+        return cls(data["photo"], data["photo_sha256"], (h, w), data["photo_face"], lm.astype(float), M.astype(float))
+
+
+def photo_back(links: list[PhotoLink], crops: torch.Tensor) -> np.ndarray:
+    """The photo of `links` (all of one photo) with each crop [N, C, R, R] pasted back through
+    its link's transform (paste_back); one line when the photo is missing or not the one the
+    links were cut from."""
+    path = Path(links[0].path)
+    if input_sha256(path) != links[0].sha256:
+        raise LatentFitError(
+            f"{path}: the photo is {'changed' if path.exists() else 'missing'} since its faces were "
+            "cut; the crops are written, the photo is not"
+        )
+    return paste_back(load_photo(path), crops, np.stack([link.transform for link in links]))
 
 
 def _corners(inv: np.ndarray, size: int) -> np.ndarray:

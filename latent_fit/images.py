@@ -91,6 +91,18 @@ def _too_many_pixels(name: str, size: str) -> str:
     )
 
 
+def load_photo(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """A whole photo, a file or a file's bytes, as uint8 [H, W, 3] RGB at its own size (EXIF
+    rotation applied, alpha composited on white): what faces are found in and pasted back into."""
+    source = source if isinstance(source, bytes) else Path(source)
+    name = name or ("image bytes" if isinstance(source, bytes) else str(source))
+    img = open_image(source, name)
+    try:
+        return np.asarray(_to_rgb(img, (255, 255, 255)), dtype=np.uint8).copy()
+    except Exception as e:  # a decoded mode Pillow cannot convert
+        raise LatentFitError(f"{name}: unreadable image ({_reason(e)})") from None
+
+
 def load_image(
     source: str | Path | bytes, resolution: int, background=(255, 255, 255), channels: int = 3, name: str | None = None
 ) -> torch.Tensor:

@@ -4,6 +4,9 @@ Keys: `latent` (float32, [*latent_shape]), `latent_init`, `space`, `generator`, 
 `loss_history`, `config` (JSON text), `metrics` (JSON text), `record` (JSON text: what made it), `version`; with StyleGAN `w`
 ([1, num_ws, w_dim], as NVIDIA's projected_w.npz) and `noise_<i>` (optimized noise maps); with a
 conditional generator's class `class_index` (int), which later commands use when given none.
+A target cut from a whole photo (faces.PhotoLink) also holds `photo` (its path), `photo_sha256`,
+`photo_size` ([height, width]), `photo_face` (1: the largest face), `photo_landmarks` ([5, 2] in
+photo pixels) and `photo_transform` (the [3, 3] photo -> crop matrix).
 """
 
 from __future__ import annotations
@@ -27,11 +30,25 @@ from .files import atomic_write
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 2**28  # 256 MiB: a w+ latent with the noise maps of a 1024 px StyleGAN2 is about 25 MiB
 REQUIRED = ("latent", "space", "generator")
-TEXT = {"space": 16, "generator": 4096, "generator_sha256": 64, "tuned_sha256": 64}  # key -> most characters
+TEXT = {
+    "space": 16,
+    "generator": 4096,
+    "generator_sha256": 64,
+    "tuned_sha256": 64,
+    "photo": 4096,
+    "photo_sha256": 64,
+}  # key -> most characters
 JSON_KEYS = ("config", "metrics", "record")
-WHOLE = ("class_index", "version")
+WHOLE = ("class_index", "version", "photo_face")
 MAX_WHOLE = 2**31 - 1
-FINITE = ("latent", "latent_init", "w")  # and noise_<i>: what a generator renders, finite numbers
+FINITE = (
+    "latent",
+    "latent_init",
+    "w",
+    "photo_landmarks",
+    "photo_transform",
+    "photo_size",
+)  # and noise_<i>: what a generator renders, finite numbers
 
 
 def write_latent_file(path: Path, **arrays) -> None:
@@ -90,7 +107,7 @@ def _entry(what: str, key: str, v: np.ndarray):
             return parse_json(text, what)
         if len(text) > TEXT.get(key, len(text)):
             raise LatentFitError(f"{what} is longer than {TEXT[key]} characters")
-        if key == "tuned_sha256" and not re.fullmatch("[0-9a-f]{64}", text):
+        if key in ("tuned_sha256", "photo_sha256") and not re.fullmatch("[0-9a-f]{64}", text):
             raise LatentFitError(f"{what} is not a sha256 (64 hex digits)")
         return text
     return v

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LatentFitError
+from .faces import PhotoLink
 from .files import assign_stems, atomic_write, file_sha256, find_files, input_sha256, remove_stale_temps
 from .latents import check_compatible, file_class, read_latent_file, write_latent_file
 
@@ -57,6 +58,7 @@ class Target:
     class_index: int | None  # its class (a given --class overrides the file's)
     weights: Path | None  # its tuned weights (project --tune); None: the generator's own
     noise: list[np.ndarray] | None = None  # its StyleGAN noise maps [*noise_shape] each; None: constant ones
+    photo: PhotoLink | None = None  # the whole photo it was cut from (project --align)
 
 
 def stored_noise(path: Path, data: dict, shapes: tuple[tuple[int, ...], ...]) -> list[np.ndarray] | None:
@@ -179,6 +181,7 @@ class OutputFolder:
             file_class(path, data, G, class_index),
             self.weights(stem, data) if weights else None,
             stored_noise(path, data, G.noise_shapes),
+            PhotoLink.read(path, data),
         )
 
     def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
