@@ -36,6 +36,7 @@ MIN_FACE = 24  # px: faces whose box side (sqrt of its area) is smaller in the p
 WORK_SIDE = 400  # px: the detector sees the photo scaled so that its longer side is this long
 MIN_FOUND = 0.3  # make_template refuses a generator whose samples show a face less often
 TEMPLATE_SAMPLES = 256
+PROBE_SAMPLES = 32  # make_template stops after these when none shows a face
 ALIGNED_QUANTILE = 0.99  # template.radius: this quantile of the samples' mean landmark distance
 FILL_MODES = ("reflect", "edge", "mean", "constant")
 DEFAULT_FILL = "edge"  # measured best of FILL_MODES (NOTES-h-faces.md, samples/measure_fill.py)
@@ -212,10 +213,10 @@ class Template:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
 
-def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def sample_landmarks(G, n: int, seed: int, batch: int = PROBE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks [n, 5, 2] and boxes [n, 4] of the largest face in each of n samples of G (NaN
-    where none is found), in G's pixels. Detection by HOG, which is fast and frontal: a template of
-    upright faces."""
+    where none is found), in G's pixels; only the first batch when none of it shows a face.
+    Detection by HOG, which is fast and frontal: a template of upright faces."""
     out, boxes = np.full((n, len(LANDMARKS), 2), np.nan), np.full((n, 4), np.nan)
     c = G.cycled_labels(n)
     latents = G.sample(n, seed=seed, c=c)
@@ -226,15 +227,19 @@ def sample_landmarks(G, n: int, seed: int, batch: int = 64) -> tuple[np.ndarray,
                 found = detect_faces(img, min_size=0, detector="hog").faces
                 if found:
                     out[i + j], boxes[i + j] = found[0].landmarks, found[0].box
+            if i == 0 and np.isnan(out[:batch]).all():
+                return out[:batch], boxes[:batch]
     return out, boxes
 
 
 def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
     """The template of G from the landmarks of n of its samples; refuses (LatentFitError) a
-    generator whose samples show a face less often than MIN_FOUND."""
+    generator whose samples show a face less often than MIN_FOUND (after the first
+    PROBE_SAMPLES when none of them shows one)."""
     if n < 8:
         raise LatentFitError(f"template samples {n}: need at least 8")
     pts, boxes = sample_landmarks(G, n, seed)
+    n = len(pts)
     ok, boxes = pts[~np.isnan(pts).any(axis=(1, 2))], boxes[~np.isnan(boxes).any(axis=1)]
     if len(ok) < MIN_FOUND * n:
         raise LatentFitError(
@@ -343,7 +348,8 @@ def default_cache_dir() -> Path:
 
 def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str | None]:
     """G's template and a line to show when it had to be made: the shipped file of a bundled
-    generator (checked by sha256), else the cached one (by G.sha256), else made and cached."""
+    generator (checked by sha256), else the cached one (by G.sha256), else made and cached. A
+    generator refused by make_template is refused again from the cache (<sha256>.refused)."""
     from .generators import check_bundled, weights_dir
 
     if G.name in BUNDLED_TEMPLATES:
@@ -354,15 +360,51 @@ def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str 
         if t.generator_sha256 == G.sha256:
             return t, None
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"{G.sha256}.json"
+    path, refused = folder / f"{G.sha256}.json", folder / f"{G.sha256}.refused"
     if G.sha256 and path.is_file():
         return load_template(path), None
-    t = make_template(G, n=TEMPLATE_SAMPLES)
+    if G.sha256 and refused.is_file():
+        raise LatentFitError(refused.read_text(errors="replace")[:400].strip())
+    try:
+        t = make_template(G, n=TEMPLATE_SAMPLES)
+    except LatentFitError as e:
+        if G.sha256:
+            folder.mkdir(parents=True, exist_ok=True)
+            line = f"{e} (cached in {refused})\n"
+            atomic_write(refused, lambda tmp: Path(tmp).write_text(line))
+        raise
     if not G.sha256:
         return t, f"made the face template of {G.name!r} from {t.sampled} samples (not cached: no sha256)"
     folder.mkdir(parents=True, exist_ok=True)
     save_template(t, path)
     return t, f"made the face template of {G.name!r} from {t.sampled} samples, cached in {path}"
+
+
+ALIGN_MODES = ("auto", "faces", "none")
+
+
+def face_template(G, align: str = "auto", template: str | Path | None = None) -> tuple[Template | None, str | None]:
+    """The template a run aligns photos to (None: no alignment, images centre-cropped as they
+    are) and a line to show. align "none": None; "faces": `template` (a file) or template_for(G),
+    whose refusal is the run's error; "auto": the same, but a refusal (not a face generator, no
+    face models) is the line and means no alignment."""
+    if align not in ALIGN_MODES:
+        raise LatentFitError(f"--align {align!r}: choose one of {', '.join(ALIGN_MODES)}")
+    if align == "none":
+        return None, None
+    if template is not None:
+        t = load_template(template)
+        if t.resolution != G.resolution:
+            raise LatentFitError(
+                f"{template}: a template for {t.resolution} px images, the generator makes {G.resolution} px"
+            )
+        return t, None
+    try:
+        return template_for(G)
+    except LatentFitError as e:
+        if align == "faces":
+            raise
+        return None, f"photos are centre-cropped, not aligned: {e}"
 
 
 # --- alignment: photo -> crop -------------------------------------------------------------------

@@ -29,6 +29,8 @@ SUFFIXES = {
     "video": ".mp4",
     "gif": ".gif",
     "tuned": ".tuned.safetensors",
+    "aligned": "_aligned.png",  # the crop of a whole photo that was projected (--align)
+    "photo": "_photo.png",  # the whole photo with the results pasted back (per photo: its largest face's stem)
 }
 TABLES = ("metrics.csv", "metrics.json")
 
