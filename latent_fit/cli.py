@@ -28,6 +28,7 @@ from .devices import COMPILE_MODES, PRECISIONS, default_device
 from .edit import PCA_SAMPLES
 from .encoder import TrainSettings
 from .errors import ArgumentError, LatentFitError, one_line
+from .faces import ALIGN_MODES
 from .generators import BUNDLED, DEFAULT_GENERATOR, load_generator
 from .outputs import Report
 from .runs.encoder import CHECKPOINT_MINUTES
@@ -208,6 +209,29 @@ def speed_options(f):
     return f
 
 
+def align_options(f):
+    """--align, --template, --max-faces: how whole photos become targets (photos.Alignment)."""
+    f = click.option(
+        "--max-faces", type=click.IntRange(min=1), help="Targets per photo at most, the largest faces [default: all]."
+    )(f)
+    f = click.option(
+        "--template",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Face template file to align to (latent-fit template) [default: the generator's own, made on first use].",
+    )(f)
+    f = click.option(
+        "--align",
+        type=click.Choice(ALIGN_MODES),
+        default="auto",
+        show_default=True,
+        help="auto: every face of a photo aligned to the generator's face template, one target each "
+        "(<stem>, <stem>_face2, ...), images already aligned or without a face used as they are, no "
+        "alignment for generators without faces; faces: always align, a photo without a face is an error; "
+        "none: centre crop.",
+    )(f)
+    return f
+
+
 def tune_options(f):
     """--tune-steps, --tune-locality, --tune-lr: tuning.Tuning's fields (project --tune, sweep --tune-reg)."""
     T = Tuning()
@@ -326,6 +350,7 @@ def main():
     "--tune-reg", type=float, help=f"Weight of reg*sum(dtheta^2) of the tuning [default: {Tuning().tune_reg:g}]."
 )
 @tune_options
+@align_options
 def project(
     targets,
     out,
@@ -345,11 +370,15 @@ def project(
     tune_reg,
     tune_locality,
     tune_lr,
+    align,
+    template,
+    max_faces,
     **settings,
 ):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
     OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json (with --tune also
-    OUT/<stem>.tuned.safetensors).
+    OUT/<stem>.tuned.safetensors; for faces cut from photos OUT/<stem>_aligned.png, and per photo
+    OUT/<stem>_photo.png).
 
     Rerun with the same arguments to finish a killed job. Under torchrun each process takes
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
@@ -377,6 +406,9 @@ def project(
             encoder=E,
             tuning=tuning,
             class_index=class_index,
+            align=align,
+            template=template,
+            max_faces=max_faces,
             progress=progress if shard.rank == 0 else None,
             rank=shard.rank,
             world=shard.world,

@@ -79,6 +79,16 @@ def sample_targets(folder: Path, stems: list[str]) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def template_cache(tmp_path_factory):
+    """Face templates made (or refused) for the tests' generators go to a folder of this session,
+    not the user's cache; made once per generator per session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LATENT_FIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def G():
     return load_generator("digiface-dcgan64")

@@ -15,10 +15,11 @@ from ..devices import free_memory, is_oom, memory_fit
 from ..errors import ArgumentError, LatentFitError
 from ..files import assign_stems, input_sha256
 from ..generators.base import Generator
-from ..images import find_images, load_image
+from ..images import find_images
 from ..objective import require_lpips
 from ..optimize import Result, project
 from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record, target_noise
+from ..photos import Alignment, Crops, paste_photos
 from ..report import write_report
 from ..tuning import TUNE_COLUMNS, tune_projection, tuning_bytes
 
@@ -33,6 +34,7 @@ METRIC_COLUMNS = [
     "wr_factor",
     "wr_effective",
     "jacobian_norm",
+    "id_similarity",
     "steps",
     "sample_steps",
     "seconds",
@@ -56,9 +58,9 @@ class _Chunks:
     """Projects (and with `tuning`, tunes) chunks of targets and writes their outputs; a chunk
     that runs out of memory is split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning):
+    def __init__(self, G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, crops):
         self.G, self.folder, self.cfg, self.rep, self.classes, self.encoder = G, folder, cfg, rep, classes, encoder
-        self.tuning = tuning
+        self.tuning, self.alignment, self.crops = tuning, alignment, crops
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
@@ -86,8 +88,9 @@ class _Chunks:
                 encoder=self.encoder,
                 progress=cb,
             )
-            tres = None
+            tres, ids = None, self.alignment.id_similarity(batch, res.images)
             if self.tuning is not None:  # progress counts on after the projection's steps
+                pivot_ids = ids
                 res, tres = tune_projection(
                     self.G,
                     res,
@@ -97,6 +100,9 @@ class _Chunks:
                     self.cfg,
                     cb and (lambda step, loss: cb(self.cfg.steps + step, loss)),
                 )
+                ids = self.alignment.id_similarity(batch, res.images)
+                res.metrics |= {} if ids is None else {"id_similarity_pivot": pivot_ids}
+            res.metrics |= {} if ids is None else {"id_similarity": ids}
         except RuntimeError as e:
             if not is_oom(e):
                 raise
@@ -120,6 +126,7 @@ class _Chunks:
             self.records[res.names[i]],
             class_index=class_index,
             tuned_sha256=sha,
+            photo=self.crops.links.get(res.names[i]),
         )
 
     def _split(self, stems, paths, batch, init, noise) -> None:
@@ -155,6 +162,9 @@ def project_files(
     class_index: int | None = None,
     encoder=None,
     tuning: Tuning | None = None,
+    align: str = "auto",
+    template: str | Path | None = None,
+    max_faces: int | None = None,
     rank: int = 0,
     world: int = 1,
     progress=None,
@@ -170,19 +180,25 @@ def project_files(
     start .npz for every target or a folder of <stem>.npz (its noise maps start the optimized
     ones). class_index: a conditional generator's class (default: each init file's). encoder: a
     learned start (optimize.project). tuning: also tune G around each latent (images and metrics
-    are then the tuned G's). changes: Config fields. progress: callable(chunk_index, n_chunks,
+    are then the tuned G's). align, template, max_faces: how photos become targets, one per face
+    (photos.Alignment.of; each photo with its results pasted back is written as <stem>_photo.png).
+    changes: Config fields. progress: callable(chunk_index, n_chunks,
     stems) -> callback for `project` (tuning's steps count on past config.steps).
     """
     cfg = projection_config(config, encoded=encoder is not None and not init, **changes)
     folder, rep = OutputFolder(out), Report()
     if "lpips" in cfg.loss:
         require_lpips()
-    targets = _targets(folder.check_writable(), specs, rank, world, rep)
+    alignment, note = Alignment.of(G, align, template, max_faces)
+    rep.notes += [note] if note else []
+    targets, links = _targets(folder.check_writable(), specs, rank, world, rep, alignment)
     space = cfg.space or G.default_space
     init = Path(init) if init else None
     encoded = None if encoder is None or init else encoder.sha256
-    record = settings_record(G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning))
-    columns = METRIC_COLUMNS + (TUNE_COLUMNS if tuning else [])
+    record = settings_record(
+        G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning), **alignment.record()
+    )
+    columns = METRIC_COLUMNS + (TUNE_COLUMNS + ["id_similarity_pivot"] if tuning else [])
 
     def inputs(p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
@@ -195,11 +211,14 @@ def project_files(
     classes = {s: starts[s].class_index if starts else class_index for s, _ in todo}
     G.class_labels(list(classes.values()), space)  # a missing or wrong class fails before any work
     records = {s: record | inputs(p) for s, p in todo}
-    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, None if init else encoder, tuning)
+    crops = Crops(links, G.resolution, G.img_channels)
+    encoder = None if init else encoder
+    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, crops)
     try:
         _stream(chunks, todo, starts)
     except KeyboardInterrupt:
         rep.interrupted = True
+    rep.written += paste_photos(folder, links, set(rep.done), rep.errors)
     record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
     _tables(folder, rep, columns, record, rank, world)
     rep.summary = _summary(rep)
@@ -225,16 +244,19 @@ def _batch_size(batch_size: int | str, G: Generator, n: int, config: Config, tun
     return batch_size
 
 
-def _targets(folder: OutputFolder, specs: list[str], rank: int, world: int, rep: Report) -> list[tuple[str, Path]]:
-    """This rank's (stem, image) targets, each with outputs of its own; the temp files a killed
-    run left while writing them (and the tables, on the rank that writes them) are removed."""
+def _targets(folder: OutputFolder, specs: list[str], rank: int, world: int, rep: Report, alignment: Alignment):
+    """(this rank's (stem, image) targets, each with outputs of its own; stem -> PhotoLink of the
+    faces cut from photos); the temp files a killed run left while writing them (and the tables,
+    on the rank that writes them) are removed."""
     paths, rep.errors = find_images(specs)
     targets, dup_errors = assign_stems(paths)
     targets, clash_errors = claim_outputs(targets)
     rep.errors += dup_errors + clash_errors
-    targets = targets[rank::world]
+    targets, links = alignment.cut(targets[rank::world], rep.errors, rep.notes)
+    targets, clash_errors = claim_outputs(targets)
+    rep.errors += clash_errors
     folder.remove_stale_temps([s for s, _ in targets], tables=world == 1 or rank == 0)
-    return targets
+    return targets, links
 
 
 def _tables(folder: OutputFolder, rep: Report, columns: list[str], record: dict, rank: int, world: int) -> None:
@@ -260,7 +282,7 @@ def _stream(chunks: _Chunks, todo: list[tuple[str, Path]], starts: dict | None) 
         stems, paths, images = [], [], []
         for stem, p in chunk:
             try:
-                images.append(load_image(p, G.resolution, channels=G.img_channels))
+                images.append(chunks.crops.load(stem, p))
                 stems.append(stem)
                 paths.append(p)
             except LatentFitError as e:

@@ -1,0 +1,136 @@
+"""Whole photos as targets: every face of a photo becomes a target (`<stem>`, `<stem>_face2`, ...
+by size) cut to the generator's face template, its crop loaded when projected, and the photo given
+back with the results pasted in (`<stem>_photo.png`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import LatentFitError
+from .faces import MIN_FACE, PhotoLink, Template, align_photo, face_template, id_similarity, photo_back, warp_crop
+from .files import input_sha256
+from .images import load_image, load_photo, save_png
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as load_image's gray
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How a run turns images into targets: `align` ("auto", "faces" or "none", see
+    faces.face_template), the `template` faces are cut to (None: every image centre-cropped as it
+    is) and `max_faces` (None: every face found)."""
+
+    align: str = "none"
+    template: Template | None = None
+    max_faces: int | None = None
+
+    @classmethod
+    def of(cls, G, align: str = "auto", template: str | Path | None = None, max_faces: int | None = None):
+        """(the Alignment of G, a line to show or None): see faces.face_template."""
+        if max_faces is not None and (type(max_faces) is not int or max_faces < 1):
+            raise LatentFitError(f"--max-faces {max_faces!r}: give a whole number >= 1")
+        t, note = face_template(G, align, template)
+        return cls(align, t, max_faces), note
+
+    def record(self) -> dict:
+        """What of it makes a target (the run's record): a change redoes the targets."""
+        return {
+            "align": self.align,
+            "max_faces": self.max_faces,
+            "template_sha256": None if self.template is None else self.template.sha256,
+        }
+
+    def cut(self, items: list[tuple[str, Path]], errors: list[str], notes: list[str]):
+        """(targets (stem, image), stem -> PhotoLink of those cut from a photo): each photo whose
+        faces are found gives one target per face, largest first; an image used as it is (an
+        aligned crop, or no face found with "auto": one note) keeps its stem and has no link; an
+        unreadable image, or one with no face under "faces", is an error line."""
+        if self.template is None:
+            return items, {}
+        targets, links, small = [], {}, 0
+        for stem, path in items:
+            try:
+                cut = self._faces(stem, path)
+            except LatentFitError as e:
+                errors.append(str(e))
+                continue
+            if cut is None:
+                notes.append(f"warning: {path}: no face found; centre-cropped as it is")
+                cut = [(stem, None)], 0
+            small += cut[1]
+            targets += [(s, path) for s, _ in cut[0]]
+            links |= {s: link for s, link in cut[0] if link is not None}
+        if small:
+            notes.append(f"skipped {small} face(s) smaller than {MIN_FACE} px or past --max-faces")
+        return targets, links
+
+    def _faces(self, stem: str, path: Path):
+        """([(stem, link or None)], faces left out) of one image; None when no face is found and
+        the image is used as it is ("auto")."""
+        photo = load_photo(path)
+        a = align_photo(photo, self.template)
+        if a.as_is:
+            return [(stem, None)], a.skipped
+        if not a.faces:
+            if self.align == "faces":
+                raise LatentFitError(f"{path}: no face found")
+            return None
+        n = len(a.faces) if self.max_faces is None else min(self.max_faces, len(a.faces))
+        sha, where = input_sha256(path), str(Path(path).resolve())
+        links = [PhotoLink(where, sha, photo.shape[:2], k + 1, a.faces[k].landmarks, a.transforms[k]) for k in range(n)]
+        return [(stem if k == 0 else f"{stem}_face{k + 1}", link) for k, link in enumerate(links)], (
+            a.skipped + len(a.faces) - n
+        )
+
+    def id_similarity(self, targets: torch.Tensor, images: torch.Tensor) -> np.ndarray | None:
+        """faces.id_similarity of each target and its result, None without a template."""
+        return None if self.template is None else id_similarity(targets, images, self.template)
+
+
+class Crops:
+    """Loads targets: an image centre-cropped as before, or a face's crop cut from its photo (the
+    last photo read is kept, so the faces of one photo read it once)."""
+
+    def __init__(self, links: dict[str, PhotoLink], resolution: int, channels: int):
+        self.links, self.resolution, self.channels = links, resolution, channels
+        self._photo: tuple[Path, np.ndarray] | None = None
+
+    def load(self, stem: str, path: Path) -> torch.Tensor:
+        link = self.links.get(stem)
+        if link is None:
+            return load_image(path, self.resolution, channels=self.channels)
+        if self._photo is None or self._photo[0] != path:
+            self._photo = (path, load_photo(path))
+        crop = warp_crop(self._photo[1], link.transform, self.resolution)
+        return (LUMA[:, None, None] * crop).sum(0, keepdim=True) if self.channels == 1 else crop
+
+
+def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], errors: list[str]) -> list[Path]:
+    """`<stem>_photo.png` for every photo of `links` whose targets are all complete in `folder`
+    (an OutputFolder) and one of them is in `fresh` (or the photo file is missing): the photo with
+    each target's image pasted back; a missing or changed photo is one line in `errors`. The
+    files written."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for stem, link in sorted(links.items(), key=lambda kv: kv[1].face):
+        groups.setdefault((link.path, link.sha256), []).append(stem)
+    written = []
+    for stems in groups.values():
+        out = folder.file(stems[0], "photo")
+        if not all(folder.is_complete(s) for s in stems) or (out.exists() and not fresh & set(stems)):
+            continue
+        try:
+            images = torch.stack([_tensor(load_photo(folder.file(s, "image"))) for s in stems])
+            save_png(photo_back([links[s] for s in stems], images), out)
+            written.append(out)
+        except LatentFitError as e:
+            errors.append(str(e))
+    return written
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 HWC -> float CHW in [-1, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
