@@ -723,6 +723,7 @@ def interpolate_command(latents, out, generator, network_key, latent_dim, device
     "value in one batch (fidelity against locality); prints a suggested tune_reg.",
 )
 @tune_options
+@align_options
 def sweep_command(
     targets,
     out,
@@ -739,6 +740,9 @@ def sweep_command(
     tune_steps,
     tune_locality,
     tune_lr,
+    align,
+    template,
+    max_faces,
     **settings,
 ):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
@@ -764,6 +768,9 @@ def sweep_command(
             tuning=tuning,
             class_index=class_index,
             encoder=E,
+            align=align,
+            template=template,
+            max_faces=max_faces,
             progress=progress,
             **settings,
         )
@@ -778,6 +785,9 @@ def sweep_command(
             mask=mask,
             class_index=class_index,
             encoder=E,
+            align=align,
+            template=template,
+            max_faces=max_faces,
             progress=progress,
             **settings,
         )

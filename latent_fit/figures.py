@@ -72,6 +72,8 @@ def sweep_figure(sw: SweepResult, best: int) -> np.ndarray:
         ("prior_nll", "prior NLL (nats)"),
         ("realism", "| ||u|| − √d |  (0 = prior's typical radius)"),
     ]
+    if "id_similarity" in sw.metrics:
+        axes_x.append(("id_similarity", "identity similarity to the target (cosine of face descriptors)"))
     return trade_off_figure(
         sw.metrics,
         sw.names,

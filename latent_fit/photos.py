@@ -110,25 +110,40 @@ class Crops:
 
 
 def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], errors: list[str]) -> list[Path]:
-    """`<stem>_photo.png` for every photo of `links` whose targets are all complete in `folder`
-    (an OutputFolder) and one of them is in `fresh` (or the photo file is missing): the photo with
-    each target's image pasted back; a missing or changed photo is one line in `errors`. The
-    files written."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for stem, link in sorted(links.items(), key=lambda kv: kv[1].face):
-        groups.setdefault((link.path, link.sha256), []).append(stem)
+    """paste_results of the targets' own images (<stem>.png in `folder`, an OutputFolder) for
+    every photo whose targets are all complete and one of them is in `fresh` (or whose
+    _photo.png is missing)."""
+    todo = {}
+    for stems in _by_photo(links):
+        ready = all(folder.is_complete(s) for s in stems)
+        if ready and (fresh & set(stems) or not folder.file(stems[0], "photo").exists()):
+            todo |= {s: links[s] for s in stems}
+    images = {s: _tensor(load_photo(folder.file(s, "image"))) for s in todo}
+    return paste_results(folder, todo, images, errors)
+
+
+def paste_results(folder, links: dict[str, PhotoLink], images: dict, errors: list[str]) -> list[Path]:
+    """For each photo of `links`: the photo with each of its targets' `images` (stem -> [C, R, R]
+    in [-1, 1]) pasted back, written as <its largest face's stem>_photo.png in `folder`; a photo
+    missing or changed since it was cut is one line in `errors`. The files written."""
     written = []
-    for stems in groups.values():
+    for stems in _by_photo(links):
         out = folder.file(stems[0], "photo")
-        if not all(folder.is_complete(s) for s in stems) or (out.exists() and not fresh & set(stems)):
-            continue
         try:
-            images = torch.stack([_tensor(load_photo(folder.file(s, "image"))) for s in stems])
-            save_png(photo_back([links[s] for s in stems], images), out)
+            crops = torch.stack([torch.as_tensor(images[s]).detach().float().cpu() for s in stems])
+            save_png(photo_back([links[s] for s in stems], crops), out)
             written.append(out)
         except LatentFitError as e:
             errors.append(str(e))
     return written
+
+
+def _by_photo(links: dict[str, PhotoLink]) -> list[list[str]]:
+    """The stems of `links` grouped by photo (path and sha256), each group largest face first."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for stem, link in sorted(links.items(), key=lambda kv: kv[1].face):
+        groups.setdefault((link.path, link.sha256), []).append(stem)
+    return list(groups.values())
 
 
 def _tensor(image: np.ndarray) -> torch.Tensor:

@@ -52,6 +52,7 @@ COLUMNS = [
     "steps",
 ]
 EDIT_COLUMNS = ["mask_mse_before", "mask_mse_after", "outside_change"]
+FACE_COLUMNS = ["id_similarity"]  # with a face template: each result against its target
 TUNE_SWEEP_COLUMNS = ["target", "tune_reg", "psnr", "psnr_pivot", "locality_psnr", "dtheta_norm", "mse", "lpips"]
 LOCALITY_FLOOR_DB = 32.0  # suggest_tune_reg: the rest of the generator counts as unchanged above this
 
@@ -63,12 +64,12 @@ class SweepResult:
     names: list[str]  # the T targets
     wrs: np.ndarray  # [W]
     result: Result  # T*W rows: row t*W + j is target t at wrs[j]
-    metrics: dict[str, np.ndarray]  # [T, W] each (see COLUMNS; EDIT_COLUMNS with init)
+    metrics: dict[str, np.ndarray]  # [T, W] each (see COLUMNS; EDIT_COLUMNS with init; FACE_COLUMNS)
 
     def rows(self) -> list[dict]:
         """One dict per (target, w_r), the rows of sweep.csv."""
         steps = self.result.steps.reshape(len(self.names), -1)
-        keys = [k for k in COLUMNS[3:-1] + EDIT_COLUMNS if k in self.metrics]
+        keys = [k for k in COLUMNS[3:-1] + EDIT_COLUMNS + FACE_COLUMNS if k in self.metrics]
         units = self.result.config["wr_units"]
         return [
             {"target": name, "wr": float(wr), "wr_units": units}

@@ -1,8 +1,9 @@
 """Shared fixtures and builders: the bundled generator, in-domain targets, folders of sample
-targets, a CLI runner, the rescaled-generator wrapper (also used by samples/), small images in
+targets, photos made from them (place), a CLI runner, the rescaled-generator wrapper (also used by samples/), small images in
 every format Pillow writes, and a spy that refuses any program started."""
 
 import io
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,6 +57,38 @@ class Rescaled(Generator):
 
     def synthesize(self, latent, space="z", c=None, noise=None):
         return self.G.synthesize(latent / self.a, space, c, noise)
+
+
+def place(
+    face: np.ndarray,
+    size: tuple[int, int],
+    *,
+    angle: float = 0.0,
+    side: float = 256,
+    center: tuple[float, float] = (0.5, 0.5),
+    background: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`face` (uint8 HWC) scaled to `side` px, turned `angle` degrees and put at `center` (fractions)
+    of a (width, height) canvas of smooth noise; returns the photo and the 3x3 face->photo matrix."""
+    h, w = face.shape[:2]
+    a, s = math.radians(angle), side / max(h, w)
+    rot = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]]) * [[s], [s], [1]]
+    A = (
+        np.array([[1, 0, center[0] * size[0]], [0, 1, center[1] * size[1]], [0, 0, 1]])
+        @ rot
+        @ np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]])
+    )
+    rng = np.random.default_rng(background)
+    canvas = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    inv = np.linalg.inv(A)[:2].ravel()
+    warped = Image.fromarray(face).transform(size, Image.AFFINE, tuple(inv), Image.BICUBIC)
+    mask = Image.new("L", (w, h), 255).transform(size, Image.AFFINE, tuple(inv), Image.BILINEAR)
+    canvas.paste(warped, (0, 0), mask)
+    return np.array(canvas), A
+
+
+def load(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def module_tree(state_dict: dict) -> dict:

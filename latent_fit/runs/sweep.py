@@ -14,12 +14,14 @@ from ..errors import LatentFitError
 from ..figures import sweep_figure, sweep_grid, tune_sweep_figure, tune_sweep_grid
 from ..files import assign_stems, atomic_write
 from ..generators.base import Generator
-from ..images import find_images, load_image, load_mask, load_request, save_png, stack_masks
+from ..images import find_images, load_mask, load_request, save_png, stack_masks
 from ..outputs import OutputFolder, Report, Target, by_weights, read_starts, target_noise, tuned_note, write_csv
+from ..photos import Alignment, Crops, paste_results
 from ..report import write_report
 from ..sweep import (
     COLUMNS,
     EDIT_COLUMNS,
+    FACE_COLUMNS,
     LOCALITY_FLOOR_DB,
     TUNE_SWEEP_COLUMNS,
     SweepResult,
@@ -39,12 +41,16 @@ def _load_targets(
     space: str,
     class_index: int | None,
     rep: Report,
+    alignment: Alignment,
 ):
     """(stems, targets [T, C, H, W], masks [T, 1, H, W] or None, starts: stem -> Target (with
-    init) or None, labels [T, c_dim] or None: class_index, else each init file's class)."""
+    init) or None, labels [T, c_dim] or None: class_index, else each init file's class). Without
+    init, photos become one target per face (alignment.cut)."""
     paths, rep.errors = find_images(specs)
     items, dup_errors = assign_stems(paths)
     rep.errors += dup_errors
+    items, links = (items, {}) if init else alignment.cut(items, rep.errors, rep.notes)
+    crops = Crops(links, G.resolution, G.img_channels)
     starts, init_errors = read_starts(Path(init), G, space, [s for s, _ in items], class_index) if init else (None, [])
     rep.errors += init_errors
     if starts is not None:
@@ -53,11 +59,7 @@ def _load_targets(
     stems, targets, masks = [], [], []
     for s, p in items:
         try:
-            rgb, alpha = (
-                load_request(p, G.resolution, G.img_channels)
-                if init
-                else (load_image(p, G.resolution, channels=G.img_channels), None)
-            )
+            rgb, alpha = load_request(p, G.resolution, G.img_channels) if init else (crops.load(s, p), None)
         except LatentFitError as e:
             rep.errors.append(str(e))
             continue
@@ -69,13 +71,21 @@ def _load_targets(
 
 
 def _open(
-    G: Generator, specs: list[str], out: Path, init, mask, class_index, config: Config | None, changes: dict
+    G: Generator,
+    specs: list[str],
+    out: Path,
+    init,
+    mask,
+    class_index,
+    config: Config | None,
+    changes: dict,
+    alignment: Alignment = Alignment(),
 ) -> tuple[OutputFolder, Report, tuple]:
     """The output folder (checked writable), the Report, and _load_targets' tuple in the space of
     the run (one error line when no target could be read)."""
     folder, rep = OutputFolder(out).check_writable(), Report()
     space = changes.get("space") or (config.space if config else None) or G.default_space
-    loaded = _load_targets(G, specs, init, mask, space, class_index, rep)
+    loaded = _load_targets(G, specs, init, mask, space, class_index, rep, alignment)
     if not loaded[0]:
         rep.errors = rep.errors or ["no target could be read"]
     return folder, rep, loaded
@@ -139,6 +149,9 @@ def sweep_files(
     mask: Path | None = None,
     class_index: int | None = None,
     encoder=None,
+    align: str = "auto",
+    template: Path | None = None,
+    max_faces: int | None = None,
     progress=None,
     **changes,
 ) -> Report:
@@ -148,9 +161,15 @@ def sweep_files(
     OUT/grid.png; the summary names the suggested w_r. progress: as for
     runs.project.project_files (one batch per weights). encoder: every w_r of a target starts from
     E(x) (without init). Init latents made by `project --tune` are edited through their own tuned
-    weights. config: see sweep.sweep; changes: Config fields."""
+    weights. align, template, max_faces: photos are swept one target per face (photos.Alignment.of;
+    with a face template the rows get id_similarity, and an init latent cut from a photo gives
+    OUT/<stem>_photo.png, the photo with its result at the suggested w_r pasted back). config: see
+    sweep.sweep; changes: Config fields."""
     wrs = None if wrs is None else check_weights(wrs)  # None: the default grid of the units
-    folder, rep, (stems, targets, mk, starts, c) = _open(G, specs, out, init, mask, class_index, config, changes)
+    alignment, note = Alignment.of(G, align, template, max_faces)
+    folder, rep, loaded = _open(G, specs, out, init, mask, class_index, config, changes, alignment)
+    rep.notes[:0] = [note] if note else []
+    stems, targets, mk, starts, c = loaded
     if not stems:
         return rep
     sw = _sweep_by_weights(
@@ -170,12 +189,19 @@ def sweep_files(
     if sw is None:
         return rep
     targets = [targets[stems.index(s)] for s in sw.names]
+    ids = alignment.id_similarity(torch.stack(targets).repeat_interleave(len(sw.wrs), 0), sw.result.images)
+    sw.metrics |= {} if ids is None else {"id_similarity": ids.reshape(len(sw.names), -1)}
     best, reason = suggest_wr(sw)
-    write_csv(folder.path / "sweep.csv", COLUMNS + [k for k in EDIT_COLUMNS if k in sw.metrics], sw.rows())
+    extra = [k for k in EDIT_COLUMNS + FACE_COLUMNS if k in sw.metrics]
+    write_csv(folder.path / "sweep.csv", COLUMNS + extra, sw.rows())
     save_png(sweep_figure(sw, best), folder.path / "sweep.png")
     save_png(sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
     rep.done, rep.written = sw.names, [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png")]
+    if starts:
+        links = {s: starts[s].photo for s in sw.names if starts[s].photo is not None}
+        images = sw.result.images.reshape(len(sw.names), len(sw.wrs), *sw.result.images.shape[1:])[:, best]
+        rep.written += paste_results(folder, links, dict(zip(sw.names, images)), rep.errors)
     rep.summary = (
         f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
         f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
@@ -194,6 +220,9 @@ def tune_sweep_files(
     tuning: Tuning | None = None,
     class_index: int | None = None,
     encoder=None,
+    align: str = "auto",
+    template: Path | None = None,
+    max_faces: int | None = None,
     progress=None,
     **changes,
 ) -> Report:
@@ -202,9 +231,11 @@ def tune_sweep_files(
     OUT/sweep.csv (TUNE_SWEEP_COLUMNS), OUT/sweep.png, OUT/grid.png and OUT/suggestion.json
     (the suggested tune_reg and why, sweep.suggest_tune_reg); the summary names it too.
     progress: as for runs.project.project_files (one batch; tuning's steps count on past config.steps).
-    config, changes: as for sweep.tune_sweep."""
+    align, template, max_faces: as for sweep_files. config, changes: as for sweep.tune_sweep."""
     regs = check_weights(tune_regs, "tune_reg")
-    folder, rep, (stems, targets, _, _, c) = _open(G, specs, out, None, None, class_index, config, changes)
+    alignment, note = Alignment.of(G, align, template, max_faces)
+    folder, rep, (stems, targets, _, _, c) = _open(G, specs, out, None, None, class_index, config, changes, alignment)
+    rep.notes[:0] = [note] if note else []
     if not stems:
         return rep
     targets = torch.stack(targets)

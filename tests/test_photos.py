@@ -1,0 +1,127 @@
+"""Whole photos in, photos out: project --align (latent_fit.photos)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latent_fit import faces
+from latent_fit.latents import read_latent_file
+from latent_fit.outputs import OutputFolder
+from latent_fit.photos import Alignment
+
+from conftest import SAMPLES, SMALL_STYLEGAN2, load, place
+
+FAST = ("--steps", "20", "--starts", "1")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Photo files made from the shipped samples: one turned face, two faces, no face."""
+    d = tmp_path_factory.mktemp("photos")
+    face, astro = load(SAMPLES / "targets" / "face_01.png"), load(SAMPLES / "targets" / "astronaut.png")
+    one, _ = place(face, (320, 260), angle=15, side=170, center=(0.45, 0.55))
+    two, _ = place(astro, (480, 300), side=200, center=(0.25, 0.5))
+    two[:, 240:] = place(load(SAMPLES / "targets" / "face_04.png"), (240, 300), side=170)[0]
+    none, _ = place(np.zeros((4, 4, 3), np.uint8), (300, 220), side=4)
+    for name, img in (("one", one), ("two", two), ("none", none)):
+        Image.fromarray(img).save(d / f"{name}.png")
+    return d
+
+
+def test_a_photo_gives_its_face_aligned_and_the_photo_back(cli, photos, tmp_path):
+    r = cli("project", photos / "one.png", "-o", tmp_path, *FAST)
+    assert r.exit_code == 0, r.output
+    folder = OutputFolder(tmp_path)
+    photo, back = load(photos / "one.png"), load(folder.file("one", "photo"))
+    assert back.shape == photo.shape
+    t = folder.read_target("one", *_dcgan())
+    link = t.photo
+    assert link.size == photo.shape[:2] and link.face == 1 and link.path == str((photos / "one.png").resolve())
+    # outside the face's mask the photo is returned unchanged; inside, the projection shows
+    inside = _mask_in_photo(link.transform, photo.shape[:2]) > 0
+    assert inside.any() and (back[~inside] == photo[~inside]).all() and (back[inside] != photo[inside]).any()
+    aligned = load(folder.file("one", "aligned"))
+    assert aligned.shape == (64, 64, 3)
+    row = json.loads((tmp_path / "metrics.json").read_text())[0]
+    assert -1 <= row["id_similarity"] <= 1
+
+
+def test_every_face_of_a_group_photo_is_a_target_and_one_photo_comes_back(cli, photos, tmp_path):
+    r = cli("project", photos / "two.png", "-o", tmp_path, *FAST)
+    assert r.exit_code == 0, r.output
+    folder = OutputFolder(tmp_path)
+    assert folder.is_complete("two") and folder.is_complete("two_face2")
+    links = [folder.read_target(s, *_dcgan()).photo for s in ("two", "two_face2")]
+    assert [link.face for link in links] == [1, 2]
+    assert links[0].landmarks[:, 0].mean() < 240 < links[1].landmarks[:, 0].mean()  # astronaut is the larger
+    assert load(folder.file("two", "photo")).shape == (300, 480, 3) and not folder.file("two_face2", "photo").exists()
+    r = cli("project", photos / "two.png", "-o", tmp_path / "one", *FAST, "--max-faces", "1")
+    assert r.exit_code == 0 and "skipped 1 face(s)" in r.output
+    assert OutputFolder(tmp_path / "one").is_complete("two") and not (tmp_path / "one" / "two_face2.npz").exists()
+
+
+def test_no_face_warns_under_auto_and_is_an_error_under_faces(cli, photos, tmp_path):
+    r = cli("project", photos / "none.png", photos / "one.png", "-o", tmp_path / "auto", *FAST)
+    assert r.exit_code == 0 and f"warning: {photos / 'none.png'}: no face found" in r.output
+    assert OutputFolder(tmp_path / "auto").is_complete("none")
+    assert not (tmp_path / "auto" / "none_photo.png").exists() and not (tmp_path / "auto" / "none_aligned.png").exists()
+    r = cli("project", photos / "none.png", photos / "one.png", "-o", tmp_path / "faces", *FAST, "--align", "faces")
+    assert r.exit_code == 1 and f"error: {photos / 'none.png'}: no face found" in r.output
+    assert OutputFolder(tmp_path / "faces").is_complete("one")  # the batch went on
+
+
+def test_generator_samples_keep_their_latents_under_auto(cli, in_domain, tmp_path):
+    latents = {}
+    for align in ("auto", "none"):
+        r = cli("project", in_domain, "-o", tmp_path / align, *FAST, "--align", align)
+        assert r.exit_code == 0, r.output
+        latents[align] = [read_latent_file(p)["latent"] for p in sorted((tmp_path / align).glob("*.npz"))]
+    assert len(latents["auto"]) == len(latents["none"]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(latents["auto"], latents["none"]))
+
+
+def test_a_rerun_skips_and_a_changed_alignment_redoes(cli, photos, tmp_path):
+    assert cli("project", photos / "one.png", "-o", tmp_path, *FAST).exit_code == 0
+    r = cli("project", photos / "one.png", "-o", tmp_path, *FAST)
+    assert "skipped 1 complete" in r.output
+    r = cli("project", photos / "one.png", "-o", tmp_path, *FAST, "--align", "none")
+    assert r.exit_code == 0 and "redoing 1 target(s) made with other settings: align 'auto' → 'none'" in r.output
+    assert not (tmp_path / "one_aligned.png").exists()  # a centre crop now
+
+
+def test_a_generator_without_faces_is_refused_once_and_not_aligned(tmp_path, monkeypatch):
+    from latent_fit.generators.stylegan2 import StyleGAN2Generator
+
+    torch.manual_seed(3)
+    G = StyleGAN2Generator(**SMALL_STYLEGAN2)
+    G.sha256 = "random-sg2-weights"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LATENT_FIT_CACHE", str(cache))
+    alignment, note = Alignment.of(G, "auto")
+    assert alignment.template is None and "does not look like a face generator" in note
+    assert (cache / "templates" / "random-sg2-weights.refused").is_file()
+    monkeypatch.setattr(faces, "make_template", lambda *a, **k: pytest.fail("made again"))
+    again, note = Alignment.of(G, "auto")
+    assert again.template is None and "cached in" in note
+    with pytest.raises(faces.LatentFitError, match="face generator"):
+        Alignment.of(G, "faces")
+
+
+def _dcgan():
+    from latent_fit import load_generator
+
+    G = load_generator("digiface-dcgan64")
+    return G, G.default_space
+
+
+def _mask_in_photo(M: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Where a 64 px crop's paste-back mask (photo->crop matrix M) reaches in the photo, grown by
+    one pixel for the bilinear footprint."""
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    p = np.stack([xs + 0.5, ys + 0.5, np.ones_like(xs)], -1) @ np.asarray(M).T
+    return (p[..., 0] > -1) & (p[..., 0] < 65) & (p[..., 1] > -1) & (p[..., 1] < 65)
