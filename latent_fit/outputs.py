@@ -247,6 +247,7 @@ class OutputFolder:
             "terms": "+".join(res.terms),
             "wr_units": res.config["wr_units"],
         }
+        metrics |= {"photo": photo.path, "photo_face": photo.face} if photo else {}
         history = res.loss_history[i]
         if tuned_sha256 is None:
             self.file(stem, "tuned").unlink(missing_ok=True)

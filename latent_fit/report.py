@@ -88,9 +88,10 @@ def _table(rows: list[dict]) -> str:
 
 
 def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
-    """<img> of out/name scaled to `height` (never above its width at 4x), or "" unless it is a
-    regular file whose header Pillow reads and whose size is within images.MAX_PIXELS (the guards
-    of inputs: a FIFO is never opened, a decompression bomb never decoded, here or in a browser)."""
+    """<img> of out/name (an absolute path: linked as a file: URI) scaled to `height` (never above
+    its width at 4x), or "" unless it is a regular file whose header Pillow reads and whose size is
+    within images.MAX_PIXELS (the guards of inputs: a FIFO is never opened, a decompression bomb
+    never decoded, here or in a browser)."""
     path = out / name
     if not path.is_file():  # follows symlinks, opens nothing
         return ""
@@ -104,8 +105,9 @@ def _img(out: Path, name: str, height: int = ROW_HEIGHT) -> str:
     if not 0 < w * h <= MAX_PIXELS:
         return ""
     scale = min(height / h, 4.0) if h < height else 1.0
+    src = path.as_uri() if Path(name).is_absolute() else quote(name, errors="surrogateescape")
     return (
-        f'<img src="{quote(name, errors="surrogateescape")}" width="{round(w * scale)}" height="{round(h * scale)}" '
+        f'<img src="{html.escape(src)}" width="{round(w * scale)}" height="{round(h * scale)}" '
         f'alt="{html.escape(name)}">'
     )
 
@@ -150,6 +152,26 @@ def _gallery(out: Path, kind: str, rows: list[dict]) -> tuple[str, set[str]]:
     return "\n".join(parts) or "<p>No complete targets yet.</p>", shown
 
 
+def _photos(out: Path, rows: list[dict]) -> tuple[str, set[str]]:
+    """For every photo the targets were cut from (their rows' `photo`): the photo, each face's
+    aligned crop and the photo with the results (<first stem>_photo.png); the image names shown."""
+    faces: dict[str, list[str]] = {}
+    for r in sorted(rows, key=lambda r: (str(r.get("photo")), float(r.get("photo_face") or 0))):
+        if r.get("photo"):
+            faces.setdefault(str(r["photo"]), []).append(str(r["target"]))
+    parts, shown = [], set()
+    for photo, stems in faces.items():
+        crops = [f"{s}_aligned.png" for s in stems]
+        result = f"{stems[0]}_photo.png"
+        shown |= set(crops) | {result}
+        figures = [(photo, "the photo")] + [(c, f"{s}: aligned crop") for c, s in zip(crops, stems)]
+        figures.append((result, "the photo with the results"))
+        parts.append(
+            f"<div>{''.join(f'<figure>{_img(out, n)}<figcaption>{html.escape(t)}</figcaption></figure>' for n, t in figures)}</div>"
+        )
+    return "\n".join(parts), shown
+
+
 def render_report(out: Path, kind: str, note: str = "") -> str:
     """The HTML text of OUT's report (see write_report)."""
     if kind not in KINDS:
@@ -171,8 +193,12 @@ def render_report(out: Path, kind: str, note: str = "") -> str:
         sections.append("<h2>sweep.csv</h2>" + _table(rows))
     else:
         gallery, shown = _gallery(out, kind, rows)
+        photos, in_photos = _photos(out, rows)
+        shown |= in_photos
         if rows:  # a direction edit has images only
             sections += ["<h2>Metrics (click a column to sort)</h2>" + _table(rows), "<h2>Targets</h2>" + gallery]
+        if photos:
+            sections.append("<h2>Photos</h2>" + photos)
     others = sorted(p.name for p in out.glob("*.png") if p.name not in shown and not p.name.startswith("."))
     if others:
         sections.append(

@@ -39,6 +39,8 @@ METRIC_COLUMNS = [
     "sample_steps",
     "seconds",
     "terms",
+    "photo",
+    "photo_face",
 ]
 CPU_CHUNK_BYTES = 256 * 2**20  # batch_size auto on CPU: throughput stops growing long before
 # RAM fills, and a smaller chunk loses less work when killed
