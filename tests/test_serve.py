@@ -634,3 +634,27 @@ def test_photos_without_faces_and_aligned_crops_are_used_as_they_are(api):
     assert status == 400 and err["error"] == "no photo on this page: upload a photo first"
     status, saved = call("POST", "/api/save", {"page": "n"})
     assert saved["files"] == ["face_01.npz", "face_01.png"]
+
+
+def test_a_large_photo_is_shown_scaled_and_its_faces_bounded(G, monkeypatch):
+    """A photo larger than the page shows it: boxes in the photo's pixels, the pasted photo at the
+    size shown (the photo's own size at Save); faces offered and photo pixels are capped."""
+    from latent_fit.faces import face_template
+    from latent_fit.serve import photos
+
+    template = face_template(G)[0]
+    big = np.asarray(Image.fromarray(two_faces()).resize((1200, 650), Image.LANCZOS))
+    target, photo, note = photos.read_upload(_png(big), "big.png", "big", G, template)
+    assert note is None and photo.size == (650, 1200) and photo.shown.shape == (277, 512, 3)
+    assert target.shape == (3, 64, 64) and torch.equal(target, photo.aligned.crops[0])
+    assert len(photo.boxes()) == 2 and max(b[2] for b in photo.boxes()) > 1000  # photo pixels
+    shown, full = photo.pasted(1, -target), photo.pasted(1, -target, shown=False)
+    assert shown.shape == photo.shown.shape and full.shape == big.shape
+    scaled = np.asarray(Image.fromarray(full).resize((512, 277), Image.BOX)).astype(float)
+    assert np.abs(scaled - shown).mean() < 2 and np.abs(shown.astype(float) - photo.shown).mean() > 2
+    assert photos.read_upload(_png(big), "big.png", "big", G, None)[1] is None  # no template: as before
+    monkeypatch.setattr(photos, "MAX_FACES", 1)
+    monkeypatch.setattr(photos, "MAX_PHOTO_PIXELS", 600 * 325)
+    _, photo, _ = photos.read_upload(_png(big), "big.png", "big", G, template)
+    assert len(photo.boxes()) == 1 and photo.size == (325, 600)
+    assert photo.aligned.crops.shape[0] == photo.aligned.transforms.shape[0] == 1
