@@ -4,7 +4,8 @@
 Latents of a page: P, the projection; E, the last painted edit (from P); and direction offsets
 D = sum_k s_k * std_k * d_k. The current latent, shown and saved, is (E or P) + D. A conditional
 generator's page works in one class, picked before the projection; every rendering uses it (and
-the projection's noise maps, which the page holds fixed at the constant ones).
+the projection's noise maps, which the page holds fixed at the constant ones). A page whose target
+is a face of an uploaded photo holds the photo too: its renderings come pasted back into it.
 """
 
 from __future__ import annotations
