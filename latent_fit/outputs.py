@@ -31,6 +31,7 @@ SUFFIXES = {
     "tuned": ".tuned.safetensors",
     "aligned": "_aligned.png",  # the crop of a whole photo that was projected (--align)
     "photo": "_photo.png",  # the whole photo with the results pasted back (per photo: its largest face's stem)
+    "original": "_original.png",  # the photo a crop was cut from, as uploaded to serve (its PhotoLink's file)
 }
 TABLES = ("metrics.csv", "metrics.json")
 

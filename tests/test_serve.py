@@ -544,3 +544,117 @@ def test_a_body_that_stops_coming_is_answered(api, monkeypatch, capsys):
     status, err = _raw(_port(call), head + "Content-Length: 1000\n", b"\0" * 10)  # 990 bytes never come
     assert status == 400 and "the request body did not arrive" in err["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --- whole photos -------------------------------------------------------------------------------
+
+
+def two_faces() -> np.ndarray:
+    """A 480x260 photo: the Grace Hopper portrait (scaled to 200x234) and its mirror image side by
+    side on noise (uint8 HWC); the faces' boxes are about 90 px a side."""
+    face = np.asarray(Image.open(SAMPLES / "photos" / "grace_hopper_whole.png").convert("RGB").resize((200, 234)))
+    photo = np.random.default_rng(0).integers(0, 256, (260, 480, 3), dtype=np.uint8)
+    photo[13:247, 20:220], photo[13:247, 260:460] = face, face[:, ::-1]
+    return photo
+
+
+def _decoded(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def _wait(call, answer: dict) -> dict:
+    """The end state of the job a POST answered with."""
+    since = -1
+    while True:
+        _, snap = call("GET", f"/api/job?id={answer['job']}&since={since}")
+        if snap["state"] in ("done", "error", "cancelled"):
+            return snap
+        since = snap["version"]
+
+
+def test_a_photo_face_picked_edited_pasted_back_and_saved(api):
+    """A photo with two faces: both boxed, the largest projected first; the second picked, edited,
+    pasted back into the photo (the first face's half untouched) and saved with its photo files,
+    the latent file linking the saved original (PhotoLink)."""
+    from latent_fit.faces import PhotoLink, photo_back
+
+    call, job, out = api
+    photo = two_faces()
+    status, up = call("POST", "/api/project?page=ph&name=pair.png", _png(photo), ctype="application/octet-stream")
+    assert status == 200 and "note" not in up, up
+    boxes = up["photo"]["boxes"]
+    assert (up["photo"]["width"], up["photo"]["height"], len(boxes)) == (480, 260, 2)
+    assert np.array_equal(_decoded(up["photo"]["url"]), photo)
+    assert sorted(b[0] > 240 for b in boxes) == [False, True]  # one face in each half
+    first = _wait(call, up)["result"]
+    assert first["stem"] == "pair" and _decoded(first["photo"]).shape == photo.shape
+
+    picked = job("/api/project", {"page": "ph", "face": 1})["result"]
+    assert picked["stem"] == "pair_face2" and picked["target"] != first["target"]
+    edited = job("/api/edit", {"page": "ph", "wr": 0.01, "request": _strokes()})["result"]
+    shown = _decoded(edited["photo"])
+    untouched = slice(0, 230) if boxes[0][0] < 240 else slice(250, 480)  # face 1's half
+    assert shown.shape == photo.shape and not np.array_equal(shown, photo)
+    assert np.array_equal(shown[:, untouched], photo[:, untouched])
+
+    status, saved = call("POST", "/api/save", {"page": "ph", "stem": "mine"})
+    suffixes = [".npz", ".png", "_photo.png", "_aligned.png", "_original.png"]
+    assert status == 200 and saved["files"] == [f"mine{s}" for s in suffixes], saved
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"mine{s}" for s in suffixes)
+    assert np.array_equal(np.asarray(Image.open(out / "mine_original.png")), photo)
+    pasted = np.asarray(Image.open(out / "mine_photo.png"))
+    assert np.array_equal(pasted, shown)  # a photo this small is shown at its own size
+    assert np.array_equal(np.asarray(Image.open(out / "mine_aligned.png")), _decoded(picked["target"]))
+    link = PhotoLink.read(out / "mine.npz", read_latent_file(out / "mine.npz"))
+    assert (link.path, link.size, link.face) == (str((out / "mine_original.png").resolve()), (260, 480), 2)
+    assert np.array_equal(photo_back([link], load_image(out / "mine.png", 64)[None]), pasted)
+    status, again = call("POST", "/api/save", {"page": "ph", "stem": "mine"})
+    assert again["stem"] == "mine_2" and "mine_original.png is there already" in again["note"]
+    status, err = call("POST", "/api/project", {"page": "ph", "face": 2})
+    assert status == 400 and err["error"] == "face 3: the photo has 2 face(s)"
+
+
+def test_photos_without_faces_and_aligned_crops_are_used_as_they_are(api):
+    """A picture with no face is centre-cropped with one line saying so; the generator's own
+    64 px crop is used as it is (no photo, no line), as before faces were looked for."""
+    call, job, out = api
+    gray = np.full((120, 200, 3), 128, np.uint8)
+    status, up = call("POST", "/api/project?page=n&name=wall.png", _png(gray), ctype="application/octet-stream")
+    assert status == 200 and up["note"] == "no face found in wall.png: centre-cropped, not aligned", up
+    assert "photo" not in up and "photo" not in _wait(call, up)["result"]
+    crop = SAMPLES / "targets" / "face_01.png"
+    status, up = call(
+        "POST", "/api/project?page=n&name=face_01.png", crop.read_bytes(), ctype="application/octet-stream"
+    )
+    assert status == 200 and set(up) == {"job"}, up
+    done = _wait(call, up)["result"]
+    assert np.array_equal(_decoded(done["target"]), np.asarray(Image.open(crop).convert("RGB")))
+    assert "photo" not in done
+    status, err = call("POST", "/api/project", {"page": "n", "face": 0})
+    assert status == 400 and err["error"] == "no photo on this page: upload a photo first"
+    status, saved = call("POST", "/api/save", {"page": "n"})
+    assert saved["files"] == ["face_01.npz", "face_01.png"]
+
+
+def test_a_large_photo_is_shown_scaled_and_its_faces_bounded(G, monkeypatch):
+    """A photo larger than the page shows it: boxes in the photo's pixels, the pasted photo at the
+    size shown (the photo's own size at Save); faces offered and photo pixels are capped."""
+    from latent_fit.faces import face_template
+    from latent_fit.serve import photos
+
+    template = face_template(G)[0]
+    big = np.asarray(Image.fromarray(two_faces()).resize((1200, 650), Image.LANCZOS))
+    target, photo, note = photos.read_upload(_png(big), "big.png", "big", G, template)
+    assert note is None and photo.size == (650, 1200) and photo.shown.shape == (277, 512, 3)
+    assert target.shape == (3, 64, 64) and torch.equal(target, photo.aligned.crops[0])
+    assert len(photo.boxes()) == 2 and max(b[2] for b in photo.boxes()) > 1000  # photo pixels
+    shown, full = photo.pasted(1, -target), photo.pasted(1, -target, shown=False)
+    assert shown.shape == photo.shown.shape and full.shape == big.shape
+    scaled = np.asarray(Image.fromarray(full).resize((512, 277), Image.BOX)).astype(float)
+    assert np.abs(scaled - shown).mean() < 2 and np.abs(shown.astype(float) - photo.shown).mean() > 2
+    assert photos.read_upload(_png(big), "big.png", "big", G, None)[1] is None  # no template: as before
+    monkeypatch.setattr(photos, "MAX_FACES", 1)
+    monkeypatch.setattr(photos, "MAX_PHOTO_PIXELS", 600 * 325)
+    _, photo, _ = photos.read_upload(_png(big), "big.png", "big", G, template)
+    assert len(photo.boxes()) == 1 and photo.size == (325, 600)
+    assert photo.aligned.crops.shape[0] == photo.aligned.transforms.shape[0] == 1

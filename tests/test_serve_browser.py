@@ -238,3 +238,49 @@ def test_the_page_loads_with_no_console_error(browser, server, monkeypatch):
         assert errors == [] and all(code < 400 for _, code in answered), (errors, answered)
     finally:
         p.close()
+
+
+def test_a_whole_photo_pick_a_face_and_save_the_edited_photo(page, server, tmp_path):
+    """Upload a photo with two faces: a box on each (the largest chosen and projected), click
+    the other, see its projection and the edited photo, save the photo files with it."""
+    from test_serve import two_faces
+
+    (tmp_path / "screens").mkdir()
+    _, out = server
+    Image.fromarray(two_faces()).save(tmp_path / "pair.png")
+    _by(page, "upload").set_input_files(str(tmp_path / "pair.png"))
+    expect(_by(page, "photos")).to_be_visible()
+    expect(page.locator("[data-testid=boxes] button")).to_have_count(2)
+    expect(_by(page, "face-0")).to_have_class("chosen")
+    expect(_by(page, "message")).to_contain_text("Projected pair. ")
+    expect(_by(page, "photo-result")).to_have_attribute("src", PNG)
+    _shot(page, tmp_path, "09_photo_projected")
+
+    first = _image_src(page, "target")
+    _by(page, "face-1").click()
+    expect(_by(page, "message")).to_contain_text("Projected pair_face2")
+    expect(_by(page, "face-1")).to_have_class("chosen")
+    assert _image_src(page, "target") != first
+    _paint(page)
+    _by(page, "apply").click()
+    expect(page.locator("#result-info")).to_contain_text("w_r 0.01 ")
+    _shot(page, tmp_path, "10_photo_edited")
+
+    _by(page, "save").click()
+    expect(_by(page, "saved")).to_contain_text(
+        "pair_face2_photo.png, pair_face2_aligned.png and pair_face2_original.png"
+    )
+    names = ["pair_face2" + s for s in (".npz", ".png", "_photo.png", "_aligned.png", "_original.png")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert Image.open(out / "pair_face2_photo.png").size == (480, 260)
+    _shot(page, tmp_path, "11_photo_saved")
+
+    _by(page, "upload").set_input_files(str(SAMPLES / "targets" / "face_01.png"))  # an aligned crop: as before
+    expect(_by(page, "message")).to_contain_text("Projected face_01")
+    expect(_by(page, "photos")).to_be_hidden()
+    expect(_by(page, "note")).to_have_text("")
+    Image.new("RGB", (200, 120), (128, 128, 128)).save(tmp_path / "wall.png")
+    _by(page, "upload").set_input_files(str(tmp_path / "wall.png"))  # no face: centre-cropped, with a line
+    expect(_by(page, "note")).to_have_text("no face found in wall.png: centre-cropped, not aligned")
+    expect(_by(page, "message")).to_contain_text("Projected wall")
+    _shot(page, tmp_path, "12_no_face")

@@ -1,8 +1,10 @@
-"""`latent-fit serve`: a local web editor. Upload or pick an image, watch it project, paint an
-edit and choose w_r, move along directions, sweep w_r, save latents in the CLI's formats.
+"""`latent-fit serve`: a local web editor. Upload or pick an image (a whole photo: pick one of its
+faces), watch it project, paint an edit and choose w_r, move along directions, sweep w_r, save
+latents in the CLI's formats (and the edited photo).
 
 Files: editor.py (page state and device work), jobqueue.py (one device queue, stale runs
-cancelled), inputs.py (checks on what the browser sends), server.py (HTTP), static/ (the page).
+cancelled), inputs.py (checks on what the browser sends), photos.py (uploaded photos: faces
+aligned, results pasted back), server.py (HTTP), static/ (the page).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def run_server(
     OutputFolder(out).check_writable()
     editor = Editor(G, out, encoder=encoder, steps=steps, starts=starts, loss=loss, seed=seed, wr_units=wr_units)
     editor.start_encoder(G.default_space)  # a bad --encoder fails now, not in the page
+    note = editor.face_template()[1]  # found now, not at the first upload
+    if note:
+        print(note, flush=True)
     serve(editor, host, port)
 
 

@@ -4,7 +4,8 @@
 Latents of a page: P, the projection; E, the last painted edit (from P); and direction offsets
 D = sum_k s_k * std_k * d_k. The current latent, shown and saved, is (E or P) + D. A conditional
 generator's page works in one class, picked before the projection; every rendering uses it (and
-the projection's noise maps, which the page holds fixed at the constant ones).
+the projection's noise maps, which the page holds fixed at the constant ones). A page whose target
+is a face of an uploaded photo holds the photo too: its renderings come pasted back into it.
 """
 
 from __future__ import annotations
@@ -28,19 +29,24 @@ from ..config import PROJECTION, SWEEP_WRS, edit_config
 from ..edit import PCA_SAMPLES, edit, pca_directions, render
 from ..encoder import load_encoder
 from ..errors import LatentFitError
+from ..faces import Template, face_template
+from ..files import file_sha256
 from ..generators.base import Generator
 from ..images import save_png, to_uint8
 from ..latents import write_latent_file
 from ..objective import pixel_mse, psnr
 from ..optimize import project
+from ..outputs import SUFFIXES
 from ..sweep import suggest_wr, sweep
 from .inputs import safe_stem
 from .jobqueue import DeviceQueue, Job
+from .photos import Photo, read_upload
 
 MAX_PAGES = 16  # pages whose state is kept (least recently used dropped)
 DIRECTIONS = 5  # principal directions offered as sliders
 PAGE_WRS = {u: tuple(w for w in wrs if w > 0) for u, wrs in SWEEP_WRS.items()}  # the page's log-scale w_r range
 CHECK_EVERY = 10  # steps between progress reports (and cancel checks)
+PHOTO_FILES = ("photo", "aligned", "original")  # what Save writes beside the latent for a face of a photo
 
 
 def load_start_encoder(spec: str | None, G: Generator, space: str):
@@ -72,6 +78,8 @@ class Page:
     direction_names: list[str] = field(default_factory=list)
     strengths: list[float] = field(default_factory=list)
     image: torch.Tensor | None = None  # G(current) [C, H, W]
+    photo: Photo | None = None  # the whole photo the target was cut from
+    face: int = 0  # which of the photo's faces (0: the largest)
 
     def current(self) -> torch.Tensor:
         base = self.projection if self.edited is None else self.edited
@@ -113,6 +121,9 @@ class Editor:
         self._encoders: dict[str, object] = {}  # space -> Encoder | None (worker thread only)
         self._pca: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (space, class) -> PCA
         self._save_lock = threading.Lock()  # a name is chosen and written by one save at a time
+        self._photos: OrderedDict[str, Photo] = OrderedDict()  # a page's last uploaded photo
+        self._faces_lock = threading.Lock()  # faces are looked for in one upload at a time
+        self._template: tuple[Template | None, str | None] | None = None  # face_template(G), once
 
     def info(self) -> dict:
         G = self.G
@@ -136,6 +147,29 @@ class Editor:
             self._encoders[space] = load_start_encoder(self.encoder, self.G, space)
         return self._encoders[space]
 
+    def face_template(self) -> tuple[Template | None, str | None]:
+        """The template uploads are aligned to (None: none) and its line (faces.face_template)."""
+        with self._faces_lock:
+            if self._template is None:
+                self._template = face_template(self.G)
+            return self._template
+
+    def read_upload(self, data: bytes, name: str) -> tuple[torch.Tensor, str, Photo | None, str | None]:
+        """An uploaded image's target, stem, Photo (its faces aligned; None: used as it is) and
+        a line to show (photos.read_upload)."""
+        template, stem = self.face_template()[0], safe_stem(name)
+        with self._faces_lock:
+            target, photo, note = read_upload(data, name, stem, self.G, template)
+        return target, stem, photo, note
+
+    def photo(self, page_id: str) -> Photo:
+        """The page's last uploaded photo whose faces were aligned."""
+        with self.queue.lock:
+            photo = self._photos.get(page_id)
+        if photo is None:
+            raise LatentFitError("no photo on this page: upload a photo first")
+        return photo
+
     def page(self, page_id: str) -> Page:
         """The page's state (call with the queue's lock held)."""
         page = self._pages.get(page_id)
@@ -151,66 +185,85 @@ class Editor:
         return self.queue.submit(page_id, kind, run, **kw)
 
     def _set_page(self, page_id: str, page: Page) -> None:
-        self._pages[page_id] = page
-        self._pages.move_to_end(page_id)
-        while len(self._pages) > MAX_PAGES:
-            self._pages.popitem(last=False)
+        _keep(self._pages, page_id, page)
 
     # --- device work ---------------------------------------------------------------------------
 
     def submit_projection(
-        self, page_id: str, target: torch.Tensor, stem: str, space: str | None, class_index: int | None = None
+        self,
+        page_id: str,
+        target: torch.Tensor,
+        stem: str,
+        space: str | None,
+        class_index: int | None = None,
+        photo: Photo | None = None,
+        face: int = 0,
     ) -> Job:
         """Project `target` [C, H, W] (in class `class_index` of a conditional generator, which
-        it needs); a new projection makes all of the page's work stale."""
+        it needs; cut as face `face` from `photo`, if given, which the page keeps for picking
+        another face); a new projection makes all of the page's work stale."""
         space = self.G.check_space(space or self.G.default_space)
         if self.G.c_dim and class_index is None:
             raise LatentFitError(f"generator {self.G.name!r} is conditional: pick a class 0..{self.G.c_dim - 1}")
         self.G.class_vector(class_index, space)  # a wrong class is refused before any work
-
-        def run(job: Job) -> dict:
-            x = target[None].to(self.G.device)
-            encoder = self.start_encoder(space)
-            init = None if encoder is None else encoder(x)  # the one place a projection starts
-            page = Page(
-                space=space,
-                stem=stem,
-                target=target.cpu(),
-                projection=torch.empty(0),
-                record={},
-                class_index=class_index if self.G.c_dim else None,
-            )
-            res = project(
-                self.G,
-                x,
-                [stem],
-                config=self.config.replace(space=space),
-                init=init,
-                c=page.label(self.G),
-                progress=job.progress,
-            )
-            page.record = {
-                "config": res.config,
-                "loss_history": res.loss_history[0],
-                "steps": int(res.steps[0]),
-                "seconds": res.seconds,
-                "terms": "+".join(res.terms),
-            }
-            page.projection, page.image = res.latent[0].cpu(), res.images[0].cpu()
-            job.commit(lambda: self._set_page(page_id, page))
-            return {
-                "stem": stem,
-                "space": space,
-                "class": page.class_index,
-                "target": data_url(to_uint8(x)[0]),
-                "projection": data_url(to_uint8(res.images)[0]),
-                "psnr": float(res.metrics["psnr"][0]),
-                "seconds": round(res.seconds, 2),
-            }
-
-        return self.queue.submit(
-            page_id, "project", run, total=self.config.steps, supersedes=("edit", "render", "directions", "sweep")
+        page = Page(
+            space=space,
+            stem=stem,
+            target=target.cpu(),
+            projection=torch.empty(0),
+            record={},
+            class_index=class_index if self.G.c_dim else None,
+            photo=photo,
+            face=face,
         )
+        with self.queue.lock:
+            _keep(self._photos, page_id, photo)
+        return self.queue.submit(
+            page_id,
+            "project",
+            lambda job: self._project(job, page_id, page),
+            total=self.config.steps,
+            supersedes=("edit", "render", "directions", "sweep"),
+        )
+
+    def _project(self, job: Job, page_id: str, page: Page) -> dict:
+        """Run the projection of submit_projection and commit the page it makes."""
+        x = page.target[None].to(self.G.device)
+        encoder = self.start_encoder(page.space)
+        init = None if encoder is None else encoder(x)  # the one place a projection starts
+        res = project(
+            self.G,
+            x,
+            [page.stem],
+            config=self.config.replace(space=page.space),
+            init=init,
+            c=page.label(self.G),
+            progress=job.progress,
+        )
+        page.record = {
+            "config": res.config,
+            "loss_history": res.loss_history[0],
+            "steps": int(res.steps[0]),
+            "seconds": res.seconds,
+            "terms": "+".join(res.terms),
+        }
+        page.projection, page.image = res.latent[0].cpu(), res.images[0].cpu()
+        job.commit(lambda: self._set_page(page_id, page))
+        return {
+            "stem": page.stem,
+            "space": page.space,
+            "class": page.class_index,
+            "target": data_url(to_uint8(x)[0]),
+            "projection": data_url(to_uint8(res.images)[0]),
+            "psnr": float(res.metrics["psnr"][0]),
+            "seconds": round(res.seconds, 2),
+        } | self._pasted(page)
+
+    def _pasted(self, page: Page) -> dict:
+        """{"photo": the page's photo with its image pasted back, a data URL}; {} without a photo."""
+        if page.photo is None:
+            return {}
+        return {"photo": data_url(page.photo.pasted(page.face, page.image))}
 
     def submit_edit(self, page_id: str, request: torch.Tensor, mask: torch.Tensor, wr: float) -> Job:
         """The masked edit from the page's projection toward the painted `request` where `mask` is set."""
@@ -272,7 +325,7 @@ class Editor:
         image = render(self.G, new.current()[None], new.space, new.label(self.G))[0].cpu()
         new.image = image
         job.commit(lambda: self._set_page(page_id, new))  # jobs run one at a time: `page` is current
-        return {"result": data_url(to_uint8(image[None])[0])}
+        return {"result": data_url(to_uint8(image[None])[0])} | self._pasted(new)
 
     def submit_directions(self, page_id: str, loaded: torch.Tensor | None = None, name: str = "") -> Job:
         """Principal directions of the page's space (loaded=None) or the rows of a direction
@@ -355,31 +408,45 @@ class Editor:
 
     def save(self, page_id: str, stem: str | None = None) -> dict:
         """Write OUT/<stem>.npz (the current latent; latent_init = the projection's) and
-        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`. Never over a file: where
-        either exists they go to the first free <stem>_2, <stem>_3, ..., and the answer says so."""
+        OUT/<stem>.png, in the formats of `latent-fit project` / `edit`; for a face of a photo
+        also <stem>_photo.png, _aligned.png and _original.png (_write_photo). Never over a file:
+        where one exists they go to the first free <stem>_2, <stem>_3, ..., and the answer says so."""
         with self.queue.lock:
             page = self.page(page_id)
         asked = safe_stem(stem or page.stem)
+        suffixes = [SUFFIXES[k] for k in ("latent", "image") + (PHOTO_FILES if page.photo else ())]
         with self._save_lock:
-            stem = free_stem(self.out, asked)
+            stem = free_stem(self.out, asked, suffixes)
             self._write(page, stem)
         answer = {
             "stem": stem,
-            "files": [f"{stem}.npz", f"{stem}.png"],
+            "files": [stem + s for s in suffixes],
             "out": str(self.out),
             "saved_at": time.strftime("%H:%M:%S"),
         }
         if stem != asked:
+            names = [asked + s for s in suffixes]
             answer |= {
                 "renamed_from": asked,
-                "note": f"{asked}.npz or {asked}.png is there already: kept, and saved as {stem}",
+                "note": f"{', '.join(names[:-1])} or {names[-1]} is there already: kept, and saved as {stem}",
             }
         return answer
 
+    def _write_photo(self, page: Page, stem: str, image: torch.Tensor) -> dict:
+        """OUT/<stem>_original.png (the uploaded photo), _aligned.png (the target, its face's
+        crop) and _photo.png (the photo with `image` pasted back); the latent file's entries
+        that link it to the original (faces.PhotoLink)."""
+        original = (self.out / f"{stem}{SUFFIXES['original']}").resolve()
+        save_png(page.photo.image, original)
+        save_png(to_uint8(page.target[None])[0], self.out / f"{stem}{SUFFIXES['aligned']}")
+        save_png(page.photo.pasted(page.face, image, shown=False), self.out / f"{stem}{SUFFIXES['photo']}")
+        return page.photo.link(page.face, original, file_sha256(original)).entries()
+
     def _write(self, page: Page, stem: str) -> None:
-        """OUT/<stem>.png and OUT/<stem>.npz of the page's current latent."""
+        """OUT/<stem>.png (and a photo's files) and OUT/<stem>.npz, last, of the page's current latent."""
         G, latent = self.G, page.current()
         image = page.image if page.image is not None else render(G, latent[None], page.space, page.label(G))[0].cpu()
+        linked = self._write_photo(page, stem, image) if page.photo else {}
         mse = pixel_mse(image[None], page.target[None])
         rec = page.edit_record or page.record
         metrics = {
@@ -410,12 +477,25 @@ class Editor:
             metrics=metrics,
             w=G.file_ws(latent, page.space),
             class_index=page.class_index,
+            **linked,
         )
 
 
-def free_stem(folder: Path, stem: str) -> str:
-    """`stem`, or the first of stem_2, stem_3, ... for which folder holds neither a .npz nor a .png."""
+def _keep(store: OrderedDict, key: str, value) -> None:
+    """Put `value` (None: remove the key) in a store of at most MAX_PAGES, dropping the least
+    recently used."""
+    if value is None:
+        store.pop(key, None)
+        return
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > MAX_PAGES:
+        store.popitem(last=False)
+
+
+def free_stem(folder: Path, stem: str, suffixes=(".npz", ".png")) -> str:
+    """`stem`, or the first of stem_2, stem_3, ... for which folder holds no <name><suffix>."""
     for k in itertools.count(1):
         name = stem if k == 1 else f"{stem}_{k}"
-        if not any(os.path.lexists(folder / f"{name}{ext}") for ext in (".npz", ".png")):
+        if not any(os.path.lexists(folder / f"{name}{ext}") for ext in suffixes):
             return name

@@ -5,13 +5,18 @@ API (every POST answers JSON; errors are {"error": one line}):
   GET  /api/info                           the generator, its spaces, the samples, settings
   GET  /api/job?id=J&since=V               the job's state once its version passes V (long poll)
   POST /api/project?page=&space=&class=&name=   body: the image file (application/octet-stream)
+      answers also {photo: {url, width, height, boxes}} when faces were found and aligned (face 0,
+      the largest, is projected), and {note} when none was found (the image is centre-cropped)
   POST /api/project   JSON {page, space, class, sample}  a bundled sample instead (class: conditional only)
+  POST /api/project   JSON {page, space, class, face}    face K (0: the largest) of the page's photo
   POST /api/edit      JSON {page, wr, request}         request: the painted layer as a PNG data URL
   POST /api/render    JSON {page, strengths}
   POST /api/directions JSON {page} (principal directions) or ?page=&name= with a .npy body
   POST /api/sweep     JSON {page, request?}
   POST /api/save      JSON {page, stem?}
-Device work answers {"job": id}; the page polls /api/job for progress and the result.
+Device work answers {"job": id}; the page polls /api/job for progress and the result (for a face
+of a photo the results of project, edit, render and directions carry `photo` too: the photo with
+the page's image pasted back, at the size the page shows it).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LatentFitError, one_line
 from ..images import IMAGE_SUFFIXES, load_image
-from .editor import Editor
-from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes, safe_stem
+from .editor import Editor, data_url
+from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes
 from .jobqueue import QueueFull
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -217,18 +222,29 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post_project(self) -> dict:
         args = self._args()
-        page, G = self._page_id(args), self.editor.G
+        page, G, photo, face, answer = self._page_id(args), self.editor.G, None, 0, {}
         if "sample" in args:
             path = sample_names().get(str(args["sample"]))
             if path is None:
                 raise LatentFitError(f"sample {args['sample']!r}: not one of the bundled samples")
             target, stem = load_image(path, G.resolution, channels=G.img_channels, name=path.name), path.stem
+        elif "face" in args:
+            photo, face = self.editor.photo(page), _whole(args["face"], "face")
+            target, stem = photo.target(face, G.img_channels), photo.face_stem(face)
         else:
             name = str(args.get("name", "upload"))[:200]
             data = self._body("application/octet-stream", MAX_UPLOAD_BYTES)
-            target, stem = load_image(data, G.resolution, channels=G.img_channels, name=name), safe_stem(name)
-        job = self.editor.submit_projection(page, target, stem, args.get("space") or None, _class(args.get("class")))
-        return {"job": job.id}
+            target, stem, photo, note = self.editor.read_upload(data, name)
+            answer = ({"note": note} if note else {}) | ({"photo": self._photo(photo)} if photo else {})
+        job = self.editor.submit_projection(
+            page, target, stem, args.get("space") or None, _class(args.get("class")), photo, face
+        )
+        return {"job": job.id} | answer
+
+    def _photo(self, photo) -> dict:
+        """What the page shows of an uploaded photo: its copy and the faces' boxes (photo pixels)."""
+        h, w = photo.size
+        return {"url": data_url(photo.shown), "width": w, "height": h, "boxes": photo.boxes()}
 
     def _post_edit(self) -> dict:
         args = self._args()
@@ -268,10 +284,13 @@ class Handler(BaseHTTPRequestHandler):
 
 def _class(value) -> int | None:
     """A class index sent by the page (None: none sent)."""
-    if value is None or value == "":
-        return None
+    return None if value is None or value == "" else _whole(value, "class")
+
+
+def _whole(value, what: str) -> int:
+    """A small whole number sent by the page."""
     if isinstance(value, bool) or not str(value).isascii() or not str(value).isdigit() or len(str(value)) > 6:
-        raise LatentFitError(f"class {str(value)[:20]!r}: give a whole number")
+        raise LatentFitError(f"{what} {str(value)[:20]!r}: give a whole number")
     return int(value)
 
 

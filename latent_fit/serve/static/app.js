@@ -11,7 +11,8 @@
   const canvas = $("paint");
   const ctx = canvas.getContext("2d");
 
-  let source = null;        // what was projected last: {file} or {sample}
+  let source = null;        // what was projected last: {file}, {sample} or {face} of the page's photo
+  let faces = 0;            // faces of the page's photo (0: no photo)
   let projected = false;
   let applied = false;      // Apply was pressed: changing w_r runs the edit again
   let strokes = 0;          // bumped at every stroke and clear
@@ -47,13 +48,13 @@
   }
 
   // Run a device job; resolves with its result, or null when a newer request made it stale.
-  // accepted(): called once the server has taken the request (so a refused one changes nothing).
+  // accepted(answer): called once the server has taken the request (so a refused one changes nothing).
   async function run(kind, path, body, type, label, accepted) {
     const mine = (latest[kind] = (latest[kind] || 0) + 1);
     active += 1;
     try {
-      const {job} = await post(path, body, type);
-      if (accepted) accepted();
+      const answer = await post(path, body, type), job = answer.job;
+      if (accepted) accepted(answer);
       let since = -1;
       for (;;) {
         const res = await fetch(`/api/job?id=${encodeURIComponent(job)}&since=${since}`);
@@ -89,11 +90,20 @@
         `&name=${encodeURIComponent(src.file.name)}`;
       body = src.file;
       type = "application/octet-stream";
+    } else if (src.face !== undefined) {
+      body = {page: PAGE, space, class: cls, face: src.face};
     } else {
       body = {page: PAGE, space, class: cls, sample: src.sample};
     }
-    const reset = () => {   // the server took the new image: everything from the old one goes
+    const reset = (answer) => {   // the server took the new image: everything from the old one goes
       source = src;
+      if (src.face === undefined) {   // a new image: its photo and faces, if any
+        showPhoto(answer.photo);
+        $("note").textContent = answer.note || "";
+        if (answer.photo) source = {face: 0};
+      }
+      chooseFace(source.face);
+      $("photo-result").removeAttribute("src");
       staleAll(["edit", "render", "directions", "sweep"]);
       projected = applied = false;
       lastEditKey = null;
@@ -113,13 +123,39 @@
       $("paint-under").src = r.projection;
       $("projection-info").textContent = `PSNR ${r.psnr.toFixed(1)} dB · ${r.seconds} s · space ${r.space}` +
         (r.class === null ? "" : ` · class ${r.class}`);
+      if (r.photo) $("photo-result").src = r.photo;
       $("stem").value = r.stem;
       projected = true;
       enable(true);
-      say(`Projected ${r.stem}. Paint on the projection where it should change, then Apply.`);
+      say(`Projected ${r.stem}. Paint on the projection where it should change, then Apply.` +
+          (faces > 1 ? " Click another box on the photo to work on that face." : ""));
     } catch (e) {
       say(e.message, true);
     }
+  }
+
+  // --- a whole photo: its faces ------------------------------------------------------------
+  function showPhoto(p) {   // the photo with a box on each face, or nothing (no photo)
+    faces = p ? p.boxes.length : 0;
+    $("photos").hidden = !p;
+    $("boxes").replaceChildren();
+    if (!p) { $("photo").removeAttribute("src"); return; }
+    $("photo").src = p.url;
+    $("photo-info").textContent = `${p.width}×${p.height} px · ${faces} face${faces > 1 ? "s" : ""}` +
+      (faces > 1 ? ": click one to project it" : "");
+    const pc = (v, n) => `${(100 * v / n).toFixed(3)}%`;
+    p.boxes.forEach(([l, t, r, b], k) => {
+      const box = Object.assign(document.createElement("button"), {type: "button", textContent: String(k + 1),
+                                                                   title: `face ${k + 1}`});
+      box.dataset.testid = `face-${k}`;
+      Object.assign(box.style, {left: pc(l, p.width), top: pc(t, p.height),
+                                width: pc(r - l, p.width), height: pc(b - t, p.height)});
+      box.addEventListener("click", () => { if (source.face !== k) project({face: k}); });
+      $("boxes").append(box);
+    });
+  }
+  function chooseFace(k) {
+    $("boxes").querySelectorAll("button").forEach((b, i) => b.classList.toggle("chosen", i === k));
   }
 
   $("upload").addEventListener("change", (e) => {
@@ -214,7 +250,7 @@
                           null, `Editing at w_r = ${fmt(wr)}:`);
       if (!r) return;
       const m = r.metrics;
-      $("result").src = r.result;
+      showResult(r);
       const raw = wrUnits === "raw" ? "" : ` (raw ${fmt(m.wr_effective)})`;
       $("result-info").textContent = `w_r ${fmt(m.wr)}${raw} · error in the paint ${fixed(m.mask_mse_before, 3)} → ` +
         `${fixed(m.mask_mse_after, 3)} · change outside ${fixed(m.outside_change, 3)} · ‖Δz‖ ${fixed(m.dz_norm, 2)}`;
@@ -222,6 +258,11 @@
     } catch (e) {
       say(e.message, true);
     }
+  }
+
+  function showResult(r) {   // the result, and the photo it is pasted back into
+    $("result").src = r.result;
+    if (r.photo) $("photo-result").src = r.photo;
   }
 
   // --- directions --------------------------------------------------------------------------
@@ -245,7 +286,7 @@
         row.append(title, input, shown);
         box.append(row);
       });
-      $("result").src = r.result;
+      showResult(r);
       say(`${r.names.length} direction(s): the sliders move the latent in prior standard deviations.`);
     } catch (e) {
       say(e.message, true);
@@ -275,7 +316,7 @@
         renderAgain = false;
         const strengths = Array.from($("sliders").querySelectorAll("input"), (s) => Number(s.value));
         const r = await run("render", "/api/render", {page: PAGE, strengths});
-        if (r) $("result").src = r.result;
+        if (r) showResult(r);
       } while (renderAgain);
     } catch (e) {
       say(e.message, true);
@@ -349,7 +390,9 @@
     try {
       const r = await post("/api/save", {page: PAGE, stem: $("stem").value});
       $("stem").value = r.renamed_from || r.stem;
-      $("saved").textContent = `saved ${r.files.join(" and ")} in ${r.out} at ${r.saved_at}` +
+      const files = r.files.length > 2 ? `${r.files.slice(0, -1).join(", ")} and ${r.files.at(-1)}`
+        : r.files.join(" and ");
+      $("saved").textContent = `saved ${files} in ${r.out} at ${r.saved_at}` +
         (r.note ? ` (${r.note})` : "");
       say(`Saved ${r.stem}.`);
     } catch (e) {
