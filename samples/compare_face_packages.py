@@ -30,7 +30,9 @@ VARIANTS = {
 def make_photos(path: str) -> None:
     """The 54 photos, their names and face->photo matrices, into an .npz file."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_faces import SOURCES, place  # the tests' photo maker
+    from test_faces import SOURCES
+
+    from conftest import place  # the tests' photo maker
 
     rows = []
     for src in SOURCES:

@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_faces import SOURCES, place  # noqa: E402  (the tests' photo maker)
+from test_faces import SOURCES  # noqa: E402
 
 from latent_fit import faces, load_generator  # noqa: E402
+
+from conftest import place  # noqa: E402  (the tests' photo maker)
 
 VARIANTS = {
     "rot+20": dict(angle=20),

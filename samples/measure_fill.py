@@ -17,9 +17,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_faces import SOURCES, place  # noqa: E402  (the tests' photo maker)
+from test_faces import SOURCES  # noqa: E402
 
 from latent_fit import faces, load_generator, project  # noqa: E402
+
+from conftest import place  # noqa: E402  (the tests' photo maker)
 
 SPOTS = [dict(center=(0.12, 0.5)), dict(center=(0.5, 0.9)), dict(center=(0.88, 0.15), angle=15)]
 
