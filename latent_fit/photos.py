@@ -21,8 +21,8 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as load_image's gray
 @dataclass(frozen=True)
 class Alignment:
     """How a run turns images into targets: `align` ("auto", "faces" or "none", see
-    faces.face_template), the `template` faces are cut to (None: every image centre-cropped as it
-    is) and `max_faces` (None: every face found)."""
+    faces.face_template), the generator's face `template` (None: it has none; with "none" it only
+    measures id_similarity) and `max_faces` (None: every face found)."""
 
     align: str = "none"
     template: Template | None = None
@@ -33,15 +33,20 @@ class Alignment:
         """(the Alignment of G, a line to show or None): see faces.face_template."""
         if max_faces is not None and (type(max_faces) is not int or max_faces < 1):
             raise LatentFitError(f"--max-faces {max_faces!r}: give a whole number >= 1")
-        t, note = face_template(G, align, template)
-        return cls(align, t, max_faces), note
+        t, note = face_template(G, "auto" if align == "none" else align, template)
+        return cls(align, t, max_faces), None if align == "none" else note
+
+    @property
+    def cuts(self) -> bool:
+        """Whether photos are cut into faces."""
+        return self.template is not None and self.align != "none"
 
     def record(self) -> dict:
         """What of it makes a target (the run's record): a change redoes the targets."""
         return {
             "align": self.align,
             "max_faces": self.max_faces,
-            "template_sha256": None if self.template is None else self.template.sha256,
+            "template_sha256": self.template.sha256 if self.cuts else None,
         }
 
     def cut(self, items: list[tuple[str, Path]], errors: list[str], notes: list[str]):
@@ -49,7 +54,7 @@ class Alignment:
         faces are found gives one target per face, largest first; an image used as it is (an
         aligned crop, or no face found with "auto": one note) keeps its stem and has no link; an
         unreadable image, or one with no face under "faces", is an error line."""
-        if self.template is None:
+        if not self.cuts:
             return items, {}
         targets, links, small = [], {}, 0
         for stem, path in items:

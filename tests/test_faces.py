@@ -104,7 +104,7 @@ def test_an_aligned_generator_sample_is_used_as_is(template):
     assert a.as_is and np.array_equal(a.transforms[0], np.eye(3))
     assert np.array_equal(to_uint8(a.crops)[0], img)
     assert faces.is_aligned(a.faces[0].landmarks, template)
-    assert not faces.is_aligned(a.faces[0].landmarks + 2 * template.radius, template)
+    assert not faces.is_aligned(a.faces[0].landmarks + 3 * template.radius, template)
     blank = np.full((64, 64, 3), 90, np.uint8)  # at the generator's resolution, no face: as before
     b = faces.align_photo(blank, template)
     assert b.as_is and b.faces == [] and np.array_equal(to_uint8(b.crops)[0], blank)

@@ -126,3 +126,48 @@ def _mask_in_photo(M: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
     p = np.stack([xs + 0.5, ys + 0.5, np.ones_like(xs)], -1) @ np.asarray(M).T
     return (p[..., 0] > -1) & (p[..., 0] < 65) & (p[..., 1] > -1) & (p[..., 1] < 65)
+
+
+def test_the_report_shows_each_photo_its_crops_and_the_result(cli, photos, tmp_path):
+    assert cli("project", photos / "two.png", "-o", tmp_path, *FAST).exit_code == 0
+    page = (tmp_path / "index.html").read_text()
+    assert "<h2>Photos</h2>" in page
+    for shown in ((photos / "two.png").resolve().as_uri(), "two_aligned.png", "two_face2_aligned.png", "two_photo.png"):
+        assert f'src="{shown}"' in page
+
+
+def test_a_sweep_of_a_photo_measures_identity_and_its_edit_sweep_gives_the_photo_back(cli, photos, tmp_path):
+    r = cli("sweep", photos / "one.png", "-o", tmp_path / "sweep", "--wr", "0,1", "--steps", "10", "--starts", "1")
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "sweep" / "sweep.csv").read_text().splitlines()
+    assert "id_similarity" in rows[0].split(",") and len(rows) == 3
+    assert cli("project", photos / "one.png", "-o", tmp_path / "p", *FAST).exit_code == 0
+    (tmp_path / "req").mkdir()
+    (tmp_path / "req" / "one.png").write_bytes((tmp_path / "p" / "one_aligned.png").read_bytes())
+    r = cli(
+        "sweep",
+        tmp_path / "req" / "one.png",
+        "--init",
+        tmp_path / "p",
+        "-o",
+        tmp_path / "e",
+        "--wr",
+        "0,1",
+        "--steps",
+        "10",
+    )
+    assert r.exit_code == 0, r.output
+    assert load(tmp_path / "e" / "one_photo.png").shape == load(photos / "one.png").shape
+
+
+def test_the_face_models_load_with_the_network_off(monkeypatch):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for name in ("hog", "cnn", "points", "descriptor"):
+        faces._model.cache_clear()
+        assert faces._model(name) is not None
