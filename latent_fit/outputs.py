@@ -222,12 +222,14 @@ class OutputFolder:
         panels: list | None = None,
         class_index: int | None = None,
         tuned_sha256: str | None = None,
+        photo: PhotoLink | None = None,
     ) -> None:
         """Row i of a projection or edit `res`: PNG, comparison strip (`panels`, default target |
         result | difference), the video when frames were kept, then the .npz last (it marks
-        completion, and holds the `record` of what made it, `class_index` when a class was used
-        and `tuned_sha256`, the sha256 of the tuned weights written before, which render it;
-        without one, a tuned file left from an earlier run is removed)."""
+        completion, and holds the `record` of what made it, `class_index` when a class was used,
+        `tuned_sha256`, the sha256 of the tuned weights written before, which render it (without
+        one, a tuned file left from an earlier run is removed) and the entries of `photo`, the
+        whole photo the target was cut from)."""
         from .images import difference as diff_image
         from .images import grid, save_png, save_video, to_uint8
 
@@ -263,6 +265,7 @@ class OutputFolder:
             class_index=class_index,
             tuned_sha256=tuned_sha256,
             **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])},
+            **(photo.entries() if photo is not None else {}),
         )
 
     def write_tuned(self, G, tres, i: int) -> str:
