@@ -59,6 +59,9 @@ def test_painted_edit_gives_one_photo_with_both_faces_edited(cli, tmp_path, face
     assert [r["target"] for r in rows] == ["group", "group_face2"]
     assert all(-1 <= float(r["id_similarity"]) <= 1 for r in rows)
     assert "median identity similarity" in res.stdout
+    (out / "group_photo.png").unlink()  # a rerun skips both faces and makes the missing photo again
+    again = cli("edit", face_photo / "latents", "--target", tmp_path / "req.png", *FAST, "-o", out)
+    assert "skipped 2 complete" in again.stdout and np.array_equal(load(out / "group_photo.png"), edited)
 
 
 def test_direction_edit_at_strength_0_pasted_back_is_the_projection_pasted_back(cli, tmp_path, face_photo):
@@ -148,6 +151,8 @@ class Fields(Generator):
 def test_a_generator_of_non_faces_leaves_the_column_empty(tmp_path):
     G = Fields().freeze()
     write_latent_file(tmp_path / "a.npz", latent=torch.zeros(8), space="z", generator=G.name, generator_sha256=G.sha256)
-    rep = edit_files(G, [str(tmp_path / "a.npz")], tmp_path / "out", request=request(tmp_path / "r.png"), steps=5)
+    rep = edit_files(
+        G, [str(tmp_path / "a.npz")], tmp_path / "out", request=request(tmp_path / "r.png"), steps=5, loss="mse"
+    )
     assert not rep.errors and rep.metrics[0]["id_similarity"] is None
     assert "identity" not in rep.summary and not list((tmp_path / "out").glob("*_photo.png"))

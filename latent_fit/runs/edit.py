@@ -225,10 +225,10 @@ def _edited_photos(folder: OutputFolder, rep: Report, targets: list[Target]) -> 
     targets pasted back, written when one of them was edited now or the photo file is missing."""
     for group in _photo_groups(targets):
         group = [t for t in group if folder.is_complete(t.stem)]
-        out = folder.file(group[0].stem, "photo") if group else None
-        if group and (not out.exists() or any(t.stem in rep.done for t in group)):
-            images = [load_photo(folder.file(t.stem, "image")) for t in group]
-            _paste_photo(folder, rep, group, _tensor(np.stack(images)), group[0].stem)
+        if not group or (folder.file(group[0].stem, "photo").exists() and not {t.stem for t in group} & set(rep.done)):
+            continue
+        images = [load_photo(folder.file(t.stem, "image")) for t in group]
+        _paste_photo(folder, rep, group, _tensor(np.stack(images)), group[0].stem)
 
 
 def _tensor(images: np.ndarray) -> torch.Tensor:
