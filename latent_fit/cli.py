@@ -586,7 +586,9 @@ def edit_command(
 ):
     """Edit LATENTS (.npz files, folders, globs) by a painted request (--target [--mask]) or
     along a direction (--direction --strength). Masked: OUT/<stem>.npz, .png, _compare.png
-    (before | request | after), metrics.csv. Direction: OUT/<stem>_s<strength>.png, <stem>_strip.png."""
+    (before | request | after), metrics.csv. Direction: OUT/<stem>_s<strength>.png, <stem>_strip.png.
+    Latents cut from a whole photo (project --align) also give the photo back edited, one per
+    photo: OUT/<stem>_photo.png (direction: <stem>_s<strength>_photo.png)."""
     from .runs.edit import direction_edit_files, edit_files
 
     if (request is None) == (direction is None):
@@ -669,7 +671,8 @@ def direction_command(out, generator, network_key, latent_dim, device, **how):
 @class_option
 def interpolate_command(latents, out, generator, network_key, latent_dim, device, frames, mode, fps, class_index):
     """Interpolate from each of LATENTS (.npz, in order) to the next: OUT/<mode>.png (a row per
-    pair) and OUT/<mode>.mp4 (or .gif without ffmpeg)."""
+    pair) and OUT/<mode>.mp4 (or .gif without ffmpeg); when the first was cut from a whole photo,
+    OUT/<mode>_photo.mp4: the frames pasted back into that photo."""
     from .runs.edit import interpolate_files
 
     G = open_generator(generator, network_key, latent_dim, device)

@@ -630,17 +630,22 @@ class PhotoLink:
         return cls(data["photo"], data["photo_sha256"], (h, w), data["photo_face"], lm.astype(float), M.astype(float))
 
 
-def photo_back(links: list[PhotoLink], crops: torch.Tensor) -> np.ndarray:
-    """The photo of `links` (all of one photo) with each crop [N, C, R, R] pasted back through
-    its link's transform (paste_back); one line when the photo is missing or not the one the
-    links were cut from."""
-    path = Path(links[0].path)
-    if input_sha256(path) != links[0].sha256:
+def read_photo(link: PhotoLink) -> np.ndarray:
+    """The photo a link was cut from (uint8 HWC); one line when it is missing or not the one the
+    link was cut from (its sha256 changed)."""
+    path = Path(link.path)
+    if input_sha256(path) != link.sha256:
         raise LatentFitError(
             f"{path}: the photo is {'changed' if path.exists() else 'missing'} since its faces were "
             "cut; the crops are written, the photo is not"
         )
-    return paste_back(load_photo(path), crops, np.stack([link.transform for link in links]))
+    return load_photo(path)
+
+
+def photo_back(links: list[PhotoLink], crops: torch.Tensor) -> np.ndarray:
+    """The photo of `links` (all of one photo) with each crop [N, C, R, R] pasted back through
+    its link's transform (paste_back); one line when the photo is missing or changed (read_photo)."""
+    return paste_back(read_photo(links[0]), crops, np.stack([link.transform for link in links]))
 
 
 def _corners(inv: np.ndarray, size: int) -> np.ndarray:

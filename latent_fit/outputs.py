@@ -226,11 +226,11 @@ class OutputFolder:
         photo: PhotoLink | None = None,
     ) -> None:
         """Row i of a projection or edit `res`: PNG, comparison strip (`panels`, default target |
-        result | difference), the video when frames were kept, with `photo` (the target was cut
-        from it) the crop as _aligned.png, then the .npz last (it marks completion, and holds the
-        `record` of what made it, `class_index` when a class was used, the photo's link and
-        `tuned_sha256`, the sha256 of the tuned weights written before, which render it; without
-        one, a tuned file left from an earlier run is removed, and likewise the crop)."""
+        result | difference), the video when frames were kept, then the .npz last (it marks
+        completion, and holds the `record` of what made it, `class_index` when a class was used,
+        `tuned_sha256`, the sha256 of the tuned weights written before, which render it (without
+        one, a tuned file left from an earlier run is removed) and the entries of `photo`, the
+        whole photo the target was cut from)."""
         from .images import difference as diff_image
         from .images import grid, save_png, save_video, to_uint8
 
@@ -252,10 +252,6 @@ class OutputFolder:
         history = res.loss_history[i]
         if tuned_sha256 is None:
             self.file(stem, "tuned").unlink(missing_ok=True)
-        if photo is None:
-            self.file(stem, "aligned").unlink(missing_ok=True)
-        else:
-            save_png(tgt, self.file(stem, "aligned"))
         write_latent_file(
             self.file(stem),
             record=record,
@@ -273,6 +269,16 @@ class OutputFolder:
             **{f"noise_{j}": nz[i] for j, nz in enumerate(res.noise or [])},
             **(photo.entries() if photo else {}),
         )
+
+    def write_aligned(self, stem: str, crop: np.ndarray | None) -> None:
+        """<stem>_aligned.png, the crop of a photo a target projects (uint8 HWC); None removes one
+        left by an earlier run. Before the target's .npz."""
+        from .images import save_png
+
+        if crop is None:
+            self.file(stem, "aligned").unlink(missing_ok=True)
+        else:
+            save_png(crop, self.file(stem, "aligned"))
 
     def write_tuned(self, G, tres, i: int) -> str:
         """Target i's tuned weights (Δθ in fp16, atomically); its sha256, which the target's .npz

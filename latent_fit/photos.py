@@ -114,36 +114,39 @@ class Crops:
         return (LUMA[:, None, None] * crop).sum(0, keepdim=True) if self.channels == 1 else crop
 
 
-def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], errors: list[str]) -> list[Path]:
-    """paste_results of the targets' own images (<stem>.png in `folder`, an OutputFolder) for
-    every photo whose targets are all complete and one of them is in `fresh` (or whose
-    _photo.png is missing)."""
+def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], notes: list[str]) -> list[Path]:
+    """paste_results of the targets' own images (<stem>.png in `folder`, an OutputFolder) of
+    their complete targets, for every photo where one of them is in `fresh` or whose _photo.png
+    is missing."""
     todo = {}
-    for stems in _by_photo(links):
-        ready = all(folder.is_complete(s) for s in stems)
-        if ready and (fresh & set(stems) or not folder.file(stems[0], "photo").exists()):
+    for stems in by_photo(links):
+        stems = [s for s in stems if folder.is_complete(s)]
+        if stems and (fresh & set(stems) or not folder.file(stems[0], "photo").exists()):
             todo |= {s: links[s] for s in stems}
-    images = {s: _tensor(load_photo(folder.file(s, "image"))) for s in todo}
-    return paste_results(folder, todo, images, errors)
+    images = {s: tensor(load_photo(folder.file(s, "image"))) for s in todo}
+    return paste_results(folder, todo, images, notes)
 
 
-def paste_results(folder, links: dict[str, PhotoLink], images: dict, errors: list[str]) -> list[Path]:
-    """For each photo of `links`: the photo with each of its targets' `images` (stem -> [C, R, R]
-    in [-1, 1]) pasted back, written as <its largest face's stem>_photo.png in `folder`; a photo
-    missing or changed since it was cut is one line in `errors`. The files written."""
+def paste_results(folder, links: dict[str, PhotoLink], images: dict, notes: list[str], suffix: str = "") -> list[Path]:
+    """For each photo of `links`: the photo with its targets' `images` (stem -> [C, R, R] in
+    [-1, 1]) pasted back, written as <its largest face's stem><suffix>_photo.png in `folder` (an
+    OutputFolder); a photo missing or changed since it was cut is one warning line in `notes`.
+    The files written."""
     written = []
-    for stems in _by_photo(links):
-        out = folder.file(stems[0], "photo")
+    for stems in by_photo(links):
+        out = folder.file(stems[0] + suffix, "photo")
+        crops = torch.stack([torch.as_tensor(images[s]).detach().float().cpu() for s in stems])
         try:
-            crops = torch.stack([torch.as_tensor(images[s]).detach().float().cpu() for s in stems])
-            save_png(photo_back([links[s] for s in stems], crops), out)
-            written.append(out)
+            photo = photo_back([links[s] for s in stems], crops)
         except LatentFitError as e:
-            errors.append(str(e))
+            notes.append(f"warning: {e}")
+            continue
+        save_png(photo, out)
+        written.append(out)
     return written
 
 
-def _by_photo(links: dict[str, PhotoLink]) -> list[list[str]]:
+def by_photo(links: dict[str, PhotoLink]) -> list[list[str]]:
     """The stems of `links` grouped by photo (path and sha256), each group largest face first."""
     groups: dict[tuple[str, str], list[str]] = {}
     for stem, link in sorted(links.items(), key=lambda kv: kv[1].face):
@@ -151,6 +154,6 @@ def _by_photo(links: dict[str, PhotoLink]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 HWC -> float CHW in [-1, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
+def tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [..., H, W, C] -> float [..., C, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 127.5 - 1

@@ -189,3 +189,42 @@ def _pillow_image(fmt: str) -> bytes | None:
             continue
         return buf.getvalue()
     return None
+
+
+def face_photo_latents(folder: Path, G, steps: int = 30) -> Path:
+    """`folder` holding group.png (480 x 320: samples face_00 upright at 200 px and face_02 turned
+    12 degrees at 150 px on smooth noise) and, in folder/latents, the outputs of its two faces,
+    `group` (the larger) and `group_face2`, projected in a few steps and linked to the photo
+    (PhotoLink), as `project --align` writes them."""
+    from latent_fit import project
+    from latent_fit.faces import PhotoLink, align_photo, template_for
+    from latent_fit.files import input_sha256
+    from latent_fit.outputs import OutputFolder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    canvas = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((480, 320), Image.BICUBIC)
+    for name, side, angle, at in (("face_00", 200, 0, (30, 60)), ("face_02", 150, 12, (290, 90))):
+        face = Image.open(SAMPLES / "targets" / f"{name}.png").convert("RGBA").resize((side, side), Image.BICUBIC)
+        face = face.rotate(angle, Image.BICUBIC, expand=True)
+        canvas.paste(face, at, face)
+    path = folder / "group.png"
+    canvas.save(path)
+    photo = np.asarray(canvas)
+    aligned = align_photo(photo, template_for(G)[0])
+    assert len(aligned.faces) == 2, "the test photo's two faces are found"
+    names = ["group", "group_face2"]
+    res = project(G, aligned.crops, names, steps=steps, starts=1, loss="mse", jacobian_metrics=False)
+    sha, where = input_sha256(path), str(path.resolve())
+    for i in range(2):
+        link = PhotoLink(where, sha, photo.shape[:2], i + 1, aligned.faces[i].landmarks, aligned.transforms[i])
+        OutputFolder(folder / "latents").check_writable().write_projection(
+            G, res, i, aligned.crops[i], 0.0, {}, photo=link
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def face_photo(tmp_path_factory, G):
+    """A folder made by face_photo_latents (shared: copy what a test changes)."""
+    return face_photo_latents(tmp_path_factory.mktemp("face_photo"), G)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import Config, edit_config
 from ..edit import (
@@ -25,11 +26,22 @@ from ..edit import (
     render_path,
 )
 from ..errors import ArgumentError, LatentFitError
+from ..faces import INSTALL, Template, id_similarity, paste_back, read_photo, template_for
 from ..fields import regular_file
 from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
 from ..generators.tuned import load_delta
-from ..images import grid, load_mask, load_request, per_stem, save_png, save_video, stack_masks, stem_file, to_uint8
+from ..images import (
+    grid,
+    load_mask,
+    load_request,
+    per_stem,
+    save_png,
+    save_video,
+    stack_masks,
+    stem_file,
+    to_uint8,
+)
 from ..outputs import (
     OutputFolder,
     Report,
@@ -41,6 +53,7 @@ from ..outputs import (
     target_noise,
     tuned_note,
 )
+from ..photos import paste_photos, paste_results, tensor
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -53,9 +66,11 @@ EDIT_METRIC_COLUMNS = [
     *EDIT_COLUMNS,
     "dz_norm",
     "jacobian_norm",
+    "id_similarity",
     "steps",
     "seconds",
 ]
+PHOTO_VIDEO_SIDE = 1024  # px: interpolate's <mode>_photo video is at most this long on its longer side
 
 
 def edit_files(
@@ -76,8 +91,12 @@ def edit_files(
     else everywhere) is set. Writes OUT/<stem>.npz / .png / _compare.png (before | request painted
     on before | after) and OUT/metrics.csv; skips latents whose outputs are complete. A latent
     made by `project --tune` is edited through its own tuned weights, which are copied beside its
-    output. class_index: the class of a conditional generator (default: each latent file's own).
-    progress: as for runs.project.project_files. config, changes: as for edit.edit."""
+    output. A latent cut from a whole photo (project --align) also gives the photo back edited:
+    OUT/<stem of its largest face>_photo.png, every edited face of that photo pasted in (a missing
+    or changed photo is one note; the crops are written). The metrics' id_similarity compares the
+    face before and after the edit (empty unless G makes faces). class_index: the class of a
+    conditional generator (default: each latent file's own). progress: as for
+    runs.project.project_files. config, changes: as for edit.edit."""
     cfg, folder, rep = edit_config(config, **changes), OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, cfg.space, class_index)
     kept, clashes = claim_outputs([(t.stem, t.path) for t in targets])
@@ -93,25 +112,43 @@ def edit_files(
     masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
     rep.errors += errors + mask_errors
     todo = [by_stem[s] for s in todo if s in requests and s in masks]
+    template = _identity_template(G, rep) if todo else None
     for k, n, Gk, chunk in by_weights(G, todo, batch_size, rep.errors):
         cb = progress(k, n, [t.stem for t in chunk]) if progress else None
-        _edit_chunk(Gk, folder, rep, cfg, chunk, requests, masks, record, inputs, cb)
+        _edit_chunk(Gk, folder, rep, cfg, chunk, requests, masks, record, inputs, template, cb)
+    rep.written += paste_photos(folder, _links(targets), set(rep.done), rep.notes)
     rep.metrics = folder.write_metrics(EDIT_METRIC_COLUMNS, record, rep)
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "edit"))
-    done = [r for r in rep.metrics if r["target"] in rep.done]
-    med = (
-        (
-            f", median error in the mask {np.median([r['mask_mse_before'] for r in done]):.4g} -> "
-            f"{np.median([r['mask_mse_after'] for r in done]):.4g}"
-        )
-        if done
-        else ""
-    )
-    rep.summary = (
-        f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, "
-        f"{len(rep.errors)} failed{med}{tuned_note(targets, rep.done)}"
-    )
+    rep.summary = _edit_summary(rep, targets)
     return rep
+
+
+def _edit_summary(rep: Report, targets: list[Target]) -> str:
+    """The edit's summary line: counts, the median error in the mask before and after and the
+    median identity similarity of the latents edited now."""
+    done = [r for r in rep.metrics if r["target"] in rep.done]
+    ids = [r["id_similarity"] for r in done if r["id_similarity"] is not None]
+    line = f"edited {len(rep.done)} latent(s), skipped {len(rep.skipped)} complete, {len(rep.errors)} failed"
+    if done:
+        before, after = ([r[k] for r in done] for k in ("mask_mse_before", "mask_mse_after"))
+        line += f", median error in the mask {np.median(before):.4g} -> {np.median(after):.4g}"
+    if ids:
+        line += f", median identity similarity {np.median(ids):.3f}"
+    return line + tuned_note(targets, rep.done)
+
+
+def _identity_template(G: Generator, rep: Report) -> Template | None:
+    """The template an edit's id_similarity crops are aligned to: G's (faces.template_for; the
+    line it gives when it had to make one is a note); None for a generator whose samples are not
+    faces (the column stays empty) or, with one warning, when the face models cannot load."""
+    try:
+        template, note = template_for(G)
+    except LatentFitError as e:
+        if INSTALL in str(e):
+            warnings.warn(f"identity similarity not measured: {e}", stacklevel=3)
+        return None
+    rep.notes += [note] if note else []
+    return template
 
 
 def _edit_chunk(
@@ -124,15 +161,20 @@ def _edit_chunk(
     masks: dict,
     record: dict,
     inputs,
+    template: Template | None,
     progress,
 ):
     """Edit one chunk of latents that share their weights (G, or G tuned by their tuned file,
-    which each output then records beside it) and write their outputs."""
+    which each output then records beside it) and write their outputs; id_similarity of the
+    images before and after (NaN without a template)."""
     names = [t.stem for t in chunk]
     req = torch.stack([requests[s][0] for s in names])
     mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
     c = G.class_labels([t.class_index for t in chunk], cfg.space)
     res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, noise=_noise(G, chunk), progress=progress)
+    res.metrics["id_similarity"] = (
+        np.full(len(names), np.nan) if template is None else id_similarity(res.before, res.images, template)
+    )
     req = req.to(res.before)
     painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
     before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
@@ -149,6 +191,7 @@ def _edit_chunk(
             [before[i], shown[i], after[i]],
             None if c is None else t.class_index,
             tuned_sha256=sha,
+            photo=t.photo,
         )
 
     for i, t in enumerate(chunk):
@@ -267,7 +310,8 @@ def direction_edit_files(
     """Move every latent along a direction by each strength, in one batched render per weights (a
     conditional generator's class: class_index, else each latent file's own; a latent made by
     `project --tune` rendered with its own tuned weights). Writes OUT/<stem>_s<strength>.png for
-    each strength and OUT/<stem>_strip.png."""
+    each strength and OUT/<stem>_strip.png; for latents cut from a whole photo, also the photo
+    with its faces moved by each strength pasted back, OUT/<stem of its largest face>_s<strength>_photo.png."""
     folder, rep = OutputFolder(out).check_writable(), Report()
     targets, space, rep.errors = read_targets(latent_specs, G, space, class_index)
     if targets:
@@ -278,7 +322,8 @@ def direction_edit_files(
         moved = apply_direction(_latents(targets), d, strengths)
         c = G.class_labels([t.class_index for t in targets], space)
         c = None if c is None else c[:, None].expand(-1, len(strengths), -1)
-        for s, row in _render(G, targets, moved, space, c, rep.errors, batch_size).items():
+        rows = _render(G, targets, moved, space, c, rep.errors, batch_size)
+        for s, row in rows.items():
 
             def write(s=s, row=to_uint8(row)):
                 for strength, im in zip(strengths, row):
@@ -286,12 +331,31 @@ def direction_edit_files(
                 save_png(grid([list(row)]), folder.path / f"{s}_strip.png")
 
             folder.write_target(rep, s, write)
+        _moved_photos(folder, rep, [t for t in targets if t.stem in rep.done], rows, strengths)
         folder.write_file(rep, "index.html", lambda: write_report(folder.path, "edit"))
     rep.summary = (
         f"moved {len(rep.done)} latent(s) by {len(strengths)} strength(s), {len(rep.errors)} failed"
         f"{tuned_note(targets, rep.done)}"
     )
     return rep
+
+
+def _moved_photos(
+    folder: OutputFolder, rep: Report, targets: list[Target], rows: dict[str, torch.Tensor], strengths: list[float]
+) -> None:
+    """For each photo the targets were cut from and each strength: the photo with its faces'
+    images at that strength (rows: stem -> [S, C, R, R]) pasted back, <stem>_s<strength>_photo.png.
+    A missing or changed photo is one warning for all strengths."""
+    links, notes = _links(targets), []
+    for j, strength in enumerate(strengths):
+        images = {s: rows[s][j] for s in links}
+        rep.written += paste_results(folder, links, images, notes, f"_s{strength:+g}")
+    rep.notes += list(dict.fromkeys(notes))
+
+
+def _links(targets: list[Target]) -> dict:
+    """stem -> PhotoLink of the targets cut from whole photos."""
+    return {t.stem: t.photo for t in targets if t.photo is not None}
 
 
 def _render(
@@ -407,7 +471,9 @@ def interpolate_files(
     rule as the latents (edit.interpolate_noise). Latents made by `project --tune` bring their tuned weights: a segment
     with a tuned end blends the ends' weight changes as it blends the latents (edit.render_path).
     A latent whose tuned weights are missing or do not fit G is an error line and left out of the
-    path. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif)."""
+    path. Writes OUT/<mode>.png (a row per segment) and OUT/<mode>.mp4 (or .gif); when the first
+    latent was cut from a whole photo, also OUT/<mode>_photo.mp4 (or .gif): the video's frames
+    pasted back into that photo where that face was (_photo_tours)."""
     out, rep = OutputFolder(out).check_writable().path, Report()
     targets, space, rep.errors = read_targets(latent_specs, G, class_index=class_index)
     kept, deltas = [], []
@@ -438,12 +504,36 @@ def interpolate_files(
     c = G.class_vector(_one_class(G, space, kept), space)
     images = to_uint8(render_path(G, path, deltas, space, c, batch_size, noise).flatten(0, 2))
     images = images.reshape(len(modes), len(kept) - 1, frames, *images.shape[1:])
+    tours = {}
     for mode, segs in zip(modes, images):
         save_png(grid([list(seg) for seg in segs]), out / f"{mode}.png")
-        tour = np.concatenate([segs[0]] + [seg[1:] for seg in segs[1:]])  # shared ends once
-        rep.written += [out / f"{mode}.png", save_video(tour, out / mode, fps=fps)]
+        tours[mode] = np.concatenate([segs[0]] + [seg[1:] for seg in segs[1:]])  # shared ends once
+        rep.written += [out / f"{mode}.png", save_video(tours[mode], out / mode, fps=fps)]
+    _photo_tours(kept[0], tours, out, fps, rep)
     rep.summary = "wrote " + ", ".join(str(p) for p in rep.written) + tuned_note(kept, [t.stem for t in kept])
     return rep
+
+
+def _photo_tours(target: Target, tours: dict[str, np.ndarray], out: Path, fps: int, rep: Report) -> None:
+    """OUT/<mode>_photo.mp4 (or .gif) for each mode's frames (uint8 [T, R, R, C]) when `target`
+    (the path's first latent) was cut from a whole photo: every frame pasted back into that
+    photo where that face was, scaled to at most PHOTO_VIDEO_SIDE px. A missing or changed
+    photo is one note."""
+    link = target.photo
+    if link is None:
+        return
+    try:
+        photo = read_photo(link)
+    except LatentFitError as e:
+        rep.notes.append(f"warning: {e}")
+        return
+    h, w = photo.shape[:2]
+    scale = min(1.0, PHOTO_VIDEO_SIDE / max(h, w))
+    size = (max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2))  # even: mp4's chroma
+    for mode, tour in tours.items():
+        frames = [paste_back(photo, tensor(f[None]), link.transform[None]) for f in tour]
+        frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BOX)) for f in frames])
+        rep.written.append(save_video(frames, out / f"{mode}_photo", fps=fps))
 
 
 def _one_class(G: Generator, space: str, targets: list[Target]) -> int | None:

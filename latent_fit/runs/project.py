@@ -15,7 +15,7 @@ from ..devices import free_memory, is_oom, memory_fit
 from ..errors import ArgumentError, LatentFitError
 from ..files import assign_stems, input_sha256
 from ..generators.base import Generator
-from ..images import find_images
+from ..images import find_images, to_uint8
 from ..objective import require_lpips
 from ..optimize import Result, project
 from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record, target_noise
@@ -117,7 +117,10 @@ class _Chunks:
         self.finished += len(stems)
 
     def _write(self, res: Result, tres, i: int, target: torch.Tensor, class_index: int | None) -> None:
-        """Target i's outputs: its tuned weights first (when tuned), then the rest."""
+        """Target i's outputs: its tuned weights first (when tuned), its crop when cut from a
+        photo, then the rest."""
+        photo = self.crops.links.get(res.names[i])
+        self.folder.write_aligned(res.names[i], None if photo is None else to_uint8(target[None])[0])
         sha = None if tres is None else self.folder.write_tuned(self.G, tres, i)
         self.folder.write_projection(
             self.G,
@@ -128,7 +131,7 @@ class _Chunks:
             self.records[res.names[i]],
             class_index=class_index,
             tuned_sha256=sha,
-            photo=self.crops.links.get(res.names[i]),
+            photo=photo,
         )
 
     def _split(self, stems, paths, batch, init, noise) -> None:
@@ -220,7 +223,7 @@ def project_files(
         _stream(chunks, todo, starts)
     except KeyboardInterrupt:
         rep.interrupted = True
-    rep.written += paste_photos(folder, links, set(rep.done), rep.errors)
+    rep.written += paste_photos(folder, links, set(rep.done), rep.notes)
     record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
     _tables(folder, rep, columns, record, rank, world)
     rep.summary = _summary(rep)

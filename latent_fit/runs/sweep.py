@@ -201,7 +201,7 @@ def sweep_files(
     if starts:
         links = {s: starts[s].photo for s in sw.names if starts[s].photo is not None}
         images = sw.result.images.reshape(len(sw.names), len(sw.wrs), *sw.result.images.shape[1:])[:, best]
-        rep.written += paste_results(folder, links, dict(zip(sw.names, images)), rep.errors)
+        rep.written += paste_results(folder, links, dict(zip(sw.names, images)), rep.notes)
     rep.summary = (
         f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
         f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
