@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
@@ -210,16 +211,22 @@ def speed_options(f):
 
 
 def align_options(f):
-    """--align, --template, --max-faces: how whole photos become targets (photos.Alignment)."""
-    f = click.option(
+    """--align, --template, --max-faces: how whole photos become targets (photos.Alignment),
+    passed to the command as one `photos` dict."""
+
+    @functools.wraps(f)
+    def command(*args, align, template, max_faces, **kwargs):
+        return f(*args, photos=dict(align=align, template=template, max_faces=max_faces), **kwargs)
+
+    command = click.option(
         "--max-faces", type=click.IntRange(min=1), help="Targets per photo at most, the largest faces [default: all]."
-    )(f)
-    f = click.option(
+    )(command)
+    command = click.option(
         "--template",
         type=click.Path(dir_okay=False, path_type=Path),
         help="Face template file to align to (latent-fit template) [default: the generator's own, made on first use].",
-    )(f)
-    f = click.option(
+    )(command)
+    return click.option(
         "--align",
         type=click.Choice(ALIGN_MODES),
         default="auto",
@@ -228,8 +235,7 @@ def align_options(f):
         "(<stem>, <stem>_face2, ...), images already aligned or without a face used as they are, no "
         "alignment for generators without faces; faces: always align, a photo without a face is an error; "
         "none: centre crop.",
-    )(f)
-    return f
+    )(command)
 
 
 def tune_options(f):
@@ -370,15 +376,11 @@ def project(
     tune_reg,
     tune_locality,
     tune_lr,
-    align,
-    template,
-    max_faces,
+    photos,
     **settings,
 ):
-    """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
-    OUT/<stem>.png, OUT/<stem>_compare.png and OUT/metrics.csv / metrics.json (with --tune also
-    OUT/<stem>.tuned.safetensors; for faces cut from photos OUT/<stem>_aligned.png, and per photo
-    OUT/<stem>_photo.png).
+    """Project TARGETS (image files, folders, globs, whole photos) into the generator: OUT/<stem>.npz,
+    .png, _compare.png, metrics.csv / .json (--tune: .tuned.safetensors; photos: _aligned.png, _photo.png).
 
     Rerun with the same arguments to finish a killed job. Under torchrun each process takes
     its share of the targets: torchrun --nproc-per-node N -m latent_fit project ..."""
@@ -406,9 +408,7 @@ def project(
             encoder=E,
             tuning=tuning,
             class_index=class_index,
-            align=align,
-            template=template,
-            max_faces=max_faces,
+            **photos,
             progress=progress if shard.rank == 0 else None,
             rank=shard.rank,
             world=shard.world,
@@ -743,9 +743,7 @@ def sweep_command(
     tune_steps,
     tune_locality,
     tune_lr,
-    align,
-    template,
-    max_faces,
+    photos,
     **settings,
 ):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
@@ -762,38 +760,15 @@ def sweep_command(
     t0 = time.perf_counter()
     if tuning is not None:
         settings["wr"] = tune_sweep_wr(wrs, init, mask)
-        progress, close = _progress_bars(projection_config(encoded=E is not None, **settings).steps + tuning.tune_steps)
-        rep = tune_sweep_files(
-            G,
-            list(targets),
-            out,
-            _numbers(tune_reg_list, "--tune-reg"),
-            tuning=tuning,
-            class_index=class_index,
-            encoder=E,
-            align=align,
-            template=template,
-            max_faces=max_faces,
-            progress=progress,
-            **settings,
-        )
+        steps = projection_config(encoded=E is not None, **settings).steps + tuning.tune_steps
     else:
-        progress, close = _progress_bars(sweep_config(init=bool(init), encoded=E is not None, **settings).steps)
-        rep = sweep_files(
-            G,
-            list(targets),
-            out,
-            wrs,
-            init=init,
-            mask=mask,
-            class_index=class_index,
-            encoder=E,
-            align=align,
-            template=template,
-            max_faces=max_faces,
-            progress=progress,
-            **settings,
-        )
+        steps = sweep_config(init=bool(init), encoded=E is not None, **settings).steps
+    progress, close = _progress_bars(steps)
+    common = dict(class_index=class_index, encoder=E, progress=progress, **photos, **settings)
+    if tuning is not None:
+        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), tuning=tuning, **common)
+    else:
+        rep = sweep_files(G, list(targets), out, wrs, init=init, mask=mask, **common)
     close()
     _finish(rep, t0, out)
 

@@ -60,9 +60,9 @@ class _Chunks:
     """Projects (and with `tuning`, tunes) chunks of targets and writes their outputs; a chunk
     that runs out of memory is split in halves and retried, and later chunks stay that small."""
 
-    def __init__(self, G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, crops):
+    def __init__(self, G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, links):
         self.G, self.folder, self.cfg, self.rep, self.classes, self.encoder = G, folder, cfg, rep, classes, encoder
-        self.tuning, self.alignment, self.crops = tuning, alignment, crops
+        self.tuning, self.alignment, self.crops = tuning, alignment, Crops(links, G.resolution, G.img_channels)
         self.batch_size, self.progress, self.records, self.n_todo = batch_size, progress, records, len(records)
         self.calls = self.finished = 0
 
@@ -179,17 +179,14 @@ def project_files(
 
     Targets are sharded by rank (every world-th), skipped when complete and made with the same
     generator, target file and settings (else redone; rep.notes says why), and streamed in chunks
-    of batch_size ("auto": the largest that fits). A rerun finishes a killed job (outputs appear
-    atomically, the .npz last). Under torchrun, rank 0 merges the metrics once every rank is done;
-    other sharded runs leave that to OutputFolder(out).write_metrics(METRIC_COLUMNS). init: a
-    start .npz for every target or a folder of <stem>.npz (its noise maps start the optimized
-    ones). class_index: a conditional generator's class (default: each init file's). encoder: a
-    learned start (optimize.project). tuning: also tune G around each latent (images and metrics
-    are then the tuned G's). align, template, max_faces: how photos become targets, one per face
-    (photos.Alignment.of; each photo with its results pasted back is written as <stem>_photo.png).
-    changes: Config fields. progress: callable(chunk_index, n_chunks,
-    stems) -> callback for `project` (tuning's steps count on past config.steps).
-    """
+    of batch_size ("auto": the largest that fits); a rerun finishes a killed job. Under torchrun,
+    rank 0 merges the metrics once every rank is done (else OutputFolder(out).write_metrics).
+    init: a start .npz for every target or a folder of <stem>.npz (with its noise maps).
+    class_index: a conditional generator's class (default: each init file's). encoder: a learned
+    start. tuning: also tune G around each latent (the images and metrics are the tuned G's).
+    align, template, max_faces: photos become one target per face (photos.Alignment.of), and come
+    back as <stem>_photo.png. changes: Config fields. progress: callable(chunk_index, n_chunks,
+    stems) -> callback for `project` (tuning's steps count on past config.steps)."""
     cfg = projection_config(config, encoded=encoder is not None and not init, **changes)
     folder, rep = OutputFolder(out), Report()
     if "lpips" in cfg.loss:
@@ -197,18 +194,9 @@ def project_files(
     alignment, note = Alignment.of(G, align, template, max_faces)
     rep.notes += [note] if note else []
     targets, links = _targets(folder.check_writable(), specs, rank, world, rep, alignment)
-    space = cfg.space or G.default_space
-    init = Path(init) if init else None
-    encoded = None if encoder is None or init else encoder.sha256
-    record = settings_record(
-        G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning), **alignment.record()
-    )
-    columns = METRIC_COLUMNS + (TUNE_COLUMNS + ["id_similarity_pivot"] if tuning else [])
-
-    def inputs(p: Path) -> dict:
-        own = {"target_sha256": input_sha256(p)}
-        return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
-
+    space, init = cfg.space or G.default_space, Path(init) if init else None
+    record = _record(G, cfg, class_index, init, encoder, tuning, alignment)
+    inputs = _inputs(init)
     todo, rep.skipped, note = folder.plan(targets, record, inputs)
     rep.notes += [note] if note else []
     todo, starts = _with_starts(todo, init, G, space, class_index, rep)
@@ -216,18 +204,37 @@ def project_files(
     classes = {s: starts[s].class_index if starts else class_index for s, _ in todo}
     G.class_labels(list(classes.values()), space)  # a missing or wrong class fails before any work
     records = {s: record | inputs(p) for s, p in todo}
-    crops = Crops(links, G.resolution, G.img_channels)
     encoder = None if init else encoder
-    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, crops)
+    chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, links)
     try:
         _stream(chunks, todo, starts)
     except KeyboardInterrupt:
         rep.interrupted = True
     rep.written += paste_photos(folder, links, set(rep.done), rep.notes)
     record = {k: v for k, v in record.items() if k != "init"} if init and init.is_dir() else record
+    columns = METRIC_COLUMNS + (TUNE_COLUMNS + ["id_similarity_pivot"] if tuning else [])
     _tables(folder, rep, columns, record, rank, world)
     rep.summary = _summary(rep)
     return rep
+
+
+def _record(G, cfg: Config, class_index, init: Path | None, encoder, tuning: Tuning | None, alignment) -> dict:
+    """What makes every target of the run (outputs.settings_record)."""
+    encoded = None if encoder is None or init else encoder.sha256
+    return settings_record(
+        G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning), **alignment.record()
+    )
+
+
+def _inputs(init: Path | None):
+    """image -> what of a target's record is its own: its image's sha256, and its start's with
+    a folder of starts."""
+
+    def inputs(p: Path) -> dict:
+        own = {"target_sha256": input_sha256(p)}
+        return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
+
+    return inputs
 
 
 def _with_starts(todo: list, init: Path | None, G: Generator, space: str, class_index: int | None, rep: Report):

@@ -79,16 +79,19 @@ def _open(
     class_index,
     config: Config | None,
     changes: dict,
-    alignment: Alignment = Alignment(),
-) -> tuple[OutputFolder, Report, tuple]:
-    """The output folder (checked writable), the Report, and _load_targets' tuple in the space of
-    the run (one error line when no target could be read)."""
+    photos: dict,
+) -> tuple[OutputFolder, Report, tuple, Alignment]:
+    """The output folder (checked writable), the Report, _load_targets' tuple in the space of the
+    run (one error line when no target could be read) and the run's Alignment (photos: its
+    align, template and max_faces)."""
     folder, rep = OutputFolder(out).check_writable(), Report()
+    alignment, note = Alignment.of(G, **photos)
+    rep.notes += [note] if note else []
     space = changes.get("space") or (config.space if config else None) or G.default_space
     loaded = _load_targets(G, specs, init, mask, space, class_index, rep, alignment)
     if not loaded[0]:
         rep.errors = rep.errors or ["no target could be read"]
-    return folder, rep, loaded
+    return folder, rep, loaded, alignment
 
 
 def _sweep_by_weights(
@@ -166,10 +169,10 @@ def sweep_files(
     OUT/<stem>_photo.png, the photo with its result at the suggested w_r pasted back). config: see
     sweep.sweep; changes: Config fields."""
     wrs = None if wrs is None else check_weights(wrs)  # None: the default grid of the units
-    alignment, note = Alignment.of(G, align, template, max_faces)
-    folder, rep, loaded = _open(G, specs, out, init, mask, class_index, config, changes, alignment)
-    rep.notes[:0] = [note] if note else []
-    stems, targets, mk, starts, c = loaded
+    photos = dict(align=align, template=template, max_faces=max_faces)
+    folder, rep, (stems, targets, mk, starts, c), alignment = _open(
+        G, specs, out, init, mask, class_index, config, changes, photos
+    )
     if not stems:
         return rep
     sw = _sweep_by_weights(
@@ -188,7 +191,19 @@ def sweep_files(
     )
     if sw is None:
         return rep
-    targets = [targets[stems.index(s)] for s in sw.names]
+    reason = _write_sweep(G, folder, rep, sw, [targets[stems.index(s)] for s in sw.names], starts, alignment)
+    rep.summary = (
+        f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
+        f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
+        f"{tuned_note(list((starts or {}).values()), sw.names)}"
+    )
+    return rep
+
+
+def _write_sweep(G, folder: OutputFolder, rep: Report, sw: SweepResult, targets: list, starts, alignment) -> str:
+    """sweep.csv (with id_similarity when the generator has a face template), sweep.png, grid.png,
+    index.html and, for init latents cut from photos, each photo with the result at the suggested
+    w_r pasted back; the suggestion's reason."""
     ids = alignment.id_similarity(torch.stack(targets).repeat_interleave(len(sw.wrs), 0), sw.result.images)
     sw.metrics |= {} if ids is None else {"id_similarity": ids.reshape(len(sw.names), -1)}
     best, reason = suggest_wr(sw)
@@ -202,12 +217,7 @@ def sweep_files(
         links = {s: starts[s].photo for s in sw.names if starts[s].photo is not None}
         images = sw.result.images.reshape(len(sw.names), len(sw.wrs), *sw.result.images.shape[1:])[:, best]
         rep.written += paste_results(folder, links, dict(zip(sw.names, images)), rep.notes)
-    rep.summary = (
-        f"swept {len(sw.names)} target(s) x {len(sw.wrs)} w_r in one run of "
-        f"{len(sw.names) * len(sw.wrs)} samples; suggested {reason}"
-        f"{tuned_note(list((starts or {}).values()), sw.names)}"
-    )
-    return rep
+    return reason
 
 
 def tune_sweep_files(
@@ -233,9 +243,8 @@ def tune_sweep_files(
     progress: as for runs.project.project_files (one batch; tuning's steps count on past config.steps).
     align, template, max_faces: as for sweep_files. config, changes: as for sweep.tune_sweep."""
     regs = check_weights(tune_regs, "tune_reg")
-    alignment, note = Alignment.of(G, align, template, max_faces)
-    folder, rep, (stems, targets, _, _, c) = _open(G, specs, out, None, None, class_index, config, changes, alignment)
-    rep.notes[:0] = [note] if note else []
+    photos = dict(align=align, template=template, max_faces=max_faces)
+    folder, rep, (stems, targets, _, _, c), _ = _open(G, specs, out, None, None, class_index, config, changes, photos)
     if not stems:
         return rep
     targets = torch.stack(targets)
