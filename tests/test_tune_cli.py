@@ -46,7 +46,7 @@ def test_project_tune_writes_the_tuned_weights_and_shows_their_images(G, tuned_o
     out = d / "out"
     assert "projected 2 target(s), skipped 0 complete, 0 failed, median PSNR" in stdout and "tuned (pivot" in stdout
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert list(rows[0])[-3:] == ["psnr_pivot", "dtheta_norm", "locality_psnr"]
+    assert list(rows[0])[-4:] == ["psnr_pivot", "dtheta_norm", "locality_psnr", "id_similarity_pivot"]
     assert [r["target"] for r in rows] == ["astronaut", "face_00"]
     assert json.loads((out / "metrics.json").read_text())[0]["dtheta_norm"] > 0
     for stem in ("astronaut", "face_00"):
