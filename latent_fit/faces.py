@@ -365,7 +365,8 @@ def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str 
     if G.sha256 and path.is_file():
         return load_template(path), None
     if G.sha256 and refused.is_file():
-        raise LatentFitError(refused.read_text(errors="replace")[:400].strip())
+        with open(refused, "rb") as f:  # a regular file (is_file), its first 400 bytes
+            raise LatentFitError(f.read(400).decode(errors="replace").strip())
     try:
         t = make_template(G, n=TEMPLATE_SAMPLES)
     except LatentFitError as e:
