@@ -51,7 +51,8 @@ def test_project_writes_every_output(cli, two_targets, tmp_path):
     ]
     assert rows[0]["wr_units"] == "raw" and float(rows[0]["wr_effective"]) == float(rows[0]["wr"])
     assert float(rows[0]["wr_factor"]) > 0 and 0.2 < float(rows[0]["jacobian_norm"]) < 5
-    assert rows[0]["lpips"] == "" and rows[0]["terms"] == "mse+wr*l2" and rows[0]["photo"] == ""
+    assert rows[0]["lpips"] == "" and rows[0]["terms"] == "mse+wr*l2" and rows[0]["photo_face"] == "1"
+    assert rows[0]["photo"].endswith("astronaut.png") and rows[1]["photo"] == ""  # a real crop aligned, a sample as is
     assert 0.8 < float(rows[1]["id_similarity"]) <= 1  # face_00, a face of the generator: identity measured
     assert json.loads((out / "metrics.json").read_text())[1]["target"] == "face_00"
     assert not list(out.glob(".*tmp*"))

@@ -178,12 +178,7 @@ def _served(editor):
     def job(path, body, **kw):
         status, answer = call("POST", path, body, **kw)
         assert status == 200, answer
-        since = -1
-        while True:
-            _, snap = call("GET", f"/api/job?id={answer['job']}&since={since}")
-            if snap["state"] in ("done", "error", "cancelled"):
-                return snap
-            since = snap["version"]
+        return _wait(call, answer)
 
     try:
         yield call, job, port
