@@ -130,19 +130,19 @@ def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], notes: li
 def paste_results(folder, links: dict[str, PhotoLink], images: dict, notes: list[str], suffix: str = "") -> list[Path]:
     """For each photo of `links`: the photo with its targets' `images` (stem -> [C, R, R] in
     [-1, 1]) pasted back, written as <its largest face's stem><suffix>_photo.png in `folder` (an
-    OutputFolder); a photo missing or changed since it was cut is one warning line in `notes`.
-    The files written."""
+    OutputFolder); a photo missing or changed since it was cut, or that cannot be written, is one
+    warning line in `notes`. The files written."""
     written = []
     for stems in by_photo(links):
         out = folder.file(stems[0] + suffix, "photo")
         crops = torch.stack([torch.as_tensor(images[s]).detach().float().cpu() for s in stems])
         try:
-            photo = photo_back([links[s] for s in stems], crops)
+            save_png(photo_back([links[s] for s in stems], crops), out)
+            written.append(out)
         except LatentFitError as e:
             notes.append(f"warning: {e}")
-            continue
-        save_png(photo, out)
-        written.append(out)
+        except OSError as e:  # a full disk: the targets are written, the photo is not
+            notes.append(f"warning: {out}: could not write the photo ({e.strerror or e})")
     return written
 
 
