@@ -209,8 +209,15 @@ def speed_options(f):
 
 
 def tune_options(f):
-    """--tune-steps, --tune-locality, --tune-lr: tuning.Tuning's fields (project --tune, sweep --tune-reg)."""
+    """--tune-steps, --tune-locality, --tune-lr, --tune-rank: tuning.Tuning's fields (project
+    --tune, sweep --tune-reg; sweep's --tune-rank may be a list)."""
     T = Tuning()
+    f = click.option(
+        "--tune-rank",
+        callback=_ranks,
+        help="Rank R of each weight's change (dtheta = A*B, LoRA-style: small files, fast batches) or "
+        f"'full'; sweep --tune-reg takes a list, e.g. 4,8,full [default: {T.tune_rank}].",
+    )(f)
     f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
     f = click.option(
         "--tune-locality",
@@ -221,8 +228,24 @@ def tune_options(f):
     return f
 
 
-def _tuning(on: bool, flag: str, **settings) -> Tuning | None:
-    """The Tuning of the --tune-* options when `flag` (--tune; sweep's --tune-reg) is on, else None."""
+def _ranks(ctx, param, value) -> list | None:
+    """--tune-rank's comma-separated values: whole numbers >= 1 or 'full'."""
+    if value is None:
+        return None
+    ranks = [v.strip() for v in value.split(",")]
+    if not all(r == "full" or r.isdigit() and int(r) >= 1 for r in ranks):
+        raise click.BadParameter(f"{value!r}: give whole numbers >= 1 or full, comma-separated")
+    return [r if r == "full" else int(r) for r in ranks]
+
+
+def _tuning(on: bool, flag: str, options: dict, ranks: bool = False) -> Tuning | None:
+    """The Tuning of the --tune-* options (taken out of a command's `options`) when `flag` (--tune;
+    sweep's --tune-reg) is on, else None; `ranks`: --tune-rank may be a list (its first is kept)."""
+    settings = {k: options.pop(k) for k in list(options) if k.startswith("tune_")}
+    rank = settings.pop("tune_rank")
+    if rank and len(rank) > 1 and not ranks:
+        raise LatentFitError("--tune-rank takes one value here; several go with sweep --tune-reg")
+    settings["tune_rank"] = rank and rank[0]
     given = [k for k, v in settings.items() if v is not None]
     if given and not on:
         raise LatentFitError(f"--{given[0].replace('_', '-')} needs {flag}")
@@ -341,10 +364,6 @@ def project(
     channels_last,
     compile_mode,
     tune,
-    tune_steps,
-    tune_reg,
-    tune_locality,
-    tune_lr,
     **settings,
 ):
     """Project TARGETS (image files, folders, globs) into the generator; write OUT/<stem>.npz,
@@ -361,9 +380,7 @@ def project(
     G = open_generator(generator, network_key, latent_dim, shard.device(device))
     G = accelerate(G, precision=precision, channels_last=channels_last, compile=compile_mode)
     E = open_encoder(G, encoder, settings["space"], init)
-    tuning = _tuning(
-        tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr
-    )
+    tuning = _tuning(tune, "--tune", settings)
     steps = projection_config(encoded=E is not None, **settings).steps
     progress, close = _progress_bars(steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
@@ -704,9 +721,6 @@ def sweep_command(
     class_index,
     encoder,
     tune_reg_list,
-    tune_steps,
-    tune_locality,
-    tune_lr,
     **settings,
 ):
     """Project (or edit, with --init) TARGETS at every w_r in one batched run: OUT/sweep.csv,
@@ -715,9 +729,8 @@ def sweep_command(
     from .runs.sweep import sweep_files, tune_sweep_files
 
     wrs = _numbers(wr_list, "--wr") if wr_list else None
-    tuning = _tuning(
-        bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality, tune_lr=tune_lr
-    )
+    ranks = settings.get("tune_rank")
+    tuning = _tuning(bool(tune_reg_list), "--tune-reg", settings, ranks=True)
     G = open_generator(generator, network_key, latent_dim, device)
     E = open_encoder(G, encoder, settings["space"], init)
     t0 = time.perf_counter()
@@ -730,6 +743,7 @@ def sweep_command(
             out,
             _numbers(tune_reg_list, "--tune-reg"),
             tuning=tuning,
+            tune_ranks=ranks,
             class_index=class_index,
             encoder=E,
             progress=progress,
