@@ -215,7 +215,7 @@ def tune_options(f):
     f = click.option(
         "--tune-rank",
         callback=_ranks,
-        help="Rank R of each weight's change (dtheta = A*B, LoRA-style: small files, fast batches) or "
+        help="Rank R of each weight's change (dtheta = A*B, LoRA-style: 27x smaller files at 8) or "
         f"'full'; sweep --tune-reg takes a list, e.g. 4,8,full [default: {T.tune_rank}].",
     )(f)
     f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
@@ -786,6 +786,14 @@ def sweep_command(
     help="Targets of the time-to-quality table (our defaults vs NVIDIA's schedule); 0: skip it.",
 )
 @encoder_option
+@click.option(
+    "--tuning",
+    "tuning_photos",
+    multiple=True,
+    help="Photos (files, folders, globs; repeatable) for the tuning table: one batched projection, then "
+    "one batched tuning of them all at each --tune-rank (PSNR, locality, file size, time) [default: skip].",
+)
+@click.option("--tune-rank", "tune_ranks", default=f"full,{Tuning().tune_rank}", show_default=True, callback=_ranks)
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as one JSON line, last.")
 def bench_command(
     generator,
@@ -802,6 +810,8 @@ def bench_command(
     compile_mode,
     quality,
     encoder,
+    tuning_photos,
+    tune_ranks,
     as_json,
 ):
     """Measure the batched loop on one device: speedup over one target at a time (batch 1, as
@@ -830,8 +840,26 @@ def bench_command(
 
         res["time_to_quality"] = time_to_quality(G, open_encoder(G, encoder, space, None), n=quality, loss=loss)
         click.echo(format_quality(res["time_to_quality"], quality))
+    if tuning_photos:
+        res["tuning"] = _tuning_table(G, tuning_photos, tune_ranks, loss)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
+
+
+def _tuning_table(G, specs, ranks, loss: str) -> list[dict]:
+    """bench --tuning: the photos' tuning table (bench.tuning_table), printed; its rows."""
+    import torch
+
+    from .bench import format_tuning, tuning_table
+    from .images import find_images, load_image
+
+    paths, errors = find_images(list(specs))
+    if errors or not paths:
+        raise LatentFitError(errors[0] if errors else f"--tuning {' '.join(specs)!r}: no images found")
+    targets = torch.stack([load_image(p, G.resolution, channels=G.img_channels) for p in paths]).to(G.device)
+    rows = tuning_table(G, targets, [p.stem for p in paths], ranks, loss=loss)
+    click.echo(format_tuning(rows))
+    return rows
 
 
 # --- train-encoder (latent_fit/runs/encoder.py does the work) ----------------------------------

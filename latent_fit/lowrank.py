@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 FULL = "full"
+# Adam's learning rate of the factors over tune_lr (full changes'): a factor's step moves a whole
+# row or column of the weight, and at 1x they trailed full tuning's pace (measured, docs: tuning).
+LR_GAIN = 10.0
 SUFFIXES = (".lora_a", ".lora_b")  # a low-rank change's two tensors in a tuned file
 
 
@@ -70,9 +73,10 @@ def sq_norm(change) -> torch.Tensor:
     return (a.mT @ a * (b @ b.mT)).sum((1, 2))
 
 
-def leaves(delta: dict) -> list[torch.Tensor]:
-    """The tensors of a delta (what the optimizer moves)."""
-    return [t for v in delta.values() for t in (v if isinstance(v, tuple) else (v,))]
+def leaves(delta: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The tensors of a delta (what the optimizer moves): (full changes, factors)."""
+    full = [v for v in delta.values() if not isinstance(v, tuple)]
+    return full, [t for v in delta.values() if isinstance(v, tuple) for t in v]
 
 
 def pick(delta: dict, i) -> dict:

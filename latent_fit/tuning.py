@@ -242,7 +242,9 @@ def _descend(
     """tuning.tune_steps Adam steps on every target's Δθ (in place); rows: the objective's
     per-target inputs but the images; render: render_tuned's (latents, labels, noise, space)."""
     lat, cr, nr, space = render
-    opt = _adam(lowrank.leaves(delta), tuning.tune_lr)  # element-wise: rows stay independent
+    full, factors = lowrank.leaves(delta)
+    groups = [{"params": full}, {"params": factors, "lr": tuning.tune_lr * lowrank.LR_GAIN}]
+    opt = _adam([g for g in groups if g["params"]], tuning.tune_lr)  # element-wise: rows stay independent
     for step in range(tuning.tune_steps):
         images = render_tuned(G, delta, lat, space, cr, nr)
         total = objective(dataclasses.replace(rows, images=images[:, 0], delta=delta, samples=images[:, 1:]))
@@ -322,7 +324,7 @@ def render_blended(
     return torch.cat(out)
 
 
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+def _adam(params: list, lr: float) -> torch.optim.Adam:
     """Adam fused into one kernel per step where this torch has that for the device (CPU: torch
     >= 2.4; it cut a CPU tuning step by a fifth), else the plain one."""
     try:
