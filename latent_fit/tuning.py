@@ -12,6 +12,8 @@ step) rendering as before. Fresh samples each step made it worse: Adam's per-wei
 sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out locality fell.
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
 per target, so a target's result does not depend on its batch (bit for bit with `exact`, see tune).
+At a tune_rank each weight's Δθ is a product A·B (lowrank), added beside plain layers as dense
+batched matrix products instead of per-target weights.
 Pure tensors in, tensors out; the .safetensors side is generators/tuned.py.
 """
 
