@@ -1,11 +1,12 @@
-"""Measure low-rank tuning on photos: python samples/measure_tune_rank.py PHOTOS RANK:LR... (JSON lines).
+"""Measure low-rank tuning on photos: python samples/measure_tune_rank.py PHOTOS [--default] RANK:LR...
+(JSON lines).
 
-PHOTOS: comma-separated image files, projected briefly (100 steps, 2 starts: quick pivots) and
-tuned together at each RANK:LR (e.g. 8:3e-4 full:3e-4; LR is tune_lr, which low-rank factors
-step at lowrank.LR_GAIN times). With `trunc` as a spec: tune at full rank, then render the full
-change truncated to each rank by SVD per weight (is full tuning's change low rank?). The
-learning-rate and truncation measurements of docs/real-photos.md come from this script (one
-thread: OMP_NUM_THREADS=1).
+PHOTOS: comma-separated image files, projected together briefly (100 steps, 2 starts: quick
+pivots; with --default, projection's defaults, as bench --tuning does), then tuned together at
+each RANK:LR (e.g. 8 full 8:1e-3; LR is tune_lr, default 3e-4; low-rank factors step at
+lowrank.LR_GAIN times it). `trunc`: tune at full rank, then render the change cut by SVD to each
+rank per weight (is full tuning's change low rank?). The measurements of docs/real-photos.md's
+low-rank section come from this script (one thread: OMP_NUM_THREADS=1).
 """
 
 import json
@@ -28,7 +29,8 @@ G = load_generator()
 paths = sys.argv[1].split(",")
 x = torch.stack([load_image(p, G.resolution) for p in paths])
 names = [p.rsplit("/", 1)[-1].rsplit(".", 1)[0] for p in paths]
-piv = project(G, x, names, steps=100, starts=2, loss="mse")
+quick = {} if "--default" in sys.argv else {"steps": 100, "starts": 2}
+piv = project(G, x, names, loss="mse", **quick)
 print(json.dumps({"pivot_psnr": piv.metrics["psnr"].round(2).tolist()}), flush=True)
 
 
@@ -45,7 +47,7 @@ def truncated(delta, r):
     return out
 
 
-for spec in sys.argv[2:]:
+for spec in [a for a in sys.argv[2:] if a != "--default"]:
     rank, _, lr = spec.partition(":")
     t = time.process_time()
     res = tune(

@@ -89,7 +89,7 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
     assert read_tuned(out / "astronaut.tuned.safetensors")[1]["settings"]["tune_reg"] == 1e-2
 
     low = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-reg", "1e-2", "--tune-rank", "8")
-    assert "redoing 1 target(s) made with other settings: tune_rank full → 8" in low.stdout
+    assert "redoing 1 target(s) made with other settings: tune_rank 'full' → 8" in low.stdout
     assert (out / "astronaut.tuned.safetensors").stat().st_size < 7.15e6 / 20  # rank 8: 27x smaller
     assert read_tuned(out / "astronaut.tuned.safetensors")[1]["rank"] == 8
     Gt = load_generator("digiface-dcgan64", tuned=out / "astronaut.tuned.safetensors")

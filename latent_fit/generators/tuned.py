@@ -103,15 +103,15 @@ def _tuned_meta(path: Path, meta: dict[str, str], G: Generator | None) -> dict:
 
 
 def _check_tensors(path: Path, slices: dict, G: Generator | None, rank: int | str) -> None:
-    """Refuse tensors that are not floats, or names or shapes other than G's tunable weights at
-    `rank` (G given; without it, a pair's halves must both be there)."""
+    """Refuse tensors that are not floats, half a low-rank pair, or (G given) names or shapes
+    other than G's tunable weights at `rank`."""
     for k, sl in slices.items():
         if sl.get_dtype() not in FLOATS:
             raise LatentFitError(f"{path}: weight change {k!r} is {sl.get_dtype()}, not floats")
     a, b = SUFFIXES
     halves = [k for k in slices if k.endswith(a) and k[: -len(a)] + b not in slices]
     halves += [k for k in slices if k.endswith(b) and k[: -len(b)] + a not in slices]
-    if G is None and halves:
+    if halves:
         raise LatentFitError(f"{path}: {halves[0]!r} is half of a low-rank change whose other half is missing")
     bad = [] if G is None else misfits(slices, file_shapes(G.tunable(), rank))
     if bad:
