@@ -290,9 +290,12 @@ def tuning_table(G: Generator, targets: torch.Tensor, names: list[str], ranks, *
 
 
 def format_tuning(rows: list[dict]) -> str:
-    proj = rows[0]
+    """tuning_table's rows as text: the projection, then a line per rank (gap: worst PSNR loss
+    against the first rank; x proj: CPU seconds over the projection's)."""
+    proj, n = rows[0], len(rows[1]["per_target_psnr"])
     lines = [
-        f"tuning {proj['run']}: {proj['seconds']:.1f} s ({proj['cpu_seconds']:.1f} s CPU), median PSNR {proj['median_psnr']:.1f} dB",
+        f"tuning table: batched projection of {n} targets {proj['seconds']:.1f} s "
+        f"({proj['cpu_seconds']:.1f} s CPU), median PSNR {proj['median_psnr']:.1f} dB; then one batched tuning per rank",
         f"{'run':<16} {'PSNR med/worst':>15} {'gap':>6} {'locality med/worst':>19} {'file MB':>8} {'s (CPU)':>9} {'x proj':>7}",
     ]
     lines += [
