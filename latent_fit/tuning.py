@@ -310,7 +310,7 @@ def render_blended(
     constant maps). Weights are built `chunk` frames at a time."""
     tunable = G.tunable()
     zero = {k: torch.zeros_like(v) for k, v in tunable.items()}
-    a, b = (zero if d is None else lowrank.dense_delta(d, tunable) for d in (delta_a, delta_b))
+    a, b = (zero | lowrank.dense_delta(d or {}, tunable) for d in (delta_a, delta_b))
     t = t.to(G.device, torch.float32)
     out = []
     with torch.no_grad():

@@ -14,7 +14,7 @@ from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.generators.tuned import apply_tuned, read_tuned, save_tuned
 from latent_fit.images import load_image
 from latent_fit.lowrank import dense, dense_delta, layer_change, pick
-from latent_fit.tuning import render_tuned, tune
+from latent_fit.tuning import render_blended, render_tuned, tune, tuning_bytes
 
 from conftest import SMALL_STYLEGAN2
 
@@ -155,3 +155,21 @@ def test_bad_tune_rank_is_clear(G, photo_pivot):
     for bad in (0, "low", 2.5):
         with pytest.raises(LatentFitError, match="tune_rank"):
             tune(G, pivot, x, tune_steps=1, tune_rank=bad, loss="mse")
+
+
+def test_interpolation_ends_and_memory_plan_take_low_rank_changes(G):
+    gen = torch.Generator().manual_seed(1)
+    pair = {
+        k: (torch.randn(v.shape[0], 2, generator=gen) * 1e-2, torch.randn(2, v[0].numel(), generator=gen))
+        for k, v in G.tunable().items()
+        if v.ndim > 1
+    }
+    z = G.sample(2, seed=2)
+    with torch.no_grad():
+        ends = render_blended(G, pair, None, torch.tensor([0.0, 1.0]), z, "z")
+        own = render_tuned(
+            G, pick({k: tuple(t[None] for t in v) for k, v in pair.items()}, slice(None)), z[:1, None], "z"
+        )
+    assert (ends[0] - own[0, 0].clamp(-1, 1)).abs().max() < 1e-4
+    assert (ends[1] - G.synthesize(z[1:], "z")[0].clamp(-1, 1)).abs().max() < 1e-5
+    assert tuning_bytes(G, 0, 8) < tuning_bytes(G, 0, "full") / 10  # auto batch size plans more targets
