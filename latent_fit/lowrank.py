@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 FULL = "full"
-# Adam's learning rate of the factors over tune_lr (full changes'): a factor's step moves a whole
-# row or column of the weight, and at 1x they trailed full tuning's pace (measured, docs: tuning).
+# Adam's learning rate of the factors over tune_lr (full changes'): of factor rates 1e-3, 3e-3 and
+# 1e-2 at rank 8, 3e-3 = 10 x 3e-4 reconstructed best (docs/real-photos.md, low-rank tuning).
 LR_GAIN = 10.0
 SUFFIXES = (".lora_a", ".lora_b")  # a low-rank change's two tensors in a tuned file
 
@@ -38,8 +38,8 @@ def factor_dims(shape: tuple[int, ...], rank: int | str) -> tuple[int, int] | No
 
 def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init) -> dict:
     """A delta of n targets that changes nothing, as leaves to optimize: full changes zeros; of a
-    pair, A zeros and B init(i, (rank, rest)) [n, rank, rest] (i: the weight's index), scaled by
-    1/sqrt(rank), so that the first steps move every direction of the weight."""
+    pair, A zeros (so Δ = 0) and B init(i, (rank, rest)) [n, rank, rest] (normal numbers; i: the
+    weight's index) over sqrt(rank), so that a step of A moves each weight by about its size."""
     out = {}
     for i, (k, v) in enumerate(tunable.items()):
         dims = factor_dims(tuple(v.shape), rank)
