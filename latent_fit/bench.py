@@ -250,3 +250,58 @@ def format_quality(rows: list[dict], n: int) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+# --- tuning: full against low rank ------------------------------------------------------------
+
+
+def tuning_table(G: Generator, targets: torch.Tensor, names: list[str], ranks, *, loss: str = "mse") -> list[dict]:
+    """One batched projection of `targets` (defaults), then one batched tuning of all of them
+    around their pivots at each of `ranks` (the other tuning settings default), in one process:
+    per run its wall and CPU seconds, median / worst PSNR and locality_psnr, the worst PSNR gap to
+    the first rank's (per target) and the tuned file's megabytes."""
+    from .sweep import tuned_file_mb
+    from .tuning import tune
+
+    def timed(fn):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        _sync(G.device)
+        return out, time.perf_counter() - t0, time.process_time() - c0
+
+    piv, wall, cpu = timed(lambda: project(G, targets, names, config=PROJECTION.replace(loss=loss)))
+    rows = [
+        {"run": "projection", "seconds": wall, "cpu_seconds": cpu, "median_psnr": float(np.median(piv.metrics["psnr"]))}
+    ]
+    first = None
+    for rank in ranks:
+        res, wall, cpu = timed(
+            lambda: tune(G, piv.latent, targets, names, space=piv.space, noise=piv.noise, loss=loss, tune_rank=rank)
+        )
+        p, loc = res.metrics["psnr"], res.metrics["locality_psnr"]
+        first = p if first is None else first
+        rows.append(
+            {"run": f"tune_rank {rank}", "seconds": wall, "cpu_seconds": cpu, "median_psnr": float(np.median(p))}
+            | {"worst_psnr": float(p.min()), "worst_gap_db": float((first - p).max())}
+            | {"median_locality": float(np.median(loc)), "worst_locality": float(loc.min())}
+            | {"file_mb": tuned_file_mb(G, rank), "per_target_psnr": [round(float(v), 2) for v in p]}
+        )
+    return rows
+
+
+def format_tuning(rows: list[dict]) -> str:
+    """tuning_table's rows as text: the projection, then a line per rank (gap: worst PSNR loss
+    against the first rank; x proj: CPU seconds over the projection's)."""
+    proj, n = rows[0], len(rows[1]["per_target_psnr"])
+    lines = [
+        f"tuning table: batched projection of {n} targets {proj['seconds']:.1f} s "
+        f"({proj['cpu_seconds']:.1f} s CPU), median PSNR {proj['median_psnr']:.1f} dB; then one batched tuning per rank",
+        f"{'run':<16} {'PSNR med/worst':>15} {'gap':>6} {'locality med/worst':>19} {'file MB':>8} {'s (CPU)':>9} {'x proj':>7}",
+    ]
+    lines += [
+        f"{r['run']:<16} {r['median_psnr']:>7.1f}/{r['worst_psnr']:<7.1f} {r['worst_gap_db']:>6.2f} "
+        f"{r['median_locality']:>9.1f}/{r['worst_locality']:<9.1f} {r['file_mb']:>8.3f} {r['cpu_seconds']:>9.1f} "
+        f"{r['cpu_seconds'] / proj['cpu_seconds']:>7.2f}"
+        for r in rows[1:]
+    ]
+    return "\n".join(lines)

@@ -239,8 +239,15 @@ def align_options(f):
 
 
 def tune_options(f):
-    """--tune-steps, --tune-locality, --tune-lr: tuning.Tuning's fields (project --tune, sweep --tune-reg)."""
+    """--tune-steps, --tune-locality, --tune-lr, --tune-rank: tuning.Tuning's fields (project
+    --tune, sweep --tune-reg; sweep's --tune-rank may be a list)."""
     T = Tuning()
+    f = click.option(
+        "--tune-rank",
+        callback=_ranks,
+        help="Rank R of each weight's change (dtheta = A*B, LoRA-style: 27x smaller files at 8) or "
+        f"'full'; sweep --tune-reg takes a list, e.g. 4,8,full [default: {T.tune_rank}].",
+    )(f)
     f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
     f = click.option(
         "--tune-locality",
@@ -251,8 +258,24 @@ def tune_options(f):
     return f
 
 
-def _tuning(on: bool, flag: str, **settings) -> Tuning | None:
-    """The Tuning of the --tune-* options when `flag` (--tune; sweep's --tune-reg) is on, else None."""
+def _ranks(ctx, param, value) -> list | None:
+    """--tune-rank's comma-separated values: whole numbers >= 1 or 'full'."""
+    if value is None:
+        return None
+    ranks = [v.strip() for v in value.split(",")]
+    if not all(r == "full" or r.isdigit() and int(r) >= 1 for r in ranks):
+        raise click.BadParameter(f"{value!r}: give whole numbers >= 1 or full, comma-separated")
+    return [r if r == "full" else int(r) for r in ranks]
+
+
+def _tuning(on: bool, flag: str, options: dict, ranks: bool = False) -> Tuning | None:
+    """The Tuning of the --tune-* options (taken out of a command's `options`) when `flag` (--tune;
+    sweep's --tune-reg) is on, else None; `ranks`: --tune-rank may be a list (its first is kept)."""
+    settings = {k: options.pop(k) for k in list(options) if k.startswith("tune_")}
+    rank = settings.pop("tune_rank")
+    if rank and len(rank) > 1 and not ranks:
+        raise LatentFitError("--tune-rank takes one value here; several go with sweep --tune-reg")
+    settings["tune_rank"] = rank and rank[0]
     given = [k for k, v in settings.items() if v is not None]
     if given and not on:
         raise LatentFitError(f"--{given[0].replace('_', '-')} needs {flag}")
@@ -372,10 +395,6 @@ def project(
     channels_last,
     compile_mode,
     tune,
-    tune_steps,
-    tune_reg,
-    tune_locality,
-    tune_lr,
     photos,
     **settings,
 ):
@@ -392,9 +411,7 @@ def project(
     G = open_generator(generator, network_key, latent_dim, shard.device(device))
     G = accelerate(G, precision=precision, channels_last=channels_last, compile=compile_mode)
     E = open_encoder(G, encoder, settings["space"], init)
-    tuning = _tuning(
-        tune, "--tune", tune_steps=tune_steps, tune_reg=tune_reg, tune_locality=tune_locality, tune_lr=tune_lr
-    )
+    tuning = _tuning(tune, "--tune", settings)
     steps = projection_config(encoded=E is not None, **settings).steps
     progress, close = _progress_bars(steps + (tuning.tune_steps if tuning else 0))
     t0 = time.perf_counter()
@@ -740,9 +757,6 @@ def sweep_command(
     class_index,
     encoder,
     tune_reg_list,
-    tune_steps,
-    tune_locality,
-    tune_lr,
     photos,
     **settings,
 ):
@@ -752,9 +766,8 @@ def sweep_command(
     from .runs.sweep import sweep_files, tune_sweep_files
 
     wrs = _numbers(wr_list, "--wr") if wr_list else None
-    tuning = _tuning(
-        bool(tune_reg_list), "--tune-reg", tune_steps=tune_steps, tune_locality=tune_locality, tune_lr=tune_lr
-    )
+    ranks = settings.get("tune_rank")
+    tuning = _tuning(bool(tune_reg_list), "--tune-reg", settings, ranks=True)
     G = open_generator(generator, network_key, latent_dim, device)
     E = open_encoder(G, encoder, settings["space"], init)
     t0 = time.perf_counter()
@@ -766,7 +779,8 @@ def sweep_command(
     progress, close = _progress_bars(steps)
     common = dict(class_index=class_index, encoder=E, progress=progress, **photos, **settings)
     if tuning is not None:
-        rep = tune_sweep_files(G, list(targets), out, _numbers(tune_reg_list, "--tune-reg"), tuning=tuning, **common)
+        regs = _numbers(tune_reg_list, "--tune-reg")
+        rep = tune_sweep_files(G, list(targets), out, regs, tuning=tuning, tune_ranks=ranks, **common)
     else:
         rep = sweep_files(G, list(targets), out, wrs, init=init, mask=mask, **common)
     close()
@@ -792,6 +806,21 @@ def sweep_command(
     help="Targets of the time-to-quality table (our defaults vs NVIDIA's schedule); 0: skip it.",
 )
 @encoder_option
+@click.option(
+    "--tuning",
+    "tuning_photos",
+    multiple=True,
+    help="Photos (files, folders, globs; repeatable) for the tuning table: one batched projection, then "
+    "one batched tuning of them all at each --tune-rank (PSNR, locality, file size, time) [default: skip].",
+)
+@click.option(
+    "--tune-rank",
+    "tune_ranks",
+    default="full,8",
+    show_default=True,
+    callback=_ranks,
+    help="The ranks of the --tuning table (the first is the reference of its PSNR gap).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Also print the result as one JSON line, last.")
 def bench_command(
     generator,
@@ -808,6 +837,8 @@ def bench_command(
     compile_mode,
     quality,
     encoder,
+    tuning_photos,
+    tune_ranks,
     as_json,
 ):
     """Measure the batched loop on one device: speedup over one target at a time (batch 1, as
@@ -836,8 +867,26 @@ def bench_command(
 
         res["time_to_quality"] = time_to_quality(G, open_encoder(G, encoder, space, None), n=quality, loss=loss)
         click.echo(format_quality(res["time_to_quality"], quality))
+    if tuning_photos:
+        res["tuning"] = _tuning_table(G, tuning_photos, tune_ranks, loss)
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
+
+
+def _tuning_table(G, specs, ranks, loss: str) -> list[dict]:
+    """bench --tuning: the photos' tuning table (bench.tuning_table), printed; its rows."""
+    import torch
+
+    from .bench import format_tuning, tuning_table
+    from .images import find_images, load_image
+
+    paths, errors = find_images(list(specs))
+    if errors or not paths:
+        raise LatentFitError(errors[0] if errors else f"--tuning {' '.join(specs)!r}: no images found")
+    targets = torch.stack([load_image(p, G.resolution, channels=G.img_channels) for p in paths]).to(G.device)
+    rows = tuning_table(G, targets, [p.stem for p in paths], ranks, loss=loss)
+    click.echo(format_tuning(rows))
+    return rows
 
 
 # --- train-encoder (latent_fit/runs/encoder.py does the work) ----------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import lowrank
 from .errors import ArgumentError, LatentFitError
 
 LPIPS_MAX_SIZE = 256  # LPIPS sees images resized to at most this many pixels (as the peers)
@@ -59,9 +60,10 @@ def noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def weight_sq_norm(delta: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ Δθ² over every tuned weight, per target [N] (delta: name -> [N, *parameter shape])."""
-    return sum(d.pow(2).reshape(d.shape[0], -1).sum(1) for d in delta.values())
+def weight_sq_norm(delta: dict) -> torch.Tensor:
+    """Σ Δθ² over every tuned weight, per target [N] (delta: name -> [N, *parameter shape], or a
+    low-rank pair, lowrank.sq_norm)."""
+    return sum(lowrank.sq_norm(d) for d in delta.values())
 
 
 def locality_mse(samples: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:

@@ -284,11 +284,12 @@ class OutputFolder:
         """Target i's tuned weights (Δθ in fp16, atomically); its sha256, which the target's .npz
         records (written after it: the .npz marks completion)."""
         from .generators.tuned import save_tuned
+        from .lowrank import pick
 
         path = self.file(tres.names[i], "tuned")
         save_tuned(
             path,
-            {k: d[i] for k, d in tres.delta.items()},
+            pick(tres.delta, i),
             G,
             tres.settings,
             {k: float(v[i]) for k, v in tres.metrics.items()},

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import lowrank
 from .config import SWEEP_WRS, TUNE_SWEEP_REGS, Config, Tuning, check_weights, projection_config, sweep_config
 from .edit import edit
 from .generators.base import Generator
@@ -270,16 +271,19 @@ def tune_sweep(
     c: torch.Tensor | None = None,
     encoder=None,
     progress=None,
+    pivot: Result | None = None,
     **changes,
 ) -> TuneSweepResult:
     """Project every target [T, C, H, W] once (its pivot; config, default config.projection_config's, with
     `changes`), then tune G around it at every tune_reg in ONE batched tune() of T * L rows
     (tuning's other settings, default Tuning(); loss, LPIPS weight, seed and exact from the
     config). All tune_reg of a target share its name, hence its locality samples.
-    progress: callable(step, best_loss), the tuning's steps counted on past config.steps."""
+    progress: callable(step, best_loss), the tuning's steps counted on past config.steps.
+    pivot: the projection of an earlier sweep of these targets, reused (another tune_rank)."""
     regs = check_weights(tune_regs, "tune_reg")
     cfg, tuning = projection_config(config, encoded=encoder is not None, **changes), tuning or Tuning()
-    pivot = project(G, targets, names, config=cfg, c=c, encoder=encoder, progress=progress)
+    if pivot is None:
+        pivot = project(G, targets, names, config=cfg, c=c, encoder=encoder, progress=progress)
     t, n = len(pivot.names), len(regs)
 
     def rep(x):
@@ -334,4 +338,67 @@ def suggest_tune_reg(sw: TuneSweepResult, floor: float = LOCALITY_FLOOR_DB) -> t
         f"tune_reg={sw.tune_regs[j]:g}: the smallest value at which every target's locality reaches "
         f"{floor:g} dB (worst {worst[j]:.1f} dB), with median PSNR {p[j]:.1f} dB (best {p.max():.1f} dB, "
         f"pivot {np.nanmedian(sw.metrics['psnr_pivot'][:, j]):.1f} dB)"
+    )
+
+
+TUNE_RANK_COLUMNS = [
+    "tune_rank",
+    "tune_reg",
+    "psnr_median",
+    "psnr_worst",
+    "locality_median",
+    "locality_worst",
+    "file_mb",
+    "tune_seconds",
+]
+RANK_MARGIN_DB = 0.5  # suggest_tune_rank: a rank is as good as the reference within this, on every target
+
+
+def tuned_file_mb(G: Generator, rank: int | str) -> float:
+    """Megabytes of a tuned file's tensors at `rank` (half precision, as save_tuned writes them)."""
+    return 2 * sum(math.prod(s) for s in lowrank.file_shapes(G.tunable(), rank).values()) / 1e6
+
+
+def rank_rows(G: Generator, sweeps: list[TuneSweepResult]) -> list[dict]:
+    """One dict per (tune_rank, tune_reg), the rows of ranks.csv: median and worst PSNR and
+    locality over the targets, the tuned file's size and the batched tuning's seconds."""
+    rows = []
+    for sw in sweeps:
+        rank = sw.tuned.settings["tune_rank"]
+        for j, reg in enumerate(sw.tune_regs):
+            p, loc = sw.metrics["psnr"][:, j], sw.metrics["locality_psnr"][:, j]
+            rows.append(
+                {"tune_rank": rank, "tune_reg": float(reg), "psnr_median": float(np.nanmedian(p))}
+                | {"psnr_worst": float(np.nanmin(p)), "locality_median": float(np.nanmedian(loc))}
+                | {"locality_worst": float(np.nanmin(loc)), "file_mb": tuned_file_mb(G, rank)}
+                | {"tune_seconds": sw.tuned.seconds}
+            )
+    return rows
+
+
+def suggest_tune_rank(sweeps: list[TuneSweepResult], floor: float = LOCALITY_FLOOR_DB) -> tuple[int, str]:
+    """(index into sweeps, reason): the smallest file that costs nothing: the lowest rank whose
+    suggested tune_reg (suggest_tune_reg) keeps every target's locality at `floor` dB and every
+    target's PSNR within RANK_MARGIN_DB of the reference ("full" if swept, else the highest rank)
+    at its own suggested tune_reg; the reference when no rank does."""
+    ranks = [sw.tuned.settings["tune_rank"] for sw in sweeps]
+    order = sorted(range(len(ranks)), key=lambda i: math.inf if ranks[i] == "full" else ranks[i])
+    ref = order[-1]
+    jr = suggest_tune_reg(sweeps[ref])[0]
+    psnr_ref = sweeps[ref].metrics["psnr"][:, jr]
+    for i in order:
+        j = suggest_tune_reg(sweeps[i])[0]
+        gap = float(np.nanmax(psnr_ref - sweeps[i].metrics["psnr"][:, j]))
+        if i == ref or np.nanmin(sweeps[i].metrics["locality_psnr"][:, j]) >= floor and gap <= RANK_MARGIN_DB:
+            break
+    head = f"tune_rank={ranks[i]} (tune_reg={sweeps[i].tune_regs[j]:g}): "
+    if i != ref:
+        return i, head + (
+            f"the lowest rank with every target within {RANK_MARGIN_DB:g} dB of tune_rank={ranks[ref]} "
+            f"(worst gap {gap:.2f} dB) and every locality at {floor:g} dB"
+        )
+    return (
+        i,
+        head
+        + f"no lower rank came within {RANK_MARGIN_DB:g} dB of it on every target with every locality at {floor:g} dB",
     )

@@ -12,6 +12,8 @@ step) rendering as before. Fresh samples each step made it worse: Adam's per-wei
 sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out locality fell.
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
 per target, so a target's result does not depend on its batch (bit for bit with `exact`, see tune).
+At a tune_rank each weight's Δθ is a product A·B (lowrank), added beside plain layers as dense
+batched matrix products instead of per-target weights.
 Pure tensors in, tensors out; the .safetensors side is generators/tuned.py.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import lowrank
 from .config import Tuning
 from .errors import LatentFitError
 from .generators.base import Generator
@@ -38,6 +42,7 @@ LOCALITY_SAMPLES = 4  # fixed prior samples per target for the locality term
 EVAL_SAMPLES = 16  # held-out prior samples per target for locality_psnr
 _KEY_START = 1 << 30  # name_key start index of tuning's random numbers (projection uses 0..starts)
 _EVAL_COUNTER = 1 << 40  # keyed_normal counter of the held-out samples (training's use 0)
+_INIT_COUNTER = 1 << 41  # keyed_normal counters of the low-rank factors' start (one per weight)
 
 
 TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]  # what tuning adds to a target's metrics
@@ -49,7 +54,7 @@ class TuneResult:
 
     names: list[str]
     space: str
-    delta: dict[str, torch.Tensor]  # parameter name -> Δθ [N, *parameter shape]
+    delta: dict  # parameter name -> Δθ [N, *parameter shape] or a low-rank pair (A, B) (lowrank)
     images: torch.Tensor  # [N, 3, H, W] G_θ0+Δθ(pivot) in [-1, 1]
     metrics: dict[str, np.ndarray]  # [N] each: mse, psnr, psnr_pivot, lpips (nan if unused),
     # dtheta_norm, locality_psnr
@@ -57,12 +62,16 @@ class TuneResult:
     seconds: float  # wall time of the whole batch
 
 
-def tuning_bytes(G: Generator, image_bytes: int) -> int:
-    """Memory one target's tuning needs: five copies of the tuned weights (Δθ, its gradient,
-    Adam's two moments, θ0 + Δθ) and the step memory of its 1 + LOCALITY_SAMPLES images
-    (image_bytes each, as one projection step of one image needs)."""
-    weights = sum(p.numel() * p.element_size() for p in G.tunable().values())
-    return 5 * weights + (1 + LOCALITY_SAMPLES) * image_bytes
+def tuning_bytes(G: Generator, image_bytes: int, rank: int | str = lowrank.FULL) -> int:
+    """Memory one target's tuning at `rank` needs: four copies of its change (Δθ or its factors,
+    the gradient, Adam's two moments), θ0 + Δθ of every weight not rendered beside a plain layer
+    (lowrank.plain_layers), and the step memory of its 1 + LOCALITY_SAMPLES images (image_bytes
+    each, as one projection step of one image needs)."""
+    tunable = G.tunable()
+    stored = sum(math.prod(s) for s in lowrank.file_shapes(tunable, rank).values())
+    plain = lowrank.plain_layers(G, [k for k, v in tunable.items() if lowrank.factor_dims(v.shape, rank)])
+    formed = sum(v.numel() for k, v in tunable.items() if k not in plain)
+    return 4 * (4 * stored + formed) + (1 + LOCALITY_SAMPLES) * image_bytes
 
 
 class _Synthesis(nn.Module):
@@ -78,20 +87,35 @@ class _Synthesis(nn.Module):
 
 def render_tuned(
     G: Generator,
-    delta: dict[str, torch.Tensor],
+    delta: dict,
     latents: torch.Tensor,
     space: str,
     c: torch.Tensor | None = None,
     noise: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Images [N, R, 3, H, W]: target i's latents [R, *shape] (of `latents` [N, R, *shape]) rendered
-    with its own weights θ0 + delta[i]. c: [N, R, c_dim]; noise: maps [N, R, 1, h, w] (or None)."""
+    with its own weights θ0 + delta[i] (full or low-rank changes, see lowrank). c: [N, R, c_dim];
+    noise: maps [N, R, 1, h, w] (or None). A plain layer's low-rank change is added beside it as
+    dense products (lowrank.layer_change); every other change through per-target weights."""
     theta0 = G.tunable()
     module = _Synthesis(G, space)
+    plain = lowrank.plain_layers(G, [k for k, v in delta.items() if isinstance(v, tuple)])
+    bias_of = {k: k.rpartition(".")[0] + ".bias" for k in plain}
+    hooked = set(plain) | set(bias_of.values())
 
     def one(d, lat, cc, nn_):
-        params = {f"G.{k}": theta0[k] + d[k] for k in d}
-        return functional_call(module, params, (lat, cc, nn_), strict=False)
+        params = {f"G.{k}": theta0[k] + lowrank.dense(v, theta0[k].shape) for k, v in d.items() if k not in hooked}
+        hooks = [
+            m.register_forward_hook(
+                lambda m, x, y, ab=d[k], db=d.get(bias_of[k]): lowrank.layer_change(m, x[0], y, *ab, db)
+            )
+            for k, m in plain.items()
+        ]
+        try:
+            return functional_call(module, params, (lat, cc, nn_), strict=False)
+        finally:
+            for h in hooks:
+                h.remove()
 
     dims = (0, 0, None if c is None else 0, None if noise is None else 0)
     return vmap(one, in_dims=dims)(delta, latents, c, noise)
@@ -184,14 +208,16 @@ def tune(
     k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0  # a 0 weight zeroes its target's term
     objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=k > 0, device=dev)
     keys = torch.tensor([name_key(seed, s, _KEY_START) for s in names], device=dev)
-    delta = {key: torch.zeros(n, *v.shape, device=dev, requires_grad=True) for key, v in G.tunable().items()}
+    delta = lowrank.zeros(
+        G.tunable(), tuning.tune_rank, n, lambda i, shape: keyed_normal(keys, _INIT_COUNTER + i, shape)
+    )
     with plain_cpu_kernels() if exact else contextlib.nullcontext():
         lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
         with torch.no_grad():
             before = _originals(G, lat, cr, space) if k else None
         rows = Inputs(images=None, targets=targets, tune_reg=reg, tune_locality=loc, originals=before)
         _descend(G, objective, delta, rows, (lat, cr, nr, space), tuning, check_every, progress)
-        delta = {key: d.detach() for key, d in delta.items()}
+        delta = lowrank.detach(delta)
         metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, objective)
     settings = _settings(tuning, objective, space=space, seed=seed, locality_samples=k, exact=exact)
     images, seconds = metrics.pop("images"), time.perf_counter() - t_start
@@ -218,7 +244,9 @@ def _descend(
     """tuning.tune_steps Adam steps on every target's Δθ (in place); rows: the objective's
     per-target inputs but the images; render: render_tuned's (latents, labels, noise, space)."""
     lat, cr, nr, space = render
-    opt = _adam(list(delta.values()), tuning.tune_lr)  # element-wise: rows stay independent
+    full, factors = lowrank.leaves(delta)
+    groups = [{"params": full}, {"params": factors, "lr": tuning.tune_lr * lowrank.LR_GAIN}]
+    opt = _adam([g for g in groups if g["params"]], tuning.tune_lr)  # element-wise: rows stay independent
     for step in range(tuning.tune_steps):
         images = render_tuned(G, delta, lat, space, cr, nr)
         total = objective(dataclasses.replace(rows, images=images[:, 0], delta=delta, samples=images[:, 1:]))
@@ -267,8 +295,8 @@ def with_tuning(res: Result, tuned: TuneResult) -> Result:
 
 def render_blended(
     G: Generator,
-    delta_a: dict[str, torch.Tensor] | None,
-    delta_b: dict[str, torch.Tensor] | None,
+    delta_a: dict | None,
+    delta_b: dict | None,
     t: torch.Tensor,
     latents: torch.Tensor,
     space: str,
@@ -280,8 +308,9 @@ def render_blended(
     θ0 + (1 − t[i])·Δa + t[i]·Δb (Δ None: untuned), so the ends are both targets' own
     reconstructions. c: [F, c_dim]; noise: maps [F, *noise_shape] per noise input (None: the
     constant maps). Weights are built `chunk` frames at a time."""
-    zero = {k: torch.zeros_like(v) for k, v in G.tunable().items()}
-    a, b = delta_a or zero, delta_b or zero
+    tunable = G.tunable()
+    zero = {k: torch.zeros_like(v) for k, v in tunable.items()}
+    a, b = (zero | lowrank.dense_delta(d or {}, tunable) for d in (delta_a, delta_b))
     t = t.to(G.device, torch.float32)
     out = []
     with torch.no_grad():
@@ -297,7 +326,7 @@ def render_blended(
     return torch.cat(out)
 
 
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+def _adam(params: list, lr: float) -> torch.optim.Adam:
     """Adam fused into one kernel per step where this torch has that for the device (CPU: torch
     >= 2.4; it cut a CPU tuning step by a fifth), else the plain one."""
     try:
@@ -307,8 +336,8 @@ def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def _plain(x):
-    """A setting as JSON-ready Python: a float as given, or a list for per-target tensors."""
-    return float(x) if isinstance(x, (int, float)) else torch.as_tensor(x).tolist()
+    """A setting as JSON-ready Python: a number or word ("full") as given, or a list for per-target tensors."""
+    return x if isinstance(x, (str, int, float)) else torch.as_tensor(x).tolist()
 
 
 @torch.no_grad()

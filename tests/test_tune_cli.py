@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from latent_fit import load_generator, read_latent_file, write_latent_file
+from latent_fit.config import Tuning
 from latent_fit.files import file_sha256
 from latent_fit.generators.tuned import read_tuned, save_tuned
 
@@ -58,7 +59,8 @@ def test_project_tune_writes_the_tuned_weights_and_shows_their_images(G, tuned_o
         assert m["psnr"] > m["psnr_pivot"] and m["dtheta_norm"] > 0 and np.isfinite(m["locality_psnr"])
         meta = read_tuned(tuned)[1]
         assert meta["settings"]["tune_reg"] == 1e-3 and meta["settings"]["tune_steps"] == 10
-        assert 7.0e6 < tuned.stat().st_size < 7.3e6  # 3.58 M weights in fp16
+        assert 7.0e6 < tuned.stat().st_size < 7.3e6  # the default, full rank: 3.58 M weights in fp16
+        assert meta["rank"] == meta["settings"]["tune_rank"] == Tuning().tune_rank == "full"
         Gt = load_generator("digiface-dcgan64", tuned=tuned)
         with torch.no_grad():
             img = Gt.synthesize(torch.from_numpy(data["latent"])[None], "z").clamp(-1, 1)
@@ -86,6 +88,16 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
     assert "redoing 1 target(s) made with other settings: tune_reg 0.001 → 0.01" in reg.stdout
     assert read_tuned(out / "astronaut.tuned.safetensors")[1]["settings"]["tune_reg"] == 1e-2
 
+    low = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-reg", "1e-2", "--tune-rank", "8")
+    assert "redoing 1 target(s) made with other settings: tune_rank 'full' → 8" in low.stdout
+    assert (out / "astronaut.tuned.safetensors").stat().st_size < 7.15e6 / 20  # rank 8: 27x smaller
+    assert read_tuned(out / "astronaut.tuned.safetensors")[1]["rank"] == 8
+    Gt = load_generator("digiface-dcgan64", tuned=out / "astronaut.tuned.safetensors")
+    with torch.no_grad():
+        img = Gt.synthesize(torch.from_numpy(read_latent_file(out / "astronaut.npz")["latent"])[None], "z")
+    shown = ((img[0].clamp(-1, 1).permute(1, 2, 0) + 1) * 127.5).round().numpy()
+    assert np.abs(_png(out / "astronaut.png") - shown).max() <= 1  # its factors, applied
+
     plain = cli("project", photo, "-o", out, *FAST)
     assert "redoing 1 target(s) made with other settings: tune True → None" in plain.stdout
     assert not (out / "astronaut.tuned.safetensors").exists()  # stale weights removed
@@ -94,6 +106,9 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
 
     wrong = cli("project", photo, "-o", out, *FAST, "--tune-reg", "1e-2")
     assert wrong.exit_code == 1 and "error: --tune-reg needs --tune" in wrong.stderr
+    for bad in ("0", "low", "4,8"):
+        r = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-rank", bad)
+        assert r.exit_code != 0 and "--tune-rank" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def _request(path: Path) -> Path:
@@ -320,3 +335,22 @@ def test_a_target_whose_npz_was_not_written_after_its_tuned_file_is_redone(cli, 
     again = cli("project", photo, "-o", out, *FAST, *TUNE)
     assert again.exit_code == 0 and "projected 1 target(s), skipped 0 complete" in again.stdout
     assert read_latent_file(out / "astronaut.npz")["tuned_sha256"] == file_sha256(out / "astronaut.tuned.safetensors")
+
+
+def test_sweep_tune_reg_and_tune_rank_give_the_rank_table(cli, tmp_path):
+    out = tmp_path / "sw"
+    photo = SAMPLES / "targets" / "astronaut.png"
+    r = cli("sweep", photo, "--tune-reg", "1e-3,1e-2", "--tune-rank", "2,full", *FAST, "--tune-steps", "10", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "ranks.csv")))
+    assert [(x["tune_rank"], float(x["tune_reg"])) for x in rows] == [
+        ("2", 1e-3),
+        ("2", 1e-2),
+        ("full", 1e-3),
+        ("full", 1e-2),
+    ]
+    mb = {x["tune_rank"]: float(x["file_mb"]) for x in rows}
+    assert mb["full"] == pytest.approx(7.15, abs=0.05) and mb["full"] > 20 * mb["2"]
+    suggestion = json.loads((out / "suggestion.json").read_text())
+    assert suggestion["tune_rank"] in (2, "full") and f"suggested tune_rank={suggestion['tune_rank']}" in r.stdout
+    assert len(list(csv.DictReader(open(out / "sweep.csv")))) == 2  # the suggested rank's rows

@@ -61,7 +61,7 @@ def test_batched_tuning_equals_tuning_one_at_a_time(G, in_domain, photo_pivot):
     targets = torch.cat([x, in_domain[0][:2]])
     pivots = torch.cat([pivot, G.sample(2, seed=7)])
     names = ["p", "q", "r"]
-    kw = dict(tune_steps=8, seed=3, exact=True, **FAST)
+    kw = dict(tune_steps=8, seed=3, exact=True, tune_rank="full", **FAST)  # low rank: test_lowrank.py
     together = tune(G, pivots, targets, names, **kw)
     reordered = tune(G, pivots.flip(0), targets.flip(0), names[::-1], **kw)
     alone = [tune(G, pivots[i : i + 1], targets[i : i + 1], names[i : i + 1], **kw) for i in range(3)]
@@ -76,7 +76,7 @@ def test_batched_tuning_equals_tuning_one_at_a_time(G, in_domain, photo_pivot):
 
 def test_tuned_file_round_trips_and_is_refused_by_another_generator(G, photo_pivot, tmp_path):
     x, pivot = photo_pivot
-    res = tune(G, pivot, x, ["astronaut"], tune_steps=10, **FAST)
+    res = tune(G, pivot, x, ["astronaut"], tune_steps=10, tune_rank="full", **FAST)  # low rank: test_lowrank.py
     path = tmp_path / "astronaut.tuned.safetensors"
     save_tuned(
         path, {k: v[0] for k, v in res.delta.items()}, G, res.settings, {k: float(v[0]) for k, v in res.metrics.items()}

@@ -52,7 +52,7 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config, tuning: Tuning
     budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else free_memory(G.device)
     per, fit = memory_fit(G, config, budget)
     if tuning is not None:
-        fit = min(fit, budget // tuning_bytes(G, per // config.starts))
+        fit = min(fit, budget // tuning_bytes(G, per // config.starts, tuning.tune_rank))
     return max(1, min(n_targets, fit))
 
 

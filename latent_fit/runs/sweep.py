@@ -23,9 +23,12 @@ from ..sweep import (
     EDIT_COLUMNS,
     FACE_COLUMNS,
     LOCALITY_FLOOR_DB,
+    TUNE_RANK_COLUMNS,
     TUNE_SWEEP_COLUMNS,
     SweepResult,
     concat_sweeps,
+    rank_rows,
+    suggest_tune_rank,
     suggest_tune_reg,
     suggest_wr,
     sweep,
@@ -234,12 +237,16 @@ def tune_sweep_files(
     template: Path | None = None,
     max_faces: int | None = None,
     progress=None,
+    tune_ranks: list | None = None,
     **changes,
 ) -> Report:
     """Project every target image once (config; encoder: its start E(x)) and tune G around each
-    pivot at every tune_reg in one batched run (tuning: the other tuning settings). Writes
-    OUT/sweep.csv (TUNE_SWEEP_COLUMNS), OUT/sweep.png, OUT/grid.png and OUT/suggestion.json
-    (the suggested tune_reg and why, sweep.suggest_tune_reg); the summary names it too.
+    pivot at every tune_reg in one batched run per tune_rank (tune_ranks, default tuning's one;
+    tuning: the other tuning settings). Writes OUT/ranks.csv (TUNE_RANK_COLUMNS: fidelity,
+    locality, file size and time per rank and tune_reg), and for the suggested rank
+    (sweep.suggest_tune_rank) OUT/sweep.csv (TUNE_SWEEP_COLUMNS), OUT/sweep.png, OUT/grid.png and
+    OUT/suggestion.json (the suggested tune_reg, tune_rank and why, sweep.suggest_tune_reg); the
+    summary names them too.
     progress: as for runs.project.project_files (one batch; tuning's steps count on past config.steps).
     align, template, max_faces: as for sweep_files. config, changes: as for sweep.tune_sweep."""
     regs = check_weights(tune_regs, "tune_reg")
@@ -249,18 +256,30 @@ def tune_sweep_files(
         return rep
     targets = torch.stack(targets)
     cb = progress(0, 1, stems) if progress else None
-    sw = tune_sweep(G, targets, regs, stems, config=config, tuning=tuning, c=c, encoder=encoder, progress=cb, **changes)
+    tuning = tuning or Tuning()
+    sweeps = []
+    for rank in tune_ranks or [tuning.tune_rank]:
+        pivot = sweeps[0].pivot if sweeps else None
+        t = tuning.replace(tune_rank=rank)
+        kw = dict(config=config, tuning=t, c=c, encoder=encoder, progress=cb, pivot=pivot)
+        sweeps.append(tune_sweep(G, targets, regs, stems, **kw, **changes))
+    pick, rank_reason = suggest_tune_rank(sweeps)
+    sw = sweeps[pick]
     best, reason = suggest_tune_reg(sw)
+    write_csv(folder.path / "ranks.csv", TUNE_RANK_COLUMNS, rank_rows(G, sweeps))
     write_csv(folder.path / "sweep.csv", TUNE_SWEEP_COLUMNS, sw.rows())
     save_png(tune_sweep_figure(sw, best), folder.path / "sweep.png")
     save_png(tune_sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
     suggestion = {"tune_reg": float(regs[best]), "reason": reason, "locality_floor_db": LOCALITY_FLOOR_DB}
+    suggestion |= {"tune_rank": sw.tuned.settings["tune_rank"], "rank_reason": rank_reason}
     atomic_write(folder.path / "suggestion.json", lambda tmp: Path(tmp).write_text(json.dumps(suggestion, indent=1)))
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "sweep", note=f"suggested {reason}"))
     rep.done = stems
-    rep.written = [folder.path / n for n in ("sweep.csv", "sweep.png", "grid.png", "suggestion.json")]
+    rep.written = [folder.path / n for n in ("sweep.csv", "ranks.csv", "sweep.png", "grid.png", "suggestion.json")]
     rep.summary = (
         f"tuned {len(stems)} target(s) x {len(regs)} tune_reg in one run of {len(stems) * len(regs)} "
         f"samples around one pivot each; suggested {reason}"
     )
+    if len(sweeps) > 1:
+        rep.summary += f"; {len(sweeps)} tune_rank: suggested {rank_reason}"
     return rep

@@ -1,0 +1,143 @@
+"""Low-rank weight changes (`--tune-rank R`): each tuned weight moves by Δ = A·B, as LoRA does for
+language models (Hu et al. 2021), so a target's change is R·(d0 + d1·k·k) numbers, not d0·d1·k·k.
+
+A weight of shape [d0, d1, *kernel] changes by A [d0, R] @ B [R, d1·∏kernel], reshaped. A weight
+where that would not be smaller (vectors, small matrices) keeps a full change. A delta maps each
+tuned weight's name to its change for N targets: a tensor [N, *shape] (full) or a pair
+(A [N, d0, R], B [N, R, rest]); inside vmap the same without N.
+
+Plain layers (nn.Linear, nn.Conv2d, nn.ConvTranspose2d) render a low-rank change as dense batched
+matrix products beside the unchanged layer, y = W x + A (B x) (see `layer_change`), so the
+layer's own convolution stays one dense convolution over every target's rows; other layers get
+their dense per-target weight θ0 + A·B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FULL = "full"
+# Adam's learning rate of the factors over tune_lr (full changes'): of factor rates 1e-3, 3e-3 and
+# 1e-2 at rank 8, 3e-3 = 10 x 3e-4 reconstructed best (docs/real-photos.md, low-rank tuning).
+LR_GAIN = 10.0
+SUFFIXES = (".lora_a", ".lora_b")  # a low-rank change's two tensors in a tuned file
+
+
+def factor_dims(shape: tuple[int, ...], rank: int | str) -> tuple[int, int] | None:
+    """(d0, rest) of a weight's A [d0, rank] and B [rank, rest]; None where it keeps a full change
+    (rank "full", a vector, or factors no smaller than the weight)."""
+    if rank == FULL or len(shape) < 2:
+        return None
+    d0, rest = shape[0], math.prod(shape[1:])
+    return (d0, rest) if rank * (d0 + rest) < d0 * rest else None
+
+
+def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init) -> dict:
+    """A delta of n targets that changes nothing, as leaves to optimize: full changes zeros; of a
+    pair, A zeros (so Δ = 0) and B init(i, (rank, rest)) [n, rank, rest] (normal numbers; i: the
+    weight's index) over sqrt(rank), so that a step of A moves each weight by about its size."""
+    out = {}
+    for i, (k, v) in enumerate(tunable.items()):
+        dims = factor_dims(tuple(v.shape), rank)
+        if dims is None:
+            out[k] = torch.zeros(n, *v.shape, device=v.device, requires_grad=True)
+            continue
+        a = torch.zeros(n, dims[0], rank, device=v.device, requires_grad=True)
+        b = (init(i, (rank, dims[1])).to(v.device) / math.sqrt(rank)).requires_grad_(True)
+        out[k] = (a, b)
+    return out
+
+
+def dense(change, shape: tuple[int, ...]) -> torch.Tensor:
+    """A change as a dense tensor [..., *shape] (a tensor as it is; a pair as A·B)."""
+    if isinstance(change, torch.Tensor):
+        return change
+    a, b = change
+    return (a @ b).reshape(*a.shape[:-2], *shape)
+
+
+def dense_delta(delta: dict, tunable: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every change of `delta` dense (tunable: the weights, for their shapes)."""
+    return {k: dense(v, tuple(tunable[k].shape)) for k, v in delta.items()}
+
+
+def sq_norm(change) -> torch.Tensor:
+    """‖Δ‖² per target [N] of a change [N, ...] or a pair: trace(AᵀA·BBᵀ), without forming A·B."""
+    if isinstance(change, torch.Tensor):
+        return change.pow(2).reshape(change.shape[0], -1).sum(1)
+    a, b = change
+    return (a.mT @ a * (b @ b.mT)).sum((1, 2))
+
+
+def leaves(delta: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The tensors of a delta (what the optimizer moves): (full changes, factors)."""
+    full = [v for v in delta.values() if not isinstance(v, tuple)]
+    return full, [t for v in delta.values() if isinstance(v, tuple) for t in v]
+
+
+def pick(delta: dict, i) -> dict:
+    """Target(s) i of a delta (an index or a slice of its first dimension)."""
+    return {k: tuple(t[i] for t in v) if isinstance(v, tuple) else v[i] for k, v in delta.items()}
+
+
+def detach(delta: dict) -> dict:
+    return {k: tuple(t.detach() for t in v) if isinstance(v, tuple) else v.detach() for k, v in delta.items()}
+
+
+def rank_of(delta: dict) -> int | str:
+    """The rank of a delta's pairs ("full" when it has none)."""
+    return next((v[0].shape[-1] for v in delta.values() if isinstance(v, tuple)), FULL)
+
+
+def file_shapes(tunable: dict[str, torch.Tensor], rank: int | str) -> dict[str, tuple[int, ...]]:
+    """The tensors a tuned file of `rank` holds for these weights: name -> shape (a pair as
+    name.lora_a [d0, rank] and name.lora_b [rank, rest])."""
+    out = {}
+    for k, v in tunable.items():
+        dims = factor_dims(tuple(v.shape), rank)
+        if dims is None:
+            out[k] = tuple(v.shape)
+        else:
+            out[k + SUFFIXES[0]], out[k + SUFFIXES[1]] = (dims[0], rank), (rank, dims[1])
+    return out
+
+
+def plain_layers(G: nn.Module, names) -> dict[str, nn.Module]:
+    """The weights among `names` whose layer renders a low-rank change as dense products
+    (layer_change): name -> its nn.Linear, nn.Conv2d or nn.ConvTranspose2d (ungrouped, undilated,
+    zero padding, no output padding)."""
+    out = {}
+    for k in names:
+        path, _, attr = k.rpartition(".")
+        m = G.get_submodule(path) if attr == "weight" else None
+        if type(m) is nn.Linear or (
+            type(m) in (nn.Conv2d, nn.ConvTranspose2d)
+            and m.groups == 1
+            and set(m.dilation) == {1}
+            and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str)
+            and not any(getattr(m, "output_padding", (0,)))
+        ):
+            out[k] = m
+    return out
+
+
+def layer_change(m: nn.Module, x: torch.Tensor, out: torch.Tensor, a, b, bias) -> torch.Tensor:
+    """What a change A·B of plain layer m's weight (and `bias`, a full change or None) adds to its
+    output `out` for input x, as matrix products on the unfolded input (Conv2d: A (B unfold(x)))
+    or folded output (ConvTranspose2d: fold(Bᵀ (Aᵀ x)))."""
+    if isinstance(m, nn.Linear):
+        y = x @ b.mT @ a.mT
+    elif isinstance(m, nn.Conv2d):
+        cols = F.unfold(x, m.kernel_size, padding=m.padding, stride=m.stride)
+        y = (a @ (b @ cols)).view(out.shape)
+    else:
+        cols = b.mT @ (a.mT @ x.flatten(2))
+        y = F.fold(cols, out.shape[-2:], m.kernel_size, padding=m.padding, stride=m.stride)
+    if bias is None:
+        return out + y
+    return out + y + (bias if isinstance(m, nn.Linear) else bias[:, None, None])
