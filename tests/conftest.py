@@ -4,6 +4,7 @@ every format Pillow writes, and a spy that refuses any program started."""
 
 import io
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,8 @@ from latent_fit.cli import main
 from latent_fit.generators.base import Generator
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker, N workers share the cores
+    torch.set_num_threads(1)
 # A small StyleGAN2 (32 px) that projects in seconds: the constructor kwargs of the tests' networks.
 SMALL_STYLEGAN2 = dict(
     z_dim=32,
