@@ -68,7 +68,7 @@ def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together.latent, alone)
     adam = project(G, targets, NAMES[:3], **(kw | {"lbfgs": 0.0}))
-    assert np.all(together.metrics["psnr"] > adam.metrics["psnr"]), (together.metrics["psnr"], adam.metrics["psnr"])
+    assert np.all(together.metrics["psnr"] > adam.metrics["psnr"] + 1), (together.metrics["psnr"], adam.metrics["psnr"])
 
 
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
