@@ -186,6 +186,12 @@ def _optimizer_options(f):
         help="l2: wr*sum(dz^2); l1: wr*sum(|dz|).",
     )(f)
     f = click.option("--lr", type=float, help="Adam learning rate [default: 0.2 in z, 0.1 in w/w+].")(f)
+    f = click.option(
+        "--lbfgs",
+        type=float,
+        help=f"Fraction of the steps, the last ones, taken by L-BFGS on the latent instead of Adam "
+        f"[default: {ENCODED.lbfgs} from an encoder's start, else {D.lbfgs}].",
+    )(f)
     return f
 
 
@@ -801,7 +807,7 @@ def sweep_command(
 @speed_options
 @click.option(
     "--quality",
-    default=8,
+    default=32,
     show_default=True,
     help="Targets of the time-to-quality table (our defaults vs NVIDIA's schedule); 0: skip it.",
 )

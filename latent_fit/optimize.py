@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .candidates import Candidates, RowAdam
+from .candidates import Candidates, RowAdam, RowLBFGS
 from .config import Config, check_weights, projection_config
 from .errors import LatentFitError
 from .generators.base import Generator
@@ -171,6 +171,8 @@ class _Run:
         self.objective = Objective.from_config(cfg, noise=bool(self.noise_shapes), device=dev)
         self.pool = self._start(rows_of(self.wr_in, n, dev, "wr"), rows_of(init, n, dev, "init"))
         self.adam = RowAdam(self.pool.variables)
+        self.adam_steps = cfg.steps - round(cfg.lbfgs * cfg.steps)  # then L-BFGS (RowLBFGS)
+        self.lbfgs: RowLBFGS | None = None
         self.kept = {
             "latent": torch.empty(n, *self.shape, device=dev),
             "latent_init": torch.empty(n, *self.shape, device=dev),
@@ -253,27 +255,53 @@ class _Run:
         return factor
 
     def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward/backward and Adam step of every candidate: (loss [R], images) before it."""
-        cfg, pool, t = self.cfg, self.pool, step / self.cfg.steps
+        """One forward/backward of every candidate and an Adam step (its first adam_steps), else an
+        L-BFGS step of the latent: (loss [R] of the points kept, images)."""
+        if step >= self.adam_steps:
+            return self._lbfgs_step()
+        cfg, pool, t = self.cfg, self.pool, step / self.adam_steps
         variables = [v.requires_grad_(True) for v in pool.variables]
         z, noise = variables[0], variables[1:]
         ns = self.noise_std * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2 if cfg.latent_noise_ramp > 0 else 0.0
         zz = z + ns * keyed_normal(pool.keys, _NOISE_COUNTER + step, self.shape) if ns > 0 else z
-        fixed = None if self.given_noise is None else [m[pool.owner] for m in self.given_noise]
-        images = self.G.synthesize(zz, self.space, pool.c, noise or fixed)
-        loss = self.objective(
-            Inputs(
-                images=images, targets=pool.targets, dz=z - pool.latent_init, wr=pool.wr, mask=pool.mask, noise=noise
-            )
-        )
+        loss, images = self._loss(zz, z, noise)
         grads = torch.autograd.grad(loss.sum(), variables)
-        self.spent.index_add_(0, pool.owner, torch.ones_like(loss))
         pool.set_variables(self.adam.step(variables, grads, lr_at(cfg, self.lr, t)))
         with torch.no_grad():
-            if cfg.sphere and self.G.gaussian_prior(self.space):
-                pool.latent = pool.latent * (math.sqrt(self.G.z_dim) / pool.latent.norm(dim=1, keepdim=True))
+            pool.latent = self._on_sphere(pool.latent)
             pool.noise = [_renormalized(m) for m in pool.noise]
         return loss.detach(), images
+
+    def _lbfgs_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's loss and gradient at its trial point; it keeps the point if better."""
+        pool = self.pool
+        if self.lbfgs is None:
+            self.lbfgs = RowLBFGS(pool.latent, first_step=self.lr)
+        with torch.no_grad():
+            trial = self._on_sphere(self.lbfgs.trial(pool.latent))
+        trial.requires_grad_(True)
+        loss, images = self._loss(trial, trial, pool.noise)
+        (grad,) = torch.autograd.grad(loss.sum(), [trial])
+        pool.latent = self.lbfgs.update(pool.latent, trial.detach(), loss.detach(), grad)
+        return self.lbfgs.f, images
+
+    def _loss(self, synthesized, z, noise) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective [R] of the pool at `synthesized` (z: its latent for w_r), and its images;
+        counts the candidate-steps."""
+        pool = self.pool
+        fixed = None if self.given_noise is None else [m[pool.owner] for m in self.given_noise]
+        images = self.G.synthesize(synthesized, self.space, pool.c, noise or fixed)
+        inputs = Inputs(
+            images=images, targets=pool.targets, dz=z - pool.latent_init, wr=pool.wr, mask=pool.mask, noise=noise
+        )
+        self.spent.index_add_(0, pool.owner, torch.ones(len(pool), device=pool.owner.device))
+        return self.objective(inputs), images
+
+    def _on_sphere(self, z: torch.Tensor) -> torch.Tensor:
+        """z, moved onto the prior's typical radius when Config.sphere asks for it."""
+        if self.cfg.sphere and self.G.gaussian_prior(self.space):
+            return z * (math.sqrt(self.G.z_dim) / z.norm(dim=1, keepdim=True))
+        return z
 
     def check(self, step: int, loss: torch.Tensor, images: torch.Tensor, progress) -> None:
         """Record each target's best loss (the only host sync), a video frame, and report."""
@@ -318,6 +346,8 @@ class _Run:
     def _select(self, rows: torch.Tensor) -> None:
         self.pool = self.pool.select(rows)
         self.adam.select(rows)
+        if self.lbfgs is not None:
+            self.lbfgs.select(rows)
 
     def _keep(self, rows: torch.Tensor, steps_done: int) -> None:
         """Store the candidates `rows` as their targets' results."""

@@ -60,6 +60,17 @@ def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_dom
     assert torch.equal(E.start(G, targets, "z", True)[1:], E.start(G, targets[1:], "z", True))
 
 
+def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
+    """L-BFGS keeps a history and takes or refuses each step per target: still bit-identical."""
+    targets, E = in_domain[0][:3], load_encoder("auto", G)
+    kw = dict(loss="mse", steps=60, lbfgs=0.5, exact=True, encoder=E)
+    together = project(G, targets, NAMES[:3], **kw)
+    alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
+    assert torch.equal(together.latent, alone)
+    adam = project(G, targets, NAMES[:3], **(kw | {"lbfgs": 0.0}))
+    assert np.all(together.metrics["psnr"] > adam.metrics["psnr"] + 1), (together.metrics["psnr"], adam.metrics["psnr"])
+
+
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
     t = in_domain[0][:2]
     kw = dict(loss="mse", steps=30, starts=2)
