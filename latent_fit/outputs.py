@@ -190,12 +190,12 @@ class OutputFolder:
     def plan(self, items: list[tuple[str, Path]], record: dict, inputs) -> tuple[list, list[str], str | None]:
         """Split (stem, path) items into (todo, skipped stems, note): a target is skipped only when
         its outputs are complete and were made by the same record (the run's `record` plus
-        inputs(path) -> that target's own entries). The note says how many are redone and the
+        inputs(stem, path) -> that target's own entries). The note says how many are redone and the
         first difference of the first of them."""
         todo, skipped, stale = [], [], []
         for stem, p in items:
             data = self.read_complete(stem)
-            why = "incomplete" if data is None else difference(data.get("record"), record | inputs(p))
+            why = "incomplete" if data is None else difference(data.get("record"), record | inputs(stem, p))
             if why is None:
                 skipped.append(stem)
                 continue

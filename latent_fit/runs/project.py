@@ -203,7 +203,7 @@ def project_files(
     batch_size = _batch_size(batch_size, G, len(todo), cfg.replace(starts=1) if starts else cfg, tuning)
     classes = {s: starts[s].class_index if starts else class_index for s, _ in todo}
     G.class_labels(list(classes.values()), space)  # a missing or wrong class fails before any work
-    records = {s: record | inputs(p) for s, p in todo}
+    records = {s: record | inputs(s, p) for s, p in todo}
     encoder = None if init else encoder
     chunks = _Chunks(G, folder, cfg, rep, batch_size, classes, progress, records, encoder, tuning, alignment, links)
     try:
@@ -227,12 +227,12 @@ def _record(G, cfg: Config, class_index, init: Path | None, encoder, tuning: Tun
 
 
 def _inputs(init: Path | None):
-    """image -> what of a target's record is its own: its image's sha256, and its start's with
-    a folder of starts."""
+    """(stem, image) -> what of a target's record is its own: its image's sha256, and with a
+    folder of starts its start's (<stem>.npz: a face cut from a photo has its own)."""
 
-    def inputs(p: Path) -> dict:
+    def inputs(stem: str, p: Path) -> dict:
         own = {"target_sha256": input_sha256(p)}
-        return own | ({"init": input_sha256(init / f"{p.stem}.npz")} if init and init.is_dir() else {})
+        return own | ({"init": input_sha256(init / f"{stem}.npz")} if init and init.is_dir() else {})
 
     return inputs
 
