@@ -106,7 +106,7 @@ def edit_files(
     G.class_labels([t.class_index for t in targets], space)  # a missing or wrong class fails before any work
     record = settings_record(G, cfg)
     inputs = _edit_inputs(by_stem, request, mask)
-    todo, rep.skipped, note = folder.plan([(t.stem, t.stem) for t in targets], record, inputs)
+    todo, rep.skipped, note = folder.plan([(t.stem, t.stem) for t in targets], record, lambda stem, _: inputs(stem))
     todo, rep.notes = [s for s, _ in todo], [note] if note else []
     requests, errors = per_stem(request, todo, lambda p: load_request(p, G.resolution, G.img_channels))
     masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
