@@ -79,13 +79,14 @@ def leaves(delta: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return full, [t for v in delta.values() if isinstance(v, tuple) for t in v]
 
 
+def each(delta: dict, fn) -> dict:
+    """fn applied to every tensor of a delta (to both of a pair): detached, moved to a device."""
+    return {k: tuple(fn(t) for t in v) if isinstance(v, tuple) else fn(v) for k, v in delta.items()}
+
+
 def pick(delta: dict, i) -> dict:
     """Target(s) i of a delta (an index or a slice of its first dimension)."""
-    return {k: tuple(t[i] for t in v) if isinstance(v, tuple) else v[i] for k, v in delta.items()}
-
-
-def detach(delta: dict) -> dict:
-    return {k: tuple(t.detach() for t in v) if isinstance(v, tuple) else v.detach() for k, v in delta.items()}
+    return each(delta, lambda t: t[i])
 
 
 def rank_of(delta: dict) -> int | str:

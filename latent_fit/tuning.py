@@ -217,7 +217,7 @@ def tune(
             before = _originals(G, lat, cr, space) if k else None
         rows = Inputs(images=None, targets=targets, tune_reg=reg, tune_locality=loc, originals=before)
         _descend(G, objective, delta, rows, (lat, cr, nr, space), tuning, check_every, progress)
-        delta = lowrank.detach(delta)
+        delta = lowrank.each(delta, torch.Tensor.detach)
         metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, objective)
     settings = _settings(tuning, objective, space=space, seed=seed, locality_samples=k, exact=exact)
     images, seconds = metrics.pop("images"), time.perf_counter() - t_start

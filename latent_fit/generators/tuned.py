@@ -17,7 +17,7 @@ import torch
 from ..errors import LatentFitError
 from ..fields import FLOATS, misfits, parse_json, regular_file
 from ..files import atomic_write
-from ..lowrank import FULL, SUFFIXES, dense, file_shapes, rank_of
+from ..lowrank import FULL, SUFFIXES, dense, each, file_shapes, rank_of
 from .base import Generator
 
 FORMAT = "latent-fit-tuned"
@@ -136,5 +136,4 @@ def load_delta(G: Generator, path: str | Path) -> dict:
     """The Δθ of a tuned file (float32 tensors and low-rank pairs, on G's device), once checked to
     be tuned from G and to fit its tunable weights (read_tuned); else one LatentFitError line
     naming the file."""
-    delta = read_tuned(path, G)[0]
-    return {k: tuple(t.to(G.device) for t in d) if isinstance(d, tuple) else d.to(G.device) for k, d in delta.items()}
+    return each(read_tuned(path, G)[0], lambda t: t.to(G.device))
