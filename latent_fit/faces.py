@@ -93,6 +93,11 @@ def _model(name: str):
         raise LatentFitError(f"{path}: unreadable face model ({e}); reinstall face-recognition-models") from None
 
 
+class NotFaces(LatentFitError):
+    """A generator whose samples show too few faces for a template (make_template's refusal, the
+    one template_for caches: a missing face model is not cached)."""
+
+
 # --- detection ------------------------------------------------------------------------------
 
 
@@ -234,7 +239,7 @@ def sample_landmarks(G, n: int, seed: int, batch: int = PROBE_SAMPLES) -> tuple[
 
 
 def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
-    """The template of G from the landmarks of n of its samples; refuses (LatentFitError) a
+    """The template of G from the landmarks of n of its samples; refuses (NotFaces) a
     generator whose samples show a face less often than MIN_FOUND (after the first
     PROBE_SAMPLES when none of them shows one)."""
     if n < 8:
@@ -243,7 +248,7 @@ def make_template(G, n: int = TEMPLATE_SAMPLES, seed: int = 0) -> Template:
     n = len(pts)
     ok, boxes = pts[~np.isnan(pts).any(axis=(1, 2))], boxes[~np.isnan(boxes).any(axis=1)]
     if len(ok) < MIN_FOUND * n:
-        raise LatentFitError(
+        raise NotFaces(
             f"generator {G.name!r}: a face was found in only {len(ok)} of {n} samples "
             f"(need {math.ceil(MIN_FOUND * n)}); it does not look like a face generator"
         )
@@ -350,7 +355,7 @@ def default_cache_dir() -> Path:
 def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str | None]:
     """G's template and a line to show when it had to be made: the shipped file of a bundled
     generator (checked by sha256), else the cached one (by G.sha256), else made and cached. A
-    generator refused by make_template is refused again from the cache (<sha256>.refused)."""
+    generator refused as NotFaces is refused again from the cache (<sha256>.refused)."""
     from .generators import check_bundled, weights_dir
 
     if G.name in BUNDLED_TEMPLATES:
@@ -366,10 +371,10 @@ def template_for(G, cache_dir: str | Path | None = None) -> tuple[Template, str 
         return load_template(path), None
     if G.sha256 and refused.is_file():
         with open(refused, "rb") as f:  # a regular file (is_file), its first 400 bytes
-            raise LatentFitError(f.read(400).decode(errors="replace").strip())
+            raise NotFaces(f.read(400).decode(errors="replace").strip())
     try:
         t = make_template(G, n=TEMPLATE_SAMPLES)
-    except LatentFitError as e:
+    except NotFaces as e:
         if G.sha256:
             folder.mkdir(parents=True, exist_ok=True)
             line = f"{e} (cached in {refused})\n"
@@ -386,14 +391,12 @@ ALIGN_MODES = ("auto", "faces", "none")
 
 
 def face_template(G, align: str = "auto", template: str | Path | None = None) -> tuple[Template | None, str | None]:
-    """The template a run aligns photos to (None: no alignment, images centre-cropped as they
-    are) and a line to show. align "none": None; "faces": `template` (a file) or template_for(G),
-    whose refusal is the run's error; "auto": the same, but a refusal (not a face generator, no
-    face models) is the line and means no alignment."""
+    """G's face template for a run, `template` (a file) or template_for(G), and a line to show.
+    Under "auto" and "faces" photos are aligned to it; under "none" it only measures
+    id_similarity. A refusal is the run's error under "faces"; else it means no template, with a
+    line (none under "none" for a generator that does not make faces: NotFaces)."""
     if align not in ALIGN_MODES:
         raise LatentFitError(f"--align {align!r}: choose one of {', '.join(ALIGN_MODES)}")
-    if align == "none":
-        return None, None
     if template is not None:
         t = load_template(template)
         if t.resolution != G.resolution:
@@ -406,6 +409,8 @@ def face_template(G, align: str = "auto", template: str | Path | None = None) ->
     except LatentFitError as e:
         if align == "faces":
             raise
+        if align == "none":
+            return None, None if isinstance(e, NotFaces) else f"identity similarity not measured: {e}"
         return None, f"photos are centre-cropped, not aligned: {e}"
 
 

@@ -33,8 +33,8 @@ class Alignment:
         """(the Alignment of G, a line to show or None): see faces.face_template."""
         if max_faces is not None and (type(max_faces) is not int or max_faces < 1):
             raise LatentFitError(f"--max-faces {max_faces!r}: give a whole number >= 1")
-        t, note = face_template(G, "auto" if align == "none" else align, template)
-        return cls(align, t, max_faces), None if align == "none" else note
+        t, note = face_template(G, align, template)
+        return cls(align, t, max_faces), note
 
     @property
     def cuts(self) -> bool:

@@ -171,3 +171,23 @@ def test_the_face_models_load_with_the_network_off(monkeypatch):
     for name in ("hog", "cnn", "points", "descriptor"):
         faces._model.cache_clear()
         assert faces._model(name) is not None
+
+
+def test_missing_face_models_are_said_once_and_not_cached_as_a_refusal(tmp_path, monkeypatch):
+    from latent_fit.generators.stylegan2 import StyleGAN2Generator
+
+    G = StyleGAN2Generator(**SMALL_STYLEGAN2)
+    G.sha256 = "sg2-without-face-models"
+    monkeypatch.setenv("LATENT_FIT_CACHE", str(tmp_path))
+
+    def missing():
+        raise faces.LatentFitError(f"face models: dlib is not installed; {faces.INSTALL}")
+
+    monkeypatch.setattr(faces, "_dlib", missing)
+    faces._model.cache_clear()
+    alignment, note = Alignment.of(G, "none")
+    assert alignment.template is None and note.startswith("identity similarity not measured") and "dlib" in note
+    _, note = Alignment.of(G, "auto")
+    assert note.startswith("photos are centre-cropped, not aligned") and "dlib" in note
+    assert not list(tmp_path.rglob("*.refused"))  # installing dlib later makes the template
+    faces._model.cache_clear()

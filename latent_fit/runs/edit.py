@@ -26,7 +26,7 @@ from ..edit import (
     render_path,
 )
 from ..errors import ArgumentError, LatentFitError
-from ..faces import INSTALL, Template, id_similarity, paste_back, read_photo, template_for
+from ..faces import paste_back, read_photo
 from ..fields import regular_file
 from ..files import atomic_write, input_sha256
 from ..generators.base import Generator
@@ -53,7 +53,7 @@ from ..outputs import (
     target_noise,
     tuned_note,
 )
-from ..photos import paste_photos, paste_results, tensor
+from ..photos import Alignment, paste_photos, paste_results, tensor
 from ..report import write_report
 from ..sweep import EDIT_COLUMNS
 
@@ -112,10 +112,11 @@ def edit_files(
     masks, mask_errors = per_stem(mask, todo, lambda p: load_mask(p, G.resolution))
     rep.errors += errors + mask_errors
     todo = [by_stem[s] for s in todo if s in requests and s in masks]
-    template = _identity_template(G, rep) if todo else None
+    identity, note = Alignment.of(G, "none") if todo else (Alignment(), None)  # id_similarity's template
+    rep.notes += [note] if note else []
     for k, n, Gk, chunk in by_weights(G, todo, batch_size, rep.errors):
         cb = progress(k, n, [t.stem for t in chunk]) if progress else None
-        _edit_chunk(Gk, folder, rep, cfg, chunk, requests, masks, record, inputs, template, cb)
+        _edit_chunk(Gk, folder, rep, cfg, chunk, requests, masks, record, inputs, identity, cb)
     rep.written += paste_photos(folder, _links(targets), set(rep.done), rep.notes)
     rep.metrics = folder.write_metrics(EDIT_METRIC_COLUMNS, record, rep)
     folder.write_file(rep, "index.html", lambda: write_report(folder.path, "edit"))
@@ -137,20 +138,6 @@ def _edit_summary(rep: Report, targets: list[Target]) -> str:
     return line + tuned_note(targets, rep.done)
 
 
-def _identity_template(G: Generator, rep: Report) -> Template | None:
-    """The template an edit's id_similarity crops are aligned to: G's (faces.template_for; the
-    line it gives when it had to make one is a note); None for a generator whose samples are not
-    faces (the column stays empty) or, with one warning, when the face models cannot load."""
-    try:
-        template, note = template_for(G)
-    except LatentFitError as e:
-        if INSTALL in str(e):
-            warnings.warn(f"identity similarity not measured: {e}", stacklevel=3)
-        return None
-    rep.notes += [note] if note else []
-    return template
-
-
 def _edit_chunk(
     G: Generator,
     folder: OutputFolder,
@@ -161,20 +148,19 @@ def _edit_chunk(
     masks: dict,
     record: dict,
     inputs,
-    template: Template | None,
+    identity: Alignment,
     progress,
 ):
     """Edit one chunk of latents that share their weights (G, or G tuned by their tuned file,
     which each output then records beside it) and write their outputs; id_similarity of the
-    images before and after (NaN without a template)."""
+    images before and after (identity.id_similarity: none without a face template)."""
     names = [t.stem for t in chunk]
     req = torch.stack([requests[s][0] for s in names])
     mk = stack_masks([masks[s] if masks[s] is not None else requests[s][1] for s in names])
     c = G.class_labels([t.class_index for t in chunk], cfg.space)
     res = edit(G, _latents(chunk), req, mk, names, config=cfg, c=c, noise=_noise(G, chunk), progress=progress)
-    res.metrics["id_similarity"] = (
-        np.full(len(names), np.nan) if template is None else id_similarity(res.before, res.images, template)
-    )
+    ids = identity.id_similarity(res.before, res.images)
+    res.metrics |= {} if ids is None else {"id_similarity": ids}
     req = req.to(res.before)
     painted = req if mk is None else res.before + (req - res.before) * mk.to(req)
     before, shown, after = to_uint8(res.before), to_uint8(painted), to_uint8(res.images)
