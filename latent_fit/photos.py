@@ -87,9 +87,7 @@ class Alignment:
         n = len(a.faces) if self.max_faces is None else min(self.max_faces, len(a.faces))
         sha, where = input_sha256(path), str(Path(path).resolve())
         links = [PhotoLink(where, sha, photo.shape[:2], k + 1, a.faces[k].landmarks, a.transforms[k]) for k in range(n)]
-        return [(stem if k == 0 else f"{stem}_face{k + 1}", link) for k, link in enumerate(links)], (
-            a.skipped + len(a.faces) - n
-        )
+        return [(face_stem(stem, k), link) for k, link in enumerate(links)], (a.skipped + len(a.faces) - n)
 
     def id_similarity(self, targets: torch.Tensor, images: torch.Tensor) -> np.ndarray | None:
         """faces.id_similarity of each target and its result, None without a template."""
@@ -110,8 +108,17 @@ class Crops:
             return load_image(path, self.resolution, channels=self.channels)
         if self._photo is None or self._photo[0] != path:
             self._photo = (path, load_photo(path))
-        crop = warp_crop(self._photo[1], link.transform, self.resolution)
-        return (LUMA[:, None, None] * crop).sum(0, keepdim=True) if self.channels == 1 else crop
+        return in_channels(warp_crop(self._photo[1], link.transform, self.resolution), self.channels)
+
+
+def face_stem(stem: str, k: int) -> str:
+    """The target name of face k (0: the largest) of a photo named `stem`: `stem`, `stem_face2`, ..."""
+    return stem if k == 0 else f"{stem}_face{k + 1}"
+
+
+def in_channels(crop: torch.Tensor, channels: int) -> torch.Tensor:
+    """A crop [3, R, R] with the generator's channels (1: its ITU-R 601 luma)."""
+    return (LUMA[:, None, None] * crop).sum(0, keepdim=True) if channels == 1 else crop
 
 
 def paste_photos(folder, links: dict[str, PhotoLink], fresh: set[str], notes: list[str]) -> list[Path]:

@@ -18,11 +18,11 @@ from PIL import Image
 from ..errors import LatentFitError
 from ..faces import Aligned, PhotoLink, Template, align_photo, paste_back
 from ..images import load_image, load_photo
+from ..photos import in_channels
 
 MAX_FACES = 16  # faces of one photo offered to the page (the largest first)
 MAX_PHOTO_PIXELS = 2**24  # a photo with more pixels is scaled down to this many, first
 SHOWN_SIDE = 512  # px: the longer side of the photo as the page shows it
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as images.load_image's grayscale
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,11 @@ class Photo:
     def size(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
 
-    def face_stem(self, k: int) -> str:
-        """The name of face k's files: the photo's stem for the largest, <stem>_face<k+1> else."""
-        return self.stem if k == 0 else f"{self.stem}_face{k + 1}"
-
     def target(self, k: int, channels: int) -> torch.Tensor:
         """Face k's crop [channels, R, R] in [-1, 1] (channels 1: its luma)."""
         if not 0 <= k < len(self.aligned.faces):
             raise LatentFitError(f"face {k + 1}: the photo has {len(self.aligned.faces)} face(s)")
-        crop = self.aligned.crops[k]
-        return (crop * torch.tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True) if channels == 1 else crop
+        return in_channels(self.aligned.crops[k], channels)
 
     def boxes(self) -> list[list[float]]:
         """Each face's box (left, top, right, bottom) in photo pixels."""

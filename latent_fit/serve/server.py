@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import LatentFitError, one_line
 from ..images import IMAGE_SUFFIXES, load_image
+from ..photos import face_stem
 from .editor import Editor, data_url
 from .inputs import MAX_UPLOAD_BYTES, decode_direction, decode_strokes
 from .jobqueue import QueueFull
@@ -230,7 +231,7 @@ class Handler(BaseHTTPRequestHandler):
             target, stem = load_image(path, G.resolution, channels=G.img_channels, name=path.name), path.stem
         elif "face" in args:
             photo, face = self.editor.photo(page), _whole(args["face"], "face")
-            target, stem = photo.target(face, G.img_channels), photo.face_stem(face)
+            target, stem = photo.target(face, G.img_channels), face_stem(photo.stem, face)
         else:
             name = str(args.get("name", "upload"))[:200]
             data = self._body("application/octet-stream", MAX_UPLOAD_BYTES)
