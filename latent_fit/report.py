@@ -152,11 +152,19 @@ def _gallery(out: Path, kind: str, rows: list[dict]) -> tuple[str, set[str]]:
     return "\n".join(parts) or "<p>No complete targets yet.</p>", shown
 
 
+def _number(value) -> float:
+    """A table value as a number to sort by (0 for anything else: the rows are read from OUT)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _photos(out: Path, rows: list[dict]) -> tuple[str, set[str]]:
     """For every photo the targets were cut from (their rows' `photo`): the photo, each face's
     aligned crop and the photo with the results (<first stem>_photo.png); the image names shown."""
     faces: dict[str, list[str]] = {}
-    for r in sorted(rows, key=lambda r: (str(r.get("photo")), float(r.get("photo_face") or 0))):
+    for r in sorted(rows, key=lambda r: (str(r.get("photo")), _number(r.get("photo_face")))):
         if r.get("photo"):
             faces.setdefault(str(r["photo"]), []).append(str(r["target"]))
     parts, shown = [], set()

@@ -1,13 +1,14 @@
 """OUT/index.html after project, edit and sweep: a page that opens from disk, shows every
 target's images (relative links that exist) and a metrics table with one row per target."""
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from latent_fit.report import write_report
+from latent_fit.report import render_report, write_report
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FAST = ["--steps", "10", "--loss", "mse"]
@@ -77,3 +78,12 @@ def test_report_escapes_names_and_survives_an_empty_folder(tmp_path):
     assert "latent-fit sweep" in write_report(empty, "sweep").read_text()
     with pytest.raises(ValueError):
         write_report(empty, "nope")
+
+
+def test_photo_rows_that_are_not_numbers_do_not_break_the_report(tmp_path):
+    rows = [
+        {"target": "a", "photo": "/x.png", "photo_face": "abc"},
+        {"target": "b", "photo": "/x.png", "photo_face": [1]},
+    ]
+    (tmp_path / "metrics.json").write_text(json.dumps(rows))
+    assert "<h2>Photos</h2>" in render_report(tmp_path, "project")
