@@ -21,9 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 FULL = "full"
-# Adam's learning rate of the factors over tune_lr (full changes'): of factor rates 1e-3, 3e-3 and
-# 1e-2 at rank 8, 3e-3 = 10 x 3e-4 reconstructed best (docs/real-photos.md, low-rank tuning).
-LR_GAIN = 10.0
 SUFFIXES = (".lora_a", ".lora_b")  # a low-rank change's two tensors in a tuned file
 
 
@@ -36,20 +33,44 @@ def factor_dims(shape: tuple[int, ...], rank: int | str) -> tuple[int, int] | No
     return (d0, rest) if rank * (d0 + rest) < d0 * rest else None
 
 
-def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init) -> dict:
-    """A delta of n targets that changes nothing, as leaves to optimize: full changes zeros; of a
-    pair, A zeros (so Δ = 0) and B init(i, (rank, rest)) [n, rank, rest] (normal numbers; i: the
-    weight's index) over sqrt(rank), so that a step of A moves each weight by about its size."""
+def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init, starts: dict | None = None) -> dict:
+    """A delta of n targets that changes nothing, as leaves to optimize: full changes zeros; a pair
+    as starts[name] where given (aligned_pair), else A zeros (so Δ = 0) and B init(i, (rank, rest))
+    [n, rank, rest] (normal numbers; i: the weight's index) over sqrt(rank)."""
     out = {}
     for i, (k, v) in enumerate(tunable.items()):
         dims = factor_dims(tuple(v.shape), rank)
         if dims is None:
             out[k] = torch.zeros(n, *v.shape, device=v.device, requires_grad=True)
-            continue
-        a = torch.zeros(n, dims[0], rank, device=v.device, requires_grad=True)
-        b = (init(i, (rank, dims[1])).to(v.device) / math.sqrt(rank)).requires_grad_(True)
-        out[k] = (a, b)
+        elif starts and k in starts:
+            out[k] = tuple(t.detach().clone().requires_grad_(True) for t in starts[k])
+        else:
+            a = torch.zeros(n, dims[0], rank, device=v.device, requires_grad=True)
+            b = (init(i, (rank, dims[1])).to(v.device) / math.sqrt(rank)).requires_grad_(True)
+            out[k] = (a, b)
     return out
+
+
+def aligned_pair(m: nn.Module, x: torch.Tensor, rank: int, fill) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start of plain layer m's factors for targets whose pivots feed it x [N, ...]: the input
+    side (A of a transposed convolution, else B) holds the top `rank` principal directions of each
+    pivot's own input (channel vectors at its pixels; a convolution's patches), then fill(shape)
+    normal numbers where the input has fewer; the output side zeros, so Δ = 0. A random input
+    side catches ~rank/dim of the first gradients; these catch most, and tuning starts where the
+    pivot's features lie (measured: docs/real-photos.md, low-rank tuning). Both sides as zeros()."""
+    if isinstance(m, nn.Conv2d):
+        cols = F.unfold(x, m.kernel_size, padding=m.padding, stride=m.stride)
+    elif isinstance(m, nn.ConvTranspose2d):
+        cols = x.flatten(2)
+    else:
+        cols = x.reshape(x.shape[0], -1, x.shape[-1]).mT
+    n, dim = cols.shape[:2]
+    u = torch.linalg.svd(cols, full_matrices=False).U[..., :rank].mT * math.sqrt(dim)
+    side = torch.cat([u, fill((rank - u.shape[1], dim)).to(u)], 1) / math.sqrt(rank)  # [N, rank, dim]
+    w = m.weight
+    if isinstance(m, nn.ConvTranspose2d):
+        return side.mT.contiguous(), side.new_zeros(n, rank, w[0].numel())
+    return side.new_zeros(n, w.shape[0], rank), side
 
 
 def dense(change, shape: tuple[int, ...]) -> torch.Tensor:
@@ -73,10 +94,9 @@ def sq_norm(change) -> torch.Tensor:
     return (a.mT @ a * (b @ b.mT)).sum((1, 2))
 
 
-def leaves(delta: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The tensors of a delta (what the optimizer moves): (full changes, factors)."""
-    full = [v for v in delta.values() if not isinstance(v, tuple)]
-    return full, [t for v in delta.values() if isinstance(v, tuple) for t in v]
+def leaves(delta: dict) -> list[torch.Tensor]:
+    """The tensors of a delta (what the optimizer moves)."""
+    return [t for v in delta.values() for t in (v if isinstance(v, tuple) else (v,))]
 
 
 def each(delta: dict, fn) -> dict:

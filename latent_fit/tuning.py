@@ -208,10 +208,8 @@ def tune(
     k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0  # a 0 weight zeroes its target's term
     objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=k > 0, device=dev)
     keys = torch.tensor([name_key(seed, s, _KEY_START) for s in names], device=dev)
-    delta = lowrank.zeros(
-        G.tunable(), tuning.tune_rank, n, lambda i, shape: keyed_normal(keys, _INIT_COUNTER + i, shape)
-    )
     with plain_cpu_kernels() if exact else contextlib.nullcontext():
+        delta = _start(G, tuning.tune_rank, keys, (pivot, space, c, noise))
         lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
         with torch.no_grad():
             before = _originals(G, lat, cr, space) if k else None
@@ -222,6 +220,39 @@ def tune(
     settings = _settings(tuning, objective, space=space, seed=seed, locality_samples=k, exact=exact)
     images, seconds = metrics.pop("images"), time.perf_counter() - t_start
     return TuneResult(names, space, delta, images, metrics, settings, seconds)
+
+
+def _start(G: Generator, rank: int | str, keys: torch.Tensor, pivots: tuple) -> dict:
+    """The delta tuning starts from (lowrank.zeros): a plain layer's pair aligned with what the
+    pivots (latents, space, labels, noise) feed it (lowrank.aligned_pair), other pairs random."""
+    tunable = G.tunable()
+    index = {k: i for i, k in enumerate(tunable)}
+
+    def init(i: int, shape: tuple[int, ...]) -> torch.Tensor:  # weight i's random numbers
+        return keyed_normal(keys, _INIT_COUNTER + i, shape)
+
+    plain = lowrank.plain_layers(G, [k for k, v in tunable.items() if lowrank.factor_dims(tuple(v.shape), rank)])
+    seen = {}
+
+    def keep(k):  # a forward hook keeping the layer's first input; it returns None: the output stays
+        def hook(m, x, y):
+            seen.setdefault(k, x[0])
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep(k)) for k, m in plain.items()]
+    try:
+        with torch.no_grad():
+            G.synthesize(*pivots)
+    finally:
+        for h in hooks:
+            h.remove()
+    starts = {
+        k: lowrank.aligned_pair(m, seen[k], rank, lambda shape, i=index[k]: init(i, shape))
+        for k, m in plain.items()
+        if k in seen
+    }
+    return lowrank.zeros(tunable, rank, len(keys), init, starts)
 
 
 def _settings(tuning: Tuning, objective: Objective, **used) -> dict:
@@ -244,9 +275,7 @@ def _descend(
     """tuning.tune_steps Adam steps on every target's Δθ (in place); rows: the objective's
     per-target inputs but the images; render: render_tuned's (latents, labels, noise, space)."""
     lat, cr, nr, space = render
-    full, factors = lowrank.leaves(delta)
-    groups = [{"params": full}, {"params": factors, "lr": tuning.tune_lr * lowrank.LR_GAIN}]
-    opt = _adam([g for g in groups if g["params"]], tuning.tune_lr)  # element-wise: rows stay independent
+    opt = _adam(lowrank.leaves(delta), tuning.tune_lr)  # element-wise: rows stay independent
     for step in range(tuning.tune_steps):
         images = render_tuned(G, delta, lat, space, cr, nr)
         total = objective(dataclasses.replace(rows, images=images[:, 0], delta=delta, samples=images[:, 1:]))

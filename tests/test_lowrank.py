@@ -13,13 +13,13 @@ from latent_fit import LatentFitError, project
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.generators.tuned import apply_tuned, read_tuned, save_tuned
 from latent_fit.images import load_image
-from latent_fit.lowrank import dense, dense_delta, layer_change, pick
+from latent_fit.lowrank import aligned_pair, dense, dense_delta, layer_change, pick
 from latent_fit.tuning import render_blended, render_tuned, tune, tuning_bytes
 
 from conftest import SMALL_STYLEGAN2
 
 PHOTO = Path(__file__).resolve().parents[1] / "samples" / "photos" / "grace_hopper.png"
-FAST = dict(loss="mse", tune_lr=1e-3, tune_steps=60)
+FAST = dict(loss="mse", tune_steps=60)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,23 @@ def test_a_layers_low_rank_change_equals_its_dense_weight_change(layer, x):
     assert torch.allclose(got, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "layer, side",
+    [(nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1), 0), (nn.Conv2d(6, 5, 1), 1), (nn.Linear(6, 5), 1)],
+)
+def test_a_plain_layers_start_lies_on_the_directions_of_its_input(layer, side):
+    """Inputs of rank 2 per target: the input side's first two directions span them and the output
+    side is zero (Δ = 0)."""
+    gen = torch.Generator().manual_seed(0)
+    cols = torch.randn(2, 6, 2, generator=gen) @ torch.randn(2, 2, 9, generator=gen)  # [N, 6, 9] of rank 2
+    x = cols.mT if isinstance(layer, nn.Linear) else cols.view(2, 6, 3, 3)
+    pair = aligned_pair(layer, x, 3, lambda shape: torch.randn(2, *shape, generator=gen))
+    inp = pair[side] if side == 1 else pair[side].mT  # [N, 3, 6]
+    assert pair[1 - side].abs().max() == 0 and inp.shape == (2, 3, 6)
+    q = torch.nn.functional.normalize(inp[:, :2], dim=2).mT
+    assert torch.allclose(q @ (q.mT @ cols), cols, atol=1e-4) and inp[:, 2].abs().min() > 0
+
+
 def test_low_rank_renders_as_its_dense_weights_through_vmap(G):
     tunable = G.tunable()
     gen = torch.Generator().manual_seed(0)
@@ -66,8 +83,8 @@ def test_low_rank_tuning_gains_on_a_photo_in_a_20x_smaller_file(G, photo_pivot, 
     low = tune(G, pivot, x, ["gh"], tune_rank=8, **FAST)
     full = tune(G, pivot, x, ["gh"], tune_rank="full", loss="mse", tune_steps=1)  # for its file's size
     assert all(isinstance(v, tuple) for k, v in low.delta.items() if k.endswith("weight"))
-    assert low.metrics["psnr"][0] > low.metrics["psnr_pivot"][0] + 3, low.metrics  # measured +4.4 dB
-    assert low.metrics["locality_psnr"][0] > 30, low.metrics  # measured 34.9 dB
+    assert low.metrics["psnr"][0] > low.metrics["psnr_pivot"][0] + 6, low.metrics  # measured +8.6 dB
+    assert low.metrics["locality_psnr"][0] > 30, low.metrics  # measured 33.8 dB
     paths = {}
     for tag, res in (("full", full), ("low", low)):
         paths[tag] = tmp_path / f"{tag}.tuned.safetensors"
