@@ -14,11 +14,13 @@ NAMES = [f"t{i}" for i in range(8)]
 
 
 def test_defaults_reconstruct_in_domain_targets(G, in_domain):
-    """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule."""
+    """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule, cut to 150 of
+    its 400 steps (the same Adam / L-BFGS fractions): already 15 dB past the bars there (median
+    56-60, min 44-47 dB on three seeds' targets; the full 400 reach 90+)."""
     targets, _ = in_domain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # offline: LPIPS falls back to MSE
-        res = project(G, targets, NAMES, config=ENCODED, encoder=load_encoder("auto", G))
+        res = project(G, targets, NAMES, config=ENCODED.replace(steps=150), encoder=load_encoder("auto", G))
     psnr = res.metrics["psnr"]
     assert np.median(psnr) >= 40, psnr
     assert psnr.min() >= 30, psnr
@@ -40,9 +42,10 @@ def test_a_target_that_stopped_improving_stops(G, in_domain):
 def test_a_target_does_not_depend_on_its_batch(G, in_domain):
     """Together, reversed or alone, with pruning and early stop: bit-identical latents. (`exact`
     picks kernels whose rounding does not depend on the batch size; the default fast kernels
-    differ by ~1e-7 a step, which a hard target's optimization can amplify.)"""
+    differ by ~1e-7 a step, which a hard target's optimization can amplify.) The Jacobian
+    metrics, measured after the loop, are off in these tests: they cannot move a latent."""
     targets = in_domain[0][:3]
-    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True)
+    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw)
     reversed_ = project(G, targets.flip(0), NAMES[:3][::-1], **kw).latent.flip(0)
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
@@ -53,7 +56,7 @@ def test_a_target_does_not_depend_on_its_batch(G, in_domain):
 def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_domain):
     """The default start E(x) too: with `exact`, each target goes through the encoder alone."""
     targets, E = in_domain[0][:3], load_encoder("auto", G)
-    kw = dict(loss="mse", steps=60, exact=True, encoder=E)
+    kw = dict(loss="mse", steps=60, exact=True, encoder=E, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw).latent
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together, alone)
@@ -63,7 +66,7 @@ def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_dom
 def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
     """L-BFGS keeps a history and takes or refuses each step per target: still bit-identical."""
     targets, E = in_domain[0][:3], load_encoder("auto", G)
-    kw = dict(loss="mse", steps=60, lbfgs=0.5, exact=True, encoder=E)
+    kw = dict(loss="mse", steps=60, lbfgs=0.5, exact=True, encoder=E, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw)
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together.latent, alone)
