@@ -76,7 +76,7 @@ def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
 
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
     t = in_domain[0][:2]
-    kw = dict(loss="mse", steps=30, starts=2)
+    kw = dict(loss="mse", steps=30, starts=2, jacobian_metrics=False)  # after the loop: cannot move a latent
     a, b = project(G, t, ["x", "y"], **kw).latent, project(G, t, ["x", "y"], **kw).latent
     c = project(G, t, ["x", "y"], seed=1, **kw).latent
     assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -98,6 +98,7 @@ def test_larger_wr_trades_fidelity_for_a_smaller_change(G, in_domain):
         loss="mse",
         steps=200,
         latent_noise=0,
+        jacobian_metrics=False,  # 320 synthesis rows after the loop; only dz_norm and mse are asserted
     )
     dz, mse = res.metrics["dz_norm"], res.metrics["mse"]
     assert np.all(np.diff(dz) < 0), dz
@@ -109,7 +110,8 @@ def test_l1_gives_a_sparser_change_than_l2(G, in_domain):
     t = in_domain[0][:2]
     dz = {}
     for reg in ("l2", "l1"):
-        r = project(G, t, ["a", "b"], init=z0, reg=reg, wr=1e-3, loss="mse", steps=200, latent_noise=0)
+        kw = dict(wr=1e-3, loss="mse", steps=200, latent_noise=0, jacobian_metrics=False)  # only dz is asserted
+        r = project(G, t, ["a", "b"], init=z0, reg=reg, **kw)
         dz[reg] = r.latent - r.latent_init
     # effective fraction of coordinates used: (|dz|_1 / |dz|_2)^2 / dim, 1 = dense, 1/dim = one-hot
     used = {k: ((v.abs().sum(1) / v.norm(dim=1)) ** 2 / v.shape[1]) for k, v in dz.items()}
