@@ -104,8 +104,9 @@ def test_rescaled_latent_divides_the_factor_by_a_squared_and_keeps_the_images(G)
     factor, factor2 = wr_factor(G, z0, names=["a", "b"]), wr_factor(G2, a * z0, names=["a", "b"])
     assert torch.allclose(factor2 * a**2, factor, rtol=1e-3)
     # relative w_r = 1 on both. Adam's steps are in latent units, so lr * a on G' takes the same
-    # steps in G's units.
-    opts = dict(steps=80, loss="mse", latent_noise=0.0, wr=1.0, wr_units="relative")
+    # steps in G's units. jacobian_norm is not asserted here: off, so G' (no weights hash) does
+    # not estimate its own prior median (test_jacobian_norm_is_one_... covers it).
+    opts = dict(steps=80, loss="mse", latent_noise=0.0, wr=1.0, wr_units="relative", jacobian_metrics=False)
     res = project(G, targets, ["a", "b"], init=z0, lr=0.05, **opts)
     res2 = project(G2, targets, ["a", "b"], init=a * z0, lr=0.05 * a, **opts)
     assert np.allclose(res2.metrics["wr_factor"] * a**2, res.metrics["wr_factor"], rtol=1e-3)

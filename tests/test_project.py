@@ -14,11 +14,13 @@ NAMES = [f"t{i}" for i in range(8)]
 
 
 def test_defaults_reconstruct_in_domain_targets(G, in_domain):
-    """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule."""
+    """The CLI's defaults: the bundled encoder's start, then the ENCODED schedule, cut to 150 of
+    its 400 steps (the same Adam / L-BFGS fractions): already 15 dB past the bars there (median
+    56-60, min 44-47 dB on three seeds' targets; the full 400 reach 90+)."""
     targets, _ = in_domain
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # offline: LPIPS falls back to MSE
-        res = project(G, targets, NAMES, config=ENCODED, encoder=load_encoder("auto", G))
+        res = project(G, targets, NAMES, config=ENCODED.replace(steps=150), encoder=load_encoder("auto", G))
     psnr = res.metrics["psnr"]
     assert np.median(psnr) >= 40, psnr
     assert psnr.min() >= 30, psnr
@@ -40,9 +42,10 @@ def test_a_target_that_stopped_improving_stops(G, in_domain):
 def test_a_target_does_not_depend_on_its_batch(G, in_domain):
     """Together, reversed or alone, with pruning and early stop: bit-identical latents. (`exact`
     picks kernels whose rounding does not depend on the batch size; the default fast kernels
-    differ by ~1e-7 a step, which a hard target's optimization can amplify.)"""
+    differ by ~1e-7 a step, which a hard target's optimization can amplify.) The Jacobian
+    metrics, measured after the loop, are off in these tests: they cannot move a latent."""
     targets = in_domain[0][:3]
-    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True)
+    kw = dict(loss="mse", steps=100, starts=4, prune_every=0.25, exact=True, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw)
     reversed_ = project(G, targets.flip(0), NAMES[:3][::-1], **kw).latent.flip(0)
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
@@ -53,7 +56,7 @@ def test_a_target_does_not_depend_on_its_batch(G, in_domain):
 def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_domain):
     """The default start E(x) too: with `exact`, each target goes through the encoder alone."""
     targets, E = in_domain[0][:3], load_encoder("auto", G)
-    kw = dict(loss="mse", steps=60, exact=True, encoder=E)
+    kw = dict(loss="mse", steps=60, exact=True, encoder=E, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw).latent
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together, alone)
@@ -63,7 +66,7 @@ def test_a_target_does_not_depend_on_its_batch_from_the_encoders_start(G, in_dom
 def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
     """L-BFGS keeps a history and takes or refuses each step per target: still bit-identical."""
     targets, E = in_domain[0][:3], load_encoder("auto", G)
-    kw = dict(loss="mse", steps=60, lbfgs=0.5, exact=True, encoder=E)
+    kw = dict(loss="mse", steps=60, lbfgs=0.5, exact=True, encoder=E, jacobian_metrics=False)
     together = project(G, targets, NAMES[:3], **kw)
     alone = torch.cat([project(G, targets[i : i + 1], [NAMES[i]], **kw).latent for i in range(3)])
     assert torch.equal(together.latent, alone)
@@ -73,7 +76,7 @@ def test_a_target_does_not_depend_on_its_batch_under_lbfgs(G, in_domain):
 
 def test_same_seed_same_latents_and_seed_changes_them(G, in_domain):
     t = in_domain[0][:2]
-    kw = dict(loss="mse", steps=30, starts=2)
+    kw = dict(loss="mse", steps=30, starts=2, jacobian_metrics=False)  # after the loop: cannot move a latent
     a, b = project(G, t, ["x", "y"], **kw).latent, project(G, t, ["x", "y"], **kw).latent
     c = project(G, t, ["x", "y"], seed=1, **kw).latent
     assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -95,6 +98,7 @@ def test_larger_wr_trades_fidelity_for_a_smaller_change(G, in_domain):
         loss="mse",
         steps=200,
         latent_noise=0,
+        jacobian_metrics=False,  # 320 synthesis rows after the loop; only dz_norm and mse are asserted
     )
     dz, mse = res.metrics["dz_norm"], res.metrics["mse"]
     assert np.all(np.diff(dz) < 0), dz
@@ -106,7 +110,8 @@ def test_l1_gives_a_sparser_change_than_l2(G, in_domain):
     t = in_domain[0][:2]
     dz = {}
     for reg in ("l2", "l1"):
-        r = project(G, t, ["a", "b"], init=z0, reg=reg, wr=1e-3, loss="mse", steps=200, latent_noise=0)
+        kw = dict(wr=1e-3, loss="mse", steps=200, latent_noise=0, jacobian_metrics=False)  # only dz is asserted
+        r = project(G, t, ["a", "b"], init=z0, reg=reg, **kw)
         dz[reg] = r.latent - r.latent_init
     # effective fraction of coordinates used: (|dz|_1 / |dz|_2)^2 / dim, 1 = dense, 1/dim = one-hot
     used = {k: ((v.abs().sum(1) / v.norm(dim=1)) ** 2 / v.shape[1]) for k, v in dz.items()}

@@ -32,12 +32,15 @@ def sg2():
 
 def test_w_projection_reaches_a_high_psnr(sg2):
     G, targets = sg2
-    r = project(G, targets, ["a", "b", "c"], loss="mse", steps=300, optimize_noise=False)
+    # This module's one run with the Jacobian metrics is the one with noise maps below; they
+    # cannot move a latent, and each space's prior median costs 512 synthesis rows.
+    r = project(G, targets, ["a", "b", "c"], loss="mse", steps=300, optimize_noise=False, jacobian_metrics=False)
     assert r.space == "w" and r.latent.shape == (3, 32)
     assert r.config["init_mode"] == "mean"
     assert r.metrics["psnr"].min() >= 40, r.metrics["psnr"]
-    # with noise optimization the maps start random and are regularized: still close
-    r = project(G, targets, ["a", "b", "c"], loss="mse", steps=300)
+    # with noise optimization the maps start random and are regularized: still close (a plateau:
+    # the worst target is at 29.75 dB after 150 steps and 29.77 after 300)
+    r = project(G, targets, ["a", "b", "c"], loss="mse", steps=150)
     assert r.metrics["psnr"].min() >= 28, r.metrics["psnr"]
     assert len(r.noise) == len(G.noise_shapes)
     for nz in r.noise:  # renormalized per sample
@@ -47,15 +50,16 @@ def test_w_projection_reaches_a_high_psnr(sg2):
 
 def test_w_plus_and_z_spaces(sg2):
     G, targets = sg2
-    r = project(G, targets[:1], ["a"], space="w+", loss="mse", steps=50)
+    kw = dict(loss="mse", steps=50, jacobian_metrics=False)  # not asserted; w+ and z would each estimate a prior median
+    r = project(G, targets[:1], ["a"], space="w+", **kw)
     assert r.latent.shape == (1, G.num_ws, 32)
-    r = project(G, targets[:1], ["a"], space="z", loss="mse", steps=50, starts=2)
+    r = project(G, targets[:1], ["a"], space="z", starts=2, **kw)
     assert r.latent.shape == (1, 32) and r.config["starts"] == 2
 
 
 def test_independence_with_noise_optimization(sg2):
     G, targets = sg2
-    kw = dict(loss="mse", steps=60)
+    kw = dict(loss="mse", steps=60, jacobian_metrics=False)  # measured after the loop: cannot move a latent
     together = project(G, targets, ["a", "b", "c"], **kw)
     alone = [project(G, targets[i : i + 1], [n], **kw) for i, n in enumerate("abc")]
     # Matrix products of different batch sizes round differently (~1e-6 a step) and Adam
@@ -157,7 +161,15 @@ def test_relative_wr_units_in_w_and_w_plus(sg2):
 
     for space in ("w", "w+"):
         sw = sweep(
-            G, targets[:2], [0.01, 1.0, 100.0], ["a", "b"], space=space, loss="mse", steps=60, wr_units="relative"
+            G,
+            targets[:2],
+            [0.01, 1.0, 100.0],
+            ["a", "b"],
+            space=space,
+            loss="mse",
+            steps=60,
+            wr_units="relative",
+            jacobian_metrics=False,  # wr_factor stays (relative units need it); jacobian_norm is not asserted
         )
         f, eff = sw.metrics["wr_factor"], sw.metrics["wr_effective"]
         assert (f > 0).all() and np.allclose(eff, sw.wrs * f, rtol=1e-6)
