@@ -13,7 +13,8 @@ sampling noise, so ‖Δθ‖ grew and both the reconstruction and the held-out 
 All targets run together through `torch.func.vmap` (one set of weights per target); every term is
 per target, so a target's result does not depend on its batch (bit for bit with `exact`, see tune).
 At a tune_rank each weight's Δθ is a product A·B (lowrank), added beside plain layers as dense
-batched matrix products instead of per-target weights.
+batched matrix products instead of per-target weights; a plain layer's factors start on the
+directions of the pivot's own input to it (lowrank.aligned_pair).
 Pure tensors in, tensors out; the .safetensors side is generators/tuned.py.
 """
 

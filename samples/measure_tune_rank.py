@@ -3,8 +3,8 @@
 
 PHOTOS: comma-separated image files, projected together briefly (100 steps, 2 starts: quick
 pivots; with --default, projection's defaults, as bench --tuning does), then tuned together at
-each RANK:LR (e.g. 8 full 8:1e-3; LR is tune_lr, default 3e-4; low-rank factors step at
-lowrank.LR_GAIN times it). `trunc`: tune at full rank, then render the change cut by SVD to each
+each RANK:LR (e.g. 8 full 8:1e-3; LR is tune_lr, default 3e-4, at which full changes and
+low-rank factors both step). `trunc`: tune at full rank, then render the change cut by SVD to each
 rank per weight (is full tuning's change low rank?). The measurements of docs/real-photos.md's
 low-rank section come from this script (one thread: OMP_NUM_THREADS=1).
 """
