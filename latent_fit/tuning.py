@@ -244,14 +244,15 @@ def _start(G: Generator, rank: int | str, keys: torch.Tensor, pivots: tuple) -> 
     hooks = [m.register_forward_hook(keep(k)) for k, m in plain.items()]
     try:
         with torch.no_grad():
-            G.synthesize(*pivots)
+            if plain:
+                G.synthesize(*pivots)
     finally:
         for h in hooks:
             h.remove()
-    starts = {
+    starts = {  # a layer that saw other rows than one per target (a reshaped batch) starts random
         k: lowrank.aligned_pair(m, seen[k], rank, lambda shape, i=index[k]: init(i, shape))
         for k, m in plain.items()
-        if k in seen
+        if k in seen and len(seen[k]) == len(keys)
     }
     return lowrank.zeros(tunable, rank, len(keys), init, starts)
 
