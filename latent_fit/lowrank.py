@@ -147,6 +147,11 @@ def plain_layers(G: nn.Module, names) -> dict[str, nn.Module]:
     return out
 
 
+def plain_at(G: nn.Module, rank: int | str) -> dict[str, nn.Module]:
+    """plain_layers among the tunable weights of G that change by a pair at `rank`."""
+    return plain_layers(G, [k for k, v in G.tunable().items() if factor_dims(tuple(v.shape), rank)])
+
+
 def layer_change(m: nn.Module, x: torch.Tensor, out: torch.Tensor, a, b, bias) -> torch.Tensor:
     """What a change A·B of plain layer m's weight (and `bias`, a full change or None) adds to its
     output `out` for input x, as matrix products on the unfolded input (Conv2d: A (B unfold(x)))

@@ -70,7 +70,7 @@ def tuning_bytes(G: Generator, image_bytes: int, rank: int | str = lowrank.FULL)
     each, as one projection step of one image needs)."""
     tunable = G.tunable()
     stored = sum(math.prod(s) for s in lowrank.file_shapes(tunable, rank).values())
-    plain = lowrank.plain_layers(G, [k for k, v in tunable.items() if lowrank.factor_dims(v.shape, rank)])
+    plain = lowrank.plain_at(G, rank)
     formed = sum(v.numel() for k, v in tunable.items() if k not in plain)
     return 4 * (4 * stored + formed) + (1 + LOCALITY_SAMPLES) * image_bytes
 
@@ -232,7 +232,7 @@ def _start(G: Generator, rank: int | str, keys: torch.Tensor, pivots: tuple) -> 
     def init(i: int, shape: tuple[int, ...]) -> torch.Tensor:  # weight i's random numbers
         return keyed_normal(keys, _INIT_COUNTER + i, shape)
 
-    plain = lowrank.plain_layers(G, [k for k, v in tunable.items() if lowrank.factor_dims(tuple(v.shape), rank)])
+    plain = lowrank.plain_at(G, rank)
     seen = {}
 
     def keep(k):  # a forward hook keeping the layer's first input; it returns None: the output stays
