@@ -258,12 +258,15 @@ def format_quality(rows: list[dict], n: int) -> str:
 # --- tuning: full against low rank ------------------------------------------------------------
 
 
-def tuning_table(G: Generator, targets: torch.Tensor, names: list[str], ranks, *, loss: str = "mse") -> list[dict]:
-    """One batched projection of `targets` (defaults), then one batched tuning of all of them
-    around their pivots at each of `ranks` (the other tuning settings default), in one process:
+def tuning_table(
+    G: Generator, targets: torch.Tensor, names: list[str], ranks, *, encoder=None, loss: str = "mse"
+) -> list[dict]:
+    """One batched projection of `targets` (the defaults from `encoder`'s start, as `project`
+    runs it), then one batched tuning of all of them around their pivots at each of `ranks` (the
+    other tuning settings default), in one process:
     per run its wall and CPU seconds, median / worst PSNR and locality_psnr, the worst PSNR gap to
     the first rank's (per target) and the tuned file's megabytes."""
-    from .sweep import tuned_file_mb
+    from .lowrank import file_mb
     from .tuning import tune
 
     def timed(fn):
@@ -272,7 +275,9 @@ def tuning_table(G: Generator, targets: torch.Tensor, names: list[str], ranks, *
         _sync(G.device)
         return out, time.perf_counter() - t0, time.process_time() - c0
 
-    piv, wall, cpu = timed(lambda: project(G, targets, names, config=PROJECTION.replace(loss=loss)))
+    space = None if encoder is None else encoder.space
+    cfg = projection_config(encoded=encoder is not None, loss=loss, space=space)
+    piv, wall, cpu = timed(lambda: project(G, targets, names, config=cfg, encoder=encoder))
     rows = [
         {"run": "projection", "seconds": wall, "cpu_seconds": cpu, "median_psnr": float(np.median(piv.metrics["psnr"]))}
     ]
@@ -287,7 +292,7 @@ def tuning_table(G: Generator, targets: torch.Tensor, names: list[str], ranks, *
             {"run": f"tune_rank {rank}", "seconds": wall, "cpu_seconds": cpu, "median_psnr": float(np.median(p))}
             | {"worst_psnr": float(p.min()), "worst_gap_db": float((first - p).max())}
             | {"median_locality": float(np.median(loc)), "worst_locality": float(loc.min())}
-            | {"file_mb": tuned_file_mb(G, rank), "per_target_psnr": [round(float(v), 2) for v in p]}
+            | {"file_mb": file_mb(res.delta), "per_target_psnr": [round(float(v), 2) for v in p]}
         )
     return rows
 

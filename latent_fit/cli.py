@@ -19,6 +19,7 @@ from .config import (
     ENCODED,
     PROJECTION,
     SWEEP_WRS,
+    TUNING_DEFAULTS,
     Tuning,
     edit_config,
     projection_config,
@@ -258,7 +259,10 @@ def tune_options(f):
     f = click.option(
         "--tune-locality",
         type=float,
-        help=f"Weight of the locality term (prior samples keep their images) [default: {T.tune_locality:g}].",
+        help="Weight of the locality term (the rest of the generator keeps its images) [default: {samples:g}; "
+        "{layers:g} at a low --tune-rank on plain layers].".format(
+            **{k: v["tune_locality"] for k, v in TUNING_DEFAULTS.items()}
+        ),
     )(f)
     f = click.option("--tune-steps", type=int, help=f"Tuning steps [default: {T.tune_steps}].")(f)
     return f
@@ -382,7 +386,12 @@ def main():
     "latent (real photos): OUT/<stem>.tuned.safetensors; the images and metrics are the tuned ones.",
 )
 @click.option(
-    "--tune-reg", type=float, help=f"Weight of reg*sum(dtheta^2) of the tuning [default: {Tuning().tune_reg:g}]."
+    "--tune-reg",
+    type=float,
+    help="Weight of reg*sum(dtheta^2) of the tuning [default: {samples:g}; {layers:g} at a low --tune-rank "
+    "on plain layers, where locality is the layers' own].".format(
+        **{k: v["tune_reg"] for k, v in TUNING_DEFAULTS.items()}
+    ),
 )
 @tune_options
 @align_options
@@ -874,12 +883,12 @@ def bench_command(
         res["time_to_quality"] = time_to_quality(G, open_encoder(G, encoder, space, None), n=quality, loss=loss)
         click.echo(format_quality(res["time_to_quality"], quality))
     if tuning_photos:
-        res["tuning"] = _tuning_table(G, tuning_photos, tune_ranks, loss)
+        res["tuning"] = _tuning_table(G, tuning_photos, tune_ranks, loss, open_encoder(G, encoder, space, None))
     if as_json:
         click.echo(json.dumps(res, sort_keys=True))
 
 
-def _tuning_table(G, specs, ranks, loss: str) -> list[dict]:
+def _tuning_table(G, specs, ranks, loss: str, encoder) -> list[dict]:
     """bench --tuning: the photos' tuning table (bench.tuning_table), printed; its rows."""
     import torch
 
@@ -890,7 +899,7 @@ def _tuning_table(G, specs, ranks, loss: str) -> list[dict]:
     if errors or not paths:
         raise LatentFitError(errors[0] if errors else f"--tuning {' '.join(specs)!r}: no images found")
     targets = torch.stack([load_image(p, G.resolution, channels=G.img_channels) for p in paths]).to(G.device)
-    rows = tuning_table(G, targets, [p.stem for p in paths], ranks, loss=loss)
+    rows = tuning_table(G, targets, [p.stem for p in paths], ranks, encoder=encoder, loss=loss)
     click.echo(format_tuning(rows))
     return rows
 

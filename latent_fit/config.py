@@ -141,6 +141,15 @@ def tune_sweep_wr(wrs, init=None, mask=None) -> float | None:
     return None if wrs is None else float(wrs[0])
 
 
+# Defaults of tune_reg and tune_locality by the locality term a tuning uses (tuning.locality_term):
+# rendered prior samples, or at a low rank on plain layers the layers' own output change, which
+# already weighs Δθ by what each layer sees (measured: docs/real-photos.md, "Low-rank tuning").
+TUNING_DEFAULTS = {
+    "samples": {"tune_reg": 1e-3, "tune_locality": 2.0},
+    "layers": {"tune_reg": 0.0, "tune_locality": 1.0},
+}
+
+
 @dataclass(frozen=True)
 class Tuning:
     """The settings of pivotal tuning (`project --tune`, tuning.tune): each field is named as
@@ -150,17 +159,19 @@ class Tuning:
 
     tune_steps: int = 300  # Adam steps on the weights
     tune_lr: float = 3e-4  # their learning rate
-    tune_reg: float = 1e-3  # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
-    tune_locality: float = 2.0  # weight of the locality term (prior samples keep their images)
     tune_rank: int | str = "full"  # rank R of each weight's change Δθ = A·B (lowrank), or "full":
     # full, as measured (docs, "Low-rank tuning"): rank 8's 27x smaller files cost 1.5-3.6 dB on photos
+    tune_reg: float | None = None  # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
+    tune_locality: float | None = None  # weight of the locality term (the rest of G keeps its images)
+    # (None: TUNING_DEFAULTS of the locality term, filled in by tuning.resolved)
 
     def __post_init__(self):
         for name, ok, need in (("tune_steps", self.tune_steps >= 1, ">= 1"), ("tune_lr", self.tune_lr > 0, "> 0")):
             if not ok:
                 raise ArgumentError(name, getattr(self, name), f"tuning needs {name} {need}")
         for name in ("tune_reg", "tune_locality"):
-            check_weights(getattr(self, name), name)
+            if getattr(self, name) is not None:
+                check_weights(getattr(self, name), name)
         if self.tune_rank != "full" and not (type(self.tune_rank) is int and self.tune_rank >= 1):
             raise ArgumentError("tune_rank", self.tune_rank, 'tuning needs tune_rank an integer >= 1 or "full"')
 

@@ -15,6 +15,7 @@ their dense per-target weight θ0 + A·B.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +34,16 @@ def factor_dims(shape: tuple[int, ...], rank: int | str) -> tuple[int, int] | No
     return (d0, rest) if rank * (d0 + rest) < d0 * rest else None
 
 
-def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init, starts: dict | None = None) -> dict:
-    """A delta of n targets that changes nothing, as leaves to optimize: full changes zeros; a pair
-    as starts[name] where given (aligned_pair), else A zeros (so Δ = 0) and B init(i, (rank, rest))
-    [n, rank, rest] (normal numbers; i: the weight's index) over sqrt(rank)."""
+def zeros(
+    tunable: dict[str, torch.Tensor], ranks: dict[str, int | str], n: int, init, starts: dict | None = None
+) -> dict:
+    """A delta of n targets that changes nothing, as leaves to optimize; ranks: each weight's rank
+    (factor_dims). Full changes zeros; a pair as starts[name] where given (aligned_pair), else
+    A zeros (so Δ = 0) and B init(i, (rank, rest)) [n, rank, rest] (normal numbers; i: the
+    weight's index) over sqrt(rank)."""
     out = {}
     for i, (k, v) in enumerate(tunable.items()):
+        rank = ranks[k]
         dims = factor_dims(tuple(v.shape), rank)
         if dims is None:
             out[k] = torch.zeros(n, *v.shape, device=v.device, requires_grad=True)
@@ -51,19 +56,32 @@ def zeros(tunable: dict[str, torch.Tensor], rank: int | str, n: int, init, start
     return out
 
 
-def aligned_pair(m: nn.Module, x: torch.Tensor, rank: int, fill) -> tuple[torch.Tensor, torch.Tensor]:
-    """The start of plain layer m's factors for targets whose pivots feed it x [N, ...]: the input
-    side (A of a transposed convolution, else B) holds the top `rank` principal directions of each
-    pivot's own input (channel vectors at its pixels; a convolution's patches), then fill(shape)
-    normal numbers where the input has fewer; the output side zeros, so Δ = 0. A random input
-    side catches ~rank/dim of the first gradients; these catch most, and tuning starts where the
-    pivot's features lie (measured: docs/real-photos.md, low-rank tuning). Both sides as zeros()."""
+def input_cols(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What plain layer m's weight meets in its input x [N, ...]: [N, dim, positions] (a
+    transposed convolution's channel vectors at every pixel, a convolution's patches, a linear
+    layer's rows). A change's input side (A of a transposed convolution, else B) acts on these."""
     if isinstance(m, nn.Conv2d):
-        cols = F.unfold(x, m.kernel_size, padding=m.padding, stride=m.stride)
-    elif isinstance(m, nn.ConvTranspose2d):
-        cols = x.flatten(2)
-    else:
-        cols = x.reshape(x.shape[0], -1, x.shape[-1]).mT
+        return F.unfold(x, m.kernel_size, padding=m.padding, stride=m.stride)
+    if isinstance(m, nn.ConvTranspose2d):
+        return x.flatten(2)
+    return x.reshape(x.shape[0], -1, x.shape[-1]).mT
+
+
+def capped(rank: int | str, cols: torch.Tensor) -> int | str:
+    """A plain layer's rank: `rank`, or fewer where its input [N, dim, positions] (input_cols)
+    has fewer positions per target: a pivot's input spans no more directions than that, so a
+    higher rank adds nothing for the pivot (the bundled DCGAN's first layer sees the 1 x 1
+    latent: rank 1)."""
+    return rank if rank == FULL else min(rank, cols.shape[-1])
+
+
+def aligned_pair(m: nn.Module, cols: torch.Tensor, rank: int, fill) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start of plain layer m's factors for targets whose pivots feed it cols [N, dim,
+    positions] (input_cols): the input side (A of a transposed convolution, else B) holds the top
+    `rank` principal directions of each pivot's own input, then fill(shape) normal numbers where
+    the input has fewer; the output side zeros, so Δ = 0. A random input side catches ~rank/dim of
+    the first gradients; these catch most, and tuning starts where the pivot's features lie
+    (measured: docs/real-photos.md, low-rank tuning). Both sides as zeros()."""
     n, dim = cols.shape[:2]
     u = torch.linalg.svd(cols, full_matrices=False).U[..., :rank].mT * math.sqrt(dim)
     side = torch.cat([u, fill((rank - u.shape[1], dim)).to(u)], 1) / math.sqrt(rank)  # [N, rank, dim]
@@ -71,6 +89,53 @@ def aligned_pair(m: nn.Module, x: torch.Tensor, rank: int, fill) -> tuple[torch.
     if isinstance(m, nn.ConvTranspose2d):
         return side.mT.contiguous(), side.new_zeros(n, rank, w[0].numel())
     return side.new_zeros(n, w.shape[0], rank), side
+
+
+@dataclass(frozen=True)
+class Moments:
+    """What the original generator feeds a plain layer over prior samples (layer_moments)."""
+
+    sigma: torch.Tensor  # [dim, dim] mean outer product of its input_cols vectors
+    positions: int  # input_cols positions per sample
+    out_positions: int  # output positions per channel (where a bias change lands)
+    scale: float  # 1 / the layer's mean output ‖y‖² per sample
+    transposed: bool  # the input side is the weight's first dimension (A), not its last (B)
+
+
+def layer_moments(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Moments:
+    """Moments of plain layer m from its inputs x and outputs y over M prior samples."""
+    cols = input_cols(m, x)
+    sigma = cols @ cols.mT
+    return Moments(
+        sigma=sigma.sum(0) / (cols.shape[0] * cols.shape[2]),
+        positions=cols.shape[2],
+        out_positions=y[0, 0].numel(),
+        scale=1 / float(y.pow(2).flatten(1).sum(1).mean()),
+        transposed=isinstance(m, nn.ConvTranspose2d),
+    )
+
+
+def output_change(delta: dict, moments: dict[str, Moments]) -> torch.Tensor:
+    """Per target [N]: Σ over plain layers of E‖Δy‖² / E‖y‖², each layer's output change over
+    prior samples relative to its output, to first order (Δy = Δθ x + Δbias, their cross term left
+    out): E‖Δθ x‖² = positions · tr(Δθ Σ Δθᵀ) on the input side, tr((AᵀΣA)(BBᵀ)) for a pair,
+    never forming Δθ. ΣΔθ² weighted by what the layer sees. delta: weights and biases of the
+    layers in `moments` (keyed by weight name)."""
+    total = 0
+    for k, v in delta.items():
+        path, _, attr = k.rpartition(".")
+        mo = moments[path + ".weight"]
+        if attr == "bias":
+            q = mo.out_positions * v.pow(2).sum(1)
+        elif isinstance(v, tuple):
+            a, b = v
+            q = (a.mT @ mo.sigma @ a * (b @ b.mT)) if mo.transposed else (a.mT @ a * (b @ mo.sigma @ b.mT))
+            q = mo.positions * q.sum((1, 2))
+        else:
+            w = v.flatten(2) if mo.transposed else v.flatten(2).mT  # [N, dim, rest]
+            q = mo.positions * (w * (mo.sigma @ w)).sum((1, 2))
+        total = total + mo.scale * q
+    return total
 
 
 def dense(change, shape: tuple[int, ...]) -> torch.Tensor:
@@ -110,21 +175,27 @@ def pick(delta: dict, i) -> dict:
 
 
 def rank_of(delta: dict) -> int | str:
-    """The rank of a delta's pairs ("full" when it has none)."""
-    return next((v[0].shape[-1] for v in delta.values() if isinstance(v, tuple)), FULL)
+    """The largest rank of a delta's pairs ("full" when it has none)."""
+    return max((v[0].shape[-1] for v in delta.values() if isinstance(v, tuple)), default=FULL)
 
 
-def file_shapes(tunable: dict[str, torch.Tensor], rank: int | str) -> dict[str, tuple[int, ...]]:
-    """The tensors a tuned file of `rank` holds for these weights: name -> shape (a pair as
-    name.lora_a [d0, rank] and name.lora_b [rank, rest])."""
+def file_shapes(tunable: dict[str, torch.Tensor], rank: int | str | dict) -> dict[str, tuple[int, ...]]:
+    """The tensors a tuned file holds for these weights at `rank` (one for all, or name -> rank):
+    name -> shape (a pair as name.lora_a [d0, rank] and name.lora_b [rank, rest])."""
     out = {}
     for k, v in tunable.items():
-        dims = factor_dims(tuple(v.shape), rank)
+        r = rank[k] if isinstance(rank, dict) else rank
+        dims = factor_dims(tuple(v.shape), r)
         if dims is None:
             out[k] = tuple(v.shape)
         else:
-            out[k + SUFFIXES[0]], out[k + SUFFIXES[1]] = (dims[0], rank), (rank, dims[1])
+            out[k + SUFFIXES[0]], out[k + SUFFIXES[1]] = (dims[0], r), (r, dims[1])
     return out
+
+
+def file_mb(delta: dict) -> float:
+    """Megabytes of target 0's tensors in a tuned file (half precision, as save_tuned writes them)."""
+    return 2 * sum(t[0].numel() for t in leaves(delta)) / 1e6
 
 
 def plain_layers(G: nn.Module, names) -> dict[str, nn.Module]:

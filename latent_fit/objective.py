@@ -145,11 +145,13 @@ class Inputs:
     noise: list[torch.Tensor] = field(default_factory=list)  # StyleGAN noise maps being optimized
     # pivotal tuning (tuning.tune): the weight changes, their per-sample weights, and the tuned
     # generator's images of fixed prior samples [N, K, C, H, W] beside the original's [N * K, C, H, W]
+    # (locality "samples") or the plain layers' input moments (locality "layers", lowrank.output_change)
     delta: dict[str, torch.Tensor] = field(default_factory=dict)
     tune_reg: torch.Tensor | None = None
     tune_locality: torch.Tensor | None = None
     samples: torch.Tensor | None = None
     originals: torch.Tensor | None = None
+    moments: dict | None = None
 
     def composite(self) -> torch.Tensor:
         """The images inside the mask, the targets outside (what LPIPS compares)."""
@@ -174,12 +176,14 @@ class Objective:
         reg: str | None = "l2",
         noise_weight: float = 0.0,
         tuning: bool = False,
-        locality: bool = False,
+        locality: str | None = None,
         device: torch.device | str = "cpu",
     ) -> Objective:
         """Pixel MSE and/or LPIPS (`loss`); w_r * reg(dz) (reg None: left out); with
         noise_weight > 0 the StyleGAN noise-map regularizer; with `tuning` the weight L2
-        tune_reg * ΣΔθ², and with `locality` tune_locality * locality_mse."""
+        tune_reg * ΣΔθ², and with `locality` tune_locality times locality_mse of rendered prior
+        samples ("samples") or its first-order estimate from the layers' moments ("layers",
+        lowrank.output_change)."""
         use_mse, use_lpips = resolve_loss(loss)
         terms: dict[str, tuple[float, Term]] = {}
         if use_mse:
@@ -194,8 +198,12 @@ class Objective:
             terms["noise"] = (noise_weight, lambda x: noise_reg(x.noise))
         if tuning:
             terms["tune_reg*l2"] = (1.0, lambda x: x.tune_reg * weight_sq_norm(x.delta))
-        if locality:
+        if locality == "samples":
             terms["locality"] = (1.0, lambda x: x.tune_locality * locality_mse(x.samples, x.originals))
+        elif locality == "layers":
+            terms["locality"] = (1.0, lambda x: x.tune_locality * lowrank.output_change(x.delta, x.moments))
+        elif locality is not None:
+            raise ValueError(f"locality {locality!r}: samples, layers or None")
         return cls(terms)
 
     @classmethod
@@ -205,7 +213,7 @@ class Objective:
         *,
         noise: bool = False,
         tuning: bool = False,
-        locality: bool = False,
+        locality: str | None = None,
         device: torch.device | str = "cpu",
     ) -> Objective:
         """The Objective a Config names: its loss and LPIPS weight, its w_r term (not while

@@ -354,12 +354,7 @@ TUNE_RANK_COLUMNS = [
 RANK_MARGIN_DB = 0.5  # suggest_tune_rank: a rank is as good as the reference within this, on every target
 
 
-def tuned_file_mb(G: Generator, rank: int | str) -> float:
-    """Megabytes of a tuned file's tensors at `rank` (half precision, as save_tuned writes them)."""
-    return 2 * sum(math.prod(s) for s in lowrank.file_shapes(G.tunable(), rank).values()) / 1e6
-
-
-def rank_rows(G: Generator, sweeps: list[TuneSweepResult]) -> list[dict]:
+def rank_rows(sweeps: list[TuneSweepResult]) -> list[dict]:
     """One dict per (tune_rank, tune_reg), the rows of ranks.csv: median and worst PSNR and
     locality over the targets, the tuned file's size and the batched tuning's seconds."""
     rows = []
@@ -370,7 +365,7 @@ def rank_rows(G: Generator, sweeps: list[TuneSweepResult]) -> list[dict]:
             rows.append(
                 {"tune_rank": rank, "tune_reg": float(reg), "psnr_median": float(np.nanmedian(p))}
                 | {"psnr_worst": float(np.nanmin(p)), "locality_median": float(np.nanmedian(loc))}
-                | {"locality_worst": float(np.nanmin(loc)), "file_mb": tuned_file_mb(G, rank)}
+                | {"locality_worst": float(np.nanmin(loc)), "file_mb": lowrank.file_mb(sw.tuned.delta)}
                 | {"tune_seconds": sw.tuned.seconds}
             )
     return rows

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from . import lowrank
-from .config import Tuning
+from .config import TUNING_DEFAULTS, Tuning
 from .errors import LatentFitError
 from .generators.base import Generator
 from .objective import Inputs, Objective, pixel_mse, psnr, weight_sq_norm
@@ -41,9 +41,13 @@ from .rng import keyed_normal, name_key
 
 LOCALITY_SAMPLES = 4  # fixed prior samples per target for the locality term
 EVAL_SAMPLES = 16  # held-out prior samples per target for locality_psnr
+RAMPDOWN = 0.25  # at a low rank, the fraction of the steps, the last, over which tune_lr falls to 0
+# (cosine): factors at a constant rate swung up to 3 dB between steps; full changes did not (measured)
+MOMENT_SAMPLES = 128  # prior samples of the layers' moments (locality "layers")
 _KEY_START = 1 << 30  # name_key start index of tuning's random numbers (projection uses 0..starts)
 _EVAL_COUNTER = 1 << 40  # keyed_normal counter of the held-out samples (training's use 0)
 _INIT_COUNTER = 1 << 41  # keyed_normal counters of the low-rank factors' start (one per weight)
+_MOMENT_COUNTER = 1 << 42  # keyed_normal counter of the layers' moment samples
 
 
 TUNE_COLUMNS = ["psnr_pivot", "dtheta_norm", "locality_psnr"]  # what tuning adds to a target's metrics
@@ -200,32 +204,85 @@ def tune(
     dev, n = G.device, latents.shape[0]
     names = list(names) if names is not None else [str(i) for i in range(n)]
     _check(G, latents, targets, space, n)
-    reg, loc = (
-        torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n) for v in (tuning.tune_reg, tuning.tune_locality)
-    )
     pivot, targets = latents.to(dev, torch.float32), targets.to(dev, torch.float32)
     c = None if c is None else c.to(dev, torch.float32)
     noise = None if noise is None else [m.to(dev, torch.float32) for m in noise]
-    k = LOCALITY_SAMPLES if bool((loc > 0).any()) else 0  # a 0 weight zeroes its target's term
-    objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=k > 0, device=dev)
     keys = torch.tensor([name_key(seed, s, _KEY_START) for s in names], device=dev)
+    tuning = resolved(G, tuning)
+    reg, loc = (
+        torch.as_tensor(v, dtype=torch.float32, device=dev).expand(n) for v in (tuning.tune_reg, tuning.tune_locality)
+    )
+    locality = locality_term(G, tuning.tune_rank) if bool((loc > 0).any()) else None  # 0 zeroes a target's term
+    k = LOCALITY_SAMPLES if locality == "samples" else 0
+    objective = Objective.build(loss, lpips_weight=lpips_weight, reg=None, tuning=True, locality=locality, device=dev)
     with plain_cpu_kernels() if exact else contextlib.nullcontext():
+        moments = _moments(G, space, seed) if locality == "layers" else None
         delta = _start(G, tuning.tune_rank, keys, (pivot, space, c, noise))
         lat, cr, nr = _inputs(G, pivot, _prior(G, keys, 0, k, space, c) if k else None, c, noise)
         with torch.no_grad():
             before = _originals(G, lat, cr, space) if k else None
-        rows = Inputs(images=None, targets=targets, tune_reg=reg, tune_locality=loc, originals=before)
+        rows = Inputs(images=None, targets=targets, tune_reg=reg, tune_locality=loc, originals=before, moments=moments)
         _descend(G, objective, delta, rows, (lat, cr, nr, space), tuning, check_every, progress)
         delta = lowrank.each(delta, torch.Tensor.detach)
         metrics = _metrics(G, delta, pivot, targets, space, c, noise, keys, objective)
-    settings = _settings(tuning, objective, space=space, seed=seed, locality_samples=k, exact=exact)
+    settings = _settings(tuning, objective, space=space, seed=seed, locality=locality, locality_samples=k, exact=exact)
     images, seconds = metrics.pop("images"), time.perf_counter() - t_start
     return TuneResult(names, space, delta, images, metrics, settings, seconds)
 
 
+def _inputs_of(G: Generator, layers: dict[str, nn.Module], *synthesis) -> dict[str, tuple]:
+    """(input, output) of each of `layers` (name -> module) in one no-grad G.synthesize(*synthesis)."""
+    seen = {}
+
+    def keep(k):  # a forward hook keeping the layer's first call; it returns None: the output stays
+        def hook(m, x, y):
+            seen.setdefault(k, (x[0], y))
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep(k)) for k, m in layers.items()]
+    try:
+        with torch.no_grad():
+            if layers:
+                G.synthesize(*synthesis)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def locality_term(G: Generator, rank: int | str) -> str:
+    """The locality term tuning G at `rank` uses: "layers" (lowrank.output_change, no samples
+    rendered) where the change is low rank, every tuned weight belongs to a plain layer
+    (lowrank.plain_layers) and G takes no labels; "samples" (LOCALITY_SAMPLES rendered prior
+    samples per target) otherwise."""
+    tunable = G.tunable()
+    plain = lowrank.plain_layers(G, [k for k in tunable if k.endswith(".weight")])
+    layers = rank != lowrank.FULL and not G.c_dim and all(k.rpartition(".")[0] + ".weight" in plain for k in tunable)
+    return "layers" if layers else "samples"
+
+
+def resolved(G: Generator, tuning: Tuning) -> Tuning:
+    """`tuning` with its unset tune_reg and tune_locality filled in: the TUNING_DEFAULTS of the
+    locality term it uses on G (what the record and the tuned file hold)."""
+    defaults = TUNING_DEFAULTS[locality_term(G, tuning.tune_rank)]
+    return dataclasses.replace(tuning, **{k: v for k, v in defaults.items() if getattr(tuning, k) is None})
+
+
+def _moments(G: Generator, space: str, seed: int) -> dict:
+    """Each plain layer's lowrank.Moments over MOMENT_SAMPLES prior samples, keyed by seed alone
+    (the same for every target), for the locality term "layers"."""
+    plain = lowrank.plain_layers(G, [k for k in G.tunable() if k.endswith(".weight")])
+    key = torch.tensor([name_key(seed, "locality moments", _KEY_START)])
+    z = keyed_normal(key, _MOMENT_COUNTER, (MOMENT_SAMPLES, G.z_dim))[0].to(G.device)
+    latents = G.from_z(z, space)
+    return {k: lowrank.layer_moments(plain[k], x, y) for k, (x, y) in _inputs_of(G, plain, latents, space).items()}
+
+
 def _start(G: Generator, rank: int | str, keys: torch.Tensor, pivots: tuple) -> dict:
-    """The delta tuning starts from (lowrank.zeros): a plain layer's pair aligned with what the
-    pivots (latents, space, labels, noise) feed it (lowrank.aligned_pair), other pairs random."""
+    """The delta tuning starts from (lowrank.zeros): a plain layer's pair at its capped rank,
+    aligned with what the pivots (latents, space, labels, noise) feed it (lowrank.aligned_pair),
+    other pairs random."""
     tunable = G.tunable()
     index = {k: i for i, k in enumerate(tunable)}
 
@@ -233,28 +290,15 @@ def _start(G: Generator, rank: int | str, keys: torch.Tensor, pivots: tuple) -> 
         return keyed_normal(keys, _INIT_COUNTER + i, shape)
 
     plain = lowrank.plain_at(G, rank)
-    seen = {}
-
-    def keep(k):  # a forward hook keeping the layer's first input; it returns None: the output stays
-        def hook(m, x, y):
-            seen.setdefault(k, x[0])
-
-        return hook
-
-    hooks = [m.register_forward_hook(keep(k)) for k, m in plain.items()]
-    try:
-        with torch.no_grad():
-            if plain:
-                G.synthesize(*pivots)
-    finally:
-        for h in hooks:
-            h.remove()
-    starts = {  # a layer that saw other rows than one per target (a reshaped batch) starts random
-        k: lowrank.aligned_pair(m, seen[k], rank, lambda shape, i=index[k]: init(i, shape))
-        for k, m in plain.items()
-        if k in seen and len(seen[k]) == len(keys)
+    cols = {  # a layer that saw other rows than one per target (a reshaped batch) starts random
+        k: lowrank.input_cols(plain[k], x) for k, (x, _) in _inputs_of(G, plain, *pivots).items() if len(x) == len(keys)
     }
-    return lowrank.zeros(tunable, rank, len(keys), init, starts)
+    ranks = {k: lowrank.capped(rank, cols[k]) if k in cols else rank for k in tunable}
+    starts = {
+        k: lowrank.aligned_pair(plain[k], c, ranks[k], lambda shape, i=index[k]: init(i, shape))
+        for k, c in cols.items()
+    }
+    return lowrank.zeros(tunable, ranks, len(keys), init, starts)
 
 
 def _settings(tuning: Tuning, objective: Objective, **used) -> dict:
@@ -274,11 +318,16 @@ def _descend(
     check_every: int,
     progress,
 ) -> None:
-    """tuning.tune_steps Adam steps on every target's Δθ (in place); rows: the objective's
-    per-target inputs but the images; render: render_tuned's (latents, labels, noise, space)."""
+    """tuning.tune_steps Adam steps on every target's Δθ (in place), at a low rank with tune_lr
+    ramped down to 0 over the last RAMPDOWN of them; rows: the objective's per-target inputs but the images; render:
+    render_tuned's (latents, labels, noise, space)."""
     lat, cr, nr, space = render
     opt = _adam(lowrank.leaves(delta), tuning.tune_lr)  # element-wise: rows stay independent
+    rampdown = 0 if tuning.tune_rank == lowrank.FULL else RAMPDOWN
     for step in range(tuning.tune_steps):
+        if rampdown:
+            ramp = min(1.0, (1 - step / tuning.tune_steps) / rampdown)
+            opt.param_groups[0]["lr"] = tuning.tune_lr * (0.5 - 0.5 * math.cos(ramp * math.pi))
         images = render_tuned(G, delta, lat, space, cr, nr)
         total = objective(dataclasses.replace(rows, images=images[:, 0], delta=delta, samples=images[:, 1:]))
         opt.zero_grad(set_to_none=True)

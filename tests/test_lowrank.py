@@ -13,7 +13,16 @@ from latent_fit import LatentFitError, project
 from latent_fit.generators.stylegan2 import StyleGAN2Generator
 from latent_fit.generators.tuned import apply_tuned, read_tuned, save_tuned
 from latent_fit.images import load_image
-from latent_fit.lowrank import aligned_pair, dense, dense_delta, layer_change, pick
+from latent_fit.lowrank import (
+    aligned_pair,
+    dense,
+    dense_delta,
+    input_cols,
+    layer_change,
+    layer_moments,
+    output_change,
+    pick,
+)
 from latent_fit.tuning import render_blended, render_tuned, tune, tuning_bytes
 
 from conftest import SMALL_STYLEGAN2
@@ -56,11 +65,39 @@ def test_a_plain_layers_start_lies_on_the_directions_of_its_input(layer, side):
     gen = torch.Generator().manual_seed(0)
     cols = torch.randn(2, 6, 2, generator=gen) @ torch.randn(2, 2, 9, generator=gen)  # [N, 6, 9] of rank 2
     x = cols.mT if isinstance(layer, nn.Linear) else cols.view(2, 6, 3, 3)
-    pair = aligned_pair(layer, x, 3, lambda shape: torch.randn(2, *shape, generator=gen))
+    pair = aligned_pair(layer, input_cols(layer, x), 3, lambda shape: torch.randn(2, *shape, generator=gen))
     inp = pair[side] if side == 1 else pair[side].mT  # [N, 3, 6]
     assert pair[1 - side].abs().max() == 0 and inp.shape == (2, 3, 6)
     q = torch.nn.functional.normalize(inp[:, :2], dim=2).mT
     assert torch.allclose(q @ (q.mT @ cols), cols, atol=1e-4) and inp[:, 2].abs().min() > 0
+
+
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (nn.Linear(6, 5), torch.randn(40, 6)),
+        (nn.Conv2d(4, 5, 3, stride=2, padding=1), torch.randn(40, 4, 9, 9)),
+        (nn.ConvTranspose2d(4, 5, 4, stride=2, padding=1), torch.randn(40, 4, 7, 7)),
+    ],
+)
+def test_the_layers_locality_is_each_layers_output_change_over_prior_inputs(layer, x):
+    """output_change: E‖Δθ x‖² / E‖y‖² over the inputs (x: prior samples), for a pair and for its
+    dense change alike; a transposed convolution's per input pixel (before the overlaps add)."""
+    gen = torch.Generator().manual_seed(0)
+    w = layer.weight
+    a, b = torch.randn(2, w.shape[0], 3, generator=gen), torch.randn(2, 3, w[0].numel(), generator=gen)
+    with torch.no_grad():
+        y = layer(x)
+        moments = {"m.weight": layer_moments(layer, x, y)}
+        full = dense((a, b), tuple(w.shape))  # [2, *w.shape]
+        mats = full.flatten(2) if isinstance(layer, nn.ConvTranspose2d) else full.flatten(2).mT  # [2, dim, rest]
+        change = torch.stack([(input_cols(layer, x).mT @ m).pow(2).sum((1, 2)).mean() for m in mats])
+        expected = change / y.pow(2).flatten(1).sum(1).mean()
+        for delta in ({"m.weight": (a, b)}, {"m.weight": full}):
+            assert torch.allclose(output_change(delta, moments), expected, rtol=1e-4)
+        bias = torch.randn(2, w.shape[1] if isinstance(layer, nn.ConvTranspose2d) else w.shape[0], generator=gen)
+        got = output_change({"m.bias": bias}, moments)
+        assert torch.allclose(got, bias.pow(2).sum(1) * y[0, 0].numel() / y.pow(2).flatten(1).sum(1).mean())
 
 
 def test_low_rank_renders_as_its_dense_weights_through_vmap(G):
@@ -83,6 +120,12 @@ def test_low_rank_tuning_gains_on_a_photo_in_a_20x_smaller_file(G, photo_pivot, 
     low = tune(G, pivot, x, ["gh"], tune_rank=8, **FAST)
     full = tune(G, pivot, x, ["gh"], tune_rank="full", loss="mse", tune_steps=1)  # for its file's size
     assert all(isinstance(v, tuple) for k, v in low.delta.items() if k.endswith("weight"))
+    assert low.delta["net.0.weight"][0].shape[-1] == 1  # it sees the 1 x 1 latent: one direction per pivot
+    assert low.delta["net.2.weight"][0].shape[-1] == 8
+    assert low.settings["locality"] == "layers" and low.settings["locality_samples"] == 0
+    assert (
+        low.settings["tune_reg"] == 0 and full.settings["tune_reg"] == 1e-3 and full.settings["locality"] == "samples"
+    )
     assert low.metrics["psnr"][0] > low.metrics["psnr_pivot"][0] + 6, low.metrics  # measured +8.6 dB
     assert low.metrics["locality_psnr"][0] > 30, low.metrics  # measured 33.8 dB
     paths = {}
@@ -122,8 +165,12 @@ def test_a_tuned_file_whose_factors_do_not_fit_is_refused(G, photo_pivot, tmp_pa
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(path))
-    raw = {k: meta[k] for k in ("format", "generator", "generator_sha256")} | {"version": "2", "rank": "3"}
-    save_file(tensors, str(path), metadata=raw)  # claims rank 3, holds rank 2
+    raw = {k: meta[k] for k in ("format", "generator", "generator_sha256")} | {"version": "2", "rank": "1"}
+    save_file(tensors, str(path), metadata=raw)  # claims rank 1, holds rank 2
+    with pytest.raises(LatentFitError, match="net.2.weight.* rank 2, above the file's rank 1"):
+        apply_tuned(G, path)
+    tensors["net.2.weight.lora_b"] = tensors["net.2.weight.lora_b"][:, :-1].contiguous()
+    save_file(tensors, str(path), metadata=raw | {"rank": "2"})  # a factor one column short
     with pytest.raises(LatentFitError, match="does not fit generator"):
         apply_tuned(G, path)
 
@@ -157,6 +204,7 @@ def test_stylegan2_low_rank_tuning_in_w_and_w_plus_with_noise_maps(space, tmp_pa
     kw = dict(space=space, loss="mse", tune_lr=1e-2, tune_steps=20, tune_rank=2)
     res = tune(G, lat, x, ["a", "b"], noise=noise, **kw)
     assert any(isinstance(v, tuple) for v in res.delta.values())
+    assert res.settings["locality"] == "samples"  # modulated convolutions: the layers' moments do not apply
     assert np.all(res.metrics["psnr"] > res.metrics["psnr_pivot"] + 1), res.metrics
     alone = tune(G, lat[1:], x[1:], ["b"], noise=[n[1:] for n in noise], **kw)
     assert torch.allclose(alone.images[0], res.images[1], atol=1e-3)

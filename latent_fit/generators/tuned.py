@@ -113,7 +113,13 @@ def _check_tensors(path: Path, slices: dict, G: Generator | None, rank: int | st
     halves += [k for k in slices if k.endswith(b) and k[: -len(b)] + a not in slices]
     if halves:
         raise LatentFitError(f"{path}: {halves[0]!r} is half of a low-rank change whose other half is missing")
-    bad = [] if G is None else misfits(slices, file_shapes(G.tunable(), rank))
+    ranks = {k[: -len(a)]: sl.get_shape()[-1] for k, sl in slices.items() if k.endswith(a)}  # a layer's may be lower
+    over = [k for k, r in ranks.items() if rank == FULL or r > rank]
+    if over:
+        raise LatentFitError(
+            f"{path}: weight {over[0]!r} changes at rank {ranks[over[0]]}, above the file's rank {rank}"
+        )
+    bad = [] if G is None else misfits(slices, file_shapes(G.tunable(), {k: ranks.get(k, FULL) for k in G.tunable()}))
     if bad:
         raise LatentFitError(
             f"{path}: weight {bad[0]!r} does not fit generator {G.name!r}; load it with the generator it was tuned from"

@@ -21,7 +21,7 @@ from ..optimize import Result, project
 from ..outputs import OutputFolder, Report, claim_outputs, read_starts, settings_record, target_noise
 from ..photos import Alignment, Crops, paste_photos
 from ..report import write_report
-from ..tuning import TUNE_COLUMNS, tune_projection, tuning_bytes
+from ..tuning import TUNE_COLUMNS, resolved, tune_projection, tuning_bytes
 
 METRIC_COLUMNS = [
     "target",
@@ -222,7 +222,13 @@ def _record(G, cfg: Config, class_index, init: Path | None, encoder, tuning: Tun
     """What makes every target of the run (outputs.settings_record)."""
     encoded = None if encoder is None or init else encoder.sha256
     return settings_record(
-        G, cfg, class_index=class_index, init=init, encoder=encoded, **Tuning.record(tuning), **alignment.record()
+        G,
+        cfg,
+        class_index=class_index,
+        init=init,
+        encoder=encoded,
+        **Tuning.record(None if tuning is None else resolved(G, tuning)),
+        **alignment.record(),
     )
 
 

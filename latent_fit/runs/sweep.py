@@ -266,7 +266,7 @@ def tune_sweep_files(
     pick, rank_reason = suggest_tune_rank(sweeps)
     sw = sweeps[pick]
     best, reason = suggest_tune_reg(sw)
-    write_csv(folder.path / "ranks.csv", TUNE_RANK_COLUMNS, rank_rows(G, sweeps))
+    write_csv(folder.path / "ranks.csv", TUNE_RANK_COLUMNS, rank_rows(sweeps))
     write_csv(folder.path / "sweep.csv", TUNE_SWEEP_COLUMNS, sw.rows())
     save_png(tune_sweep_figure(sw, best), folder.path / "sweep.png")
     save_png(tune_sweep_grid(G.resolution, sw, targets), folder.path / "grid.png")
