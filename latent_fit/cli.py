@@ -252,7 +252,8 @@ def tune_options(f):
     f = click.option(
         "--tune-rank",
         callback=_ranks,
-        help="Rank R of each weight's change (dtheta = A*B, LoRA-style: 27x smaller files at 8) or "
+        help="Rank R of each weight's change (dtheta = A*B, LoRA-style; bundled DCGAN: 20 matches full "
+        "in 23x smaller files) or "
         f"'full'; sweep --tune-reg takes a list, e.g. 4,8,full [default: {T.tune_rank}].",
     )(f)
     f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
@@ -831,7 +832,7 @@ def sweep_command(
 @click.option(
     "--tune-rank",
     "tune_ranks",
-    default="full,8",
+    default="full,20",
     show_default=True,
     callback=_ranks,
     help="The ranks of the --tuning table (the first is the reference of its PSNR gap).",

@@ -70,13 +70,15 @@ class TuneResult:
 def tuning_bytes(G: Generator, image_bytes: int, rank: int | str = lowrank.FULL) -> int:
     """Memory one target's tuning at `rank` needs: four copies of its change (Δθ or its factors,
     the gradient, Adam's two moments), θ0 + Δθ of every weight not rendered beside a plain layer
-    (lowrank.plain_layers), and the step memory of its 1 + LOCALITY_SAMPLES images (image_bytes
-    each, as one projection step of one image needs)."""
+    (lowrank.plain_layers), and the step memory of its image and its LOCALITY_SAMPLES (none with
+    the layers' locality term), image_bytes each, as one projection step of one image needs.
+    Layers' ranks below `rank` (lowrank.capped) count at `rank`: an upper bound."""
     tunable = G.tunable()
     stored = sum(math.prod(s) for s in lowrank.file_shapes(tunable, rank).values())
     plain = lowrank.plain_at(G, rank)
     formed = sum(v.numel() for k, v in tunable.items() if k not in plain)
-    return 4 * (4 * stored + formed) + (1 + LOCALITY_SAMPLES) * image_bytes
+    samples = 0 if locality_term(G, rank) == "layers" else LOCALITY_SAMPLES
+    return 4 * (4 * stored + formed) + (1 + samples) * image_bytes
 
 
 class _Synthesis(nn.Module):
