@@ -252,9 +252,11 @@ def tune_options(f):
     f = click.option(
         "--tune-rank",
         callback=_ranks,
-        help="Rank R of each weight's change (dtheta = A*B, LoRA-style; bundled DCGAN: 20 matches full "
-        "in 23x smaller files) or "
-        f"'full'; sweep --tune-reg takes a list, e.g. 4,8,full [default: {T.tune_rank}].",
+        help="Rank R of each weight's change (dtheta = A*B, LoRA-style) or 'full'; sweep --tune-reg takes a "
+        "list, e.g. 8,20,full [default: {layers} where every tuned weight is a plain layer's, as the bundled "
+        "DCGAN's (it matched full in 23x smaller files), else {samples}].".format(
+            **{k: v["tune_rank"] for k, v in TUNING_DEFAULTS.items()}
+        ),
     )(f)
     f = click.option("--tune-lr", type=float, help=f"Adam learning rate of the tuning [default: {T.tune_lr:g}].")(f)
     f = click.option(

@@ -141,12 +141,14 @@ def tune_sweep_wr(wrs, init=None, mask=None) -> float | None:
     return None if wrs is None else float(wrs[0])
 
 
-# Defaults of tune_reg and tune_locality by the locality term a tuning uses (tuning.locality_term):
-# rendered prior samples, or at a low rank on plain layers the layers' own output change, which
-# already weighs Δθ by what each layer sees (measured: docs/real-photos.md, "Low-rank tuning").
+# Tuning's defaults by the locality term it uses (tuning.locality_term): rendered prior samples, or,
+# where every tuned weight belongs to a plain layer and the change is low rank (the bundled DCGAN),
+# the layers' own output change, which already weighs Δθ by what each layer sees. On plain layers
+# rank 20 matched or beat full tuning on 16 held-out photos in 23x smaller files at a sixth of its
+# time (docs/real-photos.md, "Low-rank tuning"); elsewhere low rank is unmeasured: full.
 TUNING_DEFAULTS = {
-    "samples": {"tune_reg": 1e-3, "tune_locality": 2.0},
-    "layers": {"tune_reg": 0.0, "tune_locality": 1.0},
+    "samples": {"tune_rank": "full", "tune_reg": 1e-3, "tune_locality": 2.0},
+    "layers": {"tune_rank": 20, "tune_reg": 0.0, "tune_locality": 1.0},
 }
 
 
@@ -159,13 +161,10 @@ class Tuning:
 
     tune_steps: int = 300  # Adam steps on the weights
     tune_lr: float = 3e-4  # their learning rate
-    tune_rank: int | str = "full"  # rank R of each weight's change Δθ = A·B (lowrank), or "full".
-    # On the bundled DCGAN rank 20 matched or beat full on 8 held-out photos in files 23x smaller and
-    # a sixth of the time (docs, "Low-rank tuning"); full stays the default for every generator until
-    # low rank is measured where the locality term renders samples (StyleGAN, TorchScript)
+    tune_rank: int | str | None = None  # rank R of each weight's change Δθ = A·B (lowrank), or "full"
     tune_reg: float | None = None  # weight of ΣΔθ², the weight-space twin of w_r * ||Δz||²
     tune_locality: float | None = None  # weight of the locality term (the rest of G keeps its images)
-    # (None: TUNING_DEFAULTS of the locality term, filled in by tuning.resolved)
+    # (None: TUNING_DEFAULTS of the generator's locality term, filled in by tuning.resolved)
 
     def __post_init__(self):
         for name, ok, need in (("tune_steps", self.tune_steps >= 1, ">= 1"), ("tune_lr", self.tune_lr > 0, "> 0")):
@@ -174,7 +173,7 @@ class Tuning:
         for name in ("tune_reg", "tune_locality"):
             if getattr(self, name) is not None:
                 check_weights(getattr(self, name), name)
-        if self.tune_rank != "full" and not (type(self.tune_rank) is int and self.tune_rank >= 1):
+        if self.tune_rank not in ("full", None) and not (type(self.tune_rank) is int and self.tune_rank >= 1):
             raise ArgumentError("tune_rank", self.tune_rank, 'tuning needs tune_rank an integer >= 1 or "full"')
 
     def replace(self, **changes) -> Tuning:

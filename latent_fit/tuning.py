@@ -253,22 +253,31 @@ def _inputs_of(G: Generator, layers: dict[str, nn.Module], *synthesis) -> dict[s
     return seen
 
 
-def locality_term(G: Generator, rank: int | str) -> str:
-    """The locality term tuning G at `rank` uses: "layers" (lowrank.output_change, no samples
-    rendered) where the change is low rank, every tuned weight belongs to a plain layer
-    (lowrank.plain_layers) and G takes no labels; "samples" (LOCALITY_SAMPLES rendered prior
-    samples per target) otherwise."""
+def plain_only(G: Generator) -> bool:
+    """Whether every tuned weight of G belongs to a plain layer (lowrank.plain_layers) and G takes
+    no labels: where a low-rank tuning's locality term can be the layers' own."""
     tunable = G.tunable()
     plain = lowrank.plain_layers(G, [k for k in tunable if k.endswith(".weight")])
-    layers = rank != lowrank.FULL and not G.c_dim and all(k.rpartition(".")[0] + ".weight" in plain for k in tunable)
-    return "layers" if layers else "samples"
+    return not G.c_dim and all(k.rpartition(".")[0] + ".weight" in plain for k in tunable)
+
+
+def locality_term(G: Generator, rank: int | str) -> str:
+    """The locality term tuning G at `rank` uses: "layers" (lowrank.output_change, no samples
+    rendered) at a low rank where plain_only(G); "samples" (LOCALITY_SAMPLES rendered prior
+    samples per target) otherwise."""
+    return "layers" if rank != lowrank.FULL and plain_only(G) else "samples"
 
 
 def resolved(G: Generator, tuning: Tuning) -> Tuning:
-    """`tuning` with its unset tune_reg and tune_locality filled in: the TUNING_DEFAULTS of the
-    locality term it uses on G (what the record and the tuned file hold)."""
-    defaults = TUNING_DEFAULTS[locality_term(G, tuning.tune_rank)]
-    return dataclasses.replace(tuning, **{k: v for k, v in defaults.items() if getattr(tuning, k) is None})
+    """`tuning` with its unset tune_rank, tune_reg and tune_locality filled in from TUNING_DEFAULTS:
+    the rank of G's kind (20 where plain_only(G), else full), then the weights of the locality term
+    that rank uses (what the record and the tuned file hold)."""
+    rank = tuning.tune_rank
+    if rank is None:
+        rank = TUNING_DEFAULTS["layers" if plain_only(G) else "samples"]["tune_rank"]
+    defaults = TUNING_DEFAULTS[locality_term(G, rank)]
+    unset = {k: v for k, v in defaults.items() if getattr(tuning, k) is None}
+    return dataclasses.replace(tuning, **unset | {"tune_rank": rank})
 
 
 def _moments(G: Generator, space: str, seed: int) -> dict:

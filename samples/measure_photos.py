@@ -38,7 +38,7 @@ def rows(G, specs, out: Path, align: str, tune: bool) -> list[dict]:
     from latent_fit.config import Tuning
 
     t0 = time.perf_counter()
-    rep = project_files(G, [str(s) for s in specs], out, align=align, tuning=Tuning() if tune else None)
+    rep = project_files(G, [str(s) for s in specs], out, align=align, tuning=Tuning(tune_rank="full") if tune else None)
     print(f"{out.name}: {rep.summary} ({time.perf_counter() - t0:.0f} s)", *rep.notes, *rep.errors, sep="\n  ")
     return json.loads((out / "metrics.json").read_text())
 

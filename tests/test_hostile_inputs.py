@@ -227,7 +227,7 @@ def tuned_cases(G) -> dict[str, tuple[dict, dict, str]]:
         "nan": ({}, nan, f"weight change {first!r} holds values that are not finite"),
         "bad_rank": (dict(rank="-3"), zeros, "rank '-3' is neither \"full\" nor a positive integer"),
         "half_pair": (dict(rank="2"), {f"{first}.lora_a": torch.zeros(1, 2)}, f"{first}.lora_a' is half of a low-rank"),
-        "rank_misfit": (dict(rank="2"), zeros, f"does not fit generator {G.name!r}"),  # full tensors at rank 2
+        "rank_misfit": (dict(rank="2"), zeros, "rank 2 recorded, but its largest change has rank full"),
     }
 
 

@@ -158,8 +158,10 @@ def test_batch_size_auto(G, targets, tmp_path, monkeypatch):
     # with tuning, a chunk also holds every target's tuned weights (5 copies of 14.3 MB here)
     from latent_fit.tuning import Tuning, tuning_bytes
 
-    tuned = runner.auto_batch_size(G, 10**6, Config(**OPTIONS), Tuning())
+    tuned = runner.auto_batch_size(G, 10**6, Config(**OPTIONS), Tuning(tune_rank="full"))
     assert 1 <= tuned < n and tuned * tuning_bytes(G, per) <= runner.CPU_CHUNK_BYTES
+    low = runner.auto_batch_size(G, 10**6, Config(**OPTIONS), Tuning())  # the default here: rank 20
+    assert tuned < low and low * tuning_bytes(G, per, 20) <= runner.CPU_CHUNK_BYTES
 
     calls = []
     real = runner.project

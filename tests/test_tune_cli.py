@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from latent_fit import load_generator, read_latent_file, write_latent_file
-from latent_fit.config import Tuning
+from latent_fit.config import TUNING_DEFAULTS
 from latent_fit.files import file_sha256
 from latent_fit.generators.tuned import read_tuned, save_tuned
 
@@ -54,13 +54,14 @@ def test_project_tune_writes_the_tuned_weights_and_shows_their_images(G, tuned_o
         data = read_latent_file(out / f"{stem}.npz")
         tuned = out / f"{stem}.tuned.safetensors"
         assert data["tuned_sha256"] == file_sha256(tuned)
-        assert data["record"]["tune_reg"] == 1e-3 and data["record"]["tune_steps"] == 10
+        assert data["record"]["tune_reg"] == 0 and data["record"]["tune_steps"] == 10  # rank 20's default
         m = data["metrics"]
         assert m["psnr"] > m["psnr_pivot"] and m["dtheta_norm"] > 0 and np.isfinite(m["locality_psnr"])
         meta = read_tuned(tuned)[1]
-        assert meta["settings"]["tune_reg"] == 1e-3 and meta["settings"]["tune_steps"] == 10
-        assert 7.0e6 < tuned.stat().st_size < 7.3e6  # the default, full rank: 3.58 M weights in fp16
-        assert meta["rank"] == meta["settings"]["tune_rank"] == Tuning().tune_rank == "full"
+        assert meta["settings"]["tune_reg"] == 0 and meta["settings"]["tune_steps"] == 10
+        assert tuned.stat().st_size < 7.15e6 / 20  # the default on plain layers, rank 20: 23x smaller than full
+        assert meta["rank"] == meta["settings"]["tune_rank"] == TUNING_DEFAULTS["layers"]["tune_rank"] == 20
+        assert meta["settings"]["locality"] == "layers"
         Gt = load_generator("digiface-dcgan64", tuned=tuned)
         with torch.no_grad():
             img = Gt.synthesize(torch.from_numpy(data["latent"])[None], "z").clamp(-1, 1)
@@ -85,12 +86,12 @@ def test_project_tune_reruns(cli, tuned_out, tmp_path):
 
     photo = d / "in" / "astronaut.png"
     reg = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-reg", "1e-2")
-    assert "redoing 1 target(s) made with other settings: tune_reg 0.001 → 0.01" in reg.stdout
+    assert "redoing 1 target(s) made with other settings: tune_reg 0.0 → 0.01" in reg.stdout
     assert read_tuned(out / "astronaut.tuned.safetensors")[1]["settings"]["tune_reg"] == 1e-2
 
     low = cli("project", photo, "-o", out, *FAST, *TUNE, "--tune-reg", "1e-2", "--tune-rank", "8")
-    assert "redoing 1 target(s) made with other settings: tune_rank 'full' → 8" in low.stdout
-    assert (out / "astronaut.tuned.safetensors").stat().st_size < 7.15e6 / 20  # rank 8: 27x smaller
+    assert "redoing 1 target(s) made with other settings: tune_rank 20 → 8" in low.stdout
+    assert (out / "astronaut.tuned.safetensors").stat().st_size < 7.15e6 / 40  # rank 8: 48x smaller
     assert read_tuned(out / "astronaut.tuned.safetensors")[1]["rank"] == 8
     Gt = load_generator("digiface-dcgan64", tuned=out / "astronaut.tuned.safetensors")
     with torch.no_grad():

@@ -114,11 +114,9 @@ def _check_tensors(path: Path, slices: dict, G: Generator | None, rank: int | st
     if halves:
         raise LatentFitError(f"{path}: {halves[0]!r} is half of a low-rank change whose other half is missing")
     ranks = {k[: -len(a)]: sl.get_shape()[-1] for k, sl in slices.items() if k.endswith(a)}  # a layer's may be lower
-    over = [k for k, r in ranks.items() if rank == FULL or r > rank]
-    if over:
-        raise LatentFitError(
-            f"{path}: weight {over[0]!r} changes at rank {ranks[over[0]]}, above the file's rank {rank}"
-        )
+    top = max(ranks.values(), default=FULL)
+    if top != rank:
+        raise LatentFitError(f"{path}: rank {rank} recorded, but its largest change has rank {top}")
     bad = [] if G is None else misfits(slices, file_shapes(G.tunable(), {k: ranks.get(k, FULL) for k in G.tunable()}))
     if bad:
         raise LatentFitError(

@@ -52,7 +52,7 @@ def auto_batch_size(G: Generator, n_targets: int, config: Config, tuning: Tuning
     budget = CPU_CHUNK_BYTES if G.device.type == "cpu" else free_memory(G.device)
     per, fit = memory_fit(G, config, budget)
     if tuning is not None:
-        fit = min(fit, budget // tuning_bytes(G, per // config.starts, tuning.tune_rank))
+        fit = min(fit, budget // tuning_bytes(G, per // config.starts, resolved(G, tuning).tune_rank))
     return max(1, min(n_targets, fit))
 
 
@@ -195,6 +195,7 @@ def project_files(
     rep.notes += [note] if note else []
     targets, links = _targets(folder.check_writable(), specs, rank, world, rep, alignment)
     space, init = cfg.space or G.default_space, Path(init) if init else None
+    tuning = None if tuning is None else resolved(G, tuning)
     record = _record(G, cfg, class_index, init, encoder, tuning, alignment)
     inputs = _inputs(init)
     todo, rep.skipped, note = folder.plan(targets, record, inputs)
@@ -227,7 +228,7 @@ def _record(G, cfg: Config, class_index, init: Path | None, encoder, tuning: Tun
         class_index=class_index,
         init=init,
         encoder=encoded,
-        **Tuning.record(None if tuning is None else resolved(G, tuning)),
+        **Tuning.record(tuning),
         **alignment.record(),
     )
 

@@ -34,6 +34,7 @@ from ..sweep import (
     sweep,
     tune_sweep,
 )
+from ..tuning import resolved
 
 
 def _load_targets(
@@ -258,7 +259,7 @@ def tune_sweep_files(
     cb = progress(0, 1, stems) if progress else None
     tuning = tuning or Tuning()
     sweeps = []
-    for rank in tune_ranks or [tuning.tune_rank]:
+    for rank in tune_ranks or [resolved(G, tuning).tune_rank]:  # each rank's defaults: tune_sweep's
         pivot = sweeps[0].pivot if sweeps else None
         t = tuning.replace(tune_rank=rank)
         kw = dict(config=config, tuning=t, c=c, encoder=encoder, progress=cb, pivot=pivot)
