@@ -195,7 +195,6 @@ def project_files(
     rep.notes += [note] if note else []
     targets, links = _targets(folder.check_writable(), specs, rank, world, rep, alignment)
     space, init = cfg.space or G.default_space, Path(init) if init else None
-    tuning = None if tuning is None else resolved(G, tuning)
     record = _record(G, cfg, class_index, init, encoder, tuning, alignment)
     inputs = _inputs(init)
     todo, rep.skipped, note = folder.plan(targets, record, inputs)
@@ -228,7 +227,7 @@ def _record(G, cfg: Config, class_index, init: Path | None, encoder, tuning: Tun
         class_index=class_index,
         init=init,
         encoder=encoded,
-        **Tuning.record(tuning),
+        **Tuning.record(None if tuning is None else resolved(G, tuning)),  # the values tune() will use
         **alignment.record(),
     )
 
